@@ -1,0 +1,314 @@
+"""The `edgecc` command line: a thin layer of click commands over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import EdgeccError
+
+ARCH = click.Choice(["mlp", "cnn", "cl"])
+
+
+def _arch(name: str) -> str:
+    return "cl" if name in ("cnn", "cl") else "mlp"
+
+
+class _Main(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeccError as e:  # our errors are messages for the user, not tracebacks
+            click.echo(f"edgecc: error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Main)
+@click.version_option(package_name="edgecc")
+def main() -> None:
+    """Straggler-resilient coded distributed inference (AICC) for image classification."""
+
+
+@main.command()
+@click.option("--kind", type=click.Choice(["aicc", "centralized-mlp", "centralized-cnn"]), default="aicc", show_default=True)
+@click.option("--K", "K", type=int, default=2, show_default=True, help="images per group")
+@click.option("--G", "G", type=int, default=1, show_default=True, help="encoder degree")
+@click.option("--P", "P", type=int, default=1, show_default=True, help="H_S degree (1 for H_B)")
+@click.option("--computation", type=click.Choice(["hb", "hs"]), default="hb", show_default=True)
+@click.option("--encoder", type=ARCH, default="cnn", show_default=True, help="architecture of Γ_g")
+@click.option("--compute", "compute_arch", type=ARCH, default="cnn", show_default=True, help="architecture of Λ_p / H_B")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--limit", type=int, default=None, help="train on the first LIMIT images only")
+@click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="model file to write (.safetensors)")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
+@click.option("--resume", is_flag=True, help="continue from the last epoch checkpoint")
+@click.option("--quiet", is_flag=True)
+def train(kind, K, G, P, computation, encoder, compute_arch, epochs, batch, lr, seed, precision, device,
+          threads, limit, data_dir, out, run_dir, resume, quiet):
+    """Train a model by the paper's protocol and save it as one safetensors file."""
+    from .coding.schemes import Scheme
+    from .train import TrainConfig, train as run_training
+
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=_arch(encoder), compute_arch=_arch(compute_arch)) if kind == "aicc" else None
+    cfg = TrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
+                      threads=threads, limit=limit, data_dir=data_dir)
+
+    def progress(epoch: int, step: int, text: str) -> None:
+        if quiet:
+            return
+        if step == 0:
+            click.echo(f"\r{text}".ljust(100), err=True)
+        elif step % 20 == 0:
+            click.echo(f"\r{text}".ljust(100), nl=False, err=True)
+
+    info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
+    last = info["training"]["history"][-1]
+    click.echo(json.dumps({"out": out, "epochs": len(info["training"]["history"]), "test_accuracy_direct": last["test_accuracy_direct"],
+                           "train_seconds": info["training"]["train_seconds"]}))
+
+
+def _images(source: str, data_dir: str | None, limit: int | None):
+    from .data import load_images
+
+    images, labels = load_images(source, data_dir)
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+@main.command("eval")
+@click.argument("model", default="default")
+@click.option("--N", "N", type=int, default=3, show_default=True, help="number of workers")
+@click.option("--images", default="test", show_default=True, help="'test', 'train', 'sample' (shipped) or an .npz")
+@click.option("--data-dir", default=None)
+@click.option("--limit", type=int, default=None, help="first LIMIT images only")
+@click.option("--max-subsets", type=int, default=200, show_default=True, help="sample this many R-subsets when there are more (the worst-conditioned is always included)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def eval_cmd(model, N, images, data_dir, limit, max_subsets, as_json):
+    """Test accuracy of MODEL: D(β_k) directly and decoded from every R-subset of N workers."""
+    from .evaluate import evaluate, evaluate_centralized
+    from .modelfile import load_model, resolve
+
+    net, info = load_model(model)
+    x, y = _images(images, data_dir, limit)
+    res = evaluate(net, info, x, y, N, max_subsets) if info["kind"] == "aicc" else evaluate_centralized(net, x, y)
+    res = {"model": str(resolve(model)), "kind": info["kind"], **res}
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    for k, v in res.items():
+        click.echo(f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
+
+
+@main.command()
+@click.argument("model", default="default")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="bundle file to write")
+@click.option("--placement", type=click.Choice(["encoded", "shared"]), default="encoded", show_default=True)
+def export(model, out, placement):
+    """Write what a worker needs for PLACEMENT as plain arrays with a checksum (H_B collapsed to one matrix)."""
+    from .bundle import save_bundle
+    from .export import bundle_info, worker_arrays
+    from .modelfile import load_model
+
+    net, info = load_model(model)
+    if info["kind"] != "aicc":
+        raise click.UsageError("only AICC models are distributed to workers")
+    arrays = worker_arrays(net, info, placement)
+    d = save_bundle(out, bundle_info(info, placement), arrays)
+    click.echo(json.dumps({"out": out, "placement": placement, "sha256": d, "arrays": {k: list(v.shape) for k, v in arrays.items()}}))
+
+
+def _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+    from .runtime.limits import Limits
+
+    return Limits(max_frame=max_frame, max_batch=max_batch, max_in_flight=max_in_flight,
+                  handshake_timeout=handshake_timeout, idle_timeout=idle_timeout)
+
+
+def limit_options(f):
+    from .runtime.limits import Limits
+
+    d = Limits()
+    for opt in reversed([
+        click.option("--max-frame", type=int, default=d.max_frame, show_default=True, help="bytes per frame"),
+        click.option("--max-batch", type=int, default=d.max_batch, show_default=True, help="groups per request"),
+        click.option("--max-in-flight", type=int, default=d.max_in_flight, show_default=True),
+        click.option("--handshake-timeout", type=float, default=d.handshake_timeout, show_default=True),
+        click.option("--idle-timeout", type=float, default=d.idle_timeout, show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:7700", show_default=True, help="HOST:PORT (port 0 picks a free one)")
+@click.option("--token-file", default=None, help="file holding the shared token [default: $EDGECC_TOKEN_FILE or $EDGECC_TOKEN]")
+@click.option("--bundle", default=None, type=click.Path(dir_okay=False), help="preloaded worker bundle (edgecc export)")
+@click.option("--tls-cert", default=None, help="certificate file (enables TLS)")
+@click.option("--tls-key", default=None, help="private key file for --tls-cert")
+@click.option("--data-dir", default=None, help="dataset folder for shared-dataset placement")
+@click.option("--behaviour", default=None, help="JSON straggler behaviour (scenarios): latency/failure model")
+@click.option("--seed", type=int, default=0, help="seed of the behaviour's delays")
+@click.option("--index", type=int, default=0, help="this worker's index in the scenario (seeds its delays)")
+@click.option("--port-file", default=None, help="write the bound port here once listening")
+@click.option("--log-level", default="info", show_default=True)
+@limit_options
+def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, log_level,
+           max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+    """Serve computations for a master (needs no torch for the encoded-only placement)."""
+    import asyncio
+
+    from .protocol.auth import load_token
+    from .runtime.transport import parse_address, run, server_ssl_context
+    from .runtime.worker import Worker
+
+    _logging(log_level)
+    host, port = parse_address(listen)
+    loaded = None
+    if bundle:
+        from .bundle import load_bundle
+
+        loaded = load_bundle(bundle)
+    beh = None
+    if behaviour:
+        from .scenario.latency import WorkerBehaviour
+
+        beh = WorkerBehaviour.from_dict(json.loads(behaviour), seed, index).delay
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    w = Worker(load_token(token_file), _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
+               loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}")
+
+    async def serve() -> None:
+        bound = await w.start(host, port)
+        if port_file:
+            from pathlib import Path
+
+            Path(port_file).write_text(str(bound))
+        click.echo(f"edgecc worker listening on {host}:{bound}", err=True)
+        try:
+            await w.serve_forever()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await w.close()
+
+    try:
+        run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--workers", required=True, help="comma-separated HOST:PORT of the N workers, in α order")
+@click.option("--model", default="default", show_default=True, help="model file, or 'default' (shipped)")
+@click.option("--images", default="sample", show_default=True, help="'sample' (shipped), 'test', 'train' or an .npz")
+@click.option("--data-dir", default=None)
+@click.option("--limit", type=int, default=None, help="first LIMIT images only")
+@click.option("--placement", type=click.Choice(["encoded", "shared"]), default="encoded", show_default=True)
+@click.option("--worker-dataset", default=None, help="shared placement: name of the dataset the workers hold ('sample', 'test'); the master then sends indices... (images are sent when unset)")
+@click.option("--groups-per-request", type=int, default=64, show_default=True)
+@click.option("--in-flight", type=int, default=8, show_default=True, help="requests in flight")
+@click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="per-request deadline (s)")
+@click.option("--wait", type=float, default=10.0, show_default=True, help="seconds to wait for R workers at start")
+@click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True)
+@click.option("--token-file", default=None)
+@click.option("--tls-ca", default=None, help="CA file: connect with TLS and verify workers against it")
+@click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="write the JSON summary here")
+@click.option("--predictions-out", default=None, type=click.Path(dir_okay=False), help="write predictions (.npy, -1 = failed)")
+@click.option("--quiet", is_flag=True)
+@click.option("--log-level", default="warning", show_default=True)
+@limit_options
+def master(workers, model, images, data_dir, limit, placement, worker_dataset, groups_per_request, in_flight, request_timeout,
+           wait, wire_dtype, token_file, tls_ca, json_out, predictions_out, quiet, log_level,
+           max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+    """Stream images through N workers, decoding each request from the first R answers."""
+    import numpy as np
+
+    from .modelfile import load_model
+    from .protocol.auth import load_token
+    from .runtime.master import Master, run_stream
+    from .runtime.plan import CodedPlan
+    from .runtime.transport import client_ssl_context, parse_address, run
+
+    _logging(log_level)
+    addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
+    net, info = load_model(model)
+    if info["kind"] != "aicc":
+        raise click.UsageError("the master distributes AICC models only")
+    plan = CodedPlan(net, info, len(addresses), placement, wire_dtype)
+    x, y = _images(images, data_dir, limit)
+    token = load_token(token_file)
+    limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
+
+    async def go():
+        m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout,
+                   ssl_context=client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None)
+        try:
+            await m.start(wait_ready=wait)
+            await m.wait_all_ready(min(wait, 2.0))
+            if quiet:
+                return await run_stream(m, x, y, groups_per_request, in_flight)
+            with click.progressbar(length=x.shape[0] - x.shape[0] % plan.K, label="images", file=click.get_text_stream("stderr")) as bar:
+                return await run_stream(m, x, y, groups_per_request, in_flight, progress=bar.update)
+        finally:
+            await m.close()
+
+    summary, preds = run(go())
+    summary["model"] = model
+    if json_out:
+        from .modelfile import atomic_write
+
+        atomic_write(json_out, json.dumps(summary, indent=2).encode())
+    if predictions_out:
+        np.save(predictions_out, preds)
+    click.echo(json.dumps(summary))
+    if summary["requests_failed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("address")
+@click.option("--token-file", default=None)
+@click.option("--tls-ca", default=None)
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def ping(address, token_file, tls_ca, timeout):
+    """Check that a worker answers the authenticated handshake (exit 0 on success)."""
+    from .protocol.auth import load_token
+    from .runtime.probe import probe
+    from .runtime.transport import client_ssl_context, parse_address, run
+
+    host, port = parse_address(address)
+    ctx = client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None
+    info = run(probe(host, port, load_token(token_file), timeout, ctx))
+    click.echo(json.dumps(info))
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write the token to (mode 0600)")
+def token(out):
+    """Generate a random shared token into a file readable only by its owner."""
+    import os
+    import secrets
+
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    click.echo(f"wrote a new token to {out}", err=True)
+
+
+if __name__ == "__main__":
+    main()

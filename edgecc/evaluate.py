@@ -1,0 +1,88 @@
+"""Test-set accuracy of a trained model, directly and through the real decode path.
+
+Direct: argmax of D(β_k) = H(E(β_k)). Decoded: the N workers' outputs H(E(α_n)), interpolated from
+every R-subset of workers (or a sample of subsets that always includes the worst-conditioned one)
+with the cached float64 Lagrange matrices of edgecc.coding, exactly as the master decodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from .coding.lagrange import Decoder
+from .coding.schemes import Scheme, check_workers, default_alphas
+
+
+def group(images: np.ndarray, labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 28, 28) -> (n // K, K, 28, 28); a ragged tail that cannot fill a group is dropped."""
+    n = images.shape[0] - images.shape[0] % K
+    return images[:n].reshape(-1, K, 28, 28), labels[:n].reshape(-1, K)
+
+
+@torch.inference_mode()
+def aicc_outputs(model, x: np.ndarray, alphas: list[float], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(direct logits (G, K, 10), worker outputs (G, N, 10)) in float32 for grouped images x."""
+    direct, workers = [], []
+    for i in range(0, x.shape[0], batch):
+        xb = torch.from_numpy(x[i : i + batch])
+        direct.append(model(xb).numpy())
+        workers.append(model(xb, alphas).numpy())
+    return np.concatenate(direct), np.concatenate(workers)
+
+
+def subsets(N: int, R: int, max_subsets: int | None, decoder: Decoder, seed: int = 0) -> list[tuple[int, ...]]:
+    """All R-subsets of range(N), or a random sample plus the worst-conditioned subset."""
+    all_subsets = list(itertools.combinations(range(N), R))
+    if max_subsets is None or len(all_subsets) <= max_subsets:
+        return all_subsets
+    worst = max(all_subsets, key=lambda s: np.abs(decoder.weights(s)).sum(axis=1).max())
+    sample = random.Random(seed).sample(all_subsets, max_subsets - 1)
+    return sorted(set(sample) | {worst})
+
+
+def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray, N: int,
+             max_subsets: int | None = 200) -> dict[str, Any]:
+    """Accuracy (percent) of an AICC model directly and decoded from R-subsets of N workers."""
+    from .data import to_float
+
+    scheme = Scheme.from_dict(info["scheme"])
+    check_workers(scheme, N)
+    K, R = scheme.K, scheme.R
+    x, y = group(to_float(images), labels.astype(np.int64), K)
+    alphas = default_alphas(N)
+    direct, worker_out = aicc_outputs(model, x, alphas)
+    decoder = Decoder(alphas, scheme.betas(), R)
+    accs, worst_err, worst_amp = [], 0.0, 0.0
+    for s in subsets(N, R, max_subsets, decoder):
+        W = decoder.weights(s)
+        logits = np.einsum("kr,grv->gkv", W, worker_out[:, list(s)].astype(np.float64))
+        accs.append(100.0 * float((logits.argmax(-1) == y).mean()))
+        worst_err = max(worst_err, float(np.abs(logits - direct).max()))
+        worst_amp = max(worst_amp, float(np.abs(W).sum(axis=1).max()))
+    return {
+        "accuracy_direct": 100.0 * float((direct.argmax(-1) == y).mean()),
+        "accuracy_decoded_min": min(accs),
+        "accuracy_decoded_max": max(accs),
+        "accuracy_decoded_mean": float(np.mean(accs)),
+        "subsets_evaluated": len(accs),
+        "max_abs_logit_error": worst_err,
+        "worst_decode_amplification": worst_amp,
+        "R": R, "N": N, "K": K, "G": scheme.G, "P": scheme.P,
+        "scheme": scheme.label(),
+        "images": int(y.size),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+@torch.inference_mode()
+def evaluate_centralized(model, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    from .data import to_float
+
+    logits = model(torch.from_numpy(to_float(images))).numpy()
+    return {"accuracy_direct": 100.0 * float((logits.argmax(-1) == labels).mean()), "images": int(labels.size),
+            "params": sum(p.numel() for p in model.parameters())}

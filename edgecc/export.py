@@ -1,0 +1,46 @@
+"""Turn a trained torch model into worker arrays: affine maps collapsed, encoders as plain weights.
+
+H_B (and Ω of H_S) has no activations, so the whole worker network is one affine map
+y = A·vec(X̃) + b. We read A and b off the network in float64 (b = H(0), column i = H(e_i) − b):
+a Raspberry Pi then runs one 10×784 matmul instead of seven convolutions.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from .coding.schemes import Scheme
+
+PLACEMENTS = ("encoded", "shared")
+
+
+@torch.inference_mode()
+def collapse_affine(net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """(A (10, 784), b (10,)) in float64 of an affine net mapping (1, n, 28, 28)-shaped input to (..., 10)."""
+    net = copy.deepcopy(net).double().eval()
+    eye = torch.eye(784, dtype=torch.float64).reshape(1, 784, 28, 28)
+    zero = torch.zeros(1, 1, 28, 28, dtype=torch.float64)
+    b = net(zero).reshape(-1)
+    A = (net(eye).reshape(784, -1) - b).T
+    return A.numpy(), b.numpy()
+
+
+def worker_arrays(model, info: dict[str, Any], placement: str) -> dict[str, np.ndarray]:
+    """The arrays a worker of `placement` needs (float32; the affine map is collapsed in float64 first)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    scheme = Scheme.from_dict(info["scheme"])
+    net = model.hb if scheme.computation == "hb" else model.omega
+    A, b = collapse_affine(net)
+    arrays = {"affine.weight": A.astype(np.float32), "affine.bias": b.astype(np.float32)}
+    if placement == "shared":  # the worker runs E(α_n) (and Λ_p) itself
+        arrays.update({f"model.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()})
+    return arrays
+
+
+def bundle_info(info: dict[str, Any], placement: str) -> dict[str, Any]:
+    return {"kind": info["kind"], "scheme": info["scheme"], "placement": placement}

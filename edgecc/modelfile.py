@@ -1,0 +1,137 @@
+"""Model files: one safetensors file holding the weights and, in its metadata, the config as JSON.
+
+No pickle anywhere: safetensors stores raw tensors, the metadata is plain strings. The same file is
+readable from torch (`load_model`) and from numpy alone (`read_arrays`), so torch-free workers can
+open what training wrote. Writes are atomic (temp file + os.replace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelFileError
+
+FORMAT = "edgecc-model"
+VERSION = 1
+KINDS = ("aicc", "centralized-mlp", "centralized-cnn")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+DEFAULT_MODEL = "default-k2-cnn-cnn-hb.safetensors"
+
+
+def resolve(name: str | os.PathLike) -> Path:
+    """'default' is the model shipped in the package; anything else is a path."""
+    if str(name) == "default":
+        from importlib import resources
+
+        return Path(str(resources.files("edgecc.assets").joinpath(DEFAULT_MODEL)))
+    return Path(name)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a model file (kind, scheme, training, metrics), validated."""
+    from safetensors import safe_open
+
+    path = resolve(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
+    except Exception as e:  # safetensors raises its own error types for garbage
+        raise ModelFileError(f"{path}: not a valid safetensors model file ({e})") from None
+    return _parse_meta(meta, path)
+
+
+def _parse_meta(meta: dict[str, str], path: Any) -> dict[str, Any]:
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an edgecc model file (format {meta.get('format')!r})")
+    try:
+        version = int(meta.get("version", ""))
+    except ValueError:
+        raise ModelFileError(f"{path}: unreadable format version {meta.get('version')!r}") from None
+    if version != VERSION:
+        raise ModelFileError(f"{path}: model file version {version} is not supported (this edgecc reads {VERSION})")
+    try:
+        info = json.loads(meta["info"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: corrupt metadata ({e})") from None
+    if not isinstance(info, dict) or info.get("kind") not in KINDS:
+        raise ModelFileError(f"{path}: unknown model kind {info.get('kind') if isinstance(info, dict) else info!r}")
+    return info
+
+
+def read_arrays(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metadata, {name: float32 array}) using numpy only."""
+    from safetensors.numpy import load_file
+
+    path = resolve(path)
+    info = read_header(path)
+    try:
+        arrays = load_file(str(path))
+    except Exception as e:
+        raise ModelFileError(f"{path}: corrupt tensor data ({e})") from None
+    for name, a in arrays.items():
+        if not np.all(np.isfinite(a)):
+            raise ModelFileError(f"{path}: tensor {name} contains NaN or Inf")
+    return info, arrays
+
+
+def save_model(path: str | os.PathLike, model, info: dict[str, Any]) -> None:
+    """Write `model`'s weights and `info` (must contain 'kind'; JSON-serialisable) atomically."""
+    from safetensors.torch import save
+
+    if info.get("kind") not in KINDS:
+        raise ModelFileError(f"unknown model kind {info.get('kind')!r}")
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "version": str(VERSION), "info": json.dumps(info, sort_keys=True)}
+    atomic_write(path, save(tensors, metadata=meta))
+
+
+def build_model(info: dict[str, Any]):
+    """An untrained torch module of the kind and scheme `info` describes."""
+    from .coding.schemes import Scheme
+    from .nets import AICC, CentralizedCNN, CentralizedMLP
+
+    kind = info["kind"]
+    if kind == "aicc":
+        return AICC(Scheme.from_dict(info["scheme"]))
+    return CentralizedMLP() if kind == "centralized-mlp" else CentralizedCNN()
+
+
+def load_model(path: str | os.PathLike):
+    """(torch module in eval mode, info). Shapes are checked against the declared config."""
+    import torch
+
+    path = resolve(path)
+    info, arrays = read_arrays(path)
+    model = build_model(info)
+    state = model.state_dict()
+    if set(arrays) != set(state):
+        missing, extra = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
+        raise ModelFileError(f"{path}: weights do not match the declared model (missing {missing[:3]}, extra {extra[:3]})")
+    for name, a in arrays.items():
+        if tuple(a.shape) != tuple(state[name].shape):
+            raise ModelFileError(f"{path}: {name} has shape {a.shape}, the model needs {tuple(state[name].shape)}")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+    return model.eval(), info

@@ -1,0 +1,6 @@
+"""Torch modules: coefficient networks Γ/Λ, worker computations H_S/H_B, baselines."""
+
+from .aicc import AICC
+from .baselines import CentralizedCNN, CentralizedMLP
+
+__all__ = ["AICC", "CentralizedCNN", "CentralizedMLP"]

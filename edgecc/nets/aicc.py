@@ -1,0 +1,92 @@
+"""The AICC model: encoder E(α) = Σ_g Γ_g(X) α^g and worker computation H_S or H_B.
+
+Shapes: x (B, K, 28, 28) images of one group per row; encoded inputs (B, n, 28, 28) at n points;
+logits (B, n, 10). Training evaluates D(β_k) = H(E(β_k)) directly; the distributed path evaluates
+H(E(α_n)) on workers and interpolates (edgecc.coding.lagrange).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..coding.schemes import Scheme
+from .blocks import BaseMLP, CoefNets, DilatedStack
+
+
+def powers(points: torch.Tensor, degree: int) -> torch.Tensor:
+    """Vandermonde matrix (n, degree+1): points[i] ** g."""
+    return points.unsqueeze(1) ** torch.arange(degree + 1, device=points.device, dtype=points.dtype)
+
+
+class HB(nn.Module):
+    """Affine worker computation on the encoded input only: [CL stack without ReLU] + Base-MLP without ReLU."""
+
+    def __init__(self, scheme: Scheme):
+        super().__init__()
+        self.stack = DilatedStack(1, 20 * scheme.K, activation=False) if scheme.compute_arch == "cl" else None
+        self.omega = BaseMLP(activation=False)
+
+    def forward(self, xt: torch.Tensor) -> torch.Tensor:
+        # xt: (B, n, 28, 28) -> (B, n, 10)
+        if self.stack is not None:
+            B, n = xt.shape[:2]
+            xt = xt.reshape(B * n, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+            xt = self.stack(xt).reshape(B, n, 28, 28)
+        return self.omega(xt)
+
+
+class AICC(nn.Module):
+    """Γ_0..Γ_G (encoder), Λ_0..Λ_P (H_S only) and Ω or the H_B network."""
+
+    def __init__(self, scheme: Scheme):
+        super().__init__()
+        self.scheme = scheme
+        s = scheme
+        self.gamma = CoefNets(s.encoder, s.K, s.G + 1)
+        if s.computation == "hs":
+            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1)
+            self.omega = BaseMLP(activation=False)
+        else:
+            self.hb = HB(s)
+        self.register_buffer("betas", torch.tensor(s.betas(), dtype=torch.float32), persistent=False)
+
+    # -- the pieces, as the runtime places them -------------------------------------------------
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """C_g = Γ_g(X): (B, K, 28, 28) -> (B, G+1, 28, 28)."""
+        return self.gamma(x)
+
+    def lambdas(self, x: torch.Tensor) -> torch.Tensor:
+        """V_p = Λ_p(X): (B, K, 28, 28) -> (B, P+1, 28, 28). H_S only."""
+        return self.lam(x)
+
+    def encode(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """E(α) at each point: (B, K, 28, 28) -> (B, n, 28, 28)."""
+        return self.evaluate_encoder(self.coefficients(x), points)
+
+    def evaluate_encoder(self, coef: torch.Tensor, points: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        pts = torch.as_tensor(points, dtype=coef.dtype, device=coef.device)
+        vand = powers(pts, self.scheme.G)  # (n, G+1)
+        return torch.einsum("ng,bgij->bnij", vand, coef)
+
+    def compute(self, xt: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Worker computation H on encoded inputs xt (B, n, 28, 28); v = Λ(X) (B, P+1, 28, 28) for H_S."""
+        if self.scheme.computation == "hb":
+            return self.hb(xt)
+        if v is None:
+            raise ValueError("H_S needs the coefficients V_p = Λ_p(X)")
+        # Σ_p V_p ⊙ xt^p, by Horner's rule in xt: ((V_P xt + V_{P-1}) xt + ...) + V_0
+        s = v[:, -1:].expand_as(xt)
+        for p in range(self.scheme.P - 1, -1, -1):
+            s = s * xt + v[:, p : p + 1]
+        return self.omega(s)
+
+    # -- training / direct evaluation ----------------------------------------------------------
+    def forward(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+        """D(point) = H(E(point)) for each point (default: β_1..β_K): (B, K, 28, 28) -> (B, n, 10)."""
+        pts = self.betas if points is None else points
+        xt = self.encode(x, pts)
+        v = self.lambdas(x) if self.scheme.computation == "hs" else None
+        return self.compute(xt, v)

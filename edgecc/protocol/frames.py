@@ -1,0 +1,125 @@
+"""Length-prefixed msgpack frames and arrays as raw little-endian bytes. No sockets here.
+
+A frame is a 4-byte big-endian payload length followed by one msgpack map. The decoder is fed
+bytes as they arrive and yields whole messages; it refuses a frame longer than `max_frame`
+*before* buffering it, so a peer cannot make us allocate what it announces.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..errors import EdgeccError
+
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024  # a shared-dataset configure with MLP encoders is ~30 MB
+WIRE_DTYPES = {"f4": np.float32, "f2": np.float16, "f8": np.float64, "u1": np.uint8, "i4": np.int32}
+
+
+class ProtocolError(EdgeccError):
+    """A protocol rule was broken."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid; the connection should be dropped."""
+
+
+class FatalProtocolError(RemoteProtocolError):
+    """The byte stream cannot be trusted any more (e.g. an oversized frame): close the connection."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something invalid (a bug or bad input on our side)."""
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise RemoteProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def encode_frame(msg: dict[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    payload = msgpack.packb(msg, use_bin_type=True)
+    if len(payload) > max_frame:
+        raise LocalProtocolError(f"frame of {len(payload)} bytes exceeds the maximum of {max_frame}")
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    try:
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True)
+    except RemoteProtocolError:
+        raise
+    except Exception as e:  # msgpack raises several unrelated types for garbage
+        raise RemoteProtocolError(f"malformed msgpack payload ({type(e).__name__}: {e})") from None
+    if not isinstance(msg, dict):
+        raise RemoteProtocolError(f"a frame must hold a msgpack map, got {type(msg).__name__}")
+    return msg
+
+
+class FrameDecoder:
+    """Feed bytes with `feed`, take complete messages with `next` (None when more data is needed)."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next(self) -> dict[str, Any] | None:
+        if len(self._buf) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buf)
+        if length > self.max_frame:
+            raise FatalProtocolError(f"peer announced a frame of {length} bytes; the maximum is {self.max_frame}")
+        end = HEADER.size + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[HEADER.size:end])
+        del self._buf[:end]
+        return decode_payload(payload)
+
+
+def pack_array(a: np.ndarray, dtype: str = "f4") -> dict[str, Any]:
+    """{'dtype', 'shape', 'data'}: data are the raw little-endian bytes, no copy when already in layout."""
+    if dtype not in WIRE_DTYPES:
+        raise LocalProtocolError(f"unsupported wire dtype {dtype!r}")
+    a = np.ascontiguousarray(a, dtype=np.dtype(WIRE_DTYPES[dtype]).newbyteorder("<"))
+    return {"dtype": dtype, "shape": list(a.shape), "data": memoryview(a).cast("B")}
+
+
+def unpack_array(obj: Any, name: str, *, dtypes: tuple[str, ...] = ("f4", "f2"), shape: tuple[int | None, ...] | None = None,
+                 max_elements: int = 1 << 26, finite: bool = True) -> np.ndarray:
+    """Validate and view an array sent with `pack_array` (zero-copy, read-only).
+
+    `shape` may hold None for free dimensions. NaN/Inf are refused when `finite`.
+    """
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise RemoteProtocolError(f"{name}: an array must be a map with exactly dtype, shape and data")
+    dt, shp, data = obj["dtype"], obj["shape"], obj["data"]
+    if dt not in dtypes:
+        raise RemoteProtocolError(f"{name}: dtype {dt!r} not accepted here (accepted: {', '.join(dtypes)})")
+    if not isinstance(shp, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shp):
+        raise RemoteProtocolError(f"{name}: shape must be a list of non-negative integers, got {shp!r}")
+    if shape is not None and (len(shp) != len(shape) or any(w is not None and w != s for w, s in zip(shape, shp))):
+        want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+        raise RemoteProtocolError(f"{name}: shape {tuple(shp)} does not match {want}")
+    if not isinstance(data, (bytes, bytearray)):
+        raise RemoteProtocolError(f"{name}: data must be binary")
+    n = int(np.prod(shp, dtype=np.int64))
+    if n > max_elements:
+        raise RemoteProtocolError(f"{name}: {n} elements exceed the limit of {max_elements}")
+    np_dt = np.dtype(WIRE_DTYPES[dt]).newbyteorder("<")
+    if len(data) != n * np_dt.itemsize:
+        raise RemoteProtocolError(f"{name}: {len(data)} bytes for shape {tuple(shp)} of {dt} (needs {n * np_dt.itemsize})")
+    a = np.frombuffer(data, dtype=np_dt).reshape(shp)
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise RemoteProtocolError(f"{name}: contains NaN or Inf")
+    return a

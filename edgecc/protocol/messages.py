@@ -1,0 +1,180 @@
+"""Message types and their validation: a frame's map becomes a frozen dataclass or an error.
+
+Every message is a map with "t" (its type) and the fields listed below; unknown types, missing
+or unknown fields and wrong field types are RemoteProtocolErrors. Arrays stay as wire maps here and
+are checked against the worker's configuration by `frames.unpack_array` where the shape is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from .frames import RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+NONCE_BYTES = 32
+ERROR_CODES = ("version", "auth", "bad_request", "not_configured", "busy", "limit", "internal")
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    # field name -> accepted python types after msgpack decoding; None in the tuple allows nil
+    TYPES: ClassVar[dict[str, tuple]] = {}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TYPE, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> "Message":
+        names = {f.name for f in fields(cls)}
+        keys = set(d) - {"t"}
+        if keys != names:
+            missing, extra = sorted(names - keys), sorted(keys - names)
+            raise RemoteProtocolError(f"{cls.TYPE}: missing fields {missing}, unknown fields {extra}")
+        for name in names:
+            v, ok = d[name], cls.TYPES[name]
+            if not ((v is None and None in ok) or any(t is not None and isinstance(v, t) and not (t is int and isinstance(v, bool)) for t in ok)):
+                raise RemoteProtocolError(f"{cls.TYPE}.{name}: unexpected value of type {type(v).__name__}")
+        msg = cls(**{k: d[k] for k in names})
+        msg.check()
+        return msg
+
+    def check(self) -> None:
+        """Per-type semantic checks beyond field types."""
+
+
+def _nonce(name: str, v: bytes) -> None:
+    if len(v) != NONCE_BYTES:
+        raise RemoteProtocolError(f"{name} must be {NONCE_BYTES} bytes, got {len(v)}")
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Worker -> master, first frame: version, capabilities, a fresh nonce to authenticate against."""
+    TYPE = "hello"
+    TYPES = {"proto": (int,), "nonce": (bytes,), "caps": (dict,), "bundle": (str, None)}
+    proto: int
+    nonce: bytes
+    caps: dict
+    bundle: str | None
+
+    def check(self) -> None:
+        _nonce("hello.nonce", self.nonce)
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    """Master -> worker: HMAC over both nonces proves the master holds the token."""
+    TYPE = "auth"
+    TYPES = {"proto": (int,), "nonce": (bytes,), "mac": (bytes,)}
+    proto: int
+    nonce: bytes
+    mac: bytes
+
+    def check(self) -> None:
+        _nonce("auth.nonce", self.nonce)
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """Worker -> master: the worker's own HMAC, so the master knows it talks to a real worker."""
+    TYPE = "welcome"
+    TYPES = {"mac": (bytes,)}
+    mac: bytes
+
+
+@dataclass(frozen=True)
+class Configure(Message):
+    """Master -> worker: role of this worker. `arrays` may be nil when the worker holds `digest`."""
+    TYPE = "configure"
+    TYPES = {"index": (int,), "alpha": (float, int), "scheme": (dict,), "placement": (str,), "wire_dtype": (str,),
+             "digest": (str,), "arrays": (dict, None), "dataset": (str, None)}
+    index: int
+    alpha: float
+    scheme: dict
+    placement: str
+    wire_dtype: str
+    digest: str
+    arrays: dict | None
+    dataset: str | None
+
+    def check(self) -> None:
+        if self.placement not in ("encoded", "shared"):
+            raise RemoteProtocolError(f"configure.placement must be 'encoded' or 'shared', got {self.placement!r}")
+        if self.wire_dtype not in ("f4", "f2"):
+            raise RemoteProtocolError(f"configure.wire_dtype must be 'f4' or 'f2', got {self.wire_dtype!r}")
+        if not 0.0 < float(self.alpha) < 1.0e6:
+            raise RemoteProtocolError(f"configure.alpha out of range: {self.alpha!r}")
+
+
+@dataclass(frozen=True)
+class Configured(Message):
+    TYPE = "configured"
+    TYPES = {"digest": (str,)}
+    digest: str
+
+
+@dataclass(frozen=True)
+class Compute(Message):
+    """Master -> worker: one request of B groups. Exactly the inputs the placement needs are set:
+    encoded: x (B, 28, 28) [+ v (B, P+1, 28, 28) for H_S]; shared: images (B, K, 28, 28) u1 or indices (B, K) i4."""
+    TYPE = "compute"
+    TYPES = {"id": (int,), "x": (dict, None), "v": (dict, None), "images": (dict, None), "indices": (dict, None)}
+    id: int
+    x: dict | None
+    v: dict | None
+    images: dict | None
+    indices: dict | None
+
+    def check(self) -> None:
+        if not 0 <= self.id < 2**63:
+            raise RemoteProtocolError(f"compute.id out of range: {self.id}")
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """Worker -> master: y (B, 10) = H(E(α_n)) for the request `id`."""
+    TYPE = "result"
+    TYPES = {"id": (int,), "y": (dict,)}
+    id: int
+    y: dict
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """Either way: `id` names the failed request, or nil for a connection-level error (then close)."""
+    TYPE = "error"
+    TYPES = {"code": (str,), "message": (str,), "id": (int, None)}
+    code: str
+    message: str
+    id: int | None
+
+    def check(self) -> None:
+        if self.code not in ERROR_CODES:
+            raise RemoteProtocolError(f"error.code {self.code!r} is not one of {ERROR_CODES}")
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    TYPE = "ping"
+    TYPES = {"seq": (int,)}
+    seq: int
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE = "pong"
+    TYPES = {"seq": (int,)}
+    seq: int
+
+
+MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Auth, Welcome, Configure, Configured, Compute, Result, Error, Ping, Pong)}
+
+
+def parse(d: dict[str, Any]) -> Message:
+    t = d.get("t")
+    if t not in MESSAGES:
+        raise RemoteProtocolError(f"unknown message type {t!r}")
+    return MESSAGES[t].from_wire(d)

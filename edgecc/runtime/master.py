@@ -1,0 +1,324 @@
+"""The master: keeps links to N workers, sends each request to all of them, and decodes from
+whichever R answer first. Late answers are dropped by request id; every request ends decoded or
+failed with a reason, within its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import DecodeError, EdgeccError
+from ..protocol import auth
+from ..protocol.frames import RemoteProtocolError, unpack_array
+from ..protocol.messages import (PROTOCOL_VERSION, Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong,
+                                 Result, Welcome)
+from .limits import Limits
+from .transport import Comm, CommClosedError, connect
+
+log = logging.getLogger("edgecc.master")
+
+
+class AuthError(EdgeccError):
+    """The peer failed authentication (wrong token on one side)."""
+
+
+class RequestFailed(EdgeccError):
+    """A request could not be decoded; the message says why."""
+
+
+@dataclass
+class Pending:
+    id: int
+    groups: int
+    future: asyncio.Future
+    outstanding: set[int]
+    results: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class WorkerLink:
+    """One worker: connect, authenticate, configure, read results; reconnect with jittered backoff."""
+
+    def __init__(self, master: "Master", index: int, host: str, port: int):
+        self.master, self.index, self.host, self.port = master, index, host, port
+        self.comm: Comm | None = None
+        self.ready = asyncio.Event()
+        self.last_seen = 0.0
+        self.connects = 0
+        self.last_error = ""
+        self.task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self.master.closing:
+            try:
+                comm = await connect(self.host, self.port, self.master.limits.connect_timeout,
+                                     self.master.ssl_context, self.master.limits.max_frame)
+                try:
+                    await self._handshake(comm)
+                    self.comm, self.last_seen, backoff = comm, time.monotonic(), 0.05
+                    self.connects += 1
+                    self.ready.set()
+                    log.info("worker %d (%s) ready", self.index, self.address)
+                    await asyncio.gather(self._reader(comm), self._heartbeat(comm))
+                finally:
+                    comm.abort()
+            except (CommClosedError, RemoteProtocolError, AuthError, asyncio.TimeoutError, OSError) as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                if isinstance(e, AuthError):
+                    log.error("worker %d (%s): %s", self.index, self.address, e)
+            finally:
+                was_ready = self.ready.is_set()
+                self.ready.clear()
+                self.comm = None
+                if was_ready and not self.master.closing:
+                    log.warning("worker %d (%s) lost: %s", self.index, self.address, self.last_error)
+                    self.master._worker_lost(self.index)
+            if self.master.closing:
+                return
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.master.max_backoff)
+
+    async def _handshake(self, comm: Comm) -> None:
+        t = self.master.limits.handshake_timeout
+        hello = await comm.read(timeout=t)
+        if isinstance(hello, Error):
+            raise AuthError(f"worker refused: {hello.message}")
+        if not isinstance(hello, Hello):
+            raise RemoteProtocolError(f"expected hello, got {hello.TYPE}")
+        if hello.proto != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"worker speaks protocol {hello.proto}, master speaks {PROTOCOL_VERSION}")
+        plan = self.master.plan
+        if plan.placement not in hello.caps.get("placements", []):
+            raise RemoteProtocolError(f"worker cannot serve the {plan.placement!r} placement (it offers {hello.caps.get('placements')})")
+        nonce = auth.new_nonce()
+        token = self.master.token
+        await comm.write(Auth(PROTOCOL_VERSION, nonce, auth.master_mac(token, hello.nonce, nonce)))
+        welcome = await comm.read(timeout=t)
+        if isinstance(welcome, Error):
+            raise AuthError(f"worker refused the handshake: {welcome.message}")
+        if not isinstance(welcome, Welcome) or not auth.verify(auth.worker_mac(token, nonce, hello.nonce), welcome.mac):
+            raise AuthError("worker failed to prove the shared token")
+        arrays = None if hello.bundle == plan.digest else plan.wire_arrays
+        await comm.write(Configure(self.index, plan.alphas[self.index], plan.scheme.to_dict(), plan.placement,
+                                   plan.wire_dtype, plan.digest, arrays, self.master.dataset), timeout=60.0)
+        reply = await comm.read(timeout=max(t, 60.0))
+        if isinstance(reply, Error):
+            raise RemoteProtocolError(f"worker refused the configuration: {reply.message}")
+        if not isinstance(reply, Configured) or reply.digest != plan.digest:
+            raise RemoteProtocolError("worker did not confirm the configuration")
+
+    async def _reader(self, comm: Comm) -> None:
+        while True:
+            msg = await comm.read()
+            self.last_seen = time.monotonic()
+            if isinstance(msg, Result):
+                self.master._on_result(self.index, msg)
+            elif isinstance(msg, Error):
+                if msg.id is not None:
+                    self.master._on_request_error(self.index, msg.id, f"{msg.code}: {msg.message}")
+                else:
+                    log.warning("worker %d: %s: %s", self.index, msg.code, msg.message)
+            elif not isinstance(msg, Pong):
+                raise RemoteProtocolError(f"unexpected {msg.TYPE} from worker")
+
+    async def _heartbeat(self, comm: Comm) -> None:
+        """A worker that stops answering (paused, partitioned) is dropped after 3 missed beats."""
+        period, seq = self.master.heartbeat_s, 0
+        while True:
+            await asyncio.sleep(period)
+            if time.monotonic() - self.last_seen > 3 * period:
+                raise CommClosedError(f"no frame from worker {self.index} for {3 * period:g} s")
+            seq += 1
+            await comm.write(Ping(seq), timeout=period)
+
+    async def send(self, msg: Compute) -> int:
+        if self.comm is None:
+            raise CommClosedError("not connected")
+        return await self.comm.write(msg, timeout=self.master.request_timeout)
+
+
+class Master:
+    def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
+                 ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
+                 dataset: str | None = None):
+        if len(addresses) != plan.N:
+            raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
+        self.plan, self.token = plan, token
+        self.limits = limits or Limits()
+        self.ssl_context, self.request_timeout = ssl_context, request_timeout
+        self.heartbeat_s, self.max_backoff, self.dataset = heartbeat_s, max_backoff, dataset
+        self.closing = False
+        self.links = [WorkerLink(self, i, h, p) for i, (h, p) in enumerate(addresses)]
+        self.pending: dict[int, Pending] = {}
+        self.next_id = 0
+        self.encode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecc-encode")
+        self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self, wait_ready: float = 10.0) -> None:
+        """Start all links and wait until at least R workers are ready (or raise after `wait_ready` s)."""
+        for link in self.links:
+            link.task = asyncio.create_task(link.run())
+        deadline = time.monotonic() + wait_ready
+        while self.ready_count() < self.plan.R:
+            if time.monotonic() > deadline:
+                errors = "; ".join(f"worker {l.index} ({l.address}): {l.last_error or 'not ready'}" for l in self.links if not l.ready.is_set())
+                raise EdgeccError(f"only {self.ready_count()} of {self.plan.N} workers ready after {wait_ready:g} s, "
+                                  f"need R={self.plan.R}: {errors}")
+            await asyncio.sleep(0.02)
+
+    async def wait_all_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(l.ready.wait() for l in self.links)), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def ready_count(self) -> int:
+        return sum(l.ready.is_set() for l in self.links)
+
+    async def close(self) -> None:
+        self.closing = True
+        for link in self.links:
+            if link.task:
+                link.task.cancel()
+        await asyncio.gather(*(l.task for l in self.links if l.task), return_exceptions=True)
+        for p in list(self.pending.values()):
+            self._fail(p, "master closed")
+        self.encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one request -----------------------------------------------------------------------------
+    async def infer(self, images: np.ndarray) -> np.ndarray:
+        """Decoded (B, K, 10) logits for B groups `images` (B, K, 28, 28) uint8, or RequestFailed."""
+        loop = asyncio.get_running_loop()
+        payloads = await loop.run_in_executor(self.encode_pool, self.plan.payloads, images)
+        req_id = self.next_id
+        self.next_id += 1
+        live = [l for l in self.links if l.ready.is_set()]
+        R = self.plan.R
+        if len(live) < R:
+            raise RequestFailed(f"request {req_id}: only {len(live)} of {self.plan.N} workers connected, "
+                                f"cannot reach the recovery threshold R={R}")
+        p = Pending(req_id, images.shape[0], loop.create_future(), {l.index for l in live})
+        self.pending[req_id] = p
+        try:
+            async def send(link: WorkerLink) -> None:
+                try:  # sent concurrently: one slow link must not delay the others
+                    self.stats["bytes_sent"] += await link.send(Compute(req_id, **_fields(payloads[link.index])))
+                except CommClosedError:
+                    self._drop_worker(p, link.index, "connection lost while sending")
+
+            await asyncio.gather(*(send(link) for link in live))
+            try:
+                return await asyncio.wait_for(asyncio.shield(p.future), self.request_timeout)
+            except asyncio.TimeoutError:
+                raise RequestFailed(f"request {req_id}: {len(p.results)} of R={R} results within "
+                                    f"{self.request_timeout:g} s (waiting on workers {sorted(p.outstanding)})") from None
+        finally:
+            self.pending.pop(req_id, None)
+
+    def _on_result(self, index: int, msg: Result) -> None:
+        p = self.pending.get(msg.id)
+        if p is None or index not in p.outstanding:
+            self.stats["late_results"] += 1  # decoded, failed or duplicate: nothing waits for it
+            return
+        try:
+            y = unpack_array(msg.y, "y", shape=(p.groups, 10))
+        except RemoteProtocolError as e:
+            self.stats["bad_results"] += 1
+            self._drop_worker(p, index, f"invalid result: {e}")
+            return
+        p.outstanding.discard(index)
+        p.results[index] = y
+        if len(p.results) >= self.plan.R and not p.future.done():
+            try:
+                p.future.set_result(self.plan.decode(p.results))
+            except DecodeError as e:
+                p.future.set_exception(RequestFailed(f"request {p.id}: {e}"))
+
+    def _on_request_error(self, index: int, req_id: int, why: str) -> None:
+        self.stats["worker_errors"] += 1
+        p = self.pending.get(req_id)
+        if p is not None:
+            self._drop_worker(p, index, why)
+
+    def _worker_lost(self, index: int) -> None:
+        for p in list(self.pending.values()):
+            if index in p.outstanding:
+                self._drop_worker(p, index, "worker disconnected")
+
+    def _drop_worker(self, p: Pending, index: int, why: str) -> None:
+        """Worker `index` will not answer request p; fail p at once if R is now out of reach."""
+        p.outstanding.discard(index)
+        if len(p.results) + len(p.outstanding) < self.plan.R and not p.future.done():
+            self._fail(p, f"{len(p.results)} result(s) and {len(p.outstanding)} live worker(s) left, "
+                          f"R={self.plan.R} unreachable (worker {index}: {why})")
+
+    def _fail(self, p: Pending, why: str) -> None:
+        if not p.future.done():
+            p.future.set_exception(RequestFailed(f"request {p.id}: {why}"))
+
+
+def _fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"x": payload.get("x"), "v": payload.get("v"), "images": payload.get("images"), "indices": payload.get("indices")}
+
+
+async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, groups_per_request: int = 64,
+                     in_flight: int = 8, progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Stream `images` through the master; returns (summary, predictions with -1 where a request failed)."""
+    K = master.plan.K
+    n = images.shape[0] - images.shape[0] % K
+    groups = images[:n].reshape(-1, K, 28, 28)
+    preds = np.full(n, -1, dtype=np.int64)
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    sem = asyncio.Semaphore(in_flight)
+    t0 = time.perf_counter()
+
+    async def one(start: int) -> None:
+        async with sem:
+            batch = groups[start : start + groups_per_request]
+            t = time.perf_counter()
+            try:
+                logits = await master.infer(batch)
+            except RequestFailed as e:
+                reason = str(e).split(": ", 1)[-1].split(" (")[0]
+                failures[reason] = failures.get(reason, 0) + 1
+                log.warning("%s", e)
+            else:
+                latencies.append((time.perf_counter() - t) * 1000)
+                preds[start * K : (start + batch.shape[0]) * K] = logits.argmax(-1).reshape(-1)
+            if progress:
+                progress(batch.shape[0] * K)
+
+    await asyncio.gather(*(one(s) for s in range(0, groups.shape[0], groups_per_request)))
+    elapsed = time.perf_counter() - t0
+    done = preds >= 0
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    summary = {
+        "images": int(n), "N": master.plan.N, "K": K, "R": master.plan.R, "placement": master.plan.placement,
+        "accuracy": 100.0 * float((preds[done] == labels[:n][done]).mean()) if done.any() else 0.0,
+        "accuracy_all_images": 100.0 * float((preds == labels[:n]).mean()),
+        "requests_decoded": len(latencies), "requests_failed": sum(failures.values()), "failure_reasons": failures,
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                       "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean())},
+        "elapsed_s": elapsed, "images_per_s": n / elapsed if elapsed > 0 else 0.0,
+        "bytes_sent": master.stats["bytes_sent"], "late_results": master.stats["late_results"],
+        "bad_results": master.stats["bad_results"], "worker_errors": master.stats["worker_errors"],
+        "groups_per_request": groups_per_request, "in_flight": in_flight,
+        "workers": [{"index": l.index, "address": l.address, "alpha": master.plan.alphas[l.index], "connects": l.connects,
+                     "ready": l.ready.is_set()} for l in master.links],
+    }
+    return summary, preds

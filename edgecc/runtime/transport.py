@@ -1,0 +1,133 @@
+"""Message streams over asyncio TCP (optionally TLS): the only place that touches sockets.
+
+`Comm` reads and writes whole protocol messages with deadlines; protocol rules live in
+edgecc.protocol. Any unexpected I/O failure closes the stream and surfaces as CommClosedError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from ..errors import EdgeccError
+from ..protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from ..protocol.messages import Message, parse
+
+READ_CHUNK = 1 << 18
+
+
+class CommClosedError(EdgeccError):
+    """The connection is gone (peer closed, reset, or we aborted it)."""
+
+
+def parse_address(text: str, default_port: int = 7700) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or 'host' -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    try:
+        p = int(port)
+    except ValueError:
+        raise EdgeccError(f"bad port in address {text!r}") from None
+    if not host or not 0 <= p < 65536:
+        raise EdgeccError(f"bad address {text!r}; expected HOST:PORT")
+    return host, p
+
+
+class Comm:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int = DEFAULT_MAX_FRAME):
+        self.reader, self.writer = reader, writer
+        self.max_frame = max_frame
+        self.decoder = FrameDecoder(max_frame)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.closed = False
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def read(self, timeout: float | None = None) -> Message:
+        """Next validated message; RemoteProtocolError for garbage, CommClosedError when closed."""
+        while True:
+            raw = self.decoder.next()
+            if raw is not None:
+                return parse(raw)
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except asyncio.TimeoutError:
+                raise
+            except (OSError, ssl.SSLError) as e:
+                self.abort()
+                raise CommClosedError(f"{self.peer}: {e}") from None
+            if not data:
+                self.abort()
+                raise CommClosedError(f"{self.peer} closed the connection")
+            self.bytes_received += len(data)
+            self.decoder.feed(data)
+
+    async def write(self, msg: Message | dict[str, Any], timeout: float | None = 30.0) -> int:
+        if self.closed:
+            raise CommClosedError(f"{self.peer}: connection already closed")
+        frame = encode_frame(msg.to_wire() if isinstance(msg, Message) else msg, self.max_frame)
+        try:
+            self.writer.write(frame)
+            await asyncio.wait_for(self.writer.drain(), timeout)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, RuntimeError) as e:
+            self.abort()
+            raise CommClosedError(f"{self.peer}: write failed ({type(e).__name__}: {e})") from None
+        self.bytes_sent += len(frame)
+        return len(frame)
+
+    def abort(self) -> None:
+        self.closed = True
+        transport = self.writer.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            self.abort()
+
+
+async def connect(host: str, port: int, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None,
+                  max_frame: int = DEFAULT_MAX_FRAME) -> Comm:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl_context, limit=READ_CHUNK), timeout)
+    except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+        raise CommClosedError(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") from None
+    return Comm(reader, writer, max_frame)
+
+
+def client_ssl_context(cafile: str | None, insecure_hostname: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cafile)
+    if insecure_hostname:  # workers are often addressed by IP on a LAN; the CA still pins them
+        ctx.check_hostname = False
+    return ctx
+
+
+def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def run(coro) -> Any:
+    """Run a coroutine on uvloop where installed, plain asyncio otherwise (same code path)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,0 +1,217 @@
+"""Scenario reports: per-request records in; report.json, report.md and two PNG plots out.
+
+Input: for each scheme name, a list of per-request records (`RequestRecord` or a plain dict
+with the same keys):
+
+    {"request": 17,            # request id
+     "latency_ms": 12.5,       # end-to-end latency at the master; None = not decoded (failed)
+     "correct": 2, "total": 2, # correctly classified images / images in the request
+     "oracle_ms": 6.1,         # latency an ideal scheme would get (optional, None = unknown)
+     "bytes_sent": 3136}       # bytes the master sent for this request
+
+Percentiles use numpy's default (linear interpolation between order statistics). Latency and
+accuracy statistics cover decoded requests only; `decoded_fraction` says how many those are.
+The plot data come from plain functions (`cdf_points`, `accuracy_p99_points`) so tests check
+numbers, not pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    request: int
+    latency_ms: float | None  # None: the request was never decoded
+    correct: int
+    total: int
+    oracle_ms: float | None = None
+    bytes_sent: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("latency_ms", "oracle_ms"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"request {self.request}: {name} must be finite and >= 0, got {v!r}")
+        if not 0 <= self.correct <= self.total:
+            raise ValueError(f"request {self.request}: need 0 <= correct <= total, "
+                             f"got {self.correct}/{self.total}")
+        if self.bytes_sent < 0:
+            raise ValueError(f"request {self.request}: bytes_sent must be >= 0")
+
+    @property
+    def decoded(self) -> bool:
+        return self.latency_ms is not None
+
+
+Record = Union[RequestRecord, Mapping[str, Any]]
+Results = Mapping[str, Sequence[Record]]  # scheme name -> records
+
+
+@dataclass(frozen=True)
+class SchemeSummary:
+    requests: int
+    decoded_fraction: float  # decoded requests / requests
+    p50_ms: float | None  # None when nothing was decoded
+    p95_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    accuracy: float | None  # percent of images correct, over decoded requests
+    bytes_sent: int  # total over all requests, failed ones included
+    oracle_p50_ms: float | None
+    oracle_p99_ms: float | None
+
+
+def as_records(records: Sequence[Record]) -> list[RequestRecord]:
+    return [r if isinstance(r, RequestRecord) else RequestRecord(**r) for r in records]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear interpolation; None for no values."""
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def summarize(records: Sequence[Record]) -> SchemeSummary:
+    recs = as_records(records)
+    decoded = [r for r in recs if r.decoded]
+    lat = [r.latency_ms for r in decoded]
+    oracle = [r.oracle_ms for r in recs if r.oracle_ms is not None]
+    total = sum(r.total for r in decoded)
+    return SchemeSummary(
+        requests=len(recs),
+        decoded_fraction=len(decoded) / len(recs) if recs else 0.0,
+        p50_ms=percentile(lat, 50),
+        p95_ms=percentile(lat, 95),
+        p99_ms=percentile(lat, 99),
+        mean_ms=float(np.mean(lat)) if lat else None,
+        accuracy=100.0 * sum(r.correct for r in decoded) / total if total else None,
+        bytes_sent=sum(r.bytes_sent for r in recs),
+        oracle_p50_ms=percentile(oracle, 50),
+        oracle_p99_ms=percentile(oracle, 99),
+    )
+
+
+def cdf_points(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical CDF of latency: xs sorted decoded latencies (ms), ys = (i+1)/requests.
+
+    Dividing by all requests, not just decoded ones, makes the curve level off at the decoded
+    fraction, so failures stay visible on the plot.
+    """
+    recs = as_records(records)
+    xs = np.sort(np.array([r.latency_ms for r in recs if r.decoded], dtype=float))
+    ys = np.arange(1, len(xs) + 1, dtype=float) / max(len(recs), 1)
+    return xs, ys
+
+
+def accuracy_p99_points(summaries: Mapping[str, SchemeSummary]) -> list[tuple[str, float, float]]:
+    """(scheme, p99_ms, accuracy) per scheme; schemes that decoded nothing have no point."""
+    return [(name, s.p99_ms, s.accuracy) for name, s in summaries.items()
+            if s.p99_ms is not None and s.accuracy is not None]
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def render_markdown(summaries: Mapping[str, SchemeSummary], title: str = "Scenario report") -> str:
+    head = ("| scheme | requests | decoded | p50 ms | p95 ms | p99 ms | mean ms | accuracy % "
+            "| oracle p50 ms | oracle p99 ms | bytes sent |")
+    rows = [f"# {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for name, s in summaries.items():
+        rows.append(
+            f"| {name} | {s.requests} | {100 * s.decoded_fraction:.1f}% | {_fmt(s.p50_ms)} "
+            f"| {_fmt(s.p95_ms)} | {_fmt(s.p99_ms)} | {_fmt(s.mean_ms)} | {_fmt(s.accuracy, 2)} "
+            f"| {_fmt(s.oracle_p50_ms)} | {_fmt(s.oracle_p99_ms)} | {s.bytes_sent} |")
+    return "\n".join(rows) + "\n"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Temp file then rename: an interrupted run never leaves a half-written report behind.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _atomic_write(path, buf.getvalue())
+
+
+def plot_latency_cdf(results: Results, path: Path) -> None:
+    # Figure + Agg canvas, not pyplot: no global backend switch, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    all_xs = []
+    for name, records in results.items():
+        xs, ys = cdf_points(records)
+        all_xs.extend(xs)
+        ax.step(xs, ys, where="post", label=name)
+    if all_xs and min(all_xs) > 0:
+        ax.set_xscale("log")  # straggler tails span decades
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests decoded")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_accuracy_vs_p99(summaries: Mapping[str, SchemeSummary], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, p99, acc in accuracy_p99_points(summaries):
+        ax.scatter([p99], [acc], label=name)
+    if ax.collections:
+        ax.legend()  # a legend, not labels at the points: schemes often land on one spot
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenario report",
+                 meta: Mapping[str, Any] | None = None) -> dict[str, SchemeSummary]:
+    """Write report.json, report.md, latency_cdf.png and accuracy_vs_p99.png into `out_dir`.
+
+    `meta` (e.g. `Scenario.to_dict()`) is stored as-is under "scenario" in report.json.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {name: summarize(recs) for name, recs in results.items()}
+    doc = {"title": title, "scenario": dict(meta) if meta else None,
+           "schemes": {name: asdict(s) for name, s in summaries.items()}}
+    # allow_nan=False: the file must stay valid JSON for any reader.
+    _atomic_write(out / "report.json",
+                  (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
+    _atomic_write(out / "report.md", render_markdown(summaries, title).encode())
+    plot_latency_cdf(results, out / "latency_cdf.png")
+    plot_accuracy_vs_p99(summaries, out / "accuracy_vs_p99.png")
+    return summaries

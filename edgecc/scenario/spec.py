@@ -1,0 +1,280 @@
+"""Scenario files: TOML in, a frozen, validated `Scenario` out.
+
+A scenario fixes everything an experiment needs so that every scheme meets the same stragglers:
+the model, the images, the request stream, and how each of the N workers behaves. Schema
+(every key optional except that N must follow from `N` or `[[workers]]`):
+
+    name = "one-straggler"     # default: the file name without .toml
+    seed = 7                   # default 0; fixes every injected delay and failure
+    model = "default"          # "default" (shipped model, K=2 G=1) or a path to a .safetensors
+    images = "sample"          # "sample" (shipped 1000 images), "test", or a path to a .npz
+    requests = 200             # default 100; each request is `groups_per_request` groups of K images
+    groups_per_request = 1
+    placement = "encoded"      # "encoded": master encodes, workers get only X̃_n; "shared": workers hold the data
+    schemes = ["aicc", "uncoded", "replication"]   # default all three, run with the same delays
+    timeout_s = 5.0            # per-request deadline at the master
+    N = 3                      # number of workers; may be left out when [[workers]] are listed
+
+    [arrival]
+    process = "closed"         # "closed": `concurrency` requests in flight; "poisson": open loop
+    concurrency = 1            # closed loop only
+    rate = 50.0                # requests/s; required for poisson, ignored for closed
+
+    [defaults]                 # applied to every worker; a worker's own key replaces it whole
+    latency = { dist = "constant", value = 0.005 }
+
+    [[workers]]                # exactly N tables when both are given
+    latency = { dist = "exponential", mean = 0.050 }   # seconds; see latency.py for every dist
+    failure = { kind = "crash_at", at_s = 2.0 }        # or a list of failure tables
+    slowdown = 1.0             # multiplies the worker's sampled delays
+    bandwidth_mbit = 100       # informational for the runner (it may shape the link with tc tbf)
+
+Relative paths (model, images, trace files) are relative to the scenario file. Unknown keys and
+bad values raise `ConfigError("<file>:<line>: <field path>: <reason>")`, e.g. the field path
+`workers[2].latency.mean`; the line is found by searching the text, so it is best-effort.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecc.errors import ConfigError
+from edgecc.scenario.latency import (
+    Constant, Distribution, Failure, FieldError, WorkerBehaviour, as_int, as_number, as_table,
+    check_keys, parse_failures, parse_latency,
+)
+
+SCHEMES = ("aicc", "uncoded", "replication")
+PLACEMENTS = ("encoded", "shared")
+ARRIVAL_PROCESSES = ("closed", "poisson")
+
+_TOP_KEYS = {"name", "seed", "N", "model", "images", "requests", "groups_per_request",
+             "placement", "schemes", "timeout_s", "arrival", "defaults", "workers"}
+_WORKER_KEYS = {"latency", "failure", "slowdown", "bandwidth_mbit"}
+
+
+@dataclass(frozen=True)
+class Arrival:
+    process: str = "closed"  # "closed" or "poisson"
+    concurrency: int = 1  # requests kept in flight (closed loop)
+    rate: float | None = None  # requests/s (poisson; required there)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    latency: Distribution = Constant(0.0)  # injected delay before answering
+    failures: tuple[Failure, ...] = ()  # the worker fails a request if any of these says so
+    slowdown: float = 1.0  # multiplies the sampled delay
+    bandwidth_mbit: float | None = None  # informational; None = unlimited
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    N: int  # number of workers
+    workers: tuple[WorkerSpec, ...]  # exactly N
+    seed: int = 0  # fixes every injected delay and failure
+    model: str = "default"  # "default" or a resolved .safetensors path
+    images: str = "sample"  # "sample", "test" or a resolved .npz path
+    requests: int = 100
+    groups_per_request: int = 1
+    placement: str = "encoded"  # "encoded" or "shared"
+    schemes: tuple[str, ...] = SCHEMES  # run in this order, each with the same delays
+    timeout_s: float = 5.0  # per-request deadline at the master
+    arrival: Arrival = field(default_factory=Arrival)
+    source: str | None = None  # the file it was loaded from
+
+    def behaviours(self) -> list[WorkerBehaviour]:
+        """One deterministic behaviour per worker, indexed 0..N-1."""
+        return [WorkerBehaviour(self.seed, i, w.latency, w.failures, w.slowdown)
+                for i, w in enumerate(self.workers)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready description (for reports)."""
+        return {
+            "name": self.name, "seed": self.seed, "N": self.N, "model": self.model,
+            "images": self.images, "requests": self.requests,
+            "groups_per_request": self.groups_per_request, "placement": self.placement,
+            "schemes": list(self.schemes), "timeout_s": self.timeout_s,
+            "arrival": {"process": self.arrival.process, "concurrency": self.arrival.concurrency,
+                        "rate": self.arrival.rate},
+            "workers": [{**b.to_dict(), "bandwidth_mbit": w.bandwidth_mbit}
+                        for w, b in zip(self.workers, self.behaviours())],
+        }
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _in_section(section: str, fn: Any, *args: Any) -> Any:
+    """Run a parser, prefixing the field path of any error with `section`."""
+    try:
+        return fn(*args)
+    except FieldError as e:
+        raise e.under(section) from None
+
+
+def _string(value: Any, field_: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise FieldError(field_, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _path_or_keyword(value: Any, field_: str, keywords: tuple[str, ...], suffix: str,
+                     base_dir: Path | None) -> str:
+    s = _string(value, field_)
+    if s in keywords:
+        return s
+    if not s.endswith(suffix):
+        raise FieldError(field_, f"must be {' or '.join(map(repr, keywords))} "
+                                 f"or a path to a {suffix} file, got {s!r}")
+    p = Path(s)
+    return str(base_dir / p if base_dir and not p.is_absolute() else p)
+
+
+def _parse_worker(d: Any, base_dir: Path | None) -> dict[str, Any]:
+    """The keys a worker (or [defaults]) sets, parsed; absent keys stay absent."""
+    d = as_table(d, "")
+    check_keys(d, _WORKER_KEYS)
+    out: dict[str, Any] = {}
+    if "latency" in d:
+        out["latency"] = _in_section("latency", parse_latency, d["latency"], base_dir)
+    if "failure" in d:
+        out["failures"] = _in_section("failure", parse_failures, d["failure"])
+    if "slowdown" in d:
+        out["slowdown"] = as_number(d["slowdown"], "slowdown", above=0)
+    if "bandwidth_mbit" in d:
+        out["bandwidth_mbit"] = as_number(d["bandwidth_mbit"], "bandwidth_mbit", above=0)
+    return out
+
+
+def _parse_arrival(d: Any) -> Arrival:
+    d = as_table(d, "")
+    check_keys(d, {"process", "concurrency", "rate"})
+    process = d.get("process", "closed")
+    if process not in ARRIVAL_PROCESSES:
+        raise FieldError("process", f"must be one of {', '.join(ARRIVAL_PROCESSES)}; got {process!r}")
+    concurrency = as_int(d.get("concurrency", 1), "concurrency", minimum=1)
+    rate = as_number(d["rate"], "rate", above=0) if "rate" in d else None
+    if process == "poisson" and rate is None:
+        raise FieldError("rate", "missing (required when process = \"poisson\")")
+    return Arrival(process, concurrency, rate)
+
+
+def _parse_schemes(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise FieldError("schemes", f"must be a non-empty list, got {value!r}")
+    for i, s in enumerate(value):
+        if s not in SCHEMES:
+            raise FieldError(f"schemes[{i}]", f"must be one of {', '.join(SCHEMES)}; got {s!r}")
+    if len(set(value)) != len(value):
+        raise FieldError("schemes", f"lists a scheme twice: {value!r}")
+    return tuple(value)
+
+
+def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
+                       base_dir: Path | None = None, source: str | None = None) -> Scenario:
+    """Validate a parsed TOML document. Errors are `FieldError`s with a field path."""
+    check_keys(d, _TOP_KEYS)
+    defaults = _in_section("defaults", _parse_worker, d.get("defaults", {}), base_dir)
+
+    tables = d.get("workers")
+    if tables is not None and not isinstance(tables, list):
+        raise FieldError("workers", "must be an array of tables ([[workers]])")
+    N = as_int(d["N"], "N", minimum=1) if "N" in d else None
+    if tables is None and N is None:
+        raise FieldError("N", "missing (give `N = ...` or one [[workers]] table per worker)")
+    if tables is not None and N is not None and len(tables) != N:
+        raise FieldError("workers", f"lists {len(tables)} workers but N = {N}")
+    if N is None:
+        N = len(tables)
+        if N < 1:
+            raise FieldError("workers", "must list at least one worker")
+    workers = tuple(
+        WorkerSpec(**{**defaults, **_in_section(f"workers[{i}]", _parse_worker, t, base_dir)})
+        for i, t in enumerate(tables or [{}] * N))
+
+    return Scenario(
+        name=_string(d.get("name", name), "name"),
+        N=N,
+        workers=workers,
+        seed=as_int(d.get("seed", 0), "seed", minimum=0),
+        model=_path_or_keyword(d.get("model", "default"), "model", ("default",),
+                               ".safetensors", base_dir),
+        images=_path_or_keyword(d.get("images", "sample"), "images", ("sample", "test"),
+                                ".npz", base_dir),
+        requests=as_int(d.get("requests", 100), "requests", minimum=1),
+        groups_per_request=as_int(d.get("groups_per_request", 1), "groups_per_request", minimum=1),
+        placement=_one_of(d.get("placement", "encoded"), "placement", PLACEMENTS),
+        schemes=_parse_schemes(d.get("schemes", list(SCHEMES))),
+        timeout_s=as_number(d.get("timeout_s", 5.0), "timeout_s", above=0),
+        arrival=_in_section("arrival", _parse_arrival, d.get("arrival", {})),
+        source=source,
+    )
+
+
+def _one_of(value: Any, field_: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise FieldError(field_, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; every problem is a `ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read scenario file: {e.strerror}") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # its message already gives line and column
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    try:
+        return scenario_from_dict(data, name=path.stem, base_dir=path.parent, source=str(path))
+    except FieldError as e:
+        line = find_line(text, e.field)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {e.field}: {e.reason}") from None
+
+
+# --- best-effort line lookup -------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?")
+_SEGMENT = re.compile(r"([A-Za-z0-9_]*)(?:\[(\d+)\])?")
+
+
+def find_line(text: str, field_path: str) -> int | None:
+    """The 1-based line where `field_path` (e.g. `workers[2].latency.mean`) is set, or the
+    nearest enclosing table's line; None when nothing matches."""
+    lines = text.splitlines()
+    headers = [i for i, ln in enumerate(lines) if _HEADER.match(ln)]
+
+    def section_end(after: int) -> int:
+        return next((h for h in headers if h > after), len(lines))
+
+    start, end, found = 0, section_end(-1), None
+    for seg in field_path.split("."):
+        m = _SEGMENT.fullmatch(seg)
+        if not m or not m.group(1):
+            continue
+        name, index = m.group(1), int(m.group(2) or 0)
+        # A table header ([name], [[name]], [x.name]) at or after the current position...
+        hits = [h for h in headers if h >= start
+                and _HEADER.match(lines[h]).group(2).split(".")[-1].strip() == name]
+        if len(hits) > index:
+            found = hits[index]
+            start, end = found + 1, section_end(found)
+            continue
+        # ...or a key `name =`, possibly inside an inline table, in the current section.
+        key = re.compile(rf"(^|[{{,\s]){re.escape(name)}\s*=")
+        line = next((i for i in range(start, end) if key.search(lines[i])), None)
+        if line is None:
+            break
+        found, start = line, line  # later segments may sit on this same line
+    return None if found is None else found + 1

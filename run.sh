@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# edgecc project tasks:  ./run.sh COMMAND [ARGS...]   (./run.sh help)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DRY_RUN=0
+# What the EXIT trap cleans up if deploy stops half-way (see cleanup).
+DEPLOY_TMP_TOKEN='' DEPLOY_STAGED=''
+
+cleanup() {
+    [[ -z $DEPLOY_TMP_TOKEN ]] || rm -f "$DEPLOY_TMP_TOKEN"
+    # a failed deploy must not leave the token copy on the board
+    [[ -z $DEPLOY_STAGED ]] || ssh "${DEPLOY_STAGED%%:*}" rm -rf "${DEPLOY_STAGED#*:}" || true
+}
+trap cleanup EXIT
+
+usage() {
+    cat <<'EOF'
+usage: ./run.sh COMMAND [ARGS...]
+
+commands:
+  setup       (not yet written)
+  demo        (not yet written)
+  test        (not yet written)
+  scenario    (not yet written)
+  deploy USER@HOST --bundle BUNDLE [--wheel WHEEL] [--port PORT] [--dry-run]
+              install or update an edgecc worker on a Raspberry Pi over ssh, then check
+              that it answers the authenticated handshake (see workers/README.md)
+  help        this text
+EOF
+}
+
+# --- shared helpers --------------------------------------------------------------------------
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Print a command as `+ cmd args`, shell-quoted; run it unless --dry-run.
+run() {
+    printf '+'; printf ' %q' "$@"; printf '\n'
+    ((DRY_RUN)) || "$@"
+}
+
+# The project's Python / edgecc: $PYTHON / $EDGECC_BIN, else the repo venv, else PATH.
+python_bin() {
+    if [[ -n ${PYTHON:-} ]]; then echo "$PYTHON"
+    elif [[ -x $ROOT/.venv/bin/python ]]; then echo "$ROOT/.venv/bin/python"
+    else echo python3
+    fi
+}
+edgecc_bin() {
+    if [[ -n ${EDGECC_BIN:-} ]]; then echo "$EDGECC_BIN"
+    elif [[ -x $ROOT/.venv/bin/edgecc ]]; then echo "$ROOT/.venv/bin/edgecc"
+    else command -v edgecc || echo edgecc
+    fi
+}
+
+# --- placeholders: filled in elsewhere -------------------------------------------------------
+# TODO(edgecc): cmd_setup — not written yet.
+cmd_setup() { echo "not yet" >&2; exit 1; }
+# TODO(edgecc): cmd_demo — not written yet.
+cmd_demo() { echo "not yet" >&2; exit 1; }
+# TODO(edgecc): cmd_test — not written yet.
+cmd_test() { echo "not yet" >&2; exit 1; }
+# TODO(edgecc): cmd_scenario — not written yet.
+cmd_scenario() { echo "not yet" >&2; exit 1; }
+
+# --- deploy ----------------------------------------------------------------------------------
+deploy_usage() {
+    cat <<'EOF'
+usage: ./run.sh deploy USER@HOST --bundle BUNDLE [--wheel WHEEL] [--port PORT] [--dry-run]
+
+  USER@HOST        ssh target of the board (a user with sudo); HOST must also be reachable
+                   from here on PORT, since the final check connects to HOST:PORT directly
+  --bundle BUNDLE  model bundle made with `edgecc export MODEL --out BUNDLE.safetensors`
+  --wheel WHEEL    edgecc wheel (or sdist) to install; default: build one into dist/
+  --port PORT      port the worker listens on (default 7700)
+  --dry-run        print every step (`+ ` lines) without running any of them
+
+The shared token comes from $EDGECC_TOKEN or the file $EDGECC_TOKEN_FILE; with neither,
+~/.config/edgecc/token is used and created on first deploy. The same token is installed
+on every board, and `edgecc ping` uses it for the final handshake check.
+Rerunning is safe: it updates what changed and restarts the worker.
+EOF
+}
+
+cmd_deploy() {
+    local target='' bundle='' wheel='' port=7700
+    while (($#)); do
+        case $1 in
+            --bundle|--wheel|--port)
+                (($# >= 2)) || { deploy_usage >&2; die "$1 needs a value"; }
+                case $1 in
+                    --bundle) bundle=$2 ;;
+                    --wheel) wheel=$2 ;;
+                    --port) port=$2 ;;
+                esac
+                shift 2 ;;
+            --bundle=*) bundle=${1#*=}; shift ;;
+            --wheel=*) wheel=${1#*=}; shift ;;
+            --port=*) port=${1#*=}; shift ;;
+            --dry-run) DRY_RUN=1; shift ;;
+            -h|--help) deploy_usage; exit 0 ;;
+            -*) deploy_usage >&2; die "unknown option: $1" ;;
+            *) [[ -z $target ]] || { deploy_usage >&2; die "only one USER@HOST, got '$target' and '$1'"; }
+               target=$1; shift ;;
+        esac
+    done
+
+    # --- check everything local before touching the board ---
+    [[ -n $target ]] || { deploy_usage >&2; die "missing USER@HOST"; }
+    [[ $target =~ ^([A-Za-z0-9._-]+@)?[A-Za-z0-9._:-]+$ ]] || die "bad target '$target' (expected USER@HOST)"
+    local host=${target#*@}
+    [[ -n $bundle ]] || { deploy_usage >&2; die "missing --bundle (make one with: edgecc export MODEL --out BUNDLE.safetensors)"; }
+    [[ -f $bundle ]] || die "bundle not found: $bundle"
+    [[ $port =~ ^[0-9]{1,5}$ ]] && ((10#$port >= 1 && 10#$port <= 65535)) || die "bad --port: $port"
+    port=$((10#$port))
+    if [[ -n $wheel ]]; then
+        [[ -f $wheel ]] || die "wheel not found: $wheel"
+        # the name travels into a remote shell command line and pip needs it intact
+        [[ $(basename "$wheel") =~ ^[A-Za-z0-9._+-]+$ ]] || die "unexpected characters in wheel file name: $wheel"
+    fi
+    local f
+    for f in setup-pi.sh edgecc-worker.service worker.env.example; do
+        [[ -f $ROOT/workers/$f ]] || die "missing $ROOT/workers/$f"
+    done
+    local edgecc; edgecc=$(edgecc_bin)
+    if ! ((DRY_RUN)); then
+        for f in ssh scp "$edgecc"; do
+            command -v "$f" >/dev/null || die "'$f' not found (edgecc is needed locally for the final ping; set EDGECC_BIN or activate the venv)"
+        done
+    fi
+    if ((DRY_RUN)); then say "dry run: printing the steps, running none of them"; fi
+
+    # --- the shared token: the master's copy is the one every board gets ---
+    local token_file
+    if [[ -n ${EDGECC_TOKEN:-} ]]; then
+        # scp needs a file; keep it private and remove it on exit
+        if ((DRY_RUN)); then
+            token_file=${TMPDIR:-/tmp}/edgecc-token.XXXXXX
+        else
+            DEPLOY_TMP_TOKEN=$(umask 077 && mktemp "${TMPDIR:-/tmp}/edgecc-token.XXXXXX")
+            printf '%s' "$EDGECC_TOKEN" >"$DEPLOY_TMP_TOKEN"
+            token_file=$DEPLOY_TMP_TOKEN
+        fi
+    elif [[ -n ${EDGECC_TOKEN_FILE:-} ]]; then
+        # set explicitly: a typo must not silently mint a new token for the fleet
+        [[ -s $EDGECC_TOKEN_FILE ]] || die "EDGECC_TOKEN_FILE=$EDGECC_TOKEN_FILE is missing or empty"
+        token_file=$EDGECC_TOKEN_FILE
+    else
+        token_file=${XDG_CONFIG_HOME:-$HOME/.config}/edgecc/token
+        if [[ ! -s $token_file ]]; then
+            say "no token yet: creating $token_file (keep it secret; the master uses it too)"
+            if ((DRY_RUN)); then
+                printf '+ %s\n' "od -An -vtx1 -N32 /dev/urandom | tr -d ' \\n' > $token_file"
+            else
+                mkdir -p -m 0700 "$(dirname "$token_file")"
+                # 64 hex digits; the value never appears on a command line
+                (umask 077 && od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$token_file")
+                [[ $(wc -c <"$token_file") -eq 64 ]] || die "could not create $token_file"
+            fi
+        fi
+        export EDGECC_TOKEN_FILE=$token_file   # for `edgecc ping` below
+    fi
+
+    # --- 1. the package ---
+    if [[ -z $wheel ]]; then
+        say "building the edgecc wheel"
+        printf '+ cd %q\n' "$ROOT"
+        (cd "$ROOT" && run "$(python_bin)" -m pip wheel --no-deps -w dist .)
+        if ((DRY_RUN)); then
+            wheel=$ROOT/dist/edgecc-VERSION-py3-none-any.whl
+        else
+            wheel=$(ls -t "$ROOT"/dist/edgecc-*.whl 2>/dev/null | head -n 1 || true)
+            [[ -n $wheel ]] || die "no wheel in $ROOT/dist after the build"
+        fi
+    fi
+    local wheel_name; wheel_name=$(basename "$wheel")
+
+    # --- 2. copy everything into a private staging folder in the remote user's home ---
+    # (not /tmp: predictable names there are unsafe on a shared board)
+    local stage=edgecc-deploy
+    say "copying files to $target:$stage/"
+    run ssh "$target" mkdir -p -m 0700 "$stage"
+    ((DRY_RUN)) || DEPLOY_STAGED=$target:$stage
+    run scp "$wheel" "$target:$stage/$wheel_name"
+    run scp "$bundle" "$target:$stage/bundle.safetensors"
+    run scp "$ROOT/workers/setup-pi.sh" "$ROOT/workers/edgecc-worker.service" \
+        "$ROOT/workers/worker.env.example" "$target:$stage/"
+    run scp "$token_file" "$target:$stage/token"
+
+    # --- 3. install and restart; -t lets sudo ask for a password when we have a terminal ---
+    local tty=(); if [[ -t 0 ]]; then tty=(-t); fi
+    say "running setup-pi.sh on $target"
+    run ssh ${tty[@]+"${tty[@]}"} "$target" sudo bash "$stage/setup-pi.sh" --no-restart \
+        --bundle "$stage/bundle.safetensors" --token-file "$stage/token" --port "$port" \
+        "$stage/$wheel_name"
+    say "restarting the worker"
+    run ssh ${tty[@]+"${tty[@]}"} "$target" sudo systemctl restart edgecc-worker.service
+    # the token copy must not linger; the rest is re-sent on every deploy anyway
+    run ssh "$target" rm -rf "$stage"
+    DEPLOY_STAGED=''
+
+    # --- 4. the worker must answer the authenticated handshake ---
+    say "checking the handshake with $host:$port"
+    if ((DRY_RUN)); then
+        run "$edgecc" ping "$host:$port"
+        return 0
+    fi
+    # a Pi needs a few seconds to import numpy and load the bundle
+    local i out
+    for i in $(seq 1 10); do
+        printf '+ %q ping %q  (try %d)\n' "$edgecc" "$host:$port" "$i"
+        if out=$("$edgecc" ping "$host:$port" 2>&1); then
+            [[ -z $out ]] || printf '%s\n' "$out"
+            say "worker on $host:$port is up"
+            return 0
+        fi
+        sleep 3
+    done
+    printf '%s\n' "$out" >&2
+    die "the worker on $host:$port did not answer; look at: ssh $target journalctl -u edgecc-worker -n 50"
+}
+
+# --- dispatch --------------------------------------------------------------------------------
+main() {
+    (($#)) || { usage >&2; exit 2; }
+    local cmd=$1; shift
+    case $cmd in
+        setup) cmd_setup "$@" ;;
+        demo) cmd_demo "$@" ;;
+        test) cmd_test "$@" ;;
+        scenario) cmd_scenario "$@" ;;
+        deploy) cmd_deploy "$@" ;;
+        help|-h|--help) usage ;;
+        *) usage >&2; die "unknown command: $cmd" ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,101 @@
+"""Scenario reports: summary numbers on a known input, plot data, and the files written."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecc.scenario.report import (
+    RequestRecord, accuracy_p99_points, cdf_points, render_markdown, summarize, write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def rec(i, latency, correct=2, total=2, oracle=None, sent=100):
+    return {"request": i, "latency_ms": latency, "correct": correct, "total": total,
+            "oracle_ms": oracle, "bytes_sent": sent}
+
+
+# Five requests, one failed; decoded latencies 10, 20, 30, 40 (in shuffled order).
+RECORDS = [rec(0, 30.0, oracle=5.0), rec(1, 10.0, correct=1, oracle=6.0), rec(2, None, correct=0),
+           rec(3, 40.0, oracle=7.0), rec(4, 20.0, correct=0, oracle=8.0)]
+
+
+def test_summary_numbers_by_hand():
+    s = summarize(RECORDS)
+    assert s.requests == 5
+    assert s.decoded_fraction == pytest.approx(0.8)
+    # linear percentiles of [10, 20, 30, 40]: position q/100 * 3
+    assert s.p50_ms == pytest.approx(25.0)  # halfway between 20 and 30
+    assert s.p95_ms == pytest.approx(38.5)  # 2.85 → 30 + 0.85·10
+    assert s.p99_ms == pytest.approx(39.7)  # 2.97 → 30 + 0.97·10
+    assert s.mean_ms == pytest.approx(25.0)
+    assert s.accuracy == pytest.approx(100 * 5 / 8)  # 2+1+2+0 correct of 8 decoded images
+    assert s.bytes_sent == 500  # failed request's bytes count too
+    assert s.oracle_p50_ms == pytest.approx(6.5)  # [5, 6, 7, 8]
+    assert s.oracle_p99_ms == pytest.approx(7.97)
+
+
+def test_summary_of_all_failed():
+    s = summarize([rec(0, None), rec(1, None)])
+    assert s.decoded_fraction == 0.0
+    assert (s.p50_ms, s.p99_ms, s.mean_ms, s.accuracy, s.oracle_p50_ms) == (None,) * 5
+
+
+def test_records_accept_dataclasses_and_reject_nonsense():
+    assert summarize([RequestRecord(0, 5.0, 1, 1)]).p50_ms == 5.0
+    with pytest.raises(ValueError, match="correct"):
+        RequestRecord(0, 5.0, correct=3, total=2)
+    with pytest.raises(ValueError, match="latency_ms"):
+        RequestRecord(0, float("nan"), 1, 1)
+    with pytest.raises(TypeError):
+        summarize([{"request": 0, "latency_ms": 1.0, "correct": 1, "total": 1, "extra": 1}])
+
+
+def test_cdf_points_level_off_at_decoded_fraction():
+    xs, ys = cdf_points(RECORDS)
+    np.testing.assert_array_equal(xs, [10.0, 20.0, 30.0, 40.0])
+    np.testing.assert_allclose(ys, [0.2, 0.4, 0.6, 0.8])
+    xs, ys = cdf_points([])
+    assert len(xs) == len(ys) == 0
+
+
+def test_accuracy_p99_points_skip_schemes_that_decoded_nothing():
+    summaries = {"aicc": summarize(RECORDS), "uncoded": summarize([rec(0, None)])}
+    pts = accuracy_p99_points(summaries)
+    assert [p[0] for p in pts] == ["aicc"]
+    assert pts[0][1:] == pytest.approx((39.7, 62.5))
+
+
+def test_markdown_table():
+    md = render_markdown({"aicc": summarize(RECORDS), "dead": summarize([rec(0, None)])}, "T")
+    lines = md.splitlines()
+    assert lines[0] == "# T"
+    assert lines[2].startswith("| scheme |") and set(lines[3]) == {"|", "-"}
+    assert lines[3].count("|") == lines[2].count("|")
+    assert lines[4] == ("| aicc | 5 | 80.0% | 25.0 | 38.5 | 39.7 | 25.0 | 62.50 | 6.5 | 8.0 "
+                        "| 500 |")
+    assert lines[5].startswith("| dead | 1 | 0.0% | — |")
+
+
+def test_write_report_files(tmp_path):
+    results = {"aicc": RECORDS, "uncoded": [rec(i, 50.0 + i) for i in range(10)],
+               "replication": [rec(0, None)]}
+    out = tmp_path / "run"
+    summaries = write_report(results, out, title="demo", meta={"name": "demo", "seed": 7})
+    assert set(summaries) == set(results)
+
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["scenario"] == {"name": "demo", "seed": 7}
+    aicc = doc["schemes"]["aicc"]
+    assert set(aicc) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "accuracy", "decoded_fraction",
+                         "bytes_sent", "oracle_p50_ms", "oracle_p99_ms", "requests"}
+    assert aicc["p50_ms"] == pytest.approx(25.0) and aicc["requests"] == 5
+    assert doc["schemes"]["replication"]["p99_ms"] is None
+
+    assert "| uncoded | 10 |" in (out / "report.md").read_text()
+    for name in ("latency_cdf.png", "accuracy_vs_p99.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 1000
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
