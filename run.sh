@@ -8,9 +8,14 @@ DRY_RUN=0
 DEPLOY_TMP_TOKEN='' DEPLOY_STAGED=''
 
 cleanup() {
+    local rc=$?
     [[ -z $DEPLOY_TMP_TOKEN ]] || rm -f "$DEPLOY_TMP_TOKEN"
-    # a failed deploy must not leave the token copy on the board
-    [[ -z $DEPLOY_STAGED ]] || ssh "${DEPLOY_STAGED%%:*}" rm -rf "${DEPLOY_STAGED#*:}" || true
+    if [[ -n $DEPLOY_STAGED ]]; then
+        printf 'run.sh: error: deploy failed (exit %d) at the last `+` step above; removing %s\n' \
+            "$rc" "$DEPLOY_STAGED" >&2
+        # a failed deploy must not leave the token copy on the board
+        ssh "${DEPLOY_STAGED%%:*}" rm -rf "${DEPLOY_STAGED#*:}" || true
+    fi
 }
 trap cleanup EXIT
 

@@ -45,8 +45,9 @@ def _autocast(cfg: TrainConfig):
 
 
 def _identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that determine the result (not threads or where the data lies)."""
-    return asdict(replace(cfg, threads=None, data_dir=None))
+    """The settings that determine each epoch's result (not threads, where the data lies, or how
+    many epochs: a finished run may be resumed with a larger --epochs)."""
+    return asdict(replace(cfg, threads=None, data_dir=None, epochs=0))
 
 
 @torch.inference_mode()
@@ -101,7 +102,7 @@ def train(
     start_epoch, history, seconds = 0, [], 0.0
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ck["info"] != info or ck["config"] != _identity(cfg):
+        if ck["info"] != info or {**ck["config"], "epochs": 0} != _identity(cfg):
             raise ValueError(f"{ckpt_path} belongs to a different configuration; use another run dir")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -139,7 +140,7 @@ def train(
         if progress:
             progress(epoch + 1, 0, f"epoch {epoch + 1} done: loss {loss_sum / steps:.4f}, test accuracy {acc:.2f}%")
 
-    info["training"] = {**_identity(cfg), "batch": batch, "train_images": int(x.shape[0]),
+    info["training"] = {**_identity(cfg), "epochs": cfg.epochs, "batch": batch, "train_images": int(x.shape[0]),
                         "train_seconds": round(seconds, 1), "torch": torch.__version__, "history": history}
     save_model(out, model, info)
     return info

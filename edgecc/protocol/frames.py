@@ -7,6 +7,7 @@ bytes as they arrive and yields whole messages; it refuses a frame longer than `
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..errors import EdgeccError
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024  # a shared-dataset configure with MLP encoders is ~30 MB
 WIRE_DTYPES = {"f4": np.float32, "f2": np.float16, "f8": np.float64, "u1": np.uint8, "i4": np.int32}
+MAX_NDIM = 32  # numpy 1.x cannot hold more dimensions
 
 
 class ProtocolError(EdgeccError):
@@ -56,7 +58,24 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
         raise RemoteProtocolError(f"malformed msgpack payload ({type(e).__name__}: {e})") from None
     if not isinstance(msg, dict):
         raise RemoteProtocolError(f"a frame must hold a msgpack map, got {type(msg).__name__}")
+    _check_plain(msg)
     return msg
+
+
+def _check_plain(msg: dict[str, Any]) -> None:
+    """Map keys must be strings, and no extension type may hide anywhere: msgpack decodes the
+    timestamp extension (-1) itself without calling ext_hook. Iterative, so nesting cannot recurse."""
+    stack: list[Any] = [msg]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if not all(type(k) is str for k in o):
+                raise RemoteProtocolError("map keys must be strings")
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+        elif isinstance(o, msgpack.Timestamp):
+            raise RemoteProtocolError("msgpack extension type -1 (timestamp) is not allowed")
 
 
 class FrameDecoder:
@@ -91,8 +110,11 @@ def pack_array(a: np.ndarray, dtype: str = "f4") -> dict[str, Any]:
     """{'dtype', 'shape', 'data'}: data are the raw little-endian bytes, no copy when already in layout."""
     if dtype not in WIRE_DTYPES:
         raise LocalProtocolError(f"unsupported wire dtype {dtype!r}")
-    a = np.ascontiguousarray(a, dtype=np.dtype(WIRE_DTYPES[dtype]).newbyteorder("<"))
-    return {"dtype": dtype, "shape": list(a.shape), "data": memoryview(a).cast("B")}
+    a = np.asarray(a, dtype=np.dtype(WIRE_DTYPES[dtype]).newbyteorder("<"))
+    if not a.flags.c_contiguous:  # (ascontiguousarray alone would turn a 0-d array into shape (1,))
+        a = np.ascontiguousarray(a)
+    # a 1-d view: memoryview cannot cast a multi-dimensional view with a zero in its shape
+    return {"dtype": dtype, "shape": list(a.shape), "data": memoryview(a.reshape(-1)).cast("B")}
 
 
 def unpack_array(obj: Any, name: str, *, dtypes: tuple[str, ...] = ("f4", "f2"), shape: tuple[int | None, ...] | None = None,
@@ -113,9 +135,12 @@ def unpack_array(obj: Any, name: str, *, dtypes: tuple[str, ...] = ("f4", "f2"),
         raise RemoteProtocolError(f"{name}: shape {tuple(shp)} does not match {want}")
     if not isinstance(data, (bytes, bytearray)):
         raise RemoteProtocolError(f"{name}: data must be binary")
-    n = int(np.prod(shp, dtype=np.int64))
-    if n > max_elements:
-        raise RemoteProtocolError(f"{name}: {n} elements exceed the limit of {max_elements}")
+    # Python integers (no int64 overflow); zero dimensions count as 1 so that numpy can never be
+    # asked for an impossible shape such as (2**62, 0)
+    if len(shp) > MAX_NDIM or math.prod(max(s, 1) for s in shp) > max_elements:
+        raise RemoteProtocolError(f"{name}: shape {tuple(shp)} exceeds the limit of {max_elements} elements "
+                                  f"(or {MAX_NDIM} dimensions)")
+    n = math.prod(shp)
     np_dt = np.dtype(WIRE_DTYPES[dt]).newbyteorder("<")
     if len(data) != n * np_dt.itemsize:
         raise RemoteProtocolError(f"{name}: {len(data)} bytes for shape {tuple(shp)} of {dt} (needs {n * np_dt.itemsize})")

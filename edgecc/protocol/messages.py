@@ -31,7 +31,7 @@ class Message:
         names = {f.name for f in fields(cls)}
         keys = set(d) - {"t"}
         if keys != names:
-            missing, extra = sorted(names - keys), sorted(keys - names)
+            missing, extra = sorted(names - keys), sorted(map(str, keys - names))
             raise RemoteProtocolError(f"{cls.TYPE}: missing fields {missing}, unknown fields {extra}")
         for name in names:
             v, ok = d[name], cls.TYPES[name]
@@ -62,6 +62,24 @@ class Hello(Message):
 
     def check(self) -> None:
         _nonce("hello.nonce", self.nonce)
+        # known capabilities must have their types (a master does `placement in caps["placements"]`
+        # before authenticating the worker); unknown capabilities are ignored
+        for key, ok in (("placements", _str_list), ("wire_dtypes", _str_list), ("torch", _is_bool),
+                        ("max_frame", _count), ("max_batch", _count), ("max_in_flight", _count)):
+            if key in self.caps and not ok(self.caps[key]):
+                raise RemoteProtocolError(f"hello.caps.{key}: unexpected value of type {type(self.caps[key]).__name__}")
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,6 @@ MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Auth, Welcome, 
 
 def parse(d: dict[str, Any]) -> Message:
     t = d.get("t")
-    if t not in MESSAGES:
+    if not isinstance(t, str) or t not in MESSAGES:
         raise RemoteProtocolError(f"unknown message type {t!r}")
     return MESSAGES[t].from_wire(d)

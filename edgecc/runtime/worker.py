@@ -29,6 +29,8 @@ from .transport import Comm, CommClosedError
 
 log = logging.getLogger("edgecc.worker")
 
+SHARED_DATASETS = ("sample", "test", "train")
+
 # behaviour(request_id, seconds since the worker started) -> injected delay in seconds, or None = never answer
 Behaviour = Callable[[int, float], "float | None"]
 
@@ -113,24 +115,27 @@ class Worker:
         try:
             msg = await comm.read(timeout=self.limits.handshake_timeout)
         except asyncio.TimeoutError:
-            return self._refuse(comm, "auth", f"no authentication within {self.limits.handshake_timeout:g} s")
+            return await self._refuse(comm, "auth", f"no authentication within {self.limits.handshake_timeout:g} s")
         except RemoteProtocolError as e:
-            return self._refuse(comm, "auth", f"invalid handshake frame: {e}")
+            return await self._refuse(comm, "auth", f"invalid handshake frame: {e}")
         if not isinstance(msg, Auth):
-            return self._refuse(comm, "auth", f"expected auth, got {msg.TYPE}")
+            return await self._refuse(comm, "auth", f"expected auth, got {msg.TYPE}")
         if msg.proto != PROTOCOL_VERSION:
             await self._send_error(comm, "version", f"protocol version {msg.proto} not supported (worker speaks {PROTOCOL_VERSION})")
-            return self._refuse(comm, None, f"unsupported protocol version {msg.proto}")
+            return await self._refuse(comm, None, f"unsupported protocol version {msg.proto}")
         if not auth.verify(auth.master_mac(self.token, nonce, msg.nonce), msg.mac):
             await self._send_error(comm, "auth", "authentication failed")
-            return self._refuse(comm, None, "wrong token (HMAC mismatch)")
+            return await self._refuse(comm, None, "wrong token (HMAC mismatch)")
         await comm.write(Welcome(auth.worker_mac(self.token, msg.nonce, nonce)))
         log.info("master %s authenticated", comm.peer)
         return True
 
-    def _refuse(self, comm: Comm, code: str | None, why: str) -> bool:
+    async def _refuse(self, comm: Comm, code: str | None, why: str) -> bool:
+        """Log, tell the peer why (when `code` is set), and drop it."""
         self.stats["refused"] += 1
         log.warning("refused peer %s: %s", comm.peer, why)
+        if code:
+            await self._send_error(comm, code, why)
         comm.abort()
         return False
 
@@ -204,6 +209,8 @@ class Worker:
 
             compute = SharedCompute(scheme, arrays, msg.alpha)
             if msg.dataset is not None:
+                if msg.dataset not in SHARED_DATASETS:  # names only: a master must not pick files on the worker
+                    raise EdgeccError(f"dataset must be one of {SHARED_DATASETS}, got {msg.dataset!r}")
                 dataset = self._dataset(msg.dataset)
         else:
             compute = EncodedCompute(scheme, arrays)

@@ -1,0 +1,113 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from edgecc.bundle import digest, load_bundle, save_bundle
+from edgecc.coding.schemes import Scheme
+from edgecc.errors import ModelFileError
+from edgecc.export import collapse_affine, worker_arrays
+from edgecc.modelfile import load_model, read_header, save_model
+from edgecc.nets import AICC
+from edgecc.runtime.compute import EncodedCompute
+
+
+def test_round_trip_keeps_weights_and_config(tmp_path):
+    s = Scheme(K=2, G=2, P=1, computation="hs", encoder="cl", compute_arch="mlp")
+    torch.manual_seed(0)
+    m = AICC(s)
+    save_model(tmp_path / "m.safetensors", m, {"kind": "aicc", "scheme": s.to_dict(), "training": {"epochs": 1}})
+    m2, info = load_model(tmp_path / "m.safetensors")
+    assert info["scheme"] == s.to_dict() and info["training"] == {"epochs": 1}
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_garbage_and_foreign_files_are_refused(tmp_path):
+    (tmp_path / "junk").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelFileError, match="not a valid safetensors"):
+        load_model(tmp_path / "junk")
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ModelFileError, match="not an edgecc model"):
+        load_model(tmp_path / "foreign.safetensors")
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "v9.safetensors"), metadata={"format": "edgecc-model", "version": "9", "info": "{}"})
+    with pytest.raises(ModelFileError, match="version 9 is not supported"):
+        read_header(tmp_path / "v9.safetensors")
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def _model_file(tmp_path, arrays, info):
+    meta = {"format": "edgecc-model", "version": "1", "info": json.dumps(info)}
+    save_file(arrays, str(tmp_path / "m.safetensors"), metadata=meta)
+    return tmp_path / "m.safetensors"
+
+
+def test_nan_weights_and_wrong_shapes_are_refused(tmp_path):
+    s = Scheme(K=2, G=1)
+    info = {"kind": "aicc", "scheme": s.to_dict()}
+    arrays = {k: v.numpy().copy() for k, v in AICC(s).state_dict().items()}
+    name = next(iter(arrays))
+    arrays[name].flat[0] = np.nan
+    with pytest.raises(ModelFileError, match="NaN"):
+        load_model(_model_file(tmp_path, arrays, info))
+    arrays[name] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ModelFileError, match="shape"):
+        load_model(_model_file(tmp_path, arrays, info))
+    del arrays[name]
+    with pytest.raises(ModelFileError, match="missing"):
+        load_model(_model_file(tmp_path, arrays, info))
+    with pytest.raises(ModelFileError, match="unknown model kind"):
+        load_model(_model_file(tmp_path, arrays, {"kind": "resnet"}))
+
+
+@pytest.mark.parametrize("scheme", [Scheme(K=2, G=1), Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp"),
+                                    Scheme(K=2, G=1, P=3, computation="hs")])
+def test_collapsed_affine_map_equals_the_network(scheme):
+    torch.manual_seed(0)
+    m = AICC(scheme).eval()
+    info = {"kind": "aicc", "scheme": scheme.to_dict()}
+    compute = EncodedCompute(scheme, worker_arrays(m, info, "encoded"))
+    x = torch.rand(5, scheme.K, 28, 28)
+    with torch.no_grad():
+        xt = m.encode(x, [0.25])[:, 0]
+        v = m.lambdas(x) if scheme.computation == "hs" else None
+        want = m.compute(xt[:, None], v).numpy()[:, 0]
+    got = compute(xt.numpy(), None if v is None else v.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_collapse_is_exact_in_float64():
+    net = AICC(Scheme(K=2, G=1)).hb
+    A, b = collapse_affine(net)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        want = net.double()(x).reshape(3, 10).numpy()
+    np.testing.assert_allclose(x.reshape(3, 784).numpy() @ A.T + b, want, rtol=1e-10, atol=1e-10)
+
+
+def test_bundle_checksum_rejects_modified_file(tmp_path):
+    arrays = {"affine.weight": np.ones((10, 784), np.float32), "affine.bias": np.zeros(10, np.float32)}
+    d = save_bundle(tmp_path / "b.safetensors", {"kind": "aicc"}, arrays)
+    info, loaded, d2 = load_bundle(tmp_path / "b.safetensors")
+    assert d == d2 == digest(arrays)
+    raw = bytearray((tmp_path / "b.safetensors").read_bytes())
+    raw[-5] ^= 0x01  # flip one bit of the last weight
+    (tmp_path / "b.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_bundle(tmp_path / "b.safetensors")
+
+
+def test_export_cli_writes_a_bundle_the_worker_accepts(tmp_path, tiny_models):
+    out = tmp_path / "bundle.safetensors"
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "export", str(tiny_models["hb"]), "--out", str(out)],
+                       capture_output=True, text=True, check=True)
+    res = json.loads(r.stdout)
+    assert res["arrays"] == {"affine.bias": [10], "affine.weight": [10, 784]}
+    info, arrays, d = load_bundle(out)
+    assert d == res["sha256"] and info["placement"] == "encoded"

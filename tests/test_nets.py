@@ -1,0 +1,98 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from edgecc.coding.lagrange import Decoder
+from edgecc.coding.schemes import Scheme, default_alphas
+from edgecc.nets import AICC, CentralizedCNN, CentralizedMLP
+from edgecc.nets.blocks import CoefNets
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("scheme,expected", [
+    (Scheme(K=4, G=1, P=4, computation="hs"), 2_218_197),  # the paper's 100% of Table 3
+    (Scheme(K=2, G=2, computation="hb"), 469_754),  # Table 3's 21%
+    (Scheme(K=2, G=1, computation="hb"), 2 * 73_001 + 72_641 + 178_110),
+    (Scheme(K=4, G=4, P=1, computation="hs"), 7 * 291_441 + 178_110),  # also 100%
+    (Scheme(K=4, G=2, P=2, computation="hs"), 6 * 291_441 + 178_110),  # 86%
+])
+def test_parameter_counts_match_spec(scheme, expected):
+    assert n_params(AICC(scheme)) == expected
+
+
+def test_building_block_counts():
+    assert n_params(CoefNets("cl", 2, 1)) == 73_001
+    assert n_params(CoefNets("cl", 4, 1)) == 291_441
+    assert n_params(CoefNets("mlp", 2, 1)) == (1568 * 1568 + 1568) + (1568 * 784 + 784)
+    assert n_params(CentralizedMLP()) == 178_110
+    assert n_params(CentralizedCNN()) == 72_641 + 178_110
+
+
+def test_table3_percentages_that_the_paper_states_exactly():
+    """21% and 100% are exact in SPEC §2; the paper's other percentages are rounded loosely (±2 points)."""
+    full = 2_218_197
+    assert round(100 * n_params(AICC(Scheme(K=2, G=2, computation="hb"))) / full) == 21
+    assert n_params(AICC(Scheme(K=4, G=4, P=1, computation="hs"))) == full
+
+
+CASES = [
+    (Scheme(K=2, G=1, computation="hb"), 3),
+    (Scheme(K=2, G=2, computation="hb", encoder="mlp", compute_arch="mlp"), 5),
+    (Scheme(K=2, G=1, P=2, computation="hs"), 4),
+    (Scheme(K=3, G=2, P=2, computation="hs", encoder="mlp", compute_arch="cl"), 6),
+    (Scheme(K=4, G=1, P=4, computation="hs", encoder="cl", compute_arch="mlp"), 6),
+    (Scheme(K=4, G=4, computation="hb"), 7),
+]
+
+
+@pytest.mark.parametrize("scheme,N", CASES, ids=lambda c: c.label() if isinstance(c, Scheme) else str(c))
+def test_decoding_every_R_subset_equals_direct_evaluation(scheme, N):
+    """The central invariant: H(E(α_n)) is a degree-(R-1) polynomial in α, so any R workers determine D(β_k)."""
+    torch.manual_seed(0)
+    model = AICC(scheme).double().eval()
+    x = torch.rand(3, scheme.K, 28, 28, dtype=torch.float64)
+    alphas = default_alphas(N)
+    with torch.no_grad():
+        direct = model(x).numpy()  # (3, K, 10)
+        workers = model(x, alphas).numpy()  # (3, N, 10)
+    dec = Decoder(alphas, scheme.betas(), scheme.R)
+    scale = np.abs(direct).max() + 1e-12
+    for subset in itertools.combinations(range(N), scheme.R):
+        got = dec.decode({i: workers[:, i] for i in subset})
+        amp = np.abs(dec.weights(subset)).sum(axis=1).max()
+        assert np.abs(got - direct).max() <= 1e-9 * amp * scale, subset
+
+
+def test_fewer_than_R_points_do_not_determine_D():
+    """Sanity of the test above: with R-1 points the interpolation is wrong (D really has degree R-1)."""
+    scheme = Scheme(K=2, G=2)
+    torch.manual_seed(0)
+    model = AICC(scheme).double().eval()
+    x = torch.rand(2, 2, 28, 28, dtype=torch.float64)
+    alphas = default_alphas(4)
+    with torch.no_grad():
+        direct, workers = model(x).numpy(), model(x, alphas).numpy()
+    wrong = Decoder(alphas, scheme.betas(), scheme.R - 1).decode({0: workers[:, 0], 1: workers[:, 1]})
+    assert np.abs(wrong - direct).max() > 1e-6
+
+
+def test_float32_forward_matches_float64_within_amplified_error():
+    scheme = Scheme(K=2, G=1)
+    torch.manual_seed(0)
+    m32 = AICC(scheme).eval()
+    m64 = AICC(scheme).double().eval()
+    m64.load_state_dict({k: v.double() for k, v in m32.state_dict().items()})
+    x = torch.rand(4, 2, 28, 28)
+    with torch.no_grad():
+        np.testing.assert_allclose(m32(x).numpy(), m64(x.double()).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_hs_requires_v():
+    m = AICC(Scheme(K=2, G=1, P=2, computation="hs"))
+    with pytest.raises(ValueError, match="V_p"):
+        m.compute(torch.zeros(1, 1, 28, 28))

@@ -1,0 +1,172 @@
+"""The runtime end to end: real worker processes, real TCP on loopback, the in-process master."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from edgecc.data import load_sample
+from edgecc.errors import EdgeccError
+from edgecc.modelfile import load_model
+from edgecc.runtime.master import Master, RequestFailed, run_stream
+from edgecc.runtime.plan import CodedPlan
+
+from .conftest import TOKEN
+
+TOK = TOKEN.encode()
+
+
+def direct_logits(model, images: np.ndarray, K: int) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(images.reshape(-1, K, 28, 28).astype(np.float32) / 255.0)
+        return model(x).numpy()
+
+
+async def started(plan, workers, **kw) -> Master:
+    m = Master(plan, [w.address for w in workers], TOK, request_timeout=kw.pop("request_timeout", 10.0), **kw)
+    await m.start(wait_ready=20)
+    assert await m.wait_all_ready(20)
+    return m
+
+
+@pytest.mark.parametrize("name,placement", [("hb", "encoded"), ("hs", "encoded"), ("hb", "shared"), ("hs", "shared")])
+async def test_network_decode_equals_in_process(tiny_models, spawn_workers, name, placement):
+    model, info = load_model(tiny_models[name])
+    plan = CodedPlan(model, info, 3, placement)
+    images, labels = load_sample()
+    images, labels = images[:96], labels[:96]
+    m = await started(plan, spawn_workers(3))
+    try:
+        logits = await m.infer(images.reshape(-1, 2, 28, 28))
+        summary, preds = await run_stream(m, images, labels, groups_per_request=8, in_flight=3)
+    finally:
+        await m.close()
+    want = direct_logits(model, images, 2)
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.array_equal(preds, want.argmax(-1).reshape(-1))
+    assert summary["requests_failed"] == 0 and summary["requests_decoded"] == 6
+    assert summary["accuracy"] == pytest.approx(100 * float((preds == labels).mean()))
+
+
+async def test_killing_one_of_three_loses_nothing(tiny_models, spawn_workers):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3)
+    images, labels = load_sample()
+    workers = spawn_workers(3)
+    m = await started(plan, workers)
+    done = 0
+
+    def progress(n):
+        nonlocal done
+        done += 1
+        if done == 5:
+            workers[0].kill()
+
+    try:
+        summary, preds = await asyncio.wait_for(run_stream(m, images, labels, groups_per_request=4, in_flight=2, progress=progress), 120)
+    finally:
+        await m.close()
+    assert summary["requests_failed"] == 0
+    assert summary["requests_decoded"] == 125
+    assert (preds >= 0).all()
+    assert np.array_equal(preds, direct_logits(model, images, 2).argmax(-1).reshape(-1))
+
+
+async def test_killing_two_of_three_fails_requests_clearly_without_hanging(tiny_models, spawn_workers):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3)
+    images, labels = load_sample()
+    workers = spawn_workers(3)
+    m = await started(plan, workers, request_timeout=5.0)
+    try:
+        await m.infer(images[:8].reshape(-1, 2, 28, 28))
+        workers[0].kill()
+        workers[2].kill()
+        for _ in range(100):  # the master notices closed sockets promptly
+            if m.ready_count() == 1:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(RequestFailed, match="R=2"):
+            await asyncio.wait_for(m.infer(images[:8].reshape(-1, 2, 28, 28)), 10)
+        summary, preds = await asyncio.wait_for(run_stream(m, images[:80], labels[:80], groups_per_request=8), 30)
+    finally:
+        await m.close()
+    assert summary["requests_failed"] == 5 and summary["requests_decoded"] == 0
+    assert (preds == -1).all()
+    assert any("R=2" in reason for reason in summary["failure_reasons"])
+
+
+async def test_restarted_worker_is_used_again(tiny_models, spawn_workers):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3)
+    images, _ = load_sample()
+    workers = spawn_workers(3)
+    m = await started(plan, workers)
+    try:
+        workers[1].kill()
+        workers[2].kill()
+        await asyncio.sleep(0.3)
+        workers[1].start()  # same port
+        for _ in range(200):
+            if m.links[1].ready.is_set() and m.links[1].connects == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert m.links[1].connects == 2
+        # Workers 0 and 1 are the only live ones: a decode now needs the restarted worker.
+        logits = await m.infer(images[:8].reshape(-1, 2, 28, 28))
+    finally:
+        await m.close()
+    np.testing.assert_allclose(logits, direct_logits(model, images[:8], 2), rtol=1e-4, atol=1e-4)
+
+
+async def test_wrong_token_is_refused_and_logged(tiny_models, spawn_workers):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3)
+    workers = spawn_workers(3, env={"EDGECC_TOKEN": "another-token-that-is-long-enough"})
+    m = Master(plan, [w.address for w in workers], TOK)
+    try:
+        with pytest.raises(EdgeccError, match="only 0 of 3 workers ready"):
+            await m.start(wait_ready=2)
+    finally:
+        await m.close()
+    assert "AuthError" in m.links[0].last_error
+    assert "refused peer" in workers[0].logs() and "HMAC mismatch" in workers[0].logs()
+    assert "another-token" not in workers[0].logs() and TOKEN not in workers[0].logs()
+
+
+BLOCK_TORCH = '''
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+'''
+
+
+async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path):
+    import os
+
+    from edgecc.runtime.probe import probe
+
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(BLOCK_TORCH)
+    env = {"PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])}
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3)
+    workers = spawn_workers(3, env=env)
+    hello = await probe(*workers[0].address, TOK)
+    assert hello["caps"]["torch"] is False and hello["caps"]["placements"] == ["encoded"]
+    images, labels = load_sample()
+    m = await started(plan, workers)
+    try:
+        summary, preds = await run_stream(m, images[:200], labels[:200], groups_per_request=10)
+    finally:
+        await m.close()
+    assert summary["requests_failed"] == 0
+    assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
