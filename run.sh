@@ -24,10 +24,11 @@ usage() {
 usage: ./run.sh COMMAND [ARGS...]
 
 commands:
-  setup       (not yet written)
-  demo        (not yet written)
-  test        (not yet written)
-  scenario    (not yet written)
+  setup       create .venv and install edgecc with its test dependencies
+  demo        setup, then run the default scenario (shipped model and images) and print the report
+  test        setup, install the Fashion-MNIST Debian package if missing, run the tests
+  scenario FILE... [--out DIR]
+              run scenario files (see scenarios/)
   deploy USER@HOST --bundle BUNDLE [--wheel WHEEL] [--port PORT] [--dry-run]
               install or update an edgecc worker on a Raspberry Pi over ssh, then check
               that it answers the authenticated handshake (see workers/README.md)
@@ -60,16 +61,57 @@ edgecc_bin() {
 }
 
 # --- placeholders: filled in elsewhere -------------------------------------------------------
-# TODO(edgecc): cmd_setup — not written yet.
-cmd_setup() { echo "not yet" >&2; exit 1; }
-# TODO(edgecc): cmd_demo — not written yet.
-cmd_demo() { echo "not yet" >&2; exit 1; }
-# TODO(edgecc): cmd_test — not written yet.
-cmd_test() { echo "not yet" >&2; exit 1; }
-# TODO(edgecc): cmd_scenario — not written yet.
-cmd_scenario() { echo "not yet" >&2; exit 1; }
+# --- setup / demo / test / scenario ------------------------------------------------------------
+# setup: a venv in .venv with edgecc and everything the tests need. torch is installed first and
+# pinned (2.13.0): an unpinned torch pulls a multi-GB CUDA build on CPU-only machines.
+cmd_setup() {
+    local py=${PYTHON:-python3}
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "edgecc needs Python >= 3.11 ($py is older)"
+    if [[ ! -x $ROOT/.venv/bin/python ]]; then
+        say "creating $ROOT/.venv"
+        "$py" -m venv "$ROOT/.venv"
+    fi
+    local vpy=$ROOT/.venv/bin/python
+    if ! "$vpy" -c 'import torch' 2>/dev/null; then
+        say "installing torch 2.13.0 (CPU)"
+        "$vpy" -m pip install -q torch==2.13.0
+    fi
+    say "installing edgecc and its test dependencies"
+    "$vpy" -m pip install -q -e "$ROOT[test,report]"
+}
 
-# --- deploy ----------------------------------------------------------------------------------
+# The real Fashion-MNIST, for tests and training (the demo runs on the images shipped in the package).
+ensure_dataset() {
+    local dir=${EDGECC_DATA_DIR:-/usr/share/datasets/fashion-mnist}
+    [[ -f $dir/t10k-images-idx3-ubyte.gz || -f $dir/t10k-images-idx3-ubyte ]] && return 0
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing the Debian package dataset-fashion-mnist"
+        apt-get install -y -q dataset-fashion-mnist >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+    else
+        die "Fashion-MNIST not found in $dir: run 'sudo apt-get install -y dataset-fashion-mnist' or set EDGECC_DATA_DIR"
+    fi
+}
+
+# demo: the main job on the built-in default: the shipped model and images, N=3 workers with one straggler.
+cmd_demo() {
+    cmd_setup
+    say "running scenarios/one-straggler.toml (3 local workers, shipped model, shipped images)"
+    "$ROOT/.venv/bin/edgecc" scenario run "$ROOT/scenarios/one-straggler.toml" --out "$ROOT/out" "$@"
+}
+
+# test: the default test suite (a few minutes on 2 cores); extra arguments go to pytest.
+cmd_test() {
+    cmd_setup
+    ensure_dataset
+    cd "$ROOT" && "$ROOT/.venv/bin/python" -m pytest -q "$@"
+}
+
+# scenario FILE... [--out DIR]: run scenario files with the project's venv.
+cmd_scenario() {
+    [[ $# -gt 0 ]] || die "usage: ./run.sh scenario FILE... [--out DIR]"
+    "$(edgecc_bin)" scenario run "$@"
+}
+
 deploy_usage() {
     cat <<'EOF'
 usage: ./run.sh deploy USER@HOST --bundle BUNDLE [--wheel WHEEL] [--port PORT] [--dry-run]

@@ -164,9 +164,11 @@ def _logging(level: str) -> None:
 @click.option("--seed", type=int, default=0, help="seed of the behaviour's delays")
 @click.option("--index", type=int, default=0, help="this worker's index in the scenario (seeds its delays)")
 @click.option("--port-file", default=None, help="write the bound port here once listening")
+@click.option("--lie", type=click.Choice(["random", "scale", "adversarial"]), default=None,
+              help="TESTING ONLY: return wrong results (Byzantine worker)")
 @click.option("--log-level", default="info", show_default=True)
 @limit_options
-def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, log_level,
+def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, lie, log_level,
            max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Serve computations for a master (needs no torch for the encoded-only placement)."""
     import asyncio
@@ -190,7 +192,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     w = Worker(load_token(token_file), _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
-               loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}")
+               loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}", lie=lie)
 
     async def serve() -> None:
         bound = await w.start(host, port)
@@ -225,6 +227,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="per-request deadline (s)")
 @click.option("--wait", type=float, default=10.0, show_default=True, help="seconds to wait for R workers at start")
 @click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True)
+@click.option("--byzantine", type=int, default=0, show_default=True, help="E: wait for R+2E results, decode around up to E lying workers and name them")
 @click.option("--token-file", default=None)
 @click.option("--tls-ca", default=None, help="CA file: connect with TLS and verify workers against it")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="write the JSON summary here")
@@ -233,7 +236,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--log-level", default="warning", show_default=True)
 @limit_options
 def master(workers, model, images, data_dir, limit, placement, worker_dataset, groups_per_request, in_flight, request_timeout,
-           wait, wire_dtype, token_file, tls_ca, json_out, predictions_out, quiet, log_level,
+           wait, wire_dtype, byzantine, token_file, tls_ca, json_out, predictions_out, quiet, log_level,
            max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Stream images through N workers, decoding each request from the first R answers."""
     import numpy as np
@@ -249,7 +252,7 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     net, info = load_model(model)
     if info["kind"] != "aicc":
         raise click.UsageError("the master distributes AICC models only")
-    plan = CodedPlan(net, info, len(addresses), placement, wire_dtype)
+    plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine)
     x, y = _images(images, data_dir, limit)
     token = load_token(token_file)
     limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
@@ -308,6 +311,44 @@ def token(out):
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     click.echo(f"wrote a new token to {out}", err=True)
+
+
+@main.group()
+def scenario() -> None:
+    """Scripted straggler scenarios (TOML files in scenarios/)."""
+
+
+@scenario.command("run")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", default="out", show_default=True, help="reports go to OUT/<scenario name>/")
+@click.option("--quiet", is_flag=True)
+def scenario_run(files, out_dir, quiet):
+    """Run each scenario FILE: AICC and the comparators on the same delays; write report + plots."""
+    from pathlib import Path
+
+    from .scenario.runner import run_scenario
+    from .scenario.spec import load_scenario
+
+    for f in files:
+        sc = load_scenario(f)
+        target = Path(out_dir) / sc.name
+        bars = {}
+
+        def factory(scheme):
+            if quiet:
+                return None
+            bar = click.progressbar(length=sc.requests, label=f"{sc.name}: {scheme:12s}", file=click.get_text_stream("stderr"))
+            bar.__enter__()
+            bars[scheme] = bar
+            return bar.update
+
+        try:
+            run_scenario(sc, target, factory)
+        finally:
+            for bar in bars.values():
+                bar.__exit__(None, None, None)
+        click.echo((target / "report.md").read_text())
+        click.echo(f"report: {target}/report.json, plots: {target}/latency_cdf.png, {target}/accuracy_vs_p99.png")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,16 @@ from .coding.schemes import Scheme
 PLACEMENTS = ("encoded", "shared")
 
 
-@torch.inference_mode()
 def collapse_affine(net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """(A (10, 784), b (10,)) in float64 of an affine net mapping (1, n, 28, 28)-shaped input to (..., 10)."""
+    """(A (10, 784), b (10,)) in float64 of an affine net mapping (1, n, 28, 28)-shaped input to (..., 10).
+
+    b = net(0); row j of A is the gradient of output j, constant because the net is affine. Ten
+    backward passes of one image cost ~80x less than pushing 784 basis images forward."""
     net = copy.deepcopy(net).double().eval()
-    eye = torch.eye(784, dtype=torch.float64).reshape(1, 784, 28, 28)
-    zero = torch.zeros(1, 1, 28, 28, dtype=torch.float64)
-    b = net(zero).reshape(-1)
-    A = (net(eye).reshape(784, -1) - b).T
-    return A.numpy(), b.numpy()
+    x = torch.zeros(1, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    y = net(x).reshape(-1)
+    rows = [torch.autograd.grad(y[j], x, retain_graph=j < y.numel() - 1)[0].reshape(784) for j in range(y.numel())]
+    return torch.stack(rows).numpy(), y.detach().numpy()
 
 
 def worker_arrays(model, info: dict[str, Any], placement: str) -> dict[str, np.ndarray]:

@@ -36,15 +36,17 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-DEFAULT_MODEL = "default-k2-cnn-cnn-hb.safetensors"
+# Models shipped in the package, by name: the default AICC model (Table 2's CNN+CNN H_B cell) and the
+# centralized MLP that the uncoded / replication comparators' workers run.
+SHIPPED = {"default": "default-k2-cnn-cnn-hb.safetensors", "default-mlp": "centralized-mlp.safetensors"}
 
 
 def resolve(name: str | os.PathLike) -> Path:
-    """'default' is the model shipped in the package; anything else is a path."""
-    if str(name) == "default":
+    """A shipped model's name ('default', 'default-mlp') or a path."""
+    if str(name) in SHIPPED:
         from importlib import resources
 
-        return Path(str(resources.files("edgecc.assets").joinpath(DEFAULT_MODEL)))
+        return Path(str(resources.files("edgecc.assets").joinpath(SHIPPED[str(name)])))
     return Path(name)
 
 

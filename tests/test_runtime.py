@@ -170,3 +170,22 @@ async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path
         await m.close()
     assert summary["requests_failed"] == 0
     assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
+
+
+@pytest.mark.parametrize("kind", ["random", "adversarial"])
+async def test_one_lying_worker_among_R_plus_2_is_named_and_harmless(tiny_models, spawn_workers, kind):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 4, byzantine=1)
+    images, labels = load_sample()
+    honest = spawn_workers(3)
+    liar = spawn_workers(1, extra=["--lie", kind])[0]
+    workers = [honest[0], liar, honest[1], honest[2]]  # the liar is worker 1
+    m = await started(plan, workers)
+    try:
+        summary, preds = await run_stream(m, images[:200], labels[:200], groups_per_request=10)
+    finally:
+        await m.close()
+    assert summary["requests_failed"] == 0
+    assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
+    suspects = [w["suspect_groups"] for w in summary["workers"]]
+    assert suspects == [0, 100, 0, 0]

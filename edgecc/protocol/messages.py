@@ -14,6 +14,7 @@ from .frames import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
 NONCE_BYTES = 32
+PLACEMENTS = ("encoded", "shared", "plain")  # plain: the uncoded/replication comparators' base classifier
 ERROR_CODES = ("version", "auth", "bad_request", "not_configured", "busy", "limit", "internal")
 
 
@@ -119,8 +120,8 @@ class Configure(Message):
     dataset: str | None
 
     def check(self) -> None:
-        if self.placement not in ("encoded", "shared"):
-            raise RemoteProtocolError(f"configure.placement must be 'encoded' or 'shared', got {self.placement!r}")
+        if self.placement not in PLACEMENTS:
+            raise RemoteProtocolError(f"configure.placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.wire_dtype not in ("f4", "f2"):
             raise RemoteProtocolError(f"configure.wire_dtype must be 'f4' or 'f2', got {self.wire_dtype!r}")
         if not 0.0 < float(self.alpha) < 1.0e6:

@@ -37,3 +37,25 @@ class EncodedCompute:
                 s = s * xt + v[:, p]
             xt = s
         return xt.reshape(xt.shape[0], 784) @ self.At + self.b
+
+
+class PlainCompute:
+    """The comparators' worker: the centralized MLP (784-200-100-10, ReLU) on raw images."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        try:
+            self.layers = [(arrays[f"mlp.mlp.fc{i}.weight"].T.astype(np.float32), arrays[f"mlp.mlp.fc{i}.bias"].astype(np.float32))
+                           for i in (1, 2, 3)]
+        except KeyError as e:
+            raise ConfigError(f"plain worker arrays lack {e}") from None
+        shapes = [w.shape for w, _ in self.layers]
+        if shapes != [(784, 200), (200, 100), (100, 10)]:
+            raise ConfigError(f"plain worker MLP has shapes {shapes}")
+
+    def __call__(self, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
+        h = x.reshape(x.shape[0], 784)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < 2:
+                h = np.maximum(h, 0.0)
+        return h

@@ -172,11 +172,11 @@ class Master:
         for link in self.links:
             link.task = asyncio.create_task(link.run())
         deadline = time.monotonic() + wait_ready
-        while self.ready_count() < self.plan.R:
+        while not self.plan.reachable({l.index for l in self.links if l.ready.is_set()}):
             if time.monotonic() > deadline:
                 errors = "; ".join(f"worker {l.index} ({l.address}): {l.last_error or 'not ready'}" for l in self.links if not l.ready.is_set())
                 raise EdgeccError(f"only {self.ready_count()} of {self.plan.N} workers ready after {wait_ready:g} s, "
-                                  f"need R={self.plan.R}: {errors}")
+                                  f"need {self.plan.need}: {errors}")
             await asyncio.sleep(0.02)
 
     async def wait_all_ready(self, timeout: float) -> bool:
@@ -200,17 +200,22 @@ class Master:
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one request -----------------------------------------------------------------------------
-    async def infer(self, images: np.ndarray) -> np.ndarray:
-        """Decoded (B, K, 10) logits for B groups `images` (B, K, 28, 28) uint8, or RequestFailed."""
+    async def infer(self, images: np.ndarray, req_id: int | None = None) -> np.ndarray:
+        """Decoded (B, K, 10) logits for B groups `images` (B, K, 28, 28) uint8, or RequestFailed.
+
+        `req_id` (default: the next free one) must be unique; scenarios pass their request number so
+        that injected delays line up across schemes."""
+        if req_id is None:
+            req_id = self.next_id
+        if req_id in self.pending:
+            raise ValueError(f"request id {req_id} is already in flight")
+        self.next_id = max(self.next_id, req_id + 1)
         loop = asyncio.get_running_loop()
         payloads = await loop.run_in_executor(self.encode_pool, self.plan.payloads, images)
-        req_id = self.next_id
-        self.next_id += 1
         live = [l for l in self.links if l.ready.is_set()]
-        R = self.plan.R
-        if len(live) < R:
+        if not self.plan.reachable({l.index for l in live}):
             raise RequestFailed(f"request {req_id}: only {len(live)} of {self.plan.N} workers connected, "
-                                f"cannot reach the recovery threshold R={R}")
+                                f"cannot complete ({self.plan.need})")
         p = Pending(req_id, images.shape[0], loop.create_future(), {l.index for l in live})
         self.pending[req_id] = p
         try:
@@ -224,8 +229,8 @@ class Master:
             try:
                 return await asyncio.wait_for(asyncio.shield(p.future), self.request_timeout)
             except asyncio.TimeoutError:
-                raise RequestFailed(f"request {req_id}: {len(p.results)} of R={R} results within "
-                                    f"{self.request_timeout:g} s (waiting on workers {sorted(p.outstanding)})") from None
+                raise RequestFailed(f"request {req_id}: {len(p.results)} result(s) within "
+                                    f"{self.request_timeout:g} s, not enough for {self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
         finally:
             self.pending.pop(req_id, None)
 
@@ -242,7 +247,7 @@ class Master:
             return
         p.outstanding.discard(index)
         p.results[index] = y
-        if len(p.results) >= self.plan.R and not p.future.done():
+        if self.plan.complete(p.results) and not p.future.done():
             try:
                 p.future.set_result(self.plan.decode(p.results))
             except DecodeError as e:
@@ -262,9 +267,9 @@ class Master:
     def _drop_worker(self, p: Pending, index: int, why: str) -> None:
         """Worker `index` will not answer request p; fail p at once if R is now out of reach."""
         p.outstanding.discard(index)
-        if len(p.results) + len(p.outstanding) < self.plan.R and not p.future.done():
+        if not self.plan.reachable(set(p.results) | p.outstanding) and not p.future.done():
             self._fail(p, f"{len(p.results)} result(s) and {len(p.outstanding)} live worker(s) left, "
-                          f"R={self.plan.R} unreachable (worker {index}: {why})")
+                          f"{self.plan.need} unreachable (worker {index}: {why})")
 
     def _fail(self, p: Pending, why: str) -> None:
         if not p.future.done():
@@ -308,7 +313,7 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
     done = preds >= 0
     lat = np.array(latencies) if latencies else np.array([np.nan])
     summary = {
-        "images": int(n), "N": master.plan.N, "K": K, "R": master.plan.R, "placement": master.plan.placement,
+        "images": int(n), "N": master.plan.N, "K": K, "need": master.plan.need, "placement": master.plan.placement,
         "accuracy": 100.0 * float((preds[done] == labels[:n][done]).mean()) if done.any() else 0.0,
         "accuracy_all_images": 100.0 * float((preds == labels[:n]).mean()),
         "requests_decoded": len(latencies), "requests_failed": sum(failures.values()), "failure_reasons": failures,
@@ -319,6 +324,7 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
         "bad_results": master.stats["bad_results"], "worker_errors": master.stats["worker_errors"],
         "groups_per_request": groups_per_request, "in_flight": in_flight,
         "workers": [{"index": l.index, "address": l.address, "alpha": master.plan.alphas[l.index], "connects": l.connects,
-                     "ready": l.ready.is_set()} for l in master.links],
+                     "ready": l.ready.is_set(), "suspect_groups": getattr(master.plan, "suspect_groups", [0] * master.plan.N)[l.index]}
+                    for l in master.links],
     }
     return summary, preds

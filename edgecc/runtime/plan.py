@@ -1,7 +1,12 @@
-"""The master's side of a coded model: what to send each worker, and how to decode (torch + numpy).
+"""The master's side of a scheme: what to send each worker, when a request is complete, how to decode.
 
-Encoded placement: the master runs Γ (and Λ for H_S) and ships X̃_n = E(α_n) to worker n.
-Shared placement: workers hold the encoder; the master ships raw images (or dataset indices).
+CodedPlan (AICC). Encoded placement: the master runs Γ (and Λ for H_S) and ships X̃_n = E(α_n)
+to worker n. Shared placement: workers hold the encoder; the master ships raw images.
+Complete once any R workers answered.
+
+ReplicatedPlan (the comparators). Worker n classifies image n mod K of each group with the
+centralized MLP ("plain" placement). Uncoded: N = K workers, wait for all. Replication: N workers,
+the first copy of each image wins.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import torch
 
 from ..bundle import digest
 from ..coding.lagrange import Decoder
+from ..coding.robust import robust_decode
 from ..coding.schemes import Scheme, check_workers, default_alphas
 from ..export import PLACEMENTS, worker_arrays
 from ..protocol.frames import pack_array
 
 
 class CodedPlan:
-    def __init__(self, model, info: dict[str, Any], N: int, placement: str = "encoded", wire_dtype: str = "f4"):
+    def __init__(self, model, info: dict[str, Any], N: int, placement: str = "encoded", wire_dtype: str = "f4",
+                 byzantine: int = 0):
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}")
         self.model, self.info = model.eval(), info
@@ -31,6 +38,11 @@ class CodedPlan:
         self.arrays = worker_arrays(model, info, placement)
         self.digest = digest(self.arrays)
         self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+        # byzantine = E: wait for R + 2E results and decode around up to E wrong ones (coding/robust.py)
+        self.byzantine = byzantine
+        if N < self.R + 2 * byzantine:
+            raise ValueError(f"correcting {byzantine} liar(s) needs N >= R + 2E = {self.R + 2 * byzantine}, got N={N}")
+        self.suspect_groups = [0] * N  # per worker: groups where its result was off the polynomial
 
     @property
     def K(self) -> int:
@@ -53,6 +65,71 @@ class CodedPlan:
             extra["v"] = pack_array(self.model.lambdas(x).numpy(), self.wire_dtype)  # same V_p for every worker
         return [{"x": pack_array(xt[:, n], self.wire_dtype), **extra} for n in range(self.N)]
 
+    def complete(self, answered) -> bool:
+        return len(answered) >= self.R + 2 * self.byzantine
+
+    def reachable(self, possible) -> bool:
+        """Can workers `possible` (answered or still expected) still complete a request?"""
+        return len(possible) >= self.R + 2 * self.byzantine
+
+    @property
+    def need(self) -> str:
+        return f"R={self.R}" if not self.byzantine else f"R + 2E = {self.R + 2 * self.byzantine} (E={self.byzantine})"
+
+    def oracle(self, delays: dict[int, float | None]) -> float | None:
+        """Best possible latency given each worker's injected delay: the R-th fastest answer."""
+        ok = sorted(d for d in delays.values() if d is not None)
+        return ok[self.R - 1] if len(ok) >= self.R else None
+
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, K, 10) float64 logits from any R of {worker index: (B, 10)}."""
-        return self.decoder.decode(results)
+        """(B, K, 10) float64 logits from any R of {worker index: (B, 10)} (R + 2E with liars)."""
+        if not self.byzantine:
+            return self.decoder.decode(results)
+        res = robust_decode(self.alphas, self.scheme.betas(), self.R, self.byzantine, results)
+        for row, w in enumerate(res.workers):
+            self.suspect_groups[w] += int(res.suspects[row].sum())
+        return res.logits
+
+
+class ReplicatedPlan:
+    """Uncoded (N = K) or replication (N > K): worker n runs the centralized MLP on image n mod K."""
+
+    placement = "plain"
+
+    def __init__(self, model, info: dict[str, Any], K: int, N: int, wire_dtype: str = "f4"):
+        if info["kind"] != "centralized-mlp":
+            raise ValueError("uncoded and replication workers run the centralized MLP baseline")
+        if N < K:
+            raise ValueError(f"{N} workers cannot hold one copy of each of K={K} images")
+        self.model, self.info, self.K, self.N, self.wire_dtype = model.eval(), info, K, N, wire_dtype
+        self.scheme = Scheme(K=K, G=1)  # tells plain workers K; no coding happens
+        self.alphas = [float(n + 1) for n in range(N)]  # unused by plain workers, distinct for the protocol
+        self.arrays = {f"mlp.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
+        self.digest = digest(self.arrays)
+        self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+        self.copies = [[n for n in range(N) if n % K == k] for k in range(K)]
+
+    @property
+    def need(self) -> str:
+        return "one answer per image"
+
+    def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
+        x = images.astype(np.float32) / 255.0
+        return [{"x": pack_array(x[:, n % self.K], self.wire_dtype)} for n in range(self.N)]
+
+    def complete(self, answered) -> bool:
+        return all(any(n in answered for n in c) for c in self.copies)
+
+    def reachable(self, possible) -> bool:
+        return self.complete(possible)
+
+    def oracle(self, delays: dict[int, float | None]) -> float | None:
+        best = [min((delays[n] for n in c if delays.get(n) is not None), default=None) for c in self.copies]
+        return None if any(b is None for b in best) else max(best)
+
+    def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
+        """(B, K, 10): image k's logits from the first of its copies to arrive (dicts keep arrival order)."""
+        first = {}
+        for n, y in results.items():
+            first.setdefault(n % self.K, y)
+        return np.stack([first[k] for k in range(self.K)], axis=1).astype(np.float64)

@@ -23,7 +23,7 @@ from ..protocol import auth
 from ..protocol.frames import FatalProtocolError, RemoteProtocolError, pack_array, unpack_array
 from ..protocol.messages import (PROTOCOL_VERSION, Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong,
                                  Result, Welcome)
-from .compute import EncodedCompute
+from .compute import EncodedCompute, PlainCompute
 from .limits import Limits
 from .transport import Comm, CommClosedError
 
@@ -42,6 +42,25 @@ def torch_available() -> bool:
         return importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):
         return False
+
+
+LIES = ("random", "scale", "adversarial")
+
+
+def lie(kind: str, y: np.ndarray, req_id: int) -> np.ndarray:
+    """A Byzantine worker's answer (for testing detection): noise, a scaled copy, or logits pushed
+    towards another class by far more than the honest spread."""
+    rng = np.random.default_rng(req_id)
+    spread = float(np.abs(y).max()) + 1.0
+    if kind == "random":
+        return (rng.normal(size=y.shape) * 3 * spread).astype(np.float32)
+    if kind == "scale":
+        return (-2.0 * y).astype(np.float32)
+    top = y.argmax(axis=1)
+    push = np.zeros_like(y)
+    push[np.arange(len(y)), top] = -spread
+    push[np.arange(len(y)), (top + 1) % y.shape[1]] = spread
+    return (y + 4 * push).astype(np.float32)
 
 
 @dataclass
@@ -64,6 +83,7 @@ class Worker:
     data_dir: str | None = None
     ssl_context: Any = None
     name: str = "worker"
+    lie: str | None = None  # scenarios/tests only: "random", "scale" or "adversarial" wrong results
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -108,7 +128,7 @@ class Worker:
 
     async def _handshake(self, comm: Comm) -> bool:
         nonce = auth.new_nonce()
-        caps = {"placements": ["encoded", "shared"] if torch_available() else ["encoded"], "wire_dtypes": ["f4", "f2"],
+        caps = {"placements": ["encoded", "plain", "shared"] if torch_available() else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
                 "torch": torch_available(), "max_frame": self.limits.max_frame, "max_batch": self.limits.max_batch,
                 "max_in_flight": self.limits.max_in_flight}
         await comm.write(Hello(PROTOCOL_VERSION, nonce, caps, self.bundle[2] if self.bundle else None))
@@ -212,6 +232,8 @@ class Worker:
                 if msg.dataset not in SHARED_DATASETS:  # names only: a master must not pick files on the worker
                     raise EdgeccError(f"dataset must be one of {SHARED_DATASETS}, got {msg.dataset!r}")
                 dataset = self._dataset(msg.dataset)
+        elif msg.placement == "plain":
+            compute = PlainCompute(arrays)
         else:
             compute = EncodedCompute(scheme, arrays)
         return WorkerState(scheme, msg.placement, float(msg.alpha), msg.wire_dtype, compute, dataset)
@@ -227,18 +249,18 @@ class Worker:
         """Validate the request's arrays against the configuration; returns the compute arguments."""
         s, B = state.scheme, None
         lim = self.limits.max_batch
-        if state.placement == "encoded":
+        if state.placement in ("encoded", "plain"):
             if msg.x is None or msg.images is not None or msg.indices is not None:
                 raise RemoteProtocolError("encoded placement: send x (and v for H_S), not images or indices")
             x = unpack_array(msg.x, "x", shape=(None, 28, 28))
             B = x.shape[0]
             v = None
-            if s.computation == "hs":
+            if s.computation == "hs" and state.placement == "encoded":
                 if msg.v is None:
                     raise RemoteProtocolError("H_S needs v (B, P+1, 28, 28)")
                 v = unpack_array(msg.v, "v", shape=(B, s.P + 1, 28, 28)).astype(np.float32)
             elif msg.v is not None:
-                raise RemoteProtocolError("H_B takes no v")
+                raise RemoteProtocolError("only H_S in the encoded placement takes v")
             args = (x.astype(np.float32), v)
         else:
             if (msg.images is None) == (msg.indices is None) or msg.x is not None:
@@ -277,6 +299,8 @@ class Worker:
             log.exception("compute failed for request %d", msg.id)
             await self._send_error(comm, "internal", f"compute failed: {type(e).__name__}: {e}", msg.id)
             return
+        if self.lie:
+            y = lie(self.lie, y, msg.id)
         try:
             await comm.write(Result(msg.id, pack_array(y, state.wire_dtype)))
         except CommClosedError:

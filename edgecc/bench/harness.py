@@ -1,0 +1,829 @@
+"""The benchmark harness behind `edgecc bench`: what the code costs on this machine, side by side.
+
+Every number is a median over repeats; every ratio compares two things measured in the same run
+(interleaved where it matters), so background load hurts both sides alike. The machine's load
+average is recorded before and after: on a 2-core box shared with a training job the absolute
+numbers move, the ratios much less.
+
+Sections (keys of the result): machine, matmul, training, master, worker, end_to_end, latency,
+memory, costs (the analytic who-computes-what table, `edgecc.bench.costs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import costs
+from .markdown import render_markdown
+
+SECTIONS = ("machine", "matmul", "training", "master", "worker", "end_to_end", "latency", "memory", "costs")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool = True
+    repeats: int = 3  # samples per micro-benchmark (median reported)
+    min_time: float = 0.02  # seconds per sample: tiny operations are looped until they take this long
+    matmul_n: int = 1024
+    train_steps: int = 3  # timed steps per training configuration (after one warm-up step)
+    train_k4: bool = False  # also time K=4 G=1 P=4 H_S CL (slow: ~3 s a step)
+    batch: int = 64  # groups per batch for master/worker costs (and the e2e requests)
+    models: tuple[str, ...] = ("cnn", "mlp")  # 'cnn': shipped default (CNN encoder); 'mlp': MLP+MLP H_B
+    e2e_images: int = 512  # images streamed per end-to-end run
+    e2e_repeats: int = 2
+    e2e_Ns: tuple[int, ...] = (3, 10)
+    in_flight: int = 4
+    latency_requests: int = 60
+    memory_requests: int = 64
+    memory_delay: float = 0.5  # seconds each worker holds every answer (raised if encoding all requests takes longer)
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> "BenchConfig":
+        if quick:
+            return cls()
+        return cls(quick=False, repeats=7, min_time=0.05, matmul_n=2048, train_steps=5, train_k4=True,
+                   e2e_images=10000, e2e_repeats=3, latency_requests=200, memory_requests=256)
+
+
+def _log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# -- timing helpers -----------------------------------------------------------------------------
+def timeit(fn: Callable[[], Any], repeats: int, min_time: float = 0.02, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of `fn`: calls are looped so that one sample lasts >= min_time."""
+    for _ in range(warmup):
+        fn()
+    number = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time or number >= 1 << 16:
+            break
+        number *= 10 if dt <= 0 else max(2, min(10, int(min_time / dt * 1.3) + 1))
+    samples = [dt / number]
+    for _ in range(repeats - 1):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) / number)
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
+            "samples": len(samples), "calls_per_sample": number}
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn(*args) in one dedicated thread, as the master's encode_pool and the worker's compute pool
+    run torch/numpy: on a loaded 2-core machine a tiny torch op from the main thread (2 OpenMP threads)
+    was measured 15x slower than the same op from a pool thread."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecc-bench")
+    return _POOL.submit(fn, *args).result()
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# -- 1. machine ---------------------------------------------------------------------------------
+def bench_machine(cfg: BenchConfig) -> dict[str, Any]:
+    import torch
+
+    model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "cpu_model": model or platform.processor() or "unknown",
+        "cores": os.cpu_count(), "cores_usable": affinity,
+        "isa": sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        "loadavg": _loadavg(),
+    }
+
+
+# -- 2. matmul rate -----------------------------------------------------------------------------
+def bench_matmul(cfg: BenchConfig) -> dict[str, Any]:
+    import torch
+
+    n = cfg.matmul_n
+    flops = 2 * n ** 3
+    out: dict[str, Any] = {"n": n, "flops_per_matmul": flops}
+    g = torch.Generator().manual_seed(0)
+    a32, b32 = torch.rand(n, n, generator=g), torch.rand(n, n, generator=g)
+    cases = {
+        "torch_fp32": (lambda: torch.mm(a32, b32)),
+        "torch_bf16": (lambda a=a32.bfloat16(), b=b32.bfloat16(): torch.mm(a, b)),
+        "numpy_fp32": (lambda a=a32.numpy(), b=b32.numpy(): a @ b),
+    }
+    for name, fn in cases.items():
+        t = timeit(fn, cfg.repeats, min_time=cfg.min_time)
+        out[name] = {"gflops": flops / t["median_s"] / 1e9, "seconds": t["median_s"], "samples": t["samples"]}
+    return out
+
+
+# -- 3. training throughput ---------------------------------------------------------------------
+def _train_configs(cfg: BenchConfig):
+    from ..coding.schemes import Scheme
+
+    configs = [("K2 MLP+MLP H_B", Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp"), 64),
+               ("K2 CNN+CNN H_B", Scheme(K=2, G=1), 64)]
+    if cfg.train_k4:
+        configs.append(("K4 G1 P4 CNN+CNN H_S", Scheme(K=4, G=1, P=4, computation="hs"), 32))
+    return configs
+
+
+def bench_training(cfg: BenchConfig, matmul: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Steps as train.py runs them (autocast bf16 forward, fp32 loss, backward, Adam); data loading excluded."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..nets import AICC
+
+    rows = []
+    for name, scheme, batch in _train_configs(cfg):
+        for dtype in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            model = AICC(scheme).train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            xb = torch.rand(batch, scheme.K, 28, 28)
+            yb = torch.randint(0, 10, (batch, scheme.K))
+
+            def step() -> None:
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                    logits = model(xb)
+                loss = F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            t = timeit(step, cfg.train_steps, min_time=0.0, warmup=1)
+            flops = costs.train_step_flops(scheme, batch)
+            achieved = flops / t["median_s"] / 1e9
+            ref = (matmul or {}).get(f"torch_{dtype}", {}).get("gflops")
+            rows.append({"name": name, "scheme": scheme.label(), "dtype": dtype, "batch": batch,
+                         "step_s": t["median_s"], "groups_per_s": batch / t["median_s"],
+                         "images_per_s": batch * scheme.K / t["median_s"], "steps": t["samples"],
+                         "flops_per_step": flops, "achieved_gflops": achieved,
+                         "matmul_gflops": ref, "fraction_of_matmul": achieved / ref if ref else None})
+            _log(f"training {name} {dtype}: {batch / t['median_s']:.1f} groups/s")
+            del model, opt
+    return rows
+
+
+# -- models -------------------------------------------------------------------------------------
+def _save_load(model, info: dict[str, Any], tmp: Path, name: str):
+    from ..modelfile import load_model, save_model
+
+    path = tmp / f"{name}.safetensors"
+    save_model(path, model, info)
+    return load_model(path)
+
+
+def load_bench_models(tmp: Path, keys: tuple[str, ...] = ("cnn", "mlp", "hs")) -> dict[str, dict[str, Any]]:
+    """'cnn': the shipped default model, or an untrained K=2 G=1 CNN+CNN H_B when it is not there yet;
+    'mlp': an untrained K=2 G=1 MLP+MLP H_B (timing does not depend on the weights); 'hs': an untrained
+    K=2 G=1 P=1 CNN+CNN H_S (worker cost only)."""
+    import torch
+
+    from ..coding.schemes import Scheme
+    from ..modelfile import load_model, resolve
+    from ..nets import AICC
+
+    out: dict[str, dict[str, Any]] = {}
+    if "cnn" in keys:
+        try:
+            model, info = load_model("default")
+            out["cnn"] = {"model": model, "info": info, "source": f"shipped default ({resolve('default').name})"}
+        except Exception as e:  # not trained yet (ModelFileError) or unreadable
+            torch.manual_seed(0)
+            s = Scheme(K=2, G=1)
+            model, info = _save_load(AICC(s), {"kind": "aicc", "scheme": s.to_dict()}, tmp, "fallback-cnn")
+            out["cnn"] = {"model": model, "info": info,
+                          "source": f"untrained fallback, shipped default unavailable ({type(e).__name__})"}
+    for key, s in (("mlp", Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")),
+                   ("hs", Scheme(K=2, G=1, P=1, computation="hs"))):
+        if key in keys:
+            torch.manual_seed(0)
+            model, info = _save_load(AICC(s), {"kind": "aicc", "scheme": s.to_dict()}, tmp, key)
+            out[key] = {"model": model, "info": info, "source": "untrained"}
+    for m in out.values():
+        m["scheme"] = Scheme.from_dict(m["info"]["scheme"])
+        m["label"] = m["scheme"].label()
+    return out
+
+
+class _CollapseMemo:
+    """While active, edgecc.export.collapse_affine computes each network's affine map once per bench run
+    (CodedPlan and worker_arrays call it on every construction) and records how long the real call took."""
+
+    def __init__(self):
+        self.cache: dict[int, tuple[Any, tuple[np.ndarray, np.ndarray]]] = {}
+        self.seconds: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "_CollapseMemo":
+        from .. import export
+
+        self.export, self.original = export, export.collapse_affine
+
+        def memo(net):
+            hit = self.cache.get(id(net))
+            if hit is not None and hit[0] is net:
+                return hit[1]
+            t0 = time.perf_counter()
+            r = self.original(net)
+            self.seconds.append({"net": type(net).__name__, "params": sum(p.numel() for p in net.parameters()),
+                                 "seconds": time.perf_counter() - t0})
+            self.cache[id(net)] = (net, r)
+            return r
+
+        export.collapse_affine = memo
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.export.collapse_affine = self.original
+        self.cache.clear()
+
+
+def _groups(images: np.ndarray, K: int, B: int) -> np.ndarray:
+    n = B * K
+    reps = -(-n // images.shape[0])
+    return np.tile(images, (reps, 1, 1))[:n].reshape(B, K, 28, 28)
+
+
+# -- 4. master cost per group -------------------------------------------------------------------
+def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np.ndarray, N: int = 3) -> dict[str, Any]:
+    import torch
+
+    from ..nets import CentralizedCNN
+    from ..runtime.plan import CodedPlan
+
+    torch.manual_seed(0)
+    cnn = CentralizedCNN().eval()
+    out: dict[str, Any] = {"N": N, "models": []}
+    for key in cfg.models:
+        m = models[key]
+        model, info, s = m["model"], m["info"], m["scheme"]
+        t0 = time.perf_counter()
+        plan = CodedPlan(model, info, N, "encoded")
+        plan_build_s = time.perf_counter() - t0
+        shared = CodedPlan(model, info, N, "shared")
+        row: dict[str, Any] = {"model": key, "label": m["label"], "source": m["source"], "plan_build_s": plan_build_s,
+                               "by_batch": []}
+        rng = np.random.default_rng(0)
+        for B in (cfg.batch, 1):
+            imgs = _groups(images, s.K, B)
+            x = torch.from_numpy(imgs.astype(np.float32) / 255.0)
+            xc = x.reshape(B * s.K, 28, 28)
+            results = {i: rng.standard_normal((B, 10)).astype(np.float32) for i in range(s.R)}
+
+            def encode() -> None:
+                with torch.inference_mode():
+                    model.encode(x, plan.alphas)
+
+            def central() -> None:
+                with torch.inference_mode():
+                    cnn(xc)
+
+            t = {name: in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"] / B for name, fn in {
+                "encode": encode,
+                "payloads_encoded": lambda: plan.payloads(imgs),
+                "payloads_shared": lambda: shared.payloads(imgs),
+                "decode": lambda: plan.decode(results),
+                "centralized_cnn": central,
+            }.items()}
+            enc_total = t["payloads_encoded"] + t["decode"]
+            sh_total = t["payloads_shared"] + t["decode"]
+            row["by_batch"].append({
+                "groups": B, "seconds_per_group": t,
+                "encoded_total": enc_total, "shared_total": sh_total,
+                "encoded_over_centralized_cnn": enc_total / t["centralized_cnn"],
+                "shared_over_centralized_cnn": sh_total / t["centralized_cnn"],
+                "encode_gflops": costs.master_encode_flops(s, N) / t["encode"] / 1e9,
+                "centralized_cnn_gflops": s.K * costs.cnn_baseline_flops() / t["centralized_cnn"] / 1e9,
+            })
+        _log(f"master {m['label']}: encode {row['by_batch'][0]['seconds_per_group']['encode'] * 1e3:.2f} ms/group at B={cfg.batch}")
+        out["models"].append(row)
+    return out
+
+
+# -- 5. worker cost per group -------------------------------------------------------------------
+def bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np.ndarray, N: int = 3) -> dict[str, Any]:
+    import torch
+
+    from ..coding.schemes import default_alphas
+    from ..export import worker_arrays
+    from ..protocol.frames import decode_payload, encode_frame, pack_array, unpack_array
+    from ..protocol.messages import Compute, Result, parse
+    from ..runtime.compute import EncodedCompute
+    from ..runtime.shared_compute import SharedCompute
+
+    alpha = default_alphas(N)[0]
+    rng = np.random.default_rng(0)
+    rows = []
+    for B in (cfg.batch, 1):
+        xt = rng.random((B, 28, 28), dtype=np.float32)
+        for key in (*cfg.models, "hs"):
+            m = models[key]
+            s = m["scheme"]
+            comp = EncodedCompute(s, worker_arrays(m["model"], m["info"], "encoded"))
+            v = rng.random((B, s.P + 1, 28, 28), dtype=np.float32) if s.computation == "hs" else None
+            t = in_thread(timeit, lambda: comp(xt, v), cfg.repeats, cfg.min_time)["median_s"]
+            rows.append({"what": f"encoded {'H_S' if v is not None else 'H_B'} (collapsed affine, numpy)",
+                         "model": key, "label": m["label"], "groups": B, "seconds_per_group": t / B,
+                         "flops_per_group": costs.affine_flops() + (costs.horner_flops(s.P) if v is not None else 0)})
+        for key in cfg.models:
+            m = models[key]
+            s, model = m["scheme"], m["model"]
+            imgs = _groups(images, s.K, B)
+            sc = SharedCompute(s, worker_arrays(model, m["info"], "shared"), alpha)
+            t = in_thread(timeit, lambda: sc(imgs), cfg.repeats, cfg.min_time)["median_s"]
+            rows.append({"what": "shared E+H (SharedCompute, torch, H uncollapsed)", "model": key, "label": m["label"],
+                         "groups": B, "seconds_per_group": t / B, "flops_per_group": costs.shared_worker_flops(s, False)})
+            comp = EncodedCompute(s, worker_arrays(model, m["info"], "encoded"))
+
+            def collapsed() -> None:
+                with torch.inference_mode():
+                    x = torch.from_numpy(imgs.astype(np.float32) / 255.0)
+                    comp(model.encode(x, [alpha])[:, 0].numpy())
+
+            t = in_thread(timeit, collapsed, cfg.repeats, cfg.min_time)["median_s"]
+            rows.append({"what": "shared E + collapsed H (what SharedCompute could run)", "model": key, "label": m["label"],
+                         "groups": B, "seconds_per_group": t / B, "flops_per_group": costs.shared_worker_flops(s, True)})
+    # the protocol's per-request cost on each side: frame encode (master) / decode + unpack (worker)
+    proto = []
+    for B in (cfg.batch, 1):
+        x = rng.random((B, 28, 28), dtype=np.float32)
+        y = rng.random((B, 10), dtype=np.float32)
+        up = Compute(1000, pack_array(x, "f4"), None, None, None)
+        frame = encode_frame(up.to_wire())
+        down = encode_frame(Result(1000, pack_array(y, "f4")).to_wire())
+
+        def worker_side() -> None:
+            msg = parse(decode_payload(frame[4:]))
+            unpack_array(msg.x, "x", shape=(None, 28, 28)).astype(np.float32)
+            encode_frame(Result(msg.id, pack_array(y, "f4")).to_wire())
+
+        def master_side() -> None:
+            encode_frame(Compute(1000, pack_array(x, "f4"), None, None, None).to_wire())
+            msg = parse(decode_payload(down[4:]))
+            unpack_array(msg.y, "y", shape=(B, 10))
+
+        for name, fn in (("worker: decode compute frame + unpack + encode result", worker_side),
+                         ("master: encode compute frame + decode result (per worker)", master_side)):
+            t = in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"]
+            proto.append({"what": name, "groups": B, "seconds_per_request": t, "seconds_per_group": t / B,
+                          "frame_bytes": len(frame)})
+    return {"N": N, "alpha": alpha, "compute": rows, "protocol": proto}
+
+
+# -- worker processes ---------------------------------------------------------------------------
+class LocalWorkers:
+    """`python -m edgecc.cli worker` processes on 127.0.0.1 (as tests/conftest.py starts them)."""
+
+    def __init__(self, n: int, tmp: Path, token: str, behaviour: dict | None = None, tag: str = "w"):
+        self.n, self.tmp, self.token, self.behaviour, self.tag = n, tmp, token, behaviour, tag
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
+
+    def __enter__(self) -> "LocalWorkers":
+        env = {**os.environ, "EDGECC_TOKEN": self.token}
+        env.pop("EDGECC_TOKEN_FILE", None)
+        pfs = []
+        try:
+            for i in range(self.n):
+                pf = self.tmp / f"{self.tag}{i}.port"
+                pf.unlink(missing_ok=True)
+                pfs.append(pf)
+                cmd = [sys.executable, "-m", "edgecc.cli", "worker", "--listen", "127.0.0.1:0", "--port-file", str(pf),
+                       "--log-level", "warning", "--index", str(i)]
+                if self.behaviour is not None:
+                    cmd += ["--behaviour", json.dumps(self.behaviour)]
+                with open(self.tmp / f"{self.tag}{i}.log", "ab") as log:
+                    self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
+            deadline = time.monotonic() + 60
+            for i, pf in enumerate(pfs):
+                while not (pf.exists() and pf.read_text()):
+                    if self.procs[i].poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"worker {i} did not start: {(self.tmp / f'{self.tag}{i}.log').read_text()[-1500:]}")
+                    time.sleep(0.02)
+                self.ports.append(int(pf.read_text()))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def addresses(self, n: int | None = None) -> list[tuple[str, int]]:
+        return [("127.0.0.1", p) for p in self.ports[: n or self.n]]
+
+    def status(self) -> list[dict[str, int]]:
+        return [_proc_status(p.pid) for p in self.procs]
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _proc_status(pid: int | str = "self") -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+async def _connected_master(plan, addresses, token: bytes, request_timeout: float = 60.0):
+    from ..runtime.master import Master
+
+    m = Master(plan, addresses, token, request_timeout=request_timeout)
+    await m.start(wait_ready=30)
+    if not await m.wait_all_ready(30):
+        await m.close()
+        raise RuntimeError(f"only {m.ready_count()} of {plan.N} workers connected")
+    return m
+
+
+def _run(coro):
+    from ..runtime.transport import run
+
+    return run(coro)
+
+
+# -- 6. end-to-end throughput -------------------------------------------------------------------
+def _inprocess(model, scheme, plan, comp, groups: np.ndarray, B: int, collapsed: bool) -> np.ndarray:
+    """Predictions for all groups computed in this process, batch by batch, decoded like the master."""
+    import torch
+
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, groups.shape[0], B):
+            x = torch.from_numpy(groups[i : i + B].astype(np.float32) / 255.0)
+            if collapsed:  # the same arithmetic as the distributed run: encode, N affine maps, decode
+                xt = model.encode(x, plan.alphas).numpy()
+                results = {n: comp(xt[:, n]) for n in range(plan.N)}
+            else:  # the torch model at the N points (H uncollapsed), as evaluate.py does
+                y = model(x, plan.alphas).numpy()
+                results = {n: y[:, n] for n in range(plan.N)}
+            preds.append(plan.decode(results).argmax(-1).reshape(-1))
+    return np.concatenate(preds)
+
+
+def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.ndarray, tmp: Path,
+                     token: str) -> list[dict[str, Any]]:
+    from ..export import worker_arrays
+    from ..runtime.compute import EncodedCompute
+    from ..runtime.master import run_stream
+    from ..runtime.plan import CodedPlan
+
+    rows = []
+    with LocalWorkers(max(cfg.e2e_Ns), tmp, token, tag="e2e") as workers:
+        for key in cfg.models:
+            m = models[key]
+            model, info, s = m["model"], m["info"], m["scheme"]
+            comp = EncodedCompute(s, worker_arrays(model, info, "encoded"))
+            n = images.shape[0] - images.shape[0] % s.K
+            groups = images[:n].reshape(-1, s.K, 28, 28)
+            for N in cfg.e2e_Ns:
+                plan = CodedPlan(model, info, N, "encoded")
+                e2e, inp_model, inp_coll, agree = [], [], [], []
+                summary: dict[str, Any] = {}
+                for collapsed in (False, True):  # warm-up
+                    in_thread(_inprocess, model, s, plan, comp, groups[: cfg.batch], cfg.batch, collapsed)
+                for _ in range(cfg.e2e_repeats):  # interleaved: both sides see the same background load
+                    t0 = time.perf_counter()
+                    ref = in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, False)
+                    inp_model.append(n / (time.perf_counter() - t0))
+                    t0 = time.perf_counter()
+                    in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, True)
+                    inp_coll.append(n / (time.perf_counter() - t0))
+
+                    async def stream():
+                        master = await _connected_master(plan, workers.addresses(N), token.encode())
+                        try:
+                            return await run_stream(master, images[:n], labels[:n], groups_per_request=cfg.batch,
+                                                    in_flight=cfg.in_flight)
+                        finally:
+                            await master.close()
+
+                    summary, preds = _run(stream())
+                    e2e.append(summary["images_per_s"])
+                    agree.append(float((preds == ref).mean()))
+                # bytes check: every request to every worker is one Compute frame
+                sizes = [min(cfg.batch, groups.shape[0] - i) for i in range(0, groups.shape[0], cfg.batch)]
+                expected = sum(N * (b * costs._up_payload_per_worker(s, "encoded") +
+                                    costs.frame_overhead(s, "encoded", b)["compute_overhead"]) for b in sizes)
+                row = {"model": key, "label": m["label"], "source": m["source"], "N": N, "R": s.R, "images": n,
+                       "groups_per_request": cfg.batch, "in_flight": cfg.in_flight, "repeats": cfg.e2e_repeats,
+                       "e2e_images_per_s": statistics.median(e2e),
+                       "inprocess_model_images_per_s": statistics.median(inp_model),
+                       "inprocess_collapsed_images_per_s": statistics.median(inp_coll),
+                       "e2e_over_inprocess_model": statistics.median(e2e) / statistics.median(inp_model),
+                       "e2e_over_inprocess_collapsed": statistics.median(e2e) / statistics.median(inp_coll),
+                       "prediction_agreement": min(agree),
+                       "requests_failed": summary.get("requests_failed"), "latency_ms": summary.get("latency_ms"),
+                       "bytes_sent": summary.get("bytes_sent"), "bytes_sent_expected": expected,
+                       "bytes_sent_per_group_per_worker": summary.get("bytes_sent", 0) / (groups.shape[0] * N),
+                       "samples": {"e2e": e2e, "inprocess_model": inp_model, "inprocess_collapsed": inp_coll}}
+                _log(f"e2e {m['label']} N={N}: {row['e2e_images_per_s']:.0f} img/s vs in-process "
+                     f"{row['inprocess_collapsed_images_per_s']:.0f} (collapsed) / {row['inprocess_model_images_per_s']:.0f} (model)")
+                rows.append(row)
+    return rows
+
+
+# -- 7. single-request latency ------------------------------------------------------------------
+def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token: str, N: int = 3) -> list[dict[str, Any]]:
+    import torch
+
+    from ..export import worker_arrays
+    from ..runtime.compute import EncodedCompute
+    from ..runtime.plan import CodedPlan
+
+    rows = []
+    with LocalWorkers(N, tmp, token, tag="lat") as workers:
+        for key in cfg.models:
+            m = models[key]
+            model, info, s = m["model"], m["info"], m["scheme"]
+            plan = CodedPlan(model, info, N, "encoded")
+            comp = EncodedCompute(s, worker_arrays(model, info, "encoded"))
+            one = _groups(images, s.K, 1)
+            x = torch.from_numpy(one.astype(np.float32) / 255.0)
+            rng = np.random.default_rng(0)
+            res = {i: rng.standard_normal((1, 10)).astype(np.float32) for i in range(s.R)}
+            xt1 = rng.random((1, 28, 28), dtype=np.float32)
+
+            def encode() -> None:
+                with torch.inference_mode():
+                    model.encode(x, plan.alphas)
+
+            async def measure() -> list[float]:
+                master = await _connected_master(plan, workers.addresses(N), token.encode())
+                lat = []
+                try:
+                    for r in range(cfg.latency_requests + 5):
+                        t0 = time.perf_counter()
+                        await master.infer(one)
+                        if r >= 5:  # warm-up
+                            lat.append(time.perf_counter() - t0)
+                finally:
+                    await master.close()
+                return lat
+
+            lat = np.array(_run(measure()))
+            parts = {"encode": in_thread(timeit, encode, cfg.repeats, cfg.min_time)["median_s"],
+                     "worker_compute": in_thread(timeit, lambda: comp(xt1), cfg.repeats, cfg.min_time)["median_s"],
+                     "decode": in_thread(timeit, lambda: plan.decode(res), cfg.repeats, cfg.min_time)["median_s"]}
+            inproc = sum(parts.values())
+            p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+            rows.append({"model": key, "label": m["label"], "N": N, "requests": int(lat.size),
+                         "e2e_ms": {"p50": p50 * 1e3, "p99": p99 * 1e3, "mean": float(lat.mean()) * 1e3,
+                                    "min": float(lat.min()) * 1e3},
+                         "inprocess_ms": {k: v * 1e3 for k, v in parts.items()} | {"total": inproc * 1e3},
+                         "overhead_ms": {"p50": (p50 - inproc) * 1e3, "p99": (p99 - inproc) * 1e3}})
+            _log(f"latency {m['label']}: p50 {p50 * 1e3:.2f} ms, in-process {inproc * 1e3:.2f} ms")
+    return rows
+
+
+# -- 8. master memory with many requests in flight -------------------------------------------------
+class _RssSampler(threading.Thread):
+    def __init__(self, period: float = 0.005):
+        super().__init__(daemon=True)
+        self.period, self.peak, self.stop = period, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, _proc_status().get("VmRSS", 0))
+            self.stop.wait(self.period)
+
+
+def bench_memory(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token: str, master_costs=None,
+                 N: int = 3, key: str = "mlp") -> dict[str, Any]:
+    from ..runtime.plan import CodedPlan
+
+    m = models[key]
+    model, info, s = m["model"], m["info"], m["scheme"]
+    B, reqs = cfg.batch, cfg.memory_requests
+    plan = CodedPlan(model, info, N, "encoded")
+    batch = _groups(images, s.K, B)
+    # every request must still be waiting when the last one is sent: hold answers longer than encoding all takes
+    per_req = B * _seconds_per_group(master_costs, key, "payloads_encoded", default=0.002)
+    delay = round(max(cfg.memory_delay, 2.0 * reqs * per_req), 2)
+    behaviour = {"latency": {"dist": "constant", "value": delay}}
+    with LocalWorkers(N, tmp, token, behaviour, tag="mem") as workers:
+        async def flood() -> dict[str, Any]:
+            master = await _connected_master(plan, workers.addresses(N), token.encode(), request_timeout=delay + 120)
+            max_pending = 0
+
+            async def watch() -> None:
+                nonlocal max_pending
+                while True:
+                    max_pending = max(max_pending, len(master.pending))
+                    await asyncio.sleep(0.01)
+
+            try:
+                await master.infer(batch)  # warm: the first request allocates lasting buffers
+                gc.collect()
+                workers_before = workers.status()
+                base = _proc_status()
+                reset = _reset_hwm()
+                sampler = _RssSampler()
+                sampler.start()
+                watcher = asyncio.create_task(watch())
+                t0 = time.perf_counter()
+                results = await asyncio.gather(*(master.infer(batch) for _ in range(reqs)), return_exceptions=True)
+                elapsed = time.perf_counter() - t0
+                sampler.stop.set()
+                sampler.join()
+                watcher.cancel()
+                after = _proc_status()
+                failed = sum(isinstance(r, BaseException) for r in results)
+                del results
+                gc.collect()
+                settled = _proc_status()
+                peak = max(sampler.peak, after.get("VmHWM", 0) if reset else 0)
+                return {"rss_before": base.get("VmRSS"), "rss_peak": peak, "peak_delta": peak - base.get("VmRSS", 0),
+                        "rss_after_gc": settled.get("VmRSS"), "hwm_reset": reset, "elapsed_s": elapsed,
+                        "failed": failed, "max_pending": max_pending,
+                        "workers_before": workers_before, "workers_after": workers.status()}
+            finally:
+                await master.close()
+
+        r = _run(flood())
+    payload = reqs * N * B * costs._up_payload_per_worker(s, "encoded")
+    w_hwm = [w.get("VmHWM", 0) - b.get("VmRSS", 0) for w, b in zip(r.pop("workers_after"), r.pop("workers_before"))]
+    return {"model": key, "label": m["label"], "N": N, "requests": reqs, "groups_per_request": B,
+            "answer_delay_s": delay, **r,
+            "payload_bytes_in_flight": payload, "peak_delta_over_payload": r["peak_delta"] / payload,
+            "peak_delta_per_request": r["peak_delta"] / reqs, "worker_peak_delta": w_hwm}
+
+
+def _seconds_per_group(master_costs, key: str, what: str, default: float) -> float:
+    try:
+        row = next(r for r in master_costs["models"] if r["model"] == key)
+        return row["by_batch"][0]["seconds_per_group"][what]
+    except (TypeError, KeyError, StopIteration, IndexError):
+        return default
+
+
+def _reset_hwm() -> bool:
+    """Reset this process's peak RSS (VmHWM) so it measures from now (Linux: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- 9. who computes what -----------------------------------------------------------------------
+def bench_costs(cfg: BenchConfig, e2e: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    rows = costs.cost_table(wire_dtype="f4", groups_per_request=cfg.batch)
+    checks = []
+    for r in e2e or []:
+        if r.get("bytes_sent") and r.get("bytes_sent_expected"):
+            checks.append({"model": r["model"], "N": r["N"], "bytes_sent": r["bytes_sent"],
+                           "expected": r["bytes_sent_expected"], "ratio": r["bytes_sent"] / r["bytes_sent_expected"],
+                           "per_group_per_worker": r["bytes_sent_per_group_per_worker"]})
+    return {"conventions": "FLOPs = 2 x multiply-adds (biases/activations not counted); bytes = array payload, "
+                           "'framed' adds the msgpack frame overhead of one request spread over its groups; "
+                           "worker FLOPs of the shared placement are what SharedCompute runs (H uncollapsed), "
+                           "'worker_if_collapsed' what it would run with the affine map",
+            "rows": rows, "bytes_check": checks,
+            "reference": {"cnn_baseline_flops_per_image": costs.cnn_baseline_flops(),
+                          "mlp_baseline_flops_per_image": costs.mlp_baseline_flops(),
+                          "cnn_baseline_params": costs.cnn_baseline_params()}}
+
+
+# -- driver -------------------------------------------------------------------------------------
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """Run `sections` (in dependency order) and write the JSON to `out` when given."""
+    from ..data import load_sample, load_split
+
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    started = time.time()
+    result: dict[str, Any] = {"meta": {"quick": cfg.quick, "config": asdict(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "loadavg_before": _loadavg(), "section_seconds": {}, "errors": {}}}
+    token = secrets.token_hex(24)
+    sample_x, sample_y = load_sample()
+
+    def section(name: str, fn: Callable[[], Any]) -> None:
+        if name not in sections:
+            return
+        _log(f"{name} ...")
+        t0 = time.perf_counter()
+        try:
+            result[name] = fn()
+        except Exception as e:  # one broken section must not lose the others
+            result[name] = None
+            result["meta"]["errors"][name] = f"{type(e).__name__}: {e}"
+            _log(f"{name} failed: {traceback.format_exc()}")
+        result["meta"]["section_seconds"][name] = round(time.perf_counter() - t0, 2)
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecc-bench-")))
+        section("machine", lambda: bench_machine(cfg))
+        section("matmul", lambda: bench_matmul(cfg))
+        section("training", lambda: bench_training(cfg, result.get("matmul")))
+        models: dict[str, Any] = {}
+        if set(sections) & {"master", "worker", "end_to_end", "latency", "memory"}:
+            keys = tuple(dict.fromkeys((*cfg.models, "mlp", "hs")))  # memory uses 'mlp', worker 'hs'
+            models = load_bench_models(tmp, keys)
+            result["meta"]["models"] = {k: {"label": v["label"], "source": v["source"]} for k, v in models.items()}
+        memo = stack.enter_context(_CollapseMemo())
+        result["meta"]["collapse_affine"] = memo.seconds  # the real (first) call per network, as CodedPlan pays it
+        section("master", lambda: bench_master(cfg, models, sample_x))
+        section("worker", lambda: bench_worker(cfg, models, sample_x))
+        if "end_to_end" in sections:
+            x, y, src = sample_x, sample_y, "sample"
+            if cfg.e2e_images > sample_x.shape[0]:
+                try:
+                    x, y = load_split("test")
+                    src = "test"
+                except Exception:
+                    reps = -(-cfg.e2e_images // sample_x.shape[0])
+                    x, y, src = np.tile(sample_x, (reps, 1, 1)), np.tile(sample_y, reps), "sample (tiled)"
+            x, y = x[: cfg.e2e_images], y[: cfg.e2e_images]
+            result["meta"]["e2e_images_source"] = src
+            section("end_to_end", lambda: bench_end_to_end(cfg, models, x, y, tmp, token))
+        section("latency", lambda: bench_latency(cfg, models, sample_x, tmp, token))
+        section("memory", lambda: bench_memory(cfg, models, sample_x, tmp, token, result.get("master")))
+        section("costs", lambda: bench_costs(cfg, result.get("end_to_end")))
+    result["meta"]["loadavg_after"] = _loadavg()
+    result["meta"]["elapsed_s"] = round(time.time() - started, 1)
+    result = _jsonable(result)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    return result
+
+
+def main(quick: bool = True, out: str = "results/bench.json") -> dict[str, Any]:
+    """Run the whole benchmark (quick: fewer repeats, smaller sizes) and write the JSON to `out`."""
+    return run(BenchConfig.for_mode(quick), out)
+
+
+__all__ = ["BenchConfig", "SECTIONS", "main", "render_markdown", "run", "timeit"]

@@ -1,0 +1,135 @@
+"""A compact Markdown rendering of a benchmark result (for the README). Missing sections are skipped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _si(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    for f, p in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= f:
+            return f"{x / f:.3g} {p}{unit}".rstrip()
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _t(seconds: float | None) -> str:
+    """Seconds with a readable unit."""
+    if seconds is None:
+        return "–"
+    s = abs(seconds)
+    if s >= 1:
+        return f"{seconds:.2f} s"
+    if s >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def _n(x: float | None, fmt: str = ".3g") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    out: list[str] = ["## Benchmarks", ""]
+    meta = result.get("meta", {})
+    mach = result.get("machine")
+    if mach:
+        out += [f"Machine: {mach.get('cpu_model')}, {mach.get('cores')} cores ({', '.join(mach.get('isa') or []) or 'no AVX-512'}), "
+                f"torch {mach.get('torch')} ({mach.get('torch_threads')} threads), numpy {mach.get('numpy')}. "
+                f"{'Quick run' if meta.get('quick') else 'Full run'}; load average {meta.get('loadavg_before')} before, "
+                f"{meta.get('loadavg_after')} after. Medians over repeats; ratios measured side by side in the same run.", ""]
+    models = meta.get("models")
+    if models:
+        out += ["Models: " + "; ".join(f"{k}: {v['label']} ({v['source']})" for k, v in models.items()) + ".", ""]
+
+    mm = result.get("matmul")
+    if mm:
+        out += [f"**Dense matmul** ({mm['n']}×{mm['n']}): "
+                + ", ".join(f"{k.replace('_', ' ')} {mm[k]['gflops']:.0f} GFLOP/s" for k in ("torch_fp32", "torch_bf16", "numpy_fp32") if k in mm),
+                ""]
+
+    tr = result.get("training")
+    if tr:
+        out += ["**Training throughput** (one step as train.py runs it: forward, fp32 loss, backward, Adam; data loading excluded)", ""]
+        out += _table(["model", "dtype", "batch", "step", "groups/s", "GFLOP/step", "achieved GFLOP/s", "of matmul rate"],
+                      [[r["name"], r["dtype"], str(r["batch"]), _t(r["step_s"]), f"{r['groups_per_s']:.1f}",
+                        f"{r['flops_per_step'] / 1e9:.1f}", f"{r['achieved_gflops']:.0f}",
+                        "–" if r.get("fraction_of_matmul") is None else f"{100 * r['fraction_of_matmul']:.0f}%"] for r in tr])
+
+    ms = result.get("master")
+    if ms:
+        out += [f"**Master cost per group** (N={ms['N']}; encoded = plan.payloads (encode + pack) + decode, "
+                f"shared = decode only; vs the centralized CNN on the same K images)", ""]
+        rows = []
+        for r in ms["models"]:
+            for b in r["by_batch"]:
+                t = b["seconds_per_group"]
+                rows.append([r["label"], str(b["groups"]), _t(t["encode"]), _t(t["payloads_encoded"]), _t(t["decode"]),
+                             _t(b["encoded_total"]), _t(b["shared_total"]), _t(t["centralized_cnn"]),
+                             f"{b['encoded_over_centralized_cnn']:.2f}", f"{b['shared_over_centralized_cnn']:.3f}"])
+        out += _table(["model", "groups/batch", "encode", "payloads", "decode", "encoded total", "shared total",
+                       "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
+
+    wk = result.get("worker")
+    if wk:
+        out += ["**Worker cost per group**", ""]
+        out += _table(["computation", "model", "groups/batch", "time/group", "FLOPs/group"],
+                      [[r["what"], r["label"], str(r["groups"]), _t(r["seconds_per_group"]), _si(r["flops_per_group"])]
+                       for r in wk["compute"]]
+                      + [[r["what"], "–", str(r["groups"]), _t(r["seconds_per_group"]), "–"] for r in wk.get("protocol", [])])
+
+    e2e = result.get("end_to_end")
+    if e2e:
+        out += [f"**End-to-end throughput** over loopback ({e2e[0]['images']} images, {e2e[0]['groups_per_request']} groups/request, "
+                f"{e2e[0]['in_flight']} in flight; workers on the same cores) vs in-process on the same images: "
+                "'model' = model(x, α) + decode (H uncollapsed), 'collapsed' = encode + N affine maps + decode "
+                "(the distributed run's arithmetic)", ""]
+        out += _table(["model", "N", "e2e img/s", "in-process model img/s", "in-process collapsed img/s",
+                       "e2e ÷ model", "e2e ÷ collapsed", "bytes sent vs expected"],
+                      [[r["label"], str(r["N"]), f"{r['e2e_images_per_s']:.0f}", f"{r['inprocess_model_images_per_s']:.0f}",
+                        f"{r['inprocess_collapsed_images_per_s']:.0f}", f"{r['e2e_over_inprocess_model']:.2f}",
+                        f"{r['e2e_over_inprocess_collapsed']:.2f}",
+                        "–" if not r.get("bytes_sent_expected") else f"{r['bytes_sent'] / r['bytes_sent_expected']:.4f}"]
+                       for r in e2e])
+
+    lat = result.get("latency")
+    if lat:
+        out += ["**Single-request latency** (one group per request, sequential, no injected delay; overhead = e2e − in-process encode + H + decode)", ""]
+        out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99"],
+                      [[r["label"], str(r["N"]), str(r["requests"]), f"{r['e2e_ms']['p50']:.2f} ms", f"{r['e2e_ms']['p99']:.2f} ms",
+                        f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms", f"{r['overhead_ms']['p99']:.2f} ms"]
+                       for r in lat])
+
+    mem = result.get("memory")
+    if mem:
+        out += [f"**Master memory**: {mem['requests']} requests × {mem['groups_per_request']} groups in flight "
+                f"(max {mem['max_pending']} pending at once; workers hold each answer {mem['answer_delay_s']} s; {mem['label']}, N={mem['N']}): "
+                f"peak RSS +{_si(mem['peak_delta'], 'B')} = {mem['peak_delta_over_payload']:.2f}× the encoded payloads "
+                f"({_si(mem['payload_bytes_in_flight'], 'B')}), {_si(mem['peak_delta_per_request'], 'B')} per request; "
+                f"{mem['failed']} failed; worker peak +{_si(max(mem['worker_peak_delta'] or [0]), 'B')}.", ""]
+
+    cs = result.get("costs")
+    if cs:
+        out += ["**Who computes what** (per group of K images; FLOPs = 2×MACs; bytes = float32 payload, "
+                "frame overhead spread over 64-group requests in the 'framed' column; shared-placement worker FLOPs as "
+                "SharedCompute runs them, with the collapsed-H figure in brackets)", ""]
+        rows = []
+        for r in cs["rows"]:
+            if r["N"] != 3 and any(o["name"] == r["name"] and o["N"] == 3 for o in cs["rows"]):
+                continue
+            f, b = r["flops"], r["bytes"]
+            worker = _si(f["worker"]) + ("" if f["worker_if_collapsed"] == f["worker"] else f" ({_si(f['worker_if_collapsed'])})")
+            rows.append([r["name"], r["placement"], str(r["N"]), _si(f["master"]), worker, _si(f["centralized_cnn"]),
+                         _si(b["up_per_worker"], "B"), f"{b['up_per_worker_framed']:.0f} B", _si(b["down_per_worker"], "B"),
+                         _si(b["wire_total"], "B"), _si(r["weights_bytes"]["master"], "B"), _si(r["weights_bytes"]["worker"], "B")])
+        out += _table(["scheme", "placement", "N", "master FLOPs", "worker FLOPs", "centralized CNN FLOPs",
+                       "up/worker", "up/worker framed", "down/worker", "wire total", "master weights", "worker weights"], rows)
+    errors = meta.get("errors")
+    if errors:
+        out += ["Sections that failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), ""]
+    return "\n".join(out)

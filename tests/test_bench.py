@@ -1,0 +1,84 @@
+"""The benchmark harness: the analytic cost table is right, and a tiny run has the documented structure.
+No assertions on timing values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecc.bench import BenchConfig, costs, render_markdown, run
+from edgecc.coding.schemes import Scheme
+
+HB = Scheme(K=2, G=1)
+
+
+def row(name: str, placement: str, N: int = 3) -> dict:
+    return next(r for r in costs.cost_table() if r["name"] == name and r["placement"] == placement and r["N"] == N)
+
+
+def test_parameter_counts_match_spec():
+    assert costs.coef_net_params("cl", 2) == 73_001
+    assert costs.model_params(Scheme(K=4, G=1, P=4, computation="hs")) == 2_218_197
+    assert costs.model_params(Scheme(K=2, G=2)) == 469_754
+    assert costs.base_mlp_params() == 178_110
+
+
+@pytest.mark.parametrize("scheme", [Scheme(K=2, G=1), Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp"),
+                                    Scheme(K=2, G=1, P=2, computation="hs")])
+def test_parameter_counts_match_torch(scheme):
+    from edgecc.nets import AICC
+
+    assert costs.model_params(scheme) == sum(p.numel() for p in AICC(scheme).parameters())
+
+
+def test_layer_flops():
+    assert costs.conv3_flops(40, 40) == 2 * 40 * 40 * 9 * 784
+    assert costs.linear_flops(784, 200) == 2 * 784 * 200
+    assert costs.affine_flops() == 2 * 784 * 10
+    # K=2 CL net: 3x3 2->40, five 3x3 40->40, 1x1 40->1
+    assert costs.coef_net_flops("cl", 2) == 2 * 784 * 9 * (2 * 40 + 5 * 40 * 40) + 2 * 40 * 784
+    assert costs.train_step_flops(HB, 64) == 3 * 64 * costs.forward_flops(HB, 2)
+
+
+def test_hb_encoded_row():
+    r = row("K2 CNN+CNN H_B", "encoded")
+    assert r["flops"]["worker"] == 2 * 784 * 10
+    assert r["flops"]["master"] == 2 * costs.coef_net_flops("cl", 2) + 2 * 3 * 2 * 784 + 2 * 2 * 2 * 10
+    assert r["bytes"]["up_per_worker"] == 784 * 4
+    assert r["bytes"]["down_per_worker"] == 10 * 4
+    assert r["bytes"]["wire_total"] == 3 * (784 * 4 + 10 * 4)
+    fo = r["bytes"]["frame"]
+    assert fo["compute_frame"] == 64 * 784 * 4 + fo["compute_overhead"]
+    assert 4 < fo["compute_overhead"] < 200 and 4 < fo["result_overhead"] < 200  # length prefix + msgpack map
+    assert 784 * 4 < r["bytes"]["up_per_worker_framed"] < 784 * 4 + 4
+    assert r["weights_bytes"]["worker"] == (784 * 10 + 10) * 4
+
+
+def test_shared_and_hs_rows():
+    sh = row("K2 CNN+CNN H_B", "shared")
+    assert sh["flops"]["master"] == costs.decode_flops(2, 2)
+    assert sh["bytes"]["up_per_worker"] == 2 * 784  # uint8 images
+    assert sh["flops"]["worker"] > sh["flops"]["worker_if_collapsed"]  # SharedCompute runs H uncollapsed
+    hs = row("K2 CNN+CNN H_S", "encoded")
+    assert hs["bytes"]["up_per_worker"] == 784 * 4 * (1 + 2)  # X̃_n and V_0, V_1
+    assert hs["flops"]["worker"] == 2 * 784 * 10 + 2 * 784
+    k4 = [r for r in costs.cost_table() if r["name"].startswith("K4")]
+    assert k4 and all(r["N"] >= r["R"] == 5 for r in k4)
+
+
+def test_tiny_run_structure(tmp_path):
+    cfg = BenchConfig(quick=True, repeats=1, min_time=0.0, matmul_n=64, batch=4, models=("mlp",))
+    out = tmp_path / "bench.json"
+    res = run(cfg, out, sections=("machine", "matmul", "master", "worker", "costs"))
+    assert json.loads(out.read_text()) == res
+    assert not res["meta"]["errors"]
+    assert {"meta", "machine", "matmul", "master", "worker", "costs"} <= set(res)
+    assert {"cpu_model", "cores", "torch", "numpy", "torch_threads"} <= set(res["machine"])
+    assert {"torch_fp32", "torch_bf16", "numpy_fp32"} <= set(res["matmul"])
+    assert [m["model"] for m in res["master"]["models"]] == ["mlp"]
+    b = res["master"]["models"][0]["by_batch"][0]
+    assert {"encode", "payloads_encoded", "payloads_shared", "decode", "centralized_cnn"} == set(b["seconds_per_group"])
+    assert res["worker"]["compute"] and res["worker"]["protocol"]
+    md = render_markdown(res)
+    assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md
