@@ -313,6 +313,30 @@ def token(out):
     click.echo(f"wrote a new token to {out}", err=True)
 
 
+@main.command()
+@click.option("--table", type=click.Choice(["2", "3"]), required=True)
+@click.option("--only", multiple=True, help="cell name(s) to run (default: every cell of the table)")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--threads", type=int, default=None)
+@click.option("--results-dir", default="results", show_default=True)
+@click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
+def reproduce(table, only, epochs, seed, precision, device, threads, results_dir, runs_dir):
+    """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
+    from .reproduce import render_markdown, reproduce as run_cells
+    from .train import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, seed=seed, precision=precision, device=device, threads=threads)
+
+    def progress(cell, text):
+        click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)
+
+    run_cells(int(table), list(only) or None, cfg, results_dir, runs_dir, progress)
+    click.echo(render_markdown(int(table), results_dir))
+
+
 @main.group()
 def scenario() -> None:
     """Scripted straggler scenarios (TOML files in scenarios/)."""

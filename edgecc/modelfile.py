@@ -19,7 +19,7 @@ from .errors import ModelFileError
 
 FORMAT = "edgecc-model"
 VERSION = 1
-KINDS = ("aicc", "centralized-mlp", "centralized-cnn")
+KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "learned-code")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -118,6 +118,13 @@ def build_model(info: dict[str, Any]):
     kind = info["kind"]
     if kind == "aicc":
         return AICC(Scheme.from_dict(info["scheme"]))
+    if kind == "learned-code":
+        from .nets.learned_code import LearnedCode
+
+        code = info.get("code", {})
+        if code.get("arch") not in ("mlp", "cl") or not isinstance(code.get("k"), int) or code["k"] < 1:
+            raise ModelFileError(f"learned-code model needs code.arch in (mlp, cl) and an integer code.k, got {code!r}")
+        return LearnedCode(code["arch"], code["k"], CentralizedMLP())
     return CentralizedMLP() if kind == "centralized-mlp" else CentralizedCNN()
 
 

@@ -29,6 +29,7 @@ class TrainConfig:
     batch: int | None = None  # groups per step; None = the paper's 64 for K=2, 32 for K=4 (128 // K)
     lr: float = 1e-3  # Adam, paper: 1e-3
     seed: int = 0  # model init and per-epoch permutations
+    weight_decay: float = 0.0  # Adam weight decay (paper: none; the learned-code baseline [10] uses 1e-5)
     precision: str = "bf16"  # "bf16" autocast for matmuls/convs (2x faster on AVX-512 CPUs) or "fp32"
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads; None = torch default
@@ -44,6 +45,9 @@ def _autocast(cfg: TrainConfig):
     return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
+GROUPED = ("aicc", "learned-code")  # kinds whose samples are groups of K images
+
+
 def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that determine each epoch's result (not threads, where the data lies, or how
     many epochs: a finished run may be resumed with a larger --epochs)."""
@@ -54,16 +58,25 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
 def accuracy_direct(model, kind: str, images: torch.Tensor, labels: torch.Tensor, K: int, batch: int = 512) -> float:
     """Test accuracy of D(β_k) (AICC) or of the baseline, in fp32, groups in dataset order."""
     model.eval()
-    n = images.shape[0] - images.shape[0] % K if kind == "aicc" else images.shape[0]
-    correct = 0
-    step = batch * (K if kind == "aicc" else 1)
+    grouped = kind in GROUPED
+    n = images.shape[0] - images.shape[0] % K if grouped else images.shape[0]
+    correct, total = 0, 0
+    step = batch * (K if grouped else 1)
     for i in range(0, n, step):
         xb, yb = images[i : min(i + step, n)], labels[i : min(i + step, n)]
-        if kind == "aicc":
+        if grouped:
             xb, yb = xb.reshape(-1, K, 28, 28), yb.reshape(-1, K)
-        correct += (model(xb).argmax(-1) == yb).sum().item()
+        if kind == "learned-code":  # degraded mode: each slot erased in turn, scored on that slot
+            rows = torch.arange(xb.shape[0])
+            for e in range(K):
+                erased = torch.full((xb.shape[0],), e, dtype=torch.long)
+                correct += (model(xb, erased)[rows, e].argmax(-1) == yb[:, e]).sum().item()
+                total += xb.shape[0]
+        else:
+            correct += (model(xb).argmax(-1) == yb).sum().item()
+            total += yb.numel()
     model.train()
-    return 100.0 * correct / n
+    return 100.0 * correct / total
 
 
 def train(
@@ -74,14 +87,19 @@ def train(
     run_dir: str | Path | None = None,
     resume: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    code: dict[str, Any] | None = None,
+    base: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train a model of `kind` ('aicc' with `scheme`, or a centralized baseline) and save it to `out`."""
+    """Train a model of `kind` and save it to `out`: 'aicc' (with `scheme`), a centralized baseline,
+    or 'learned-code' (with `code` = {"arch", "k"} around the frozen centralized MLP in file `base`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    K = scheme.K if kind == "aicc" else 1
     info: dict[str, Any] = {"kind": kind}
     if kind == "aicc":
         info["scheme"] = scheme.to_dict()
+    if kind == "learned-code":
+        info["code"] = dict(code or {"arch": "mlp", "k": 2})
+    K = scheme.K if kind == "aicc" else info["code"]["k"] if kind == "learned-code" else 1
     dev = torch.device(cfg.device)
 
     x_np, y_np = data.load_split("train", cfg.data_dir)
@@ -95,14 +113,22 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(info).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    batch = cfg.batch_for(K) if kind == "aicc" else 64
+    if kind == "learned-code":
+        from .modelfile import load_model
+
+        base_model, base_info = load_model(base or "default-mlp")
+        if base_info["kind"] != "centralized-mlp":
+            raise ValueError("the learned-code baseline runs the centralized MLP on every worker")
+        model.base.load_state_dict(base_model.state_dict())
+        info["base"] = {"model": str(base or "default-mlp"), "training": base_info.get("training", {}).get("history", [{}])[-1]}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch = cfg.batch_for(K) if kind in GROUPED else 64
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")
     ckpt_path = run_dir / "checkpoint.pt"
     start_epoch, history, seconds = 0, [], 0.0
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ck["info"] != info or {**ck["config"], "epochs": 0} != _identity(cfg):
+        if ck["info"] != info or {**_identity(TrainConfig()), **ck["config"], "epochs": 0} != _identity(cfg):
             raise ValueError(f"{ckpt_path} belongs to a different configuration; use another run dir")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -117,10 +143,17 @@ def train(
         for step in range(steps):
             idx = perm[step * batch * K : (step + 1) * batch * K]
             xb, yb = x[idx], y[idx]
-            if kind == "aicc":
+            if kind in GROUPED:
                 xb, yb = xb.reshape(-1, K, 28, 28), yb.reshape(-1, K)  # (B, K, 28, 28), (B, K)
-            with _autocast(cfg):
-                logits = model(xb)
+            if kind == "learned-code":  # one data slot erased at random; trained on that slot's label
+                erased = torch.randint(K, (xb.shape[0],), generator=gen).to(dev)
+                rows = torch.arange(xb.shape[0], device=dev)
+                with _autocast(cfg):
+                    logits = model(xb, erased)[rows, erased]
+                yb = yb[rows, erased]
+            else:
+                with _autocast(cfg):
+                    logits = model(xb)
             loss = F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
