@@ -2,15 +2,17 @@
 """Footprint of the torch-free edgecc worker (what a Raspberry Pi runs), measured on this machine.
 
     python benchmarks/worker_footprint.py [--out results/worker_footprint.json] [--venv DIR] [--budget S]
+    python benchmarks/worker_footprint.py --summary results/worker_footprint.json   # reprint, measure nothing
 
 Measures
   (a) install size: a fresh worker-only venv (pyproject's base dependencies, no torch), du of its
       site-packages and the size of each installed distribution; torch's size for comparison;
   (b) RSS (/proc/PID/status VmRSS, VmHWM) of torch-free workers run from that venv: idle, idle with
-      the H_B bundle loaded (--bundle), after a master configured them, after 1024-group requests;
-  (c) per-group compute time of EncodedCompute (the collapsed H_B map, numpy, in the worker venv)
-      and of SharedCompute (the shared-dataset worker: E(α_n) and H_B in torch) for batches of
-      1, 64 and 1024 groups, median of many runs, with 1 BLAS/torch thread and with the default;
+      the H_B bundle loaded (--bundle), after a master configured them, after a 64- and a 1024-group
+      request;
+  (c) per-group compute time of EncodedCompute (the collapsed H_B map, numpy, in the worker venv;
+      1 BLAS thread and the default) and of SharedCompute (the shared-dataset worker: E(α_n) and
+      the H_B CNN in torch, 1 thread) for batches of 1, 64 and 1024 groups, median of many runs;
   (d) RSS of shared-dataset workers (main venv, with torch), same points as (b);
 then writes OUT (JSON) and prints a Markdown summary with a labelled Raspberry Pi 4 estimate.
 
@@ -197,7 +199,8 @@ def _mean_mem(ws: list[Worker]) -> dict:
 
 
 def worker_rss(cmd: list[str], env: dict, tmp: Path, plan, token: str, images: np.ndarray, tag: str) -> dict:
-    """Three workers: RSS idle, after a master configured them, after 1024-group requests (max over the three)."""
+    """Three workers: RSS idle, after a master configured them, after a 64-group request (the master's default
+    --groups-per-request), after a 1024-group one (max over the three)."""
     from edgecc.runtime.master import Master
 
     ws = [Worker(cmd, env, tmp, f"{tag}{i}") for i in range(3)]
@@ -213,11 +216,11 @@ def worker_rss(cmd: list[str], env: dict, tmp: Path, plan, token: str, images: n
                 await asyncio.sleep(0.5)
                 out["configured"] = _mean_mem(ws)
                 groups = images.reshape(-1, plan.K, 28, 28)
-                groups = np.concatenate([groups, groups, groups])[:1024]
-                for _ in range(3):
-                    await m.infer(groups)
-                await asyncio.sleep(0.5)  # the third worker's (late) result
-                out["after_1024_group_requests"] = _mean_mem(ws)
+                groups = np.concatenate([groups, groups, groups])
+                for B in (64, 1024):
+                    await m.infer(groups[:B])
+                    await asyncio.sleep(0.5)  # the third worker's (late) result
+                    out[f"after_{B}_group_request"] = _mean_mem(ws)
             finally:
                 await m.close()
 
@@ -286,14 +289,17 @@ def shared_timing(plan, budget: float) -> dict:
     res = {"torch": torch.__version__}
     before = torch.get_num_threads()
     try:
-        for label, n in (("1_thread", 1), ("default_threads", os.cpu_count() or 1)):
+        # one thread only: the CNNs make a 1024-group call take seconds here, and a second thread on this
+        # busy 2-core machine only adds contention (the encoded numbers show both)
+        for label, n in (("1_thread", 1),):
             torch.set_num_threads(n)
             res[label] = {}
             for B in BATCHES:
                 x = rng.integers(0, 256, (B, plan.K, 28, 28), dtype=np.uint8)
-                comp(x)
+                if B == 1:
+                    comp(x)  # warm-up
                 ts, end = [], time.perf_counter() + budget
-                while len(ts) < (5 if B >= 1024 else 20) or (time.perf_counter() < end and len(ts) < 20000):
+                while len(ts) < {1: 20, 64: 5}.get(B, 3) or (time.perf_counter() < end and len(ts) < 20000):
                     t = time.perf_counter()
                     comp(x)
                     ts.append(time.perf_counter() - t)
@@ -305,7 +311,23 @@ def shared_timing(plan, budget: float) -> dict:
     return res
 
 
-def pi4_estimate(size: dict, rss_enc: dict, rss_sh: dict, enc: dict) -> dict:
+def forward_mflops(model) -> dict:
+    """FLOPs per group (torch's counter, multiply-add = 2) of what each kind of worker computes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {"encoded_hb_collapsed": 2 * 784 * 10 / 1e6}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            model.hb(torch.rand(1, 1, 28, 28))
+        out["hb_cnn_uncollapsed"] = round(fc.get_total_flops() / 1e6, 2)
+        with FlopCounterMode(display=False) as fc:
+            model(torch.rand(1, model.scheme.K, 28, 28), [0.25])
+        out["shared_worker_encoder_plus_hb"] = round(fc.get_total_flops() / 1e6, 2)
+    return out
+
+
+def pi4_estimate(size: dict, rss_enc: dict, rss_sh: dict, enc: dict, mflops: dict) -> dict:
     flops = 2 * 784 * 10  # one (784 -> 10) affine map per group: 784*10 multiply-adds
     lo, hi = PI4["sustained_gflops_fp32_per_core"]["low"], PI4["sustained_gflops_fp32_per_core"]["high"]
     us_hi, us_lo = flops / (lo * 1e9) * 1e6, flops / (hi * 1e9) * 1e6  # slow / fast
@@ -314,8 +336,10 @@ def pi4_estimate(size: dict, rss_enc: dict, rss_sh: dict, enc: dict) -> dict:
     bytes_f4, bytes_f2 = 784 * 4, 784 * 2
     net_f4 = bytes_f4 * 8 / (PI4["ethernet_mbit"] * 1e6) * 1e6
     net_f2 = bytes_f2 * 8 / (PI4["ethernet_mbit"] * 1e6) * 1e6
-    worst_rss = max(rss_enc["after_1024_group_requests"]["hwm_mb"], rss_enc["configured"]["rss_mb"])
-    shared_rss = rss_sh["after_1024_group_requests"]["hwm_mb"]
+    worst_rss = max(rss_enc["after_1024_group_request"]["hwm_mb"], rss_enc["configured"]["rss_mb"])
+    shared_rss = rss_sh["after_1024_group_request"]["hwm_mb"]
+    shared_64 = rss_sh["after_64_group_request"]["hwm_mb"]
+    sh_flops = mflops.get("shared_worker_encoder_plus_hb")
     return {
         "flops_per_group": flops,
         "compute_us_per_group": {"at_gflops": [lo, hi], "slow": round(us_hi, 2), "fast": round(us_lo, 2)},
@@ -325,8 +349,11 @@ def pi4_estimate(size: dict, rss_enc: dict, rss_sh: dict, enc: dict) -> dict:
         "network_us_per_group_gbe": {"f4": round(net_f4, 1), "f2": round(net_f2, 1)},
         "encoded_worker_ram_mb_measured_here": worst_rss,
         "shared_worker_ram_mb_measured_here": shared_rss,
+        "shared_worker_ram_mb_64_groups_measured_here": shared_64,
         "ram_share_percent": {f"{g}GB": {"encoded": round(100 * worst_rss / (g * 1024), 1), "shared": round(100 * shared_rss / (g * 1024), 1)}
                               for g in PI4["ram_gb"]},
+        "shared_worker_ms_per_group": None if sh_flops is None else
+        {"slow": round(sh_flops * 1e6 / (lo * 1e9) * 1e3, 1), "fast": round(sh_flops * 1e6 / (hi * 1e9) * 1e3, 1)},
         "install_runtime_mb_here": size["runtime_mb"], "install_venv_mb_here": size["venv_total_mb"],
         "sd_card_share_percent_8GB": round(100 * size["venv_total_mb"] / (8 * 1000 * 1000 * 1000 / MB), 2),
         "assumptions": PI4,
@@ -348,19 +375,24 @@ def markdown(r: dict) -> str:
          "| package | version | MiB |", "|---|---|---:|"]
     L += [f"| {k} | {v['version']} | {v['mb']} |" for k, v in s["dists"].items()]
     L += ["", "## Worker memory (max over 3 workers; MiB)", "",
-          "| worker | idle | idle, bundle loaded | configured | after 1024-group requests (RSS / peak) | torch mapped |", "|---|---:|---:|---:|---:|---|"]
+          "| worker | idle | idle, bundle loaded | configured | after a 64-group request (RSS / peak) | after a 1024-group request (RSS / peak) | torch mapped |",
+          "|---|---:|---:|---:|---:|---:|---|"]
     L.append(f"| encoded H_B, worker venv (no torch) | {r['rss_encoded_idle_no_bundle']['rss_mb']} | {re_['idle']['rss_mb']} | "
-             f"{re_['configured']['rss_mb']} | {re_['after_1024_group_requests']['rss_mb']} / {re_['after_1024_group_requests']['hwm_mb']} | "
-             f"{re_['after_1024_group_requests']['torch_loaded']} |")
+             f"{re_['configured']['rss_mb']} | {re_['after_64_group_request']['rss_mb']} / {re_['after_64_group_request']['hwm_mb']} | "
+             f"{re_['after_1024_group_request']['rss_mb']} / {re_['after_1024_group_request']['hwm_mb']} | {re_['after_1024_group_request']['torch_loaded']} |")
     L.append(f"| shared dataset, main venv (torch) | {rs['idle']['rss_mb']} | – | {rs['configured']['rss_mb']} | "
-             f"{rs['after_1024_group_requests']['rss_mb']} / {rs['after_1024_group_requests']['hwm_mb']} | {rs['after_1024_group_requests']['torch_loaded']} |")
+             f"{rs['after_64_group_request']['rss_mb']} / {rs['after_64_group_request']['hwm_mb']} | "
+             f"{rs['after_1024_group_request']['rss_mb']} / {rs['after_1024_group_request']['hwm_mb']} | {rs['after_1024_group_request']['torch_loaded']} |")
     L += ["", "## Compute per group (median of many calls; µs)", "",
-          "| batch B | encoded H_B, 1 thread (per call) | encoded H_B, default threads | shared (torch), 1 thread (per call) | shared, default threads |",
-          "|---:|---:|---:|---:|---:|"]
+          "| batch B | encoded H_B (numpy), 1 BLAS thread: µs/group (µs/call, runs, GFLOP/s) | encoded H_B, default BLAS threads: µs/group | shared (torch), 1 thread: µs/group (ms/call, runs) |",
+          "|---:|---:|---:|---:|"]
     for B in map(str, BATCHES):
-        e1, e2, s1, s2 = enc["1_thread"][B], enc["default_threads"][B], sh["1_thread"][B], sh["default_threads"][B]
-        L.append(f"| {B} | {e1['median_us_per_group']} ({e1['median_call_us']}/call, {e1['runs']} runs, {e1['gflops']} GFLOP/s) | "
-                 f"{e2['median_us_per_group']} | {s1['median_us_per_group']} ({s1['median_call_us']}/call, {s1['runs']} runs) | {s2['median_us_per_group']} |")
+        e1, e2, s1 = enc["1_thread"][B], enc["default_threads"][B], sh["1_thread"][B]
+        L.append(f"| {B} | {e1['median_us_per_group']} ({e1['median_call_us']}, {e1['runs']}, {e1['gflops']}) | "
+                 f"{e2['median_us_per_group']} | {s1['median_us_per_group']:.0f} ({s1['median_call_us'] / 1000:.1f}, {s1['runs']}) |")
+    f = r["mflops_per_group"]
+    L += ["", f"FLOP per group: collapsed H_B {f['encoded_hb_collapsed'] * 1e6:.0f}; the uncollapsed H_B CNN {f['hb_cnn_uncollapsed']} M; "
+          f"a shared-dataset worker (encoder E(α_n) + H_B CNN) {f['shared_worker_encoder_plus_hb']} M."]
     c, n = pi["compute_us_per_group"], pi["network_us_per_group_gbe"]
     a = pi["assumptions"]
     L += ["", "## Raspberry Pi 4 (estimate, not measured)", "",
@@ -377,7 +409,12 @@ def markdown(r: dict) -> str:
           + ", ".join(f"{v['encoded']}% of {k}" for k, v in pi["ram_share_percent"].items())
           + f"; the shared-dataset (torch) worker peaked at {pi['shared_worker_ram_mb_measured_here']} MiB = "
           + ", ".join(f"{v['shared']}% of {k}" for k, v in pi["ram_share_percent"].items()) + ". "
-          "workers/edgecc-worker.service caps the service at MemoryMax=512M.",
+          f"workers/edgecc-worker.service caps the service at MemoryMax=512M: the torch worker peaked at {pi['shared_worker_ram_mb_64_groups_measured_here']} MiB "
+          f"with 64-group requests (the master's default), {pi['shared_worker_ram_mb_measured_here']} MiB with 1024-group ones "
+          f"({'above' if pi['shared_worker_ram_mb_measured_here'] > 512 else 'under'} the cap).",
+          f"- Contrast: a shared-dataset worker computes {r['mflops_per_group']['shared_worker_encoder_plus_hb']} MFLOP per group, "
+          f"i.e. ~{pi['shared_worker_ms_per_group']['fast']}-{pi['shared_worker_ms_per_group']['slow']} ms per group on one Pi core at the same "
+          f"{c['at_gflops'][0]:g}-{c['at_gflops'][1]:g} GFLOP/s (and it needs torch on the board).",
           f"- Disk: the worker-only venv is {s['venv_total_mb']} MiB here ({pi['sd_card_share_percent_8GB']}% of an 8 GB SD card); "
           "on the Pi, setup-pi.sh uses Debian's numpy/msgpack/click/uvloop (--system-site-packages), so the venv itself holds little more than edgecc and safetensors.",
           ""]
@@ -390,7 +427,11 @@ def main() -> None:
     ap.add_argument("--venv", default=None, help="reuse this worker-only venv instead of building one")
     ap.add_argument("--keep-venv", default=None, help="build the worker-only venv here and keep it")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per (kind, threads, batch)")
+    ap.add_argument("--summary", default=None, metavar="JSON", help="print the Markdown summary of an earlier run and exit")
     args = ap.parse_args()
+    if args.summary:
+        print(markdown(json.loads(Path(args.summary).read_text())))
+        return
 
     import torch
 
@@ -425,6 +466,7 @@ def main() -> None:
             save_model(model_path, AICC(s), {"kind": "aicc", "scheme": s.to_dict()})
             result["model"] = "untrained K=2, G=1, CNN/CNN H_B (the default's architecture; the shipped default was not there yet)"
         model, info = load_model(model_path)
+        result["mflops_per_group"] = forward_mflops(model)
         print("collapsing H_B ...", file=sys.stderr)
         plan_enc = CodedPlan(model, info, 3, "encoded")
         plan_sh = CodedPlan(model, info, 3, "shared")
@@ -448,7 +490,8 @@ def main() -> None:
         result["compute_encoded"] = encoded_timing(venv, bundle, args.budget)
         result["compute_shared"] = shared_timing(plan_sh, args.budget)
     result["loadavg_end"] = os.getloadavg()
-    result["pi4_estimate"] = pi4_estimate(result["install"], result["rss_encoded_worker"], result["rss_shared_worker"], result["compute_encoded"])
+    result["pi4_estimate"] = pi4_estimate(result["install"], result["rss_encoded_worker"], result["rss_shared_worker"],
+                                          result["compute_encoded"], result["mflops_per_group"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

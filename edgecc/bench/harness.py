@@ -165,15 +165,16 @@ def bench_matmul(cfg: BenchConfig) -> dict[str, Any]:
 def _train_configs(cfg: BenchConfig):
     from ..coding.schemes import Scheme
 
-    configs = [("K2 MLP+MLP H_B", Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp"), 64),
-               ("K2 CNN+CNN H_B", Scheme(K=2, G=1), 64)]
+    configs = [("K2 CNN+CNN H_B", Scheme(K=2, G=1), 64),
+               ("K2 MLP+MLP H_B", Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp"), 64)]
     if cfg.train_k4:
         configs.append(("K4 G1 P4 CNN+CNN H_S", Scheme(K=4, G=1, P=4, computation="hs"), 32))
     return configs
 
 
 def bench_training(cfg: BenchConfig, matmul: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Steps as train.py runs them (autocast bf16 forward, fp32 loss, backward, Adam); data loading excluded."""
+    """Steps as train.py runs them (autocast bf16 forward, fp32 loss, backward, Adam); data loading excluded.
+    The fp32 and bf16 models step alternately, so both see the same background load."""
     import torch
     import torch.nn.functional as F
 
@@ -181,32 +182,43 @@ def bench_training(cfg: BenchConfig, matmul: dict[str, Any] | None) -> list[dict
 
     rows = []
     for name, scheme, batch in _train_configs(cfg):
+        xb = torch.rand(batch, scheme.K, 28, 28)
+        yb = torch.randint(0, 10, (batch, scheme.K))
+        steps: dict[str, Callable[[], None]] = {}
         for dtype in ("fp32", "bf16"):
             torch.manual_seed(0)
             model = AICC(scheme).train()
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            xb = torch.rand(batch, scheme.K, 28, 28)
-            yb = torch.randint(0, 10, (batch, scheme.K))
 
-            def step() -> None:
-                with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            def step(model=model, opt=opt, bf16=dtype == "bf16") -> None:
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
                     logits = model(xb)
                 loss = F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
 
-            t = timeit(step, cfg.train_steps, min_time=0.0, warmup=1)
-            flops = costs.train_step_flops(scheme, batch)
-            achieved = flops / t["median_s"] / 1e9
+            steps[dtype] = step
+        times: dict[str, list[float]] = {d: [] for d in steps}
+        warmup = 2  # rounds that warm up (oneDNN primitives, autocast caches, allocator)
+        for i in range(cfg.train_steps + warmup):
+            for dtype in steps:
+                t0 = time.perf_counter()
+                steps[dtype]()
+                if i >= warmup:
+                    times[dtype].append(time.perf_counter() - t0)
+        flops = costs.train_step_flops(scheme, batch)
+        for dtype, ts in times.items():
+            t = statistics.median(ts)
+            achieved = flops / t / 1e9
             ref = (matmul or {}).get(f"torch_{dtype}", {}).get("gflops")
             rows.append({"name": name, "scheme": scheme.label(), "dtype": dtype, "batch": batch,
-                         "step_s": t["median_s"], "groups_per_s": batch / t["median_s"],
-                         "images_per_s": batch * scheme.K / t["median_s"], "steps": t["samples"],
-                         "flops_per_step": flops, "achieved_gflops": achieved,
+                         "step_s": t, "groups_per_s": batch / t, "images_per_s": batch * scheme.K / t, "steps": len(ts),
+                         "step_samples": ts, "flops_per_step": flops, "achieved_gflops": achieved,
                          "matmul_gflops": ref, "fraction_of_matmul": achieved / ref if ref else None})
-            _log(f"training {name} {dtype}: {batch / t['median_s']:.1f} groups/s")
-            del model, opt
+            _log(f"training {name} {dtype}: {batch / t:.1f} groups/s")
+        del steps, step, model, opt
+        gc.collect()
     return rows
 
 
@@ -581,6 +593,35 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
 
 
 # -- 7. single-request latency ------------------------------------------------------------------
+async def _ping_rtts(address: tuple[str, int], token: bytes, count: int) -> list[float]:
+    """Round trips of Ping/Pong on an authenticated connection: the transport and framing alone
+    (the worker answers pings on its event loop, no compute thread)."""
+    from ..protocol import auth
+    from ..protocol.messages import PROTOCOL_VERSION, Auth, Hello, Ping, Pong, Welcome
+    from ..runtime.transport import connect
+
+    comm = await connect(*address, timeout=5.0)
+    try:
+        hello = await comm.read(timeout=5.0)
+        if not isinstance(hello, Hello):
+            raise RuntimeError(f"expected hello, got {hello.TYPE}")
+        nonce = auth.new_nonce()
+        await comm.write(Auth(PROTOCOL_VERSION, nonce, auth.master_mac(token, hello.nonce, nonce)))
+        if not isinstance(await comm.read(timeout=5.0), Welcome):
+            raise RuntimeError("worker refused the handshake")
+        rtts = []
+        for i in range(count + 5):
+            t0 = time.perf_counter()
+            await comm.write(Ping(i))
+            while not isinstance(await comm.read(timeout=5.0), Pong):
+                pass
+            if i >= 5:
+                rtts.append(time.perf_counter() - t0)
+        return rtts
+    finally:
+        await comm.close()
+
+
 def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token: str, N: int = 3) -> list[dict[str, Any]]:
     import torch
 
@@ -590,46 +631,61 @@ def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token
 
     rows = []
     with LocalWorkers(N, tmp, token, tag="lat") as workers:
+        ping = np.array(_run(_ping_rtts(workers.addresses(1)[0], token.encode(), cfg.latency_requests)))
         for key in cfg.models:
             m = models[key]
             model, info, s = m["model"], m["info"], m["scheme"]
             plan = CodedPlan(model, info, N, "encoded")
             comp = EncodedCompute(s, worker_arrays(model, info, "encoded"))
             one = _groups(images, s.K, 1)
-            x = torch.from_numpy(one.astype(np.float32) / 255.0)
             rng = np.random.default_rng(0)
             res = {i: rng.standard_normal((1, 10)).astype(np.float32) for i in range(s.R)}
-            xt1 = rng.random((1, 28, 28), dtype=np.float32)
 
-            def encode() -> None:
+            def inprocess() -> tuple[float, float, float]:
+                """One group computed here: encode at the N points, H on one, decode from R (seconds each)."""
+                t0 = time.perf_counter()
                 with torch.inference_mode():
-                    model.encode(x, plan.alphas)
+                    xt = model.encode(torch.from_numpy(one.astype(np.float32) / 255.0), plan.alphas).numpy()
+                t1 = time.perf_counter()
+                comp(xt[:, 0])
+                t2 = time.perf_counter()
+                plan.decode(res)
+                return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-            async def measure() -> list[float]:
+            async def measure() -> tuple[list[float], list[tuple[float, float, float]]]:
+                """Alternate one in-process group and one request, so both meet the same background load."""
                 master = await _connected_master(plan, workers.addresses(N), token.encode())
-                lat = []
+                loop = asyncio.get_running_loop()
+                lat, inp = [], []
                 try:
                     for r in range(cfg.latency_requests + 5):
+                        parts = await loop.run_in_executor(None, in_thread, inprocess)
                         t0 = time.perf_counter()
                         await master.infer(one)
                         if r >= 5:  # warm-up
                             lat.append(time.perf_counter() - t0)
+                            inp.append(parts)
                 finally:
                     await master.close()
-                return lat
+                return lat, inp
 
-            lat = np.array(_run(measure()))
-            parts = {"encode": in_thread(timeit, encode, cfg.repeats, cfg.min_time)["median_s"],
-                     "worker_compute": in_thread(timeit, lambda: comp(xt1), cfg.repeats, cfg.min_time)["median_s"],
-                     "decode": in_thread(timeit, lambda: plan.decode(res), cfg.repeats, cfg.min_time)["median_s"]}
-            inproc = sum(parts.values())
+            lat_list, inp_list = _run(measure())
+            lat, inp = np.array(lat_list), np.array(inp_list)  # (requests,), (requests, 3)
+            inp_total = inp.sum(axis=1)
+            diff = lat - inp_total
             p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+            inproc = float(np.median(inp_total))
+            ms = lambda a: {"p50": float(np.percentile(a, 50)) * 1e3, "p99": float(np.percentile(a, 99)) * 1e3}
             rows.append({"model": key, "label": m["label"], "N": N, "requests": int(lat.size),
-                         "e2e_ms": {"p50": p50 * 1e3, "p99": p99 * 1e3, "mean": float(lat.mean()) * 1e3,
-                                    "min": float(lat.min()) * 1e3},
-                         "inprocess_ms": {k: v * 1e3 for k, v in parts.items()} | {"total": inproc * 1e3},
-                         "overhead_ms": {"p50": (p50 - inproc) * 1e3, "p99": (p99 - inproc) * 1e3}})
-            _log(f"latency {m['label']}: p50 {p50 * 1e3:.2f} ms, in-process {inproc * 1e3:.2f} ms")
+                         "e2e_ms": {**ms(lat), "mean": float(lat.mean()) * 1e3, "min": float(lat.min()) * 1e3},
+                         "inprocess_ms": {"encode": float(np.median(inp[:, 0])) * 1e3,
+                                          "worker_compute": float(np.median(inp[:, 1])) * 1e3,
+                                          "decode": float(np.median(inp[:, 2])) * 1e3, "total": inproc * 1e3,
+                                          "p99": float(np.percentile(inp_total, 99)) * 1e3},
+                         "overhead_ms": ms(diff),
+                         "ping_rtt_ms": ms(ping)})
+            _log(f"latency {m['label']}: p50 {p50 * 1e3:.2f} ms, in-process {inproc * 1e3:.2f} ms, "
+                 f"paired overhead p50 {np.percentile(diff, 50) * 1e3:.2f} ms")
     return rows
 
 

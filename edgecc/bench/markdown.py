@@ -71,7 +71,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 t = b["seconds_per_group"]
                 rows.append([r["label"], str(b["groups"]), _t(t["encode"]), _t(t["payloads_encoded"]), _t(t["decode"]),
                              _t(b["encoded_total"]), _t(b["shared_total"]), _t(t["centralized_cnn"]),
-                             f"{b['encoded_over_centralized_cnn']:.2f}", f"{b['shared_over_centralized_cnn']:.3f}"])
+                             f"{b['encoded_over_centralized_cnn']:.2g}", f"{b['shared_over_centralized_cnn']:.2g}"])
         out += _table(["model", "groups/batch", "encode", "payloads", "decode", "encoded total", "shared total",
                        "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
 
@@ -99,10 +99,12 @@ def render_markdown(result: dict[str, Any]) -> str:
 
     lat = result.get("latency")
     if lat:
-        out += ["**Single-request latency** (one group per request, sequential, no injected delay; overhead = e2e − in-process encode + H + decode)", ""]
-        out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99"],
+        out += ["**Single-request latency** (one group per request, sequential, no injected delay; overhead = e2e − in-process "
+                "encode + H + decode of the same group, measured alternately, per pair; ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
+        out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99", "ping p50 / p99"],
                       [[r["label"], str(r["N"]), str(r["requests"]), f"{r['e2e_ms']['p50']:.2f} ms", f"{r['e2e_ms']['p99']:.2f} ms",
-                        f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms", f"{r['overhead_ms']['p99']:.2f} ms"]
+                        f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms", f"{r['overhead_ms']['p99']:.2f} ms",
+                        "–" if "ping_rtt_ms" not in r else f"{r['ping_rtt_ms']['p50']:.2f} / {r['ping_rtt_ms']['p99']:.2f} ms"]
                        for r in lat])
 
     mem = result.get("memory")

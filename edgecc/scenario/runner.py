@@ -188,6 +188,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
                                                              Path(logs), progress))
     meta = {**scenario.to_dict(), "machine": _machine(), "master_stats": stats}
     summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta)
+    from ..modelfile import atomic_write
+
+    per_request = {name: [r.__dict__ for r in recs] for name, recs in results.items()}
+    atomic_write(out / "requests.json", json.dumps(per_request).encode())
     return {name: s.__dict__ for name, s in summaries.items()}
 
 
