@@ -171,6 +171,12 @@ def _logging(level: str) -> None:
 def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, lie, log_level,
            max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Serve computations for a master (needs no torch for the encoded-only placement)."""
+    import os
+
+    # A worker's matmuls are small: BLAS threads only fight other processes for the cores (measured
+    # 34x slower per group with 2 OpenBLAS threads on a loaded 2-core host). Must precede numpy's import.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     import asyncio
 
     from .protocol.auth import load_token
