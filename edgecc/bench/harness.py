@@ -106,6 +106,19 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return _POOL.submit(fn, *args).result()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to n inside, restored after (Master() sets it to 1 process-wide)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -303,7 +316,10 @@ def _groups(images: np.ndarray, K: int, B: int) -> np.ndarray:
 
 
 # -- 4. master cost per group -------------------------------------------------------------------
-def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np.ndarray, N: int = 3) -> dict[str, Any]:
+def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np.ndarray, N: int = 3,
+                 threads: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """Per-group master cost at each torch thread count in `threads` (the Master encodes with 1 thread per
+    op, several requests in parallel; torch's default is one op on all cores)."""
     import torch
 
     from ..nets import CentralizedCNN
@@ -322,7 +338,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
         row: dict[str, Any] = {"model": key, "label": m["label"], "source": m["source"], "plan_build_s": plan_build_s,
                                "by_batch": []}
         rng = np.random.default_rng(0)
-        for B in (cfg.batch, 1):
+        for B, nthreads in [(B, n) for B in (cfg.batch, 1) for n in dict.fromkeys(threads)]:
             imgs = _groups(images, s.K, B)
             x = torch.from_numpy(imgs.astype(np.float32) / 255.0)
             xc = x.reshape(B * s.K, 28, 28)
@@ -336,17 +352,18 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
                 with torch.inference_mode():
                     cnn(xc)
 
-            t = {name: in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"] / B for name, fn in {
-                "encode": encode,
-                "payloads_encoded": lambda: plan.payloads(imgs),
-                "payloads_shared": lambda: shared.payloads(imgs),
-                "decode": lambda: plan.decode(results),
-                "centralized_cnn": central,
-            }.items()}
+            with torch_threads(nthreads):
+                t = {name: in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"] / B for name, fn in {
+                    "encode": encode,
+                    "payloads_encoded": lambda: plan.payloads(imgs),
+                    "payloads_shared": lambda: shared.payloads(imgs),
+                    "decode": lambda: plan.decode(results),
+                    "centralized_cnn": central,
+                }.items()}
             enc_total = t["payloads_encoded"] + t["decode"]
             sh_total = t["payloads_shared"] + t["decode"]
             row["by_batch"].append({
-                "groups": B, "seconds_per_group": t,
+                "groups": B, "torch_threads": nthreads, "seconds_per_group": t,
                 "encoded_total": enc_total, "shared_total": sh_total,
                 "encoded_over_centralized_cnn": enc_total / t["centralized_cnn"],
                 "shared_over_centralized_cnn": sh_total / t["centralized_cnn"],
@@ -360,6 +377,12 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
 
 # -- 5. worker cost per group -------------------------------------------------------------------
 def bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np.ndarray, N: int = 3) -> dict[str, Any]:
+    """Per-group worker cost, single-threaded as `edgecc worker` runs (it sets OMP_NUM_THREADS=1)."""
+    with torch_threads(1):
+        return _bench_worker(cfg, models, images, N)
+
+
+def _bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np.ndarray, N: int) -> dict[str, Any]:
     import torch
 
     from ..coding.schemes import default_alphas
@@ -425,7 +448,7 @@ def bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
             t = in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"]
             proto.append({"what": name, "groups": B, "seconds_per_request": t, "seconds_per_group": t / B,
                           "frame_bytes": len(frame)})
-    return {"N": N, "alpha": alpha, "compute": rows, "protocol": proto}
+    return {"N": N, "alpha": alpha, "torch_threads": torch.get_num_threads(), "compute": rows, "protocol": proto}
 
 
 # -- worker processes ---------------------------------------------------------------------------
@@ -531,7 +554,8 @@ def _inprocess(model, scheme, plan, comp, groups: np.ndarray, B: int, collapsed:
 
 
 def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.ndarray, tmp: Path,
-                     token: str) -> list[dict[str, Any]]:
+                     token: str, threads: int) -> list[dict[str, Any]]:
+    """In-process runs use torch's default `threads` (as evaluate.py runs); the Master sets its own."""
     from ..export import worker_arrays
     from ..runtime.compute import EncodedCompute
     from ..runtime.master import run_stream
@@ -549,15 +573,17 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                 plan = CodedPlan(model, info, N, "encoded")
                 e2e, inp_model, inp_coll, agree = [], [], [], []
                 summary: dict[str, Any] = {}
-                for collapsed in (False, True):  # warm-up
-                    in_thread(_inprocess, model, s, plan, comp, groups[: cfg.batch], cfg.batch, collapsed)
+                with torch_threads(threads):
+                    for collapsed in (False, True):  # warm-up
+                        in_thread(_inprocess, model, s, plan, comp, groups[: cfg.batch], cfg.batch, collapsed)
                 for _ in range(cfg.e2e_repeats):  # interleaved: both sides see the same background load
-                    t0 = time.perf_counter()
-                    ref = in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, False)
-                    inp_model.append(n / (time.perf_counter() - t0))
-                    t0 = time.perf_counter()
-                    in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, True)
-                    inp_coll.append(n / (time.perf_counter() - t0))
+                    with torch_threads(threads):
+                        t0 = time.perf_counter()
+                        ref = in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, False)
+                        inp_model.append(n / (time.perf_counter() - t0))
+                        t0 = time.perf_counter()
+                        in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, True)
+                        inp_coll.append(n / (time.perf_counter() - t0))
 
                     async def stream():
                         master = await _connected_master(plan, workers.addresses(N), token.encode())
@@ -575,6 +601,7 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                 expected = sum(N * (b * costs._up_payload_per_worker(s, "encoded") +
                                     costs.frame_overhead(s, "encoded", b)["compute_overhead"]) for b in sizes)
                 row = {"model": key, "label": m["label"], "source": m["source"], "N": N, "R": s.R, "images": n,
+                       "inprocess_torch_threads": threads,
                        "groups_per_request": cfg.batch, "in_flight": cfg.in_flight, "repeats": cfg.e2e_repeats,
                        "e2e_images_per_s": statistics.median(e2e),
                        "inprocess_model_images_per_s": statistics.median(inp_model),

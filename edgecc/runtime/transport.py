@@ -57,10 +57,8 @@ class Comm:
             raw = self.decoder.next()
             if raw is not None:
                 return parse(raw)
-            try:
+            try:  # asyncio.TimeoutError propagates: the caller owns the deadline's meaning
                 data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
-            except asyncio.TimeoutError:
-                raise
             except (OSError, ssl.SSLError) as e:
                 self.abort()
                 raise CommClosedError(f"{self.peer}: {e}") from None
