@@ -116,7 +116,7 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
 
 def render_markdown(table: int, results_dir: str | Path = "results") -> str:
     doc = json.loads((Path(results_dir) / f"table{table}.json").read_text())
-    lines = [f"| cell | paper | edgecc | Δ | params | epochs |", "|---|---|---|---|---|---|"]
+    lines = ["| cell | paper | edgecc | Δ | params | epochs |", "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['cell']} | {r['paper']} | {r['accuracy']:.2f} | {r['delta']:+.2f} | {r['params']:,} | {r['epochs']} |")
     return "\n".join(lines)

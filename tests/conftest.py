@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from edgecc.runtime.local import LocalWorker
 
 TOKEN = "test-token-0123456789abcdef0123456789"
 REPO = Path(__file__).resolve().parent.parent
@@ -21,43 +18,11 @@ def _token_env(monkeypatch):
     monkeypatch.delenv("EDGECC_TOKEN_FILE", raising=False)
 
 
-class WorkerProcess:
-    """`edgecc worker` in its own process on 127.0.0.1 (port 0 on first start, same port on restart)."""
+class WorkerProcess(LocalWorker):
+    """A worker for tests: info-level logs in tmp, the test token."""
 
     def __init__(self, tmp: Path, name: str, extra: list[str] | None = None, env: dict | None = None):
-        self.tmp, self.name, self.extra, self.env = tmp, name, extra or [], env
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.log = tmp / f"{name}.log"
-
-    def start(self, timeout: float = 30.0) -> "WorkerProcess":
-        port_file = self.tmp / f"{self.name}.port"
-        port_file.unlink(missing_ok=True)
-        env = {**os.environ, "EDGECC_TOKEN": TOKEN, **(self.env or {})}
-        cmd = [sys.executable, "-m", "edgecc.cli", "worker", "--listen", f"127.0.0.1:{self.port}",
-               "--port-file", str(port_file), "--log-level", "info", *self.extra]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        deadline = time.monotonic() + timeout
-        while not port_file.exists() or not port_file.read_text():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker {self.name} did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        self.port = int(port_file.read_text())
-        return self
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def logs(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        super().__init__(tmp, name, ["--log-level", "info", *(extra or [])], {"EDGECC_TOKEN": TOKEN, **(env or {})})
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from edgecc.runtime.local import LocalWorker
 
 from .conftest import REPO, TOKEN
 
@@ -82,42 +83,12 @@ def venv_python(venv: Path, code: str) -> subprocess.CompletedProcess:
                           env=venv_env(), cwd=venv.parent)
 
 
-class VenvWorker:
-    """`VENV/bin/edgecc worker` on 127.0.0.1, port 0."""
+class VenvWorker(LocalWorker):
+    """`VENV/bin/edgecc worker` on 127.0.0.1, in an environment that does not point back at the main venv."""
 
     def __init__(self, venv: Path, tmp: Path, name: str, extra: list[str] | None = None):
-        self.venv, self.tmp, self.name, self.extra = venv, tmp, name, extra or []
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.log = tmp / f"{name}.log"
-
-    def start(self, timeout: float = 30.0) -> "VenvWorker":
-        port_file = self.tmp / f"{self.name}.port"
-        port_file.unlink(missing_ok=True)
-        cmd = [str(self.venv / "bin" / "edgecc"), "worker", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-               "--log-level", "info", *self.extra]
-        self.proc = subprocess.Popen(cmd, env=venv_env(), cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        deadline = time.monotonic() + timeout
-        while not port_file.exists() or not port_file.read_text():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited ({self.proc.returncode}): {self.logs()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker {self.name} did not start: {self.logs()[-2000:]}")
-            time.sleep(0.05)
-        self.port = int(port_file.read_text())
-        return self
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    def logs(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(tmp, name, ["--log-level", "info", *(extra or [])], command=[str(venv / "bin" / "edgecc")],
+                         base_env=venv_env())
 
 
 @pytest.fixture

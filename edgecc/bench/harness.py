@@ -697,6 +697,7 @@ def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token
                 return lat, inp
 
             lat_list, inp_list = _run(measure())
+            inproc_threads = torch.get_num_threads()  # what the Master left: its encode setting
             lat, inp = np.array(lat_list), np.array(inp_list)  # (requests,), (requests, 3)
             inp_total = inp.sum(axis=1)
             diff = lat - inp_total
@@ -704,6 +705,7 @@ def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token
             inproc = float(np.median(inp_total))
             ms = lambda a: {"p50": float(np.percentile(a, 50)) * 1e3, "p99": float(np.percentile(a, 99)) * 1e3}
             rows.append({"model": key, "label": m["label"], "N": N, "requests": int(lat.size),
+                         "inprocess_torch_threads": inproc_threads,
                          "e2e_ms": {**ms(lat), "mean": float(lat.mean()) * 1e3, "min": float(lat.min()) * 1e3},
                          "inprocess_ms": {"encode": float(np.median(inp[:, 0])) * 1e3,
                                           "worker_compute": float(np.median(inp[:, 1])) * 1e3,
@@ -717,7 +719,22 @@ def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token
 
 
 # -- 8. master memory with many requests in flight -------------------------------------------------
+def bench_memory(cfg: BenchConfig, tmp: Path, token: str, N: int = 3, timeout: float = 900.0) -> dict[str, Any]:
+    """In a fresh process (`python -m edgecc.bench.memory`), so that memory freed by earlier sections and
+    kept by the allocator cannot hide the growth: see edgecc/bench/memory.py."""
+    args = {"requests": cfg.memory_requests, "groups": cfg.batch, "N": N, "min_delay": cfg.memory_delay, "tmp": str(tmp)}
+    env = {**os.environ, "EDGECC_TOKEN": token}
+    env.pop("EDGECC_TOKEN_FILE", None)
+    proc = subprocess.run([sys.executable, "-m", "edgecc.bench.memory", json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory benchmark exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 class _RssSampler(threading.Thread):
+    """Polls this process's VmRSS every `period` seconds and keeps the maximum."""
+
     def __init__(self, period: float = 0.005):
         super().__init__(daemon=True)
         self.period, self.peak, self.stop = period, 0, threading.Event()
@@ -726,75 +743,6 @@ class _RssSampler(threading.Thread):
         while not self.stop.is_set():
             self.peak = max(self.peak, _proc_status().get("VmRSS", 0))
             self.stop.wait(self.period)
-
-
-def bench_memory(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token: str, master_costs=None,
-                 N: int = 3, key: str = "mlp") -> dict[str, Any]:
-    from ..runtime.plan import CodedPlan
-
-    m = models[key]
-    model, info, s = m["model"], m["info"], m["scheme"]
-    B, reqs = cfg.batch, cfg.memory_requests
-    plan = CodedPlan(model, info, N, "encoded")
-    batch = _groups(images, s.K, B)
-    # every request must still be waiting when the last one is sent: hold answers longer than encoding all takes
-    per_req = B * _seconds_per_group(master_costs, key, "payloads_encoded", default=0.002)
-    delay = round(max(cfg.memory_delay, 2.0 * reqs * per_req), 2)
-    behaviour = {"latency": {"dist": "constant", "value": delay}}
-    with LocalWorkers(N, tmp, token, behaviour, tag="mem") as workers:
-        async def flood() -> dict[str, Any]:
-            master = await _connected_master(plan, workers.addresses(N), token.encode(), request_timeout=delay + 120)
-            max_pending = 0
-
-            async def watch() -> None:
-                nonlocal max_pending
-                while True:
-                    max_pending = max(max_pending, len(master.pending))
-                    await asyncio.sleep(0.01)
-
-            try:
-                await master.infer(batch)  # warm: the first request allocates lasting buffers
-                gc.collect()
-                workers_before = workers.status()
-                base = _proc_status()
-                reset = _reset_hwm()
-                sampler = _RssSampler()
-                sampler.start()
-                watcher = asyncio.create_task(watch())
-                t0 = time.perf_counter()
-                results = await asyncio.gather(*(master.infer(batch) for _ in range(reqs)), return_exceptions=True)
-                elapsed = time.perf_counter() - t0
-                sampler.stop.set()
-                sampler.join()
-                watcher.cancel()
-                after = _proc_status()
-                failed = sum(isinstance(r, BaseException) for r in results)
-                del results
-                gc.collect()
-                settled = _proc_status()
-                peak = max(sampler.peak, after.get("VmHWM", 0) if reset else 0)
-                return {"rss_before": base.get("VmRSS"), "rss_peak": peak, "peak_delta": peak - base.get("VmRSS", 0),
-                        "rss_after_gc": settled.get("VmRSS"), "hwm_reset": reset, "elapsed_s": elapsed,
-                        "failed": failed, "max_pending": max_pending,
-                        "workers_before": workers_before, "workers_after": workers.status()}
-            finally:
-                await master.close()
-
-        r = _run(flood())
-    payload = reqs * N * B * costs._up_payload_per_worker(s, "encoded")
-    w_hwm = [w.get("VmHWM", 0) - b.get("VmRSS", 0) for w, b in zip(r.pop("workers_after"), r.pop("workers_before"))]
-    return {"model": key, "label": m["label"], "N": N, "requests": reqs, "groups_per_request": B,
-            "answer_delay_s": delay, **r,
-            "payload_bytes_in_flight": payload, "peak_delta_over_payload": r["peak_delta"] / payload,
-            "peak_delta_per_request": r["peak_delta"] / reqs, "worker_peak_delta": w_hwm}
-
-
-def _seconds_per_group(master_costs, key: str, what: str, default: float) -> float:
-    try:
-        row = next(r for r in master_costs["models"] if r["model"] == key)
-        return row["by_batch"][0]["seconds_per_group"][what]
-    except (TypeError, KeyError, StopIteration, IndexError):
-        return default
 
 
 def _reset_hwm() -> bool:
@@ -846,8 +794,11 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    import torch
+
+    threads0 = torch.get_num_threads()
     started = time.time()
-    result: dict[str, Any] = {"meta": {"quick": cfg.quick, "config": asdict(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    result: dict[str, Any] = {"meta": {"torch_threads_default": threads0, "quick": cfg.quick, "config": asdict(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                        "loadavg_before": _loadavg(), "section_seconds": {}, "errors": {}}}
     token = secrets.token_hex(24)
     sample_x, sample_y = load_sample()
@@ -863,6 +814,8 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
             result[name] = None
             result["meta"]["errors"][name] = f"{type(e).__name__}: {e}"
             _log(f"{name} failed: {traceback.format_exc()}")
+        finally:
+            torch.set_num_threads(threads0)  # a Master sets 1 thread process-wide; every section starts at the default
         result["meta"]["section_seconds"][name] = round(time.perf_counter() - t0, 2)
 
     with contextlib.ExitStack() as stack:
@@ -877,7 +830,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
             result["meta"]["models"] = {k: {"label": v["label"], "source": v["source"]} for k, v in models.items()}
         memo = stack.enter_context(_CollapseMemo())
         result["meta"]["collapse_affine"] = memo.seconds  # the real (first) call per network, as CodedPlan pays it
-        section("master", lambda: bench_master(cfg, models, sample_x))
+        section("master", lambda: bench_master(cfg, models, sample_x, threads=(threads0, 1)))
         section("worker", lambda: bench_worker(cfg, models, sample_x))
         if "end_to_end" in sections:
             x, y, src = sample_x, sample_y, "sample"
@@ -890,9 +843,9 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
                     x, y, src = np.tile(sample_x, (reps, 1, 1)), np.tile(sample_y, reps), "sample (tiled)"
             x, y = x[: cfg.e2e_images], y[: cfg.e2e_images]
             result["meta"]["e2e_images_source"] = src
-            section("end_to_end", lambda: bench_end_to_end(cfg, models, x, y, tmp, token))
+            section("end_to_end", lambda: bench_end_to_end(cfg, models, x, y, tmp, token, threads0))
         section("latency", lambda: bench_latency(cfg, models, sample_x, tmp, token))
-        section("memory", lambda: bench_memory(cfg, models, sample_x, tmp, token, result.get("master")))
+        section("memory", lambda: bench_memory(cfg, tmp, token))
         section("costs", lambda: bench_costs(cfg, result.get("end_to_end")))
     result["meta"]["loadavg_after"] = _loadavg()
     result["meta"]["elapsed_s"] = round(time.time() - started, 1)

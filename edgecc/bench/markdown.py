@@ -69,15 +69,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         for r in ms["models"]:
             for b in r["by_batch"]:
                 t = b["seconds_per_group"]
-                rows.append([r["label"], str(b["groups"]), _t(t["encode"]), _t(t["payloads_encoded"]), _t(t["decode"]),
+                rows.append([r["label"], str(b["groups"]), str(b.get("torch_threads", "–")), _t(t["encode"]), _t(t["payloads_encoded"]), _t(t["decode"]),
                              _t(b["encoded_total"]), _t(b["shared_total"]), _t(t["centralized_cnn"]),
                              f"{b['encoded_over_centralized_cnn']:.2g}", f"{b['shared_over_centralized_cnn']:.2g}"])
-        out += _table(["model", "groups/batch", "encode", "payloads", "decode", "encoded total", "shared total",
+        out += _table(["model", "groups/batch", "torch threads", "encode", "payloads", "decode", "encoded total", "shared total",
                        "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
 
     wk = result.get("worker")
     if wk:
-        out += ["**Worker cost per group**", ""]
+        out += [f"**Worker cost per group** (torch threads {wk.get('torch_threads', '–')}, as `edgecc worker` runs)", ""]
         out += _table(["computation", "model", "groups/batch", "time/group", "FLOPs/group"],
                       [[r["what"], r["label"], str(r["groups"]), _t(r["seconds_per_group"]), _si(r["flops_per_group"])]
                        for r in wk["compute"]]
@@ -86,7 +86,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     e2e = result.get("end_to_end")
     if e2e:
         out += [f"**End-to-end throughput** over loopback ({e2e[0]['images']} images, {e2e[0]['groups_per_request']} groups/request, "
-                f"{e2e[0]['in_flight']} in flight; workers on the same cores) vs in-process on the same images: "
+                f"{e2e[0]['in_flight']} in flight; workers on the same cores) vs in-process on the same images "
+                f"({e2e[0].get('inprocess_torch_threads', '–')} torch threads): "
                 "'model' = model(x, α) + decode (H uncollapsed), 'collapsed' = encode + N affine maps + decode "
                 "(the distributed run's arithmetic)", ""]
         out += _table(["model", "N", "e2e img/s", "in-process model img/s", "in-process collapsed img/s",

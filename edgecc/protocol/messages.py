@@ -7,7 +7,7 @@ are checked against the worker's configuration by `frames.unpack_array` where th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from .frames import RemoteProtocolError

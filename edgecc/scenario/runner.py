@@ -12,9 +12,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ import numpy as np
 from ..data import load_images
 from ..errors import EdgeccError
 from ..modelfile import load_model
+from ..runtime.local import LocalWorker
 from .report import RequestRecord, write_report
 from .spec import Scenario
 
@@ -32,46 +30,31 @@ BASELINE = "default-mlp"  # the shipped centralized MLP the comparators' workers
 
 
 class LocalWorkers:
-    """N `edgecc worker` processes on 127.0.0.1 with their behaviours; the token travels by environment."""
+    """The scenario's N workers as local processes with their behaviours, all started together."""
 
     def __init__(self, scenario: Scenario, token: str, log_dir: Path):
-        self.scenario, self.token, self.log_dir = scenario, token, log_dir
-        self.procs: list[subprocess.Popen] = []
-        self.ports: list[int] = []
+        self.workers = [
+            LocalWorker(log_dir, f"worker{i}", ["--behaviour", json.dumps(beh.to_dict()), "--seed", str(scenario.seed),
+                                                "--index", str(i), "--log-level", "warning"], token=token)
+            for i, beh in enumerate(scenario.behaviours())]
         self.started_at: list[float] = []
 
-    def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "EDGECC_TOKEN": self.token}
-        env.pop("EDGECC_TOKEN_FILE", None)
-        port_files = []
-        for i, beh in enumerate(self.scenario.behaviours()):
-            pf = self.log_dir / f"worker{i}.port"
-            pf.unlink(missing_ok=True)
-            port_files.append(pf)
-            cmd = [sys.executable, "-m", "edgecc.cli", "worker", "--listen", "127.0.0.1:0", "--port-file", str(pf),
-                   "--behaviour", json.dumps(beh.to_dict()), "--seed", str(self.scenario.seed), "--index", str(i),
-                   "--log-level", "warning"]
-            log = open(self.log_dir / f"worker{i}.log", "ab")
-            self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
-        deadline = time.monotonic() + timeout
-        for i, pf in enumerate(port_files):
-            while not (pf.exists() and pf.read_text()):
-                if self.procs[i].poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise EdgeccError(f"worker {i} did not start; see {self.log_dir / f'worker{i}.log'}")
-                time.sleep(0.02)
-            self.ports.append(int(pf.read_text()))
-            self.started_at.append(time.monotonic())
+    @property
+    def ports(self) -> list[int]:
+        return [w.port for w in self.workers]
+
+    def start(self) -> None:
+        try:
+            for w in self.workers:
+                w.start()
+                self.started_at.append(time.monotonic())
+        except EdgeccError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for w in self.workers:
+            w.stop()
 
 
 def _plan(scheme: str, scenario: Scenario, model, info, baseline):

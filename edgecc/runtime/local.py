@@ -1,0 +1,81 @@
+"""Worker processes on this machine (scenarios, benchmarks, tests): start, find the port, stop.
+
+The token travels in the child's environment, never in its argv (which `ps` shows to everyone).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import EdgeccError
+
+
+class LocalWorker:
+    """One `edgecc worker` process on 127.0.0.1; port 0 on first start, the same port on restart."""
+
+    def __init__(self, log_dir: str | Path, name: str, args: Sequence[str] = (), env: dict[str, str] | None = None,
+                 command: Sequence[str] | None = None, token: str | None = None, base_env: dict[str, str] | None = None):
+        self.log_dir, self.name, self.args = Path(log_dir), name, list(args)
+        self.base_env = base_env  # None: this process's environment
+        self.env = dict(env or {})
+        if token is not None:
+            self.env["EDGECC_TOKEN"] = token
+        self.command = list(command) if command else [sys.executable, "-m", "edgecc.cli"]
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log = self.log_dir / f"{name}.log"
+
+    def start(self, timeout: float = 60.0) -> "LocalWorker":
+        port_file = self.log_dir / f"{self.name}.port"
+        port_file.unlink(missing_ok=True)
+        env = {**(os.environ if self.base_env is None else self.base_env), **self.env}
+        if "EDGECC_TOKEN" in self.env:
+            env.pop("EDGECC_TOKEN_FILE", None)
+        cmd = [*self.command, "worker", "--listen", f"127.0.0.1:{self.port}", "--port-file", str(port_file), *self.args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=self.log_dir, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text()):
+            if self.proc.poll() is not None:
+                raise EdgeccError(f"worker {self.name} exited ({self.proc.returncode}): {self.logs()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise EdgeccError(f"worker {self.name} did not start within {timeout:g} s: {self.logs()[-2000:]}")
+            time.sleep(0.02)
+        self.port = int(port_file.read_text())
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the worker gets no chance to say goodbye (a crash)."""
+        if self.running():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`."""
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
