@@ -50,7 +50,7 @@ def main() -> None:
     for E in (1, 2):
         N = scheme.R + 2 * E
         alphas = default_alphas(N)
-        _, outs = aicc_outputs(model, x, alphas)  # (G, N, 10) float32, as workers compute them
+        _, outs = aicc_outputs(model, info, x, alphas)  # (G, N, 10) float32, as workers compute them
         honest = Decoder(alphas, scheme.betas(), scheme.R).decode({n: outs[:, n] for n in range(scheme.R)})
         honest_acc = 100.0 * float((honest.argmax(-1) == y).mean())
         for kind in LIES:

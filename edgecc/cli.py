@@ -343,6 +343,17 @@ def reproduce(table, only, epochs, seed, precision, device, threads, results_dir
     click.echo(render_markdown(int(table), results_dir))
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="fewer repeats and smaller sizes (~2 min)")
+@click.option("--out", default="results/bench.json", show_default=True)
+def bench(quick, out):
+    """Measure training throughput, master/worker cost, runtime overhead, latency and memory."""
+    from .bench import main as run_bench, render_markdown
+
+    result = run_bench(quick=quick, out=out)
+    click.echo(render_markdown(result))
+
+
 @main.group()
 def scenario() -> None:
     """Scripted straggler scenarios (TOML files in scenarios/)."""

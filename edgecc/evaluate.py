@@ -25,13 +25,23 @@ def group(images: np.ndarray, labels: np.ndarray, K: int) -> tuple[np.ndarray, n
 
 
 @torch.inference_mode()
-def aicc_outputs(model, x: np.ndarray, alphas: list[float], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(direct logits (G, K, 10), worker outputs (G, N, 10)) in float32 for grouped images x."""
+def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(direct logits (G, K, 10), worker outputs (G, N, 10)) in float32 for grouped images x.
+
+    Worker outputs are computed exactly as workers do: E(α_n) (and V_p) by the torch encoder, then
+    the collapsed affine map of edgecc.runtime.compute."""
+    from .export import worker_arrays
+    from .runtime.compute import EncodedCompute
+
+    scheme = Scheme.from_dict(info["scheme"])
+    worker = EncodedCompute(scheme, worker_arrays(model, info, "encoded"))
     direct, workers = [], []
     for i in range(0, x.shape[0], batch):
         xb = torch.from_numpy(x[i : i + batch])
         direct.append(model(xb).numpy())
-        workers.append(model(xb, alphas).numpy())
+        xt = model.encode(xb, alphas).numpy()  # (b, N, 28, 28)
+        v = model.lambdas(xb).numpy() if scheme.computation == "hs" else None
+        workers.append(np.stack([worker(xt[:, n], v) for n in range(len(alphas))], axis=1))
     return np.concatenate(direct), np.concatenate(workers)
 
 
@@ -55,7 +65,7 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
     K, R = scheme.K, scheme.R
     x, y = group(to_float(images), labels.astype(np.int64), K)
     alphas = default_alphas(N)
-    direct, worker_out = aicc_outputs(model, x, alphas)
+    direct, worker_out = aicc_outputs(model, info, x, alphas)
     decoder = Decoder(alphas, scheme.betas(), R)
     accs, worst_err, worst_amp = [], 0.0, 0.0
     for s in subsets(N, R, max_subsets, decoder):

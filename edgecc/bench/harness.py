@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..runtime.local import LocalWorker
 from . import costs
 from .markdown import render_markdown
 
@@ -62,7 +62,7 @@ class BenchConfig:
         if quick:
             return cls()
         return cls(quick=False, repeats=7, min_time=0.05, matmul_n=2048, train_steps=5, train_k4=True,
-                   e2e_images=10000, e2e_repeats=3, latency_requests=200, memory_requests=256)
+                   e2e_images=4000, e2e_repeats=3, latency_requests=200, memory_requests=256)
 
 
 def _log(msg: str) -> None:
@@ -453,56 +453,36 @@ def _bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: n
 
 # -- worker processes ---------------------------------------------------------------------------
 class LocalWorkers:
-    """`python -m edgecc.cli worker` processes on 127.0.0.1 (as tests/conftest.py starts them)."""
+    """n local worker processes (edgecc.runtime.local), optionally with an injected behaviour."""
 
     def __init__(self, n: int, tmp: Path, token: str, behaviour: dict | None = None, tag: str = "w"):
-        self.n, self.tmp, self.token, self.behaviour, self.tag = n, tmp, token, behaviour, tag
-        self.procs: list[subprocess.Popen] = []
-        self.ports: list[int] = []
+        extra = ["--behaviour", json.dumps(behaviour)] if behaviour is not None else []
+        self.workers = [LocalWorker(tmp, f"{tag}{i}", ["--log-level", "warning", "--index", str(i), *extra], token=token)
+                        for i in range(n)]
+        self.n = n
 
     def __enter__(self) -> "LocalWorkers":
-        env = {**os.environ, "EDGECC_TOKEN": self.token}
-        env.pop("EDGECC_TOKEN_FILE", None)
-        pfs = []
         try:
-            for i in range(self.n):
-                pf = self.tmp / f"{self.tag}{i}.port"
-                pf.unlink(missing_ok=True)
-                pfs.append(pf)
-                cmd = [sys.executable, "-m", "edgecc.cli", "worker", "--listen", "127.0.0.1:0", "--port-file", str(pf),
-                       "--log-level", "warning", "--index", str(i)]
-                if self.behaviour is not None:
-                    cmd += ["--behaviour", json.dumps(self.behaviour)]
-                with open(self.tmp / f"{self.tag}{i}.log", "ab") as log:
-                    self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
-            deadline = time.monotonic() + 60
-            for i, pf in enumerate(pfs):
-                while not (pf.exists() and pf.read_text()):
-                    if self.procs[i].poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"worker {i} did not start: {(self.tmp / f'{self.tag}{i}.log').read_text()[-1500:]}")
-                    time.sleep(0.02)
-                self.ports.append(int(pf.read_text()))
+            for w in self.workers:
+                w.start()
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    @property
+    def ports(self) -> list[int]:
+        return [w.port for w in self.workers]
+
     def addresses(self, n: int | None = None) -> list[tuple[str, int]]:
-        return [("127.0.0.1", p) for p in self.ports[: n or self.n]]
+        return [w.address for w in self.workers[: n or self.n]]
 
     def status(self) -> list[dict[str, int]]:
-        return [_proc_status(p.pid) for p in self.procs]
+        return [_proc_status(w.pid) for w in self.workers]
 
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for w in self.workers:
+            w.stop()
 
 
 def _proc_status(pid: int | str = "self") -> dict[str, int]:
@@ -598,8 +578,8 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                     agree.append(float((preds == ref).mean()))
                 # bytes check: every request to every worker is one Compute frame
                 sizes = [min(cfg.batch, groups.shape[0] - i) for i in range(0, groups.shape[0], cfg.batch)]
-                expected = sum(N * (b * costs._up_payload_per_worker(s, "encoded") +
-                                    costs.frame_overhead(s, "encoded", b)["compute_overhead"]) for b in sizes)
+                expected = sum(N * costs.frame_overhead(s, "encoded", b, req_id=i)["compute_frame"]
+                               for i, b in enumerate(sizes))  # a fresh Master numbers requests 0, 1, ...
                 row = {"model": key, "label": m["label"], "source": m["source"], "N": N, "R": s.R, "images": n,
                        "inprocess_torch_threads": threads,
                        "groups_per_request": cfg.batch, "in_flight": cfg.in_flight, "repeats": cfg.e2e_repeats,
@@ -701,7 +681,7 @@ def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token
             lat, inp = np.array(lat_list), np.array(inp_list)  # (requests,), (requests, 3)
             inp_total = inp.sum(axis=1)
             diff = lat - inp_total
-            p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+            p50 = float(np.percentile(lat, 50))
             inproc = float(np.median(inp_total))
             ms = lambda a: {"p50": float(np.percentile(a, 50)) * 1e3, "p99": float(np.percentile(a, 99)) * 1e3}
             rows.append({"model": key, "label": m["label"], "N": N, "requests": int(lat.size),

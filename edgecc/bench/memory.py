@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, token: str) -> dict[str, Any]:
     import torch

@@ -152,6 +152,11 @@ class WorkerLink:
 
 
 class Master:
+    """Talks to N workers through a plan (CodedPlan or ReplicatedPlan).
+
+    Note: when torch is loaded, constructing a Master sets torch's intra-op threads to 1 for the
+    whole process; requests are encoded in parallel on `encode_threads` threads instead."""
+
     def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
                  dataset: str | None = None, encode_threads: int | None = None):

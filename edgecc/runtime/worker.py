@@ -30,6 +30,7 @@ from .transport import Comm, CommClosedError
 log = logging.getLogger("edgecc.worker")
 
 SHARED_DATASETS = ("sample", "test", "train")
+INLINE_GROUPS = 256  # encoded/plain requests up to this many groups compute on the event loop
 
 # behaviour(request_id, seconds since the worker started) -> injected delay in seconds, or None = never answer
 Behaviour = Callable[[int, float], "float | None"]
@@ -258,10 +259,10 @@ class Worker:
             if s.computation == "hs" and state.placement == "encoded":
                 if msg.v is None:
                     raise RemoteProtocolError("H_S needs v (B, P+1, 28, 28)")
-                v = unpack_array(msg.v, "v", shape=(B, s.P + 1, 28, 28)).astype(np.float32)
+                v = unpack_array(msg.v, "v", shape=(B, s.P + 1, 28, 28)).astype(np.float32, copy=False)
             elif msg.v is not None:
                 raise RemoteProtocolError("only H_S in the encoded placement takes v")
-            args = (x.astype(np.float32), v)
+            args = (x.astype(np.float32, copy=False), v)
         else:
             if (msg.images is None) == (msg.indices is None) or msg.x is not None:
                 raise RemoteProtocolError("shared placement: send exactly one of images or indices")
@@ -294,7 +295,10 @@ class Worker:
             if delay > 0:
                 await asyncio.sleep(delay)
         try:
-            y = await asyncio.get_running_loop().run_in_executor(self.pool, state.compute, *args)
+            if state.placement == "shared" or args[0].shape[0] > INLINE_GROUPS:
+                y = await asyncio.get_running_loop().run_in_executor(self.pool, state.compute, *args)
+            else:  # a small GEMM (~4 µs per group) costs less than the thread hop (45 µs p50, ms at p99 under load)
+                y = state.compute(*args)
         except Exception as e:
             log.exception("compute failed for request %d", msg.id)
             await self._send_error(comm, "internal", f"compute failed: {type(e).__name__}: {e}", msg.id)
