@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgecc.errors import ConfigError
-from edgecc.scenario.latency import Constant, CrashAt, Exponential, Pareto
+from edgecc.scenario.latency import Constant, CrashAt, Exponential, ShiftedExponential, Pareto
 from edgecc.scenario.spec import SCHEMES, find_line, load_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -185,7 +185,7 @@ def test_every_shipped_scenario_loads():
 def test_shipped_scenarios_say_what_they_promise():
     one = load_scenario(SCENARIOS / "one-straggler.toml")
     assert one.N == 3 and one.requests == 200
-    assert [w.latency for w in one.workers] == [Exponential(0.2), Constant(0.005), Constant(0.005)]
+    assert [w.latency for w in one.workers] == [Constant(0.05), ShiftedExponential(0.05, 0.5), Constant(0.05)]
     assert load_scenario(SCENARIOS / "pareto-n10.toml").N == 10
     dead = load_scenario(SCENARIOS / "dead-worker.toml")
     assert [w.failures for w in dead.workers].count((CrashAt(1.0),)) == 1
