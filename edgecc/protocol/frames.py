@@ -62,18 +62,23 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
     return msg
 
 
+MAX_DEPTH = 16  # no message nests deeper than 4; deep values would make repr() in error paths recurse
+
+
 def _check_plain(msg: dict[str, Any]) -> None:
-    """Map keys must be strings, and no extension type may hide anywhere: msgpack decodes the
-    timestamp extension (-1) itself without calling ext_hook. Iterative, so nesting cannot recurse."""
-    stack: list[Any] = [msg]
+    """Map keys must be strings, nesting is shallow, and no extension type may hide anywhere: msgpack
+    decodes the timestamp extension (-1) itself without calling ext_hook. Iterative, so nesting cannot recurse."""
+    stack: list[tuple[Any, int]] = [(msg, 0)]
     while stack:
-        o = stack.pop()
+        o, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RemoteProtocolError(f"values nested deeper than {MAX_DEPTH} levels")
         if isinstance(o, dict):
             if not all(type(k) is str for k in o):
                 raise RemoteProtocolError("map keys must be strings")
-            stack.extend(o.values())
+            stack.extend((v, depth + 1) for v in o.values())
         elif isinstance(o, list):
-            stack.extend(o)
+            stack.extend((v, depth + 1) for v in o)
         elif isinstance(o, msgpack.Timestamp):
             raise RemoteProtocolError("msgpack extension type -1 (timestamp) is not allowed")
 

@@ -76,10 +76,14 @@ class WorkerLink:
                     await asyncio.gather(self._reader(comm), self._heartbeat(comm))
                 finally:
                     comm.abort()
-            except (CommClosedError, RemoteProtocolError, AuthError, asyncio.TimeoutError, OSError) as e:
-                self.last_error = f"{type(e).__name__}: {e}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # whatever a peer does, this link must keep retrying, never die
+                self.last_error = f"{type(e).__name__}: {e}"[:500]
                 if isinstance(e, AuthError):
                     log.error("worker %d (%s): %s", self.index, self.address, e)
+                elif not isinstance(e, (CommClosedError, RemoteProtocolError, asyncio.TimeoutError, OSError)):
+                    log.exception("worker %d (%s): unexpected error", self.index, self.address)
             finally:
                 was_ready = self.ready.is_set()
                 self.ready.clear()

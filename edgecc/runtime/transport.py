@@ -52,13 +52,19 @@ class Comm:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     async def read(self, timeout: float | None = None) -> Message:
-        """Next validated message; RemoteProtocolError for garbage, CommClosedError when closed."""
+        """Next validated message within `timeout` seconds for the whole message (a peer trickling one
+        byte at a time cannot stretch it); RemoteProtocolError for garbage, CommClosedError when closed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             raw = self.decoder.next()
             if raw is not None:
                 return parse(raw)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise asyncio.TimeoutError()
             try:  # asyncio.TimeoutError propagates: the caller owns the deadline's meaning
-                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), remaining)
             except (OSError, ssl.SSLError) as e:
                 self.abort()
                 raise CommClosedError(f"{self.peer}: {e}") from None

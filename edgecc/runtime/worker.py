@@ -30,6 +30,7 @@ from .transport import Comm, CommClosedError
 log = logging.getLogger("edgecc.worker")
 
 SHARED_DATASETS = ("sample", "test", "train")
+PREAUTH_MAX_FRAME = 4096  # an auth frame is ~100 bytes
 INLINE_GROUPS = 256  # encoded/plain requests up to this many groups compute on the event loop
 
 # behaviour(request_id, seconds since the worker started) -> injected delay in seconds, or None = never answer
@@ -133,12 +134,15 @@ class Worker:
                 "torch": torch_available(), "max_frame": self.limits.max_frame, "max_batch": self.limits.max_batch,
                 "max_in_flight": self.limits.max_in_flight}
         await comm.write(Hello(PROTOCOL_VERSION, nonce, caps, self.bundle[2] if self.bundle else None))
+        comm.decoder.max_frame = PREAUTH_MAX_FRAME  # an unauthenticated peer gets no big buffers
         try:
             msg = await comm.read(timeout=self.limits.handshake_timeout)
         except asyncio.TimeoutError:
             return await self._refuse(comm, "auth", f"no authentication within {self.limits.handshake_timeout:g} s")
         except RemoteProtocolError as e:
             return await self._refuse(comm, "auth", f"invalid handshake frame: {e}")
+        except CommClosedError:
+            return await self._refuse(comm, None, "closed during the handshake")
         if not isinstance(msg, Auth):
             return await self._refuse(comm, "auth", f"expected auth, got {msg.TYPE}")
         if msg.proto != PROTOCOL_VERSION:
@@ -147,6 +151,7 @@ class Worker:
         if not auth.verify(auth.master_mac(self.token, nonce, msg.nonce), msg.mac):
             await self._send_error(comm, "auth", "authentication failed")
             return await self._refuse(comm, None, "wrong token (HMAC mismatch)")
+        comm.decoder.max_frame = self.limits.max_frame
         await comm.write(Welcome(auth.worker_mac(self.token, msg.nonce, nonce)))
         log.info("master %s authenticated", comm.peer)
         return True
@@ -287,6 +292,10 @@ class Worker:
             args = self._inputs(state, msg)
         except RemoteProtocolError as e:
             await self._send_error(comm, "bad_request", str(e), msg.id)
+            return
+        except Exception as e:  # a validation gap must cost one request, never the task
+            log.exception("unexpected error validating request %d", msg.id)
+            await self._send_error(comm, "bad_request", f"invalid request: {type(e).__name__}", msg.id)
             return
         if self.behaviour is not None:
             delay = self.behaviour(msg.id, time.monotonic() - self.started)
