@@ -471,3 +471,10 @@ def test_prop_unpack_array_arbitrary_objects(obj, shape):
         unpack_array(obj, "a", dtypes=tuple(WIRE_DTYPES), shape=None if shape is None else tuple(shape))
     except RemoteProtocolError:
         pass
+
+
+def test_deeply_nested_values_are_refused_without_recursion():
+    """A list nested ~1000 deep used to make repr() in error messages raise RecursionError."""
+    payload = b"\x81\xa1t" + b"\x91" * 1000 + b"\xc0"
+    with pytest.raises(RemoteProtocolError, match="nested deeper"):
+        decode_payload(payload)

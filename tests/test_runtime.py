@@ -189,3 +189,39 @@ async def test_one_lying_worker_among_R_plus_2_is_named_and_harmless(tiny_models
     assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
     suspects = [w["suspect_groups"] for w in summary["workers"]]
     assert suspects == [0, 100, 0, 0]
+
+
+async def test_a_peer_trickling_bytes_cannot_stretch_the_handshake(spawn_workers):
+    """The handshake deadline covers the whole auth message, not each read."""
+    import time
+
+    w = spawn_workers(1, extra=["--handshake-timeout", "1"])[0]
+    reader, writer = await asyncio.open_connection(*w.address)
+    await reader.read(4096)  # hello
+    t0 = time.monotonic()
+
+    async def trickle() -> None:
+        writer.write(b"\x00\x00\x03\xe8")  # announces a 1000-byte frame (under the pre-auth limit)
+        for _ in range(50):  # then one byte every 0.1 s
+            await asyncio.sleep(0.1)
+            try:
+                writer.write(b"\x00")
+                await writer.drain()
+            except (ConnectionError, OSError):
+                return
+
+    async def until_closed() -> None:
+        try:
+            while await reader.read(4096):
+                pass
+        except (ConnectionError, OSError):
+            pass
+
+    task = asyncio.create_task(trickle())
+    try:
+        await asyncio.wait_for(until_closed(), 4.0)
+    finally:
+        task.cancel()
+        writer.close()
+    assert time.monotonic() - t0 < 4.0
+    assert "refused peer" in w.logs()

@@ -49,11 +49,11 @@ class BenchConfig:
     train_k4: bool = False  # also time K=4 G=1 P=4 H_S CL (slow: ~3 s a step)
     batch: int = 64  # groups per batch for master/worker costs (and the e2e requests)
     models: tuple[str, ...] = ("cnn", "mlp")  # 'cnn': shipped default (CNN encoder); 'mlp': MLP+MLP H_B
-    e2e_images: int = 512  # images streamed per end-to-end run
+    e2e_images: int = 2000  # images streamed per end-to-end run (fewer and startup dominates the ratio)
     e2e_repeats: int = 2
     e2e_Ns: tuple[int, ...] = (3, 10)
     in_flight: int = 4
-    latency_requests: int = 60
+    latency_requests: int = 100
     memory_requests: int = 64
     memory_delay: float = 0.5  # seconds each worker holds every answer (raised if encoding all requests takes longer)
 
