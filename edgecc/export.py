@@ -23,11 +23,12 @@ def collapse_affine(net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
 
     b = net(0); row j of A is the gradient of output j, constant because the net is affine. Ten
     backward passes of one image cost ~80x less than pushing 784 basis images forward."""
-    net = copy.deepcopy(net).double().eval()
-    x = torch.zeros(1, 1, 28, 28, dtype=torch.float64, requires_grad=True)
-    y = net(x).reshape(-1)
-    rows = [torch.autograd.grad(y[j], x, retain_graph=j < y.numel() - 1)[0].reshape(784) for j in range(y.numel())]
-    return torch.stack(rows).numpy(), y.detach().numpy()
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be in inference mode
+        net = copy.deepcopy(net).double().eval()
+        x = torch.zeros(1, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+        y = net(x).reshape(-1)
+        rows = [torch.autograd.grad(y[j], x, retain_graph=j < y.numel() - 1)[0].reshape(784) for j in range(y.numel())]
+        return torch.stack(rows).detach().numpy(), y.detach().numpy()
 
 
 def worker_arrays(model, info: dict[str, Any], placement: str) -> dict[str, np.ndarray]:

@@ -111,3 +111,10 @@ def test_export_cli_writes_a_bundle_the_worker_accepts(tmp_path, tiny_models):
     assert res["arrays"] == {"affine.bias": [10], "affine.weight": [10, 784]}
     info, arrays, d = load_bundle(out)
     assert d == res["sha256"] and info["placement"] == "encoded"
+
+
+def test_collapse_works_inside_inference_mode():
+    net = AICC(Scheme(K=2, G=1)).hb
+    with torch.inference_mode():
+        A, b = collapse_affine(net)
+    assert A.shape == (10, 784) and np.isfinite(A).all()

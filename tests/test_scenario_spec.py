@@ -184,8 +184,8 @@ def test_every_shipped_scenario_loads():
 
 def test_shipped_scenarios_say_what_they_promise():
     one = load_scenario(SCENARIOS / "one-straggler.toml")
-    assert one.N == 3 and one.requests == 200
-    assert [w.latency for w in one.workers] == [Constant(0.05), ShiftedExponential(0.05, 0.5), Constant(0.05)]
+    assert one.N == 3 and one.requests == 150
+    assert [w.latency for w in one.workers] == [Constant(0.1), ShiftedExponential(0.1, 0.5), Constant(0.1)]
     assert load_scenario(SCENARIOS / "pareto-n10.toml").N == 10
     dead = load_scenario(SCENARIOS / "dead-worker.toml")
     assert [w.failures for w in dead.workers].count((CrashAt(1.0),)) == 1

@@ -1,0 +1,29 @@
+"""The model shipped in the package: Table 2's CNN+CNN H_B cell (paper: 85.94%), trained by
+`edgecc train` with the paper's protocol; evaluated here on the full 10,000-image test set."""
+
+import json
+import subprocess
+import sys
+
+PAPER = 85.94
+
+
+def test_shipped_default_model_meets_the_paper_through_the_decode_path():
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "eval", "default", "--N", "3", "--json"],
+                       capture_output=True, text=True, check=True, timeout=900)
+    res = json.loads(r.stdout)
+    assert res["images"] == 10000 and res["N"] == 3 and res["R"] == 2 and res["K"] == 2
+    assert res["params"] == 396_753
+    assert res["subsets_evaluated"] == 3  # every 2-subset of the 3 workers
+    assert res["accuracy_direct"] >= PAPER
+    assert abs(res["accuracy_decoded_min"] - res["accuracy_direct"]) <= 0.05
+    assert abs(res["accuracy_decoded_max"] - res["accuracy_direct"]) <= 0.05
+
+
+def test_shipped_default_model_records_how_it_was_trained():
+    from edgecc.modelfile import read_header
+
+    info = read_header("default")
+    t = info["training"]
+    assert (t["epochs"], t["lr"], t["batch"], t["train_images"]) == (20, 1e-3, 64, 60000)
+    assert [h["epoch"] for h in t["history"]] == list(range(1, 21))
