@@ -293,6 +293,8 @@ def lenient_equal(a: bytes, b: bytes) -> bool:
 
 
 # Findings that are reported but are not failures (a hardening note).
+from edgecc.runtime.worker import PREAUTH_MAX_FRAME  # noqa: E402  (frames before auth are capped)
+
 INFO_FINDINGS = {"PREAUTH_BUFFERING"}
 
 
@@ -519,8 +521,8 @@ class WorkerFuzzer:
                     expect = "open"
                 else:
                     (n,) = HEADER.unpack_from(data)
-                    expect = "refused" if n > DEFAULT_MAX_FRAME or 4 + n <= len(data) else "open"
-                    if expect == "refused" and len(data) > 4 + min(n, DEFAULT_MAX_FRAME):
+                    expect = "refused" if n > PREAUTH_MAX_FRAME or 4 + n <= len(data) else "open"
+                    if expect == "refused" and len(data) > 4 + min(n, PREAUTH_MAX_FRAME):
                         # bytes the worker never reads: its close becomes a TCP reset, which may destroy
                         # the error frame before we read it
                         expect = "refused_or_reset"
@@ -647,6 +649,8 @@ class WorkerFuzzer:
         if r < 0.40:  # structurally invalid array for a valid message
             i = self.new_id()
             name, arr = self.bad_array(rng, x)
+            if name == "deep_dtype":  # refused whole at the frame layer (nesting limit): no id to answer with
+                return f"compute_{name}", raw_frame(compute(i, x=arr)), ("nil",)
             return f"compute_{name}", raw_frame(compute(i, x=arr)), ("id", i, bad_kinds, None)
         if r < 0.46:  # wrong fields for the placement (still a valid message)
             i = self.new_id()

@@ -161,7 +161,7 @@ async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path
     plan = CodedPlan(model, info, 3)
     workers = spawn_workers(3, env=env)
     hello = await probe(*workers[0].address, TOK)
-    assert hello["caps"]["torch"] is False and hello["caps"]["placements"] == ["encoded"]
+    assert hello["caps"]["torch"] is False and hello["caps"]["placements"] == ["encoded", "plain"]
     images, labels = load_sample()
     m = await started(plan, workers)
     try:

@@ -230,7 +230,7 @@ class Master:
         live = [l for l in self.links if l.ready.is_set()]
         if not self.plan.reachable({l.index for l in live}):
             raise RequestFailed(f"request {req_id}: only {len(live)} of {self.plan.N} workers connected, "
-                                f"cannot complete ({self.plan.need})")
+                                f"{self.plan.need} unreachable")
         p = Pending(req_id, images.shape[0], loop.create_future(), {l.index for l in live})
         self.pending[req_id] = p
         try:
