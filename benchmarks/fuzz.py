@@ -87,15 +87,7 @@ def machine() -> dict:
 
 def proc_status(pid: int | str = "self") -> dict[str, float]:
     """VmRSS and VmHWM (peak RSS) in MiB; {} when the process is gone."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":", 1)
-                out[k] = round(int(v.split()[0]) / 1024, 1)
-    except OSError:
-        pass
-    return out
+    return {k: round(v / 2**20, 1) for k, v in memory_status(pid).items()}
 
 
 def fd_count(pid: int) -> int | None:
@@ -293,6 +285,8 @@ def lenient_equal(a: bytes, b: bytes) -> bool:
 
 
 # Findings that are reported but are not failures (a hardening note).
+from edgecc.modelfile import atomic_write  # noqa: E402
+from edgecc.runtime.local import memory_status  # noqa: E402
 from edgecc.runtime.worker import PREAUTH_MAX_FRAME  # noqa: E402  (frames before auth are capped)
 
 INFO_FINDINGS = {"PREAUTH_BUFFERING"}
@@ -1806,9 +1800,7 @@ def main(argv: list[str] | None = None) -> int:
     DEEP = not a.no_deep
     r = asyncio.run(run(a.frames, a.master_frames, a.seed, check_every=a.check_every, concurrency=a.concurrency,
                         preauth_conns=a.preauth_conns, preauth_mb=a.preauth_mb, slowloris=not a.no_slowloris, log=not a.quiet))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2, default=str) + "\n")
+    atomic_write(a.out, (json.dumps(r, indent=2, default=str) + "\n").encode())
     print(summary_line(r))
     return 0
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edgecc.modelfile import atomic_write  # noqa: E402
 from fuzz import WorkerProc, compare, direct_logits, machine, make_tiny_model, proc_status  # noqa: E402
 
 
@@ -330,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     r = asyncio.run(soak(a.seconds, a.seed, N=a.workers, in_flight=a.in_flight, request_timeout=a.timeout, margin=a.margin,
                          max_down=a.max_down, extra_down_prob=a.extra_down_prob, log=not a.quiet))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2, default=str) + "\n")
+    atomic_write(a.out, (json.dumps(r, indent=2, default=str) + "\n").encode())
     print(summary_line(r))
     return 0
 

@@ -25,6 +25,19 @@ def direct_logits(model, images: np.ndarray, K: int) -> np.ndarray:
         return model(x).numpy()
 
 
+async def stream_200_and_match_in_process(model, plan, workers) -> dict:
+    """Stream 200 shipped images through `workers`; every request decodes to the in-process predictions."""
+    images, labels = load_sample()
+    m = await started(plan, workers)
+    try:
+        summary, preds = await run_stream(m, images[:200], labels[:200], groups_per_request=10)
+    finally:
+        await m.close()
+    assert summary["requests_failed"] == 0
+    assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
+    return summary
+
+
 async def started(plan, workers, **kw) -> Master:
     m = Master(plan, [w.address for w in workers], TOK, request_timeout=kw.pop("request_timeout", 10.0), **kw)
     await m.start(wait_ready=20)
@@ -162,31 +175,17 @@ async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path
     workers = spawn_workers(3, env=env)
     hello = await probe(*workers[0].address, TOK)
     assert hello["caps"]["torch"] is False and hello["caps"]["placements"] == ["encoded", "plain"]
-    images, labels = load_sample()
-    m = await started(plan, workers)
-    try:
-        summary, preds = await run_stream(m, images[:200], labels[:200], groups_per_request=10)
-    finally:
-        await m.close()
-    assert summary["requests_failed"] == 0
-    assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
+    await stream_200_and_match_in_process(model, plan, workers)
 
 
 @pytest.mark.parametrize("kind", ["random", "adversarial"])
 async def test_one_lying_worker_among_R_plus_2_is_named_and_harmless(tiny_models, spawn_workers, kind):
     model, info = load_model(tiny_models["hb"])
     plan = CodedPlan(model, info, 4, byzantine=1)
-    images, labels = load_sample()
     honest = spawn_workers(3)
     liar = spawn_workers(1, extra=["--lie", kind])[0]
     workers = [honest[0], liar, honest[1], honest[2]]  # the liar is worker 1
-    m = await started(plan, workers)
-    try:
-        summary, preds = await run_stream(m, images[:200], labels[:200], groups_per_request=10)
-    finally:
-        await m.close()
-    assert summary["requests_failed"] == 0
-    assert np.array_equal(preds, direct_logits(model, images[:200], 2).argmax(-1).reshape(-1))
+    summary = await stream_200_and_match_in_process(model, plan, workers)
     suspects = [w["suspect_groups"] for w in summary["workers"]]
     assert suspects == [0, 100, 0, 0]
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..runtime.local import LocalWorker
+from ..runtime.local import LocalWorker, memory_status
 from . import costs
 from .markdown import render_markdown
 
@@ -478,23 +478,11 @@ class LocalWorkers:
         return [w.address for w in self.workers[: n or self.n]]
 
     def status(self) -> list[dict[str, int]]:
-        return [_proc_status(w.pid) for w in self.workers]
+        return [memory_status(w.pid) for w in self.workers]
 
     def __exit__(self, *exc) -> None:
         for w in self.workers:
             w.stop()
-
-
-def _proc_status(pid: int | str = "self") -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":", 1)
-                out[k] = int(v.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
 
 
 async def _connected_master(plan, addresses, token: bytes, request_timeout: float = 60.0):
@@ -721,7 +709,7 @@ class _RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, _proc_status().get("VmRSS", 0))
+            self.peak = max(self.peak, memory_status().get("VmRSS", 0))
             self.stop.wait(self.period)
 
 

@@ -28,7 +28,8 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
     from ..nets import AICC
     from ..runtime.plan import CodedPlan
     from . import costs
-    from .harness import LocalWorkers, _connected_master, _groups, _proc_status, _reset_hwm, _RssSampler, _run
+    from ..runtime.local import memory_status
+    from .harness import LocalWorkers, _connected_master, _groups, _reset_hwm, _RssSampler, _run
 
     s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
     torch.manual_seed(0)
@@ -58,7 +59,7 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
                 await master.infer(batch)  # warm: the first request allocates lasting buffers
                 gc.collect()
                 workers_before = workers.status()
-                base = _proc_status()
+                base = memory_status()
                 reset = _reset_hwm()
                 sampler = _RssSampler()
                 sampler.start()
@@ -69,11 +70,11 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
                 sampler.stop.set()
                 sampler.join()
                 watcher.cancel()
-                after = _proc_status()
+                after = memory_status()
                 failed = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
                 del results
                 gc.collect()
-                settled = _proc_status()
+                settled = memory_status()
                 peak = max(sampler.peak, after.get("VmHWM", 0) if reset else 0)
                 return {"rss_before": base.get("VmRSS"), "rss_peak": peak, "peak_delta": peak - base.get("VmRSS", 0),
                         "rss_after_gc": settled.get("VmRSS"), "hwm_reset": reset, "elapsed_s": elapsed,
