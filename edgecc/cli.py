@@ -90,15 +90,18 @@ def _images(source: str, data_dir: str | None, limit: int | None):
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="first LIMIT images only")
 @click.option("--max-subsets", type=int, default=200, show_default=True, help="sample this many R-subsets when there are more (the worst-conditioned is always included)")
+@click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32", show_default=True,
+              help="the encoder's precision: fp32 (the reference results/ reports), bf16, or auto (what the master uses)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def eval_cmd(model, N, images, data_dir, limit, max_subsets, as_json):
+def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, as_json):
     """Test accuracy of MODEL: D(β_k) directly and decoded from every R-subset of N workers."""
     from .evaluate import evaluate, evaluate_centralized
     from .modelfile import load_model, resolve
 
     net, info = load_model(model)
     x, y = _images(images, data_dir, limit)
-    res = evaluate(net, info, x, y, N, max_subsets) if info["kind"] == "aicc" else evaluate_centralized(net, x, y)
+    res = (evaluate(net, info, x, y, N, max_subsets, encode_precision) if info["kind"] == "aicc"
+           else evaluate_centralized(net, x, y))
     res = {"model": str(resolve(model)), "kind": info["kind"], **res}
     if as_json:
         click.echo(json.dumps(res))
@@ -234,6 +237,8 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--wait", type=float, default=10.0, show_default=True, help="seconds to wait for R workers at start")
 @click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True)
 @click.option("--byzantine", type=int, default=0, show_default=True, help="E: wait for R+2E results, decode around up to E lying workers and name them")
+@click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="encoder precision at the master; auto = bf16 for CNN encoders on CPUs with native bf16, else fp32")
 @click.option("--token-file", default=None)
 @click.option("--tls-ca", default=None, help="CA file: connect with TLS and verify workers against it")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="write the JSON summary here")
@@ -242,7 +247,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--log-level", default="warning", show_default=True)
 @limit_options
 def master(workers, model, images, data_dir, limit, placement, worker_dataset, groups_per_request, in_flight, request_timeout,
-           wait, wire_dtype, byzantine, token_file, tls_ca, json_out, predictions_out, quiet, log_level,
+           wait, wire_dtype, byzantine, encode_precision, token_file, tls_ca, json_out, predictions_out, quiet, log_level,
            max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Stream images through N workers, decoding each request from the first R answers."""
     import numpy as np
@@ -258,7 +263,7 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     net, info = load_model(model)
     if info["kind"] != "aicc":
         raise click.UsageError("the master distributes AICC models only")
-    plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine)
+    plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision)
     x, y = _images(images, data_dir, limit)
     token = load_token(token_file)
     limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)

@@ -25,11 +25,12 @@ def group(images: np.ndarray, labels: np.ndarray, K: int) -> tuple[np.ndarray, n
 
 
 @torch.inference_mode()
-def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float], batch: int = 256,
+                 encode_precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """(direct logits (G, K, 10), worker outputs (G, N, 10)) in float32 for grouped images x.
 
     Worker outputs are computed exactly as workers do: E(α_n) (and V_p) by the torch encoder, then
-    the collapsed affine map of edgecc.runtime.compute."""
+    the collapsed affine map of edgecc.runtime.compute; `encode_precision` as the master's CodedPlan."""
     from .export import worker_arrays
     from .runtime.compute import EncodedCompute
 
@@ -39,8 +40,8 @@ def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float]
     for i in range(0, x.shape[0], batch):
         xb = torch.from_numpy(x[i : i + batch])
         direct.append(model(xb).numpy())
-        xt = model.encode(xb, alphas).numpy()  # (b, N, 28, 28)
-        v = model.lambdas(xb).numpy() if scheme.computation == "hs" else None
+        xt = model.encode(xb, alphas, encode_precision).numpy()  # (b, N, 28, 28)
+        v = model.lambdas(xb, encode_precision).numpy() if scheme.computation == "hs" else None
         workers.append(np.stack([worker(xt[:, n], v) for n in range(len(alphas))], axis=1))
     return np.concatenate(direct), np.concatenate(workers)
 
@@ -56,8 +57,10 @@ def subsets(N: int, R: int, max_subsets: int | None, decoder: Decoder, seed: int
 
 
 def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray, N: int,
-             max_subsets: int | None = 200) -> dict[str, Any]:
-    """Accuracy (percent) of an AICC model directly and decoded from R-subsets of N workers."""
+             max_subsets: int | None = 200, encode_precision: str = "fp32") -> dict[str, Any]:
+    """Accuracy (percent) of an AICC model directly and decoded from R-subsets of N workers.
+
+    `encode_precision`: "fp32" (the reference, what results/ report), "bf16" or "auto" (the master's default)."""
     from .data import to_float
 
     scheme = Scheme.from_dict(info["scheme"])
@@ -65,7 +68,10 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
     K, R = scheme.K, scheme.R
     x, y = group(to_float(images), labels.astype(np.int64), K)
     alphas = default_alphas(N)
-    direct, worker_out = aicc_outputs(model, info, x, alphas)
+    from .nets import encode_precision as resolve_precision
+
+    precision = resolve_precision(scheme.encoder, encode_precision)
+    direct, worker_out = aicc_outputs(model, info, x, alphas, encode_precision=precision)
     decoder = Decoder(alphas, scheme.betas(), R)
     accs, worst_err, worst_amp = [], 0.0, 0.0
     for s in subsets(N, R, max_subsets, decoder):
@@ -84,6 +90,7 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
         "worst_decode_amplification": worst_amp,
         "R": R, "N": N, "K": K, "G": scheme.G, "P": scheme.P,
         "scheme": scheme.label(),
+        "encode_precision": precision,
         "images": int(y.size),
         "params": sum(p.numel() for p in model.parameters()),
     }

@@ -96,3 +96,38 @@ def test_hs_requires_v():
     m = AICC(Scheme(K=2, G=1, P=2, computation="hs"))
     with pytest.raises(ValueError, match="V_p"):
         m.compute(torch.zeros(1, 1, 28, 28))
+
+
+@pytest.mark.parametrize("scheme,N", [CASES[0], CASES[2]], ids=lambda c: c.label() if isinstance(c, Scheme) else str(c))
+def test_bf16_coefficients_still_decode_exactly(scheme, N):
+    """bf16 rounds Γ's (and Λ's) outputs, but the α-polynomial is evaluated in float32 from them: every
+    worker's input lies on one polynomial, so any R workers still give D(β_k) of those same coefficients."""
+    torch.manual_seed(0)
+    model = AICC(scheme).eval()
+    x = torch.rand(3, scheme.K, 28, 28)
+    alphas = default_alphas(N)
+    with torch.inference_mode():
+        c16 = model.coefficients(x, "bf16")
+        assert c16.dtype == torch.float32
+        assert 0 < (c16 - model.coefficients(x)).abs().max() < 0.05 * model.coefficients(x).abs().max()
+        v = model.lambdas(x, "bf16").double() if scheme.computation == "hs" else None
+        m64 = model.double()
+        xt = lambda pts: m64.evaluate_encoder(c16.double(), pts)
+        direct = m64.compute(xt(scheme.betas()), v).numpy()
+        workers = m64.compute(xt(alphas), v).numpy()
+    dec = Decoder(alphas, scheme.betas(), scheme.R)
+    for subset in itertools.combinations(range(N), scheme.R):
+        got = dec.decode({i: workers[:, i] for i in subset})
+        assert np.abs(got - direct).max() <= 1e-9 * np.abs(direct).max()
+
+
+def test_encode_precision_choice():
+    from edgecc.nets import encode_precision
+
+    assert encode_precision("mlp") == "fp32"  # a one-group MLP encode is a memory-bound GEMV: bf16 casts cost more
+    assert encode_precision("cl") in ("bf16", "fp32")  # bf16 where the CPU has native kernels
+    assert encode_precision("mlp", "bf16") == "bf16" and encode_precision("cl", "fp32") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        encode_precision("cl", "fp16")
+    with pytest.raises(ValueError, match="precision"):
+        AICC(Scheme(K=2, G=1)).coefficients(torch.zeros(1, 2, 28, 28), "int8")

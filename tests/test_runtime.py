@@ -1,4 +1,6 @@
-"""The runtime end to end: real worker processes, real TCP on loopback, the in-process master."""
+"""The runtime end to end: real worker processes, real TCP on loopback, the in-process master.
+
+Plans that are compared with the fp32 model in process encode in fp32; bf16 encoding has its own test."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ async def started(plan, workers, **kw) -> Master:
 @pytest.mark.parametrize("name,placement", [("hb", "encoded"), ("hs", "encoded"), ("hb", "shared"), ("hs", "shared")])
 async def test_network_decode_equals_in_process(tiny_models, spawn_workers, name, placement):
     model, info = load_model(tiny_models[name])
-    plan = CodedPlan(model, info, 3, placement)
+    plan = CodedPlan(model, info, 3, placement, encode_precision="fp32")
     images, labels = load_sample()
     images, labels = images[:96], labels[:96]
     m = await started(plan, spawn_workers(3))
@@ -66,7 +68,7 @@ async def test_network_decode_equals_in_process(tiny_models, spawn_workers, name
 
 async def test_killing_one_of_three_loses_nothing(tiny_models, spawn_workers):
     model, info = load_model(tiny_models["hb"])
-    plan = CodedPlan(model, info, 3)
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
     images, labels = load_sample()
     workers = spawn_workers(3)
     m = await started(plan, workers)
@@ -90,7 +92,7 @@ async def test_killing_one_of_three_loses_nothing(tiny_models, spawn_workers):
 
 async def test_killing_two_of_three_fails_requests_clearly_without_hanging(tiny_models, spawn_workers):
     model, info = load_model(tiny_models["hb"])
-    plan = CodedPlan(model, info, 3)
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
     images, labels = load_sample()
     workers = spawn_workers(3)
     m = await started(plan, workers, request_timeout=5.0)
@@ -114,7 +116,7 @@ async def test_killing_two_of_three_fails_requests_clearly_without_hanging(tiny_
 
 async def test_restarted_worker_is_used_again(tiny_models, spawn_workers):
     model, info = load_model(tiny_models["hb"])
-    plan = CodedPlan(model, info, 3)
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
     images, _ = load_sample()
     workers = spawn_workers(3)
     m = await started(plan, workers)
@@ -137,7 +139,7 @@ async def test_restarted_worker_is_used_again(tiny_models, spawn_workers):
 
 async def test_wrong_token_is_refused_and_logged(tiny_models, spawn_workers):
     model, info = load_model(tiny_models["hb"])
-    plan = CodedPlan(model, info, 3)
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
     workers = spawn_workers(3, env={"EDGECC_TOKEN": "another-token-that-is-long-enough"})
     m = Master(plan, [w.address for w in workers], TOK)
     try:
@@ -171,7 +173,7 @@ async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path
     (block / "sitecustomize.py").write_text(BLOCK_TORCH)
     env = {"PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])}
     model, info = load_model(tiny_models["hb"])
-    plan = CodedPlan(model, info, 3)
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
     workers = spawn_workers(3, env=env)
     hello = await probe(*workers[0].address, TOK)
     assert hello["caps"]["torch"] is False and hello["caps"]["placements"] == ["encoded", "plain"]
@@ -181,7 +183,7 @@ async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path
 @pytest.mark.parametrize("kind", ["random", "adversarial"])
 async def test_one_lying_worker_among_R_plus_2_is_named_and_harmless(tiny_models, spawn_workers, kind):
     model, info = load_model(tiny_models["hb"])
-    plan = CodedPlan(model, info, 4, byzantine=1)
+    plan = CodedPlan(model, info, 4, byzantine=1, encode_precision="fp32")
     honest = spawn_workers(3)
     liar = spawn_workers(1, extra=["--lie", kind])[0]
     workers = [honest[0], liar, honest[1], honest[2]]  # the liar is worker 1
@@ -224,3 +226,59 @@ async def test_a_peer_trickling_bytes_cannot_stretch_the_handshake(spawn_workers
         writer.close()
     assert time.monotonic() - t0 < 4.0
     assert "refused peer" in w.logs()
+
+
+async def test_small_requests_leave_a_core_to_the_event_loop_large_ones_use_all(tiny_models, spawn_workers):
+    """With 2 encode threads, single-group (latency-bound) requests encode one at a time, so the event loop
+    keeps a core for sends and results; 64-group (throughput) requests encode in parallel."""
+    import threading
+    import time
+
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3, "encoded")
+    payloads, lock, state = plan.payloads, threading.Lock(), {"now": 0, "max": 0}
+
+    def slow_payloads(images):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.05)  # long enough that concurrent calls overlap
+        try:
+            return payloads(images)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    plan.payloads = slow_payloads
+    images, _ = load_sample()
+    groups = images[:256].reshape(-1, 2, 28, 28)
+    m = await started(plan, spawn_workers(3), encode_threads=2)
+    try:
+        await asyncio.gather(*(m.infer(groups[i : i + 1]) for i in range(4)))
+        assert state["max"] == 1
+        await asyncio.gather(*(m.infer(groups[i * 64 : (i + 1) * 64]) for i in range(2)))
+        assert state["max"] == 2
+    finally:
+        await m.close()
+
+
+async def test_bf16_encoding_decodes_what_the_in_process_bf16_encoder_gives(tiny_models, spawn_workers):
+    """The default CNN plan encodes in bf16 (where the CPU has native kernels): the network result equals
+    the same arithmetic in process (bf16 coefficients, fp32 polynomial, H, Lagrange decode)."""
+    from edgecc.coding.lagrange import Decoder
+
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3, "encoded", encode_precision="bf16")
+    images, _ = load_sample()
+    groups = images[:64].reshape(-1, 2, 28, 28)
+    m = await started(plan, spawn_workers(3))
+    try:
+        got = await m.infer(groups)
+    finally:
+        await m.close()
+    with torch.inference_mode():
+        x = torch.from_numpy(groups.astype(np.float32) / 255.0)
+        y = model.compute(model.encode(x, plan.alphas, "bf16")).double().numpy()
+    want = Decoder(plan.alphas, plan.scheme.betas(), plan.R).decode({0: y[:, 0], 1: y[:, 1]})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.abs(got - direct_logits(model, groups, 2)).max() > 0  # it really ran in bf16

@@ -133,7 +133,7 @@ def hb_plan(tiny_models):
     from edgecc.runtime.plan import CodedPlan
 
     model, info = load_model(tiny_models["hb"])
-    return CodedPlan(model, info, 3)
+    return CodedPlan(model, info, 3, encode_precision="fp32")  # compared with the fp32 model in process
 
 
 @pytest.fixture(scope="module")

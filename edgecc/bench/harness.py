@@ -512,7 +512,7 @@ def _inprocess(model, scheme, plan, comp, groups: np.ndarray, B: int, collapsed:
         for i in range(0, groups.shape[0], B):
             x = torch.from_numpy(groups[i : i + B].astype(np.float32) / 255.0)
             if collapsed:  # the same arithmetic as the distributed run: encode, N affine maps, decode
-                xt = model.encode(x, plan.alphas).numpy()
+                xt = model.encode(x, plan.alphas, plan.encode_precision).numpy()
                 results = {n: comp(xt[:, n]) for n in range(plan.N)}
             else:  # the torch model at the N points (H uncollapsed), as evaluate.py does
                 y = model(x, plan.alphas).numpy()
@@ -640,7 +640,7 @@ def bench_latency(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token
                 """One group computed here: encode at the N points, H on one, decode from R (seconds each)."""
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    xt = model.encode(torch.from_numpy(one.astype(np.float32) / 255.0), plan.alphas).numpy()
+                    xt = model.encode(torch.from_numpy(one.astype(np.float32) / 255.0), plan.alphas, plan.encode_precision).numpy()
                 t1 = time.perf_counter()
                 comp(xt[:, 0])
                 t2 = time.perf_counter()

@@ -21,6 +21,32 @@ def powers(points: torch.Tensor, degree: int) -> torch.Tensor:
     return points.unsqueeze(1) ** torch.arange(degree + 1, device=points.device, dtype=points.dtype)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def encode_precision(encoder: str, requested: str = "auto") -> str:
+    """The master's encoder precision. "auto": bf16 for the CL (conv) encoder where the CPU has native
+    bf16 kernels (measured 1.5x faster for one group, 2.2x for 64, -0.04 points on the default model),
+    fp32 for the MLP encoder (one group is a memory-bound GEMV: casting its fp32 weights costs more
+    than bf16 saves)."""
+    if requested != "auto":
+        _bf16(requested)  # validates
+        return requested
+    if encoder != "cl":
+        return "fp32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
+def _bf16(precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision == "bf16"
+
+
 class HB(nn.Module):
     """Affine worker computation on the encoded input only: [CL stack without ReLU] + Base-MLP without ReLU."""
 
@@ -54,17 +80,26 @@ class AICC(nn.Module):
         self.register_buffer("betas", torch.tensor(s.betas(), dtype=torch.float32), persistent=False)
 
     # -- the pieces, as the runtime places them -------------------------------------------------
-    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+    # `precision` "bf16" runs the coefficient networks under bf16 autocast (as training does) and returns
+    # float32. The α-polynomial is always evaluated in float32 from those coefficients, so every worker's
+    # input stays on one polynomial and decoding stays exact however the coefficients were rounded.
+    def coefficients(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """C_g = Γ_g(X): (B, K, 28, 28) -> (B, G+1, 28, 28)."""
-        return self.gamma(x)
+        if _bf16(precision):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self.gamma(x).float()
+        return self.gamma(x)  # (inside training's autocast this is bf16, as before)
 
-    def lambdas(self, x: torch.Tensor) -> torch.Tensor:
+    def lambdas(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """V_p = Λ_p(X): (B, K, 28, 28) -> (B, P+1, 28, 28). H_S only."""
+        if _bf16(precision):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self.lam(x).float()
         return self.lam(x)
 
-    def encode(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """E(α) at each point: (B, K, 28, 28) -> (B, n, 28, 28)."""
-        return self.evaluate_encoder(self.coefficients(x), points)
+        return self.evaluate_encoder(self.coefficients(x, precision), points)
 
     def evaluate_encoder(self, coef: torch.Tensor, points: Sequence[float] | torch.Tensor) -> torch.Tensor:
         pts = torch.as_tensor(points, dtype=coef.dtype, device=coef.device)

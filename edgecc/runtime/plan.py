@@ -21,18 +21,21 @@ from ..coding.lagrange import Decoder
 from ..coding.robust import robust_decode
 from ..coding.schemes import Scheme, check_workers, default_alphas
 from ..export import PLACEMENTS, worker_arrays
+from ..nets import encode_precision as resolve_precision
 from ..protocol.frames import pack_array
 
 
 class CodedPlan:
     def __init__(self, model, info: dict[str, Any], N: int, placement: str = "encoded", wire_dtype: str = "f4",
-                 byzantine: int = 0):
+                 byzantine: int = 0, encode_precision: str = "auto"):
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}")
         self.model, self.info = model.eval(), info
         self.scheme = Scheme.from_dict(info["scheme"])
         check_workers(self.scheme, N)
         self.N, self.placement, self.wire_dtype = N, placement, wire_dtype
+        # the master's encoder precision (nets.encode_precision); shared-placement workers always encode in fp32
+        self.encode_precision = resolve_precision(self.scheme.encoder, encode_precision) if placement == "encoded" else "fp32"
         self.alphas = default_alphas(N)
         self.decoder = Decoder(self.alphas, self.scheme.betas(), self.scheme.R)
         self.arrays = worker_arrays(model, info, placement)
@@ -59,10 +62,10 @@ class CodedPlan:
             shared = {"images": pack_array(images, "u1")}
             return [shared] * self.N
         x = torch.from_numpy(images.astype(np.float32) / 255.0)
-        xt = self.model.encode(x, self.alphas).numpy()  # (B, N, 28, 28)
+        xt = self.model.encode(x, self.alphas, self.encode_precision).numpy()  # (B, N, 28, 28)
         extra = {}
         if self.scheme.computation == "hs":
-            extra["v"] = pack_array(self.model.lambdas(x).numpy(), self.wire_dtype)  # same V_p for every worker
+            extra["v"] = pack_array(self.model.lambdas(x, self.encode_precision).numpy(), self.wire_dtype)  # same V_p for every worker
         return [{"x": pack_array(xt[:, n], self.wire_dtype), **extra} for n in range(self.N)]
 
     def complete(self, answered) -> bool:

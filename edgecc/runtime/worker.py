@@ -205,6 +205,8 @@ class Worker:
                         await self._send_error(comm, "not_configured", "configure the worker before sending compute", msg.id)
                     elif len(tasks) >= self.limits.max_in_flight:
                         await self._send_error(comm, "busy", f"more than {self.limits.max_in_flight} requests in flight", msg.id)
+                    elif self._runs_inline(state, msg):  # no sleep, no thread: a Task would only add loop turns
+                        await self._compute(comm, state, msg)
                     else:
                         task = asyncio.create_task(self._compute(comm, state, msg))
                         tasks.add(task)
@@ -285,6 +287,14 @@ class Worker:
         if B < 1 or B > lim:
             raise RemoteProtocolError(f"batch of {B} groups outside 1..{lim}")
         return args
+
+    def _runs_inline(self, state: WorkerState, msg: Compute) -> bool:
+        """Whether `_compute` finishes without waiting: small encoded/plain work and no injected delay."""
+        if self.behaviour is not None or state.placement == "shared":
+            return False
+        x = msg.x
+        shape = x.get("shape") if isinstance(x, dict) else None
+        return isinstance(shape, list) and bool(shape) and isinstance(shape[0], int) and shape[0] <= INLINE_GROUPS
 
     async def _compute(self, comm: Comm, state: WorkerState, msg: Compute) -> None:
         self.stats["requests"] += 1

@@ -64,7 +64,7 @@ def _plan(scheme: str, scenario: Scenario, model, info, baseline):
 
     K = info["scheme"]["K"]
     if scheme == "aicc":
-        return CodedPlan(model, info, scenario.N, scenario.placement)
+        return CodedPlan(model, info, scenario.N, scenario.placement, encode_precision=scenario.encode_precision)
     bnet, binfo = baseline
     return ReplicatedPlan(bnet, binfo, K, K if scheme == "uncoded" else scenario.N)
 
@@ -150,7 +150,8 @@ async def _run_scheme(scheme: str, scenario: Scenario, model, info, baseline, im
                 await master.infer(images[: plan.K].reshape(1, plan.K, 28, 28), req_id=WARMUP_ID)
             t0 = time.perf_counter()
             records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress)
-            stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N}
+            stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N,
+                     "encode_precision": getattr(plan, "encode_precision", None)}
         finally:
             await master.close()
     finally:

@@ -11,6 +11,7 @@ the model, the images, the request stream, and how each of the N workers behaves
     requests = 200             # default 100; each request is `groups_per_request` groups of K images
     groups_per_request = 1
     placement = "encoded"      # "encoded": master encodes, workers get only X̃_n; "shared": workers hold the data
+    encode_precision = "auto"  # the master's encoder: "auto" (bf16 for CNN encoders where native), "fp32", "bf16"
     schemes = ["aicc", "uncoded", "replication"]   # default all three, run with the same delays
     timeout_s = 5.0            # per-request deadline at the master
     N = 3                      # number of workers; may be left out when [[workers]] are listed
@@ -54,7 +55,7 @@ PLACEMENTS = ("encoded", "shared")
 ARRIVAL_PROCESSES = ("closed", "poisson")
 
 _TOP_KEYS = {"name", "seed", "N", "model", "images", "requests", "groups_per_request",
-             "placement", "schemes", "timeout_s", "arrival", "defaults", "workers"}
+             "placement", "encode_precision", "schemes", "timeout_s", "arrival", "defaults", "workers"}
 _WORKER_KEYS = {"latency", "failure", "slowdown", "bandwidth_mbit"}
 
 
@@ -84,6 +85,7 @@ class Scenario:
     requests: int = 100
     groups_per_request: int = 1
     placement: str = "encoded"  # "encoded" or "shared"
+    encode_precision: str = "auto"  # the master's encoder precision (edgecc.nets.encode_precision)
     schemes: tuple[str, ...] = SCHEMES  # run in this order, each with the same delays
     timeout_s: float = 5.0  # per-request deadline at the master
     arrival: Arrival = field(default_factory=Arrival)
@@ -100,6 +102,7 @@ class Scenario:
             "name": self.name, "seed": self.seed, "N": self.N, "model": self.model,
             "images": self.images, "requests": self.requests,
             "groups_per_request": self.groups_per_request, "placement": self.placement,
+            "encode_precision": self.encode_precision,
             "schemes": list(self.schemes), "timeout_s": self.timeout_s,
             "arrival": {"process": self.arrival.process, "concurrency": self.arrival.concurrency,
                         "rate": self.arrival.rate},
@@ -211,6 +214,7 @@ def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
         requests=as_int(d.get("requests", 100), "requests", minimum=1),
         groups_per_request=as_int(d.get("groups_per_request", 1), "groups_per_request", minimum=1),
         placement=_one_of(d.get("placement", "encoded"), "placement", PLACEMENTS),
+        encode_precision=_one_of(d.get("encode_precision", "auto"), "encode_precision", ("auto", "fp32", "bf16")),
         schemes=_parse_schemes(d.get("schemes", list(SCHEMES))),
         timeout_s=as_number(d.get("timeout_s", 5.0), "timeout_s", above=0),
         arrival=_in_section("arrival", _parse_arrival, d.get("arrival", {})),
