@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -255,15 +256,21 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     from .modelfile import load_model
     from .protocol.auth import load_token
     from .runtime.master import Master, run_stream
-    from .runtime.plan import CodedPlan
+    from .runtime.plan import CodedPlan, LearnedCodePlan
     from .runtime.transport import client_ssl_context, parse_address, run
 
     _logging(log_level)
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
     net, info = load_model(model)
-    if info["kind"] != "aicc":
-        raise click.UsageError("the master distributes AICC models only")
-    plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision)
+    if info["kind"] == "learned-code":  # the baseline [10]: k data workers + 1 parity worker, all plain
+        if len(addresses) != info["code"]["k"] + 1 or byzantine or placement != "encoded":
+            raise click.UsageError(f"a learned-code model runs on exactly k+1 = {info['code']['k'] + 1} workers, "
+                                   "without --byzantine or --placement")
+        plan = LearnedCodePlan(net, info, wire_dtype)
+    elif info["kind"] == "aicc":
+        plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision)
+    else:
+        raise click.UsageError(f"the master distributes AICC or learned-code models, not {info['kind']!r}")
     x, y = _images(images, data_dir, limit)
     token = load_token(token_file)
     limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
@@ -350,13 +357,16 @@ def reproduce(table, only, epochs, seed, precision, device, threads, results_dir
 
 @main.command()
 @click.option("--quick", is_flag=True, help="fewer repeats and smaller sizes (~2 min)")
-@click.option("--out", default="results/bench.json", show_default=True)
+@click.option("--out", default="results/bench.json", show_default=True, help="raw results; the tables go next to it as .md")
 def bench(quick, out):
     """Measure training throughput, master/worker cost, runtime overhead, latency and memory."""
     from .bench import main as run_bench, render_markdown
+    from .modelfile import atomic_write
 
     result = run_bench(quick=quick, out=out)
-    click.echo(render_markdown(result))
+    md = render_markdown(result)
+    atomic_write(Path(out).with_suffix(".md"), (md + "\n").encode())
+    click.echo(md)
 
 
 @main.group()

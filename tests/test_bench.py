@@ -78,7 +78,7 @@ def test_tiny_run_structure(tmp_path):
     assert {"torch_fp32", "torch_bf16", "numpy_fp32"} <= set(res["matmul"])
     assert [m["model"] for m in res["master"]["models"]] == ["mlp"]
     b = res["master"]["models"][0]["by_batch"][0]
-    assert {"encode", "payloads_encoded", "payloads_shared", "decode", "centralized_cnn"} == set(b["seconds_per_group"])
+    assert {"encode", "encode_bf16", "payloads_encoded", "payloads_shared", "decode", "centralized_cnn"} == set(b["seconds_per_group"])
     assert res["worker"]["compute"] and res["worker"]["protocol"]
     md = render_markdown(res)
     assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md

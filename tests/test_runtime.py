@@ -282,3 +282,54 @@ async def test_bf16_encoding_decodes_what_the_in_process_bf16_encoder_gives(tiny
     want = Decoder(plan.alphas, plan.scheme.betas(), plan.R).decode({0: y[:, 0], 1: y[:, 1]})
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert np.abs(got - direct_logits(model, groups, 2)).max() > 0  # it really ran in bf16
+
+
+@pytest.fixture(scope="module")
+def learned_code_model(tmp_path_factory):
+    """An untrained learned code [10] (conv parity encoder, k=2) around a random base MLP, saved and loaded."""
+    from edgecc.modelfile import save_model
+    from edgecc.nets import CentralizedMLP
+    from edgecc.nets.learned_code import LearnedCode
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("lc") / "lc.safetensors"
+    save_model(path, LearnedCode("cl", 2, CentralizedMLP()), {"kind": "learned-code", "code": {"arch": "cl", "k": 2}})
+    return load_model(path)
+
+
+async def test_learned_code_runs_as_a_scheme_and_rebuilds_one_missing_slot(learned_code_model, spawn_workers):
+    """Workers 0, 1 run the base MLP on the data images, worker 2 on the learned parity. With all three, the
+    data slots are the base model's own outputs; with worker 0 dead, slot 0 comes from the learned decoder."""
+    from edgecc.runtime.plan import LearnedCodePlan
+
+    model, info = learned_code_model
+    plan = LearnedCodePlan(model, info)
+    assert (plan.N, plan.K, plan.placement) == (3, 2, "plain")
+    images, _ = load_sample()
+    groups = images[:64].reshape(-1, 2, 28, 28)
+    x = torch.from_numpy(groups.astype(np.float32) / 255.0)
+    with torch.inference_mode():
+        base = model.base(x.reshape(-1, 28, 28)).reshape(-1, 2, 10).numpy()
+        parity_out = model.base(model.encoder(x)).numpy()
+        rebuilt = model.decoder(torch.from_numpy(np.stack([np.zeros_like(base[:, 0]), base[:, 1], parity_out], 1))).numpy()
+    workers = spawn_workers(3)
+    m = await started(plan, workers)
+    try:
+        got = await m.infer(groups)
+        exact = [np.allclose(got[:, n], base[:, n], rtol=1e-4, atol=1e-5) for n in range(2)]
+        # decoded from the first 2 answers: both data workers, or one of them and the parity
+        assert all(exact) if plan.rebuilt_groups == 0 else sum(exact) == 1 and plan.rebuilt_groups == 32
+        plan.rebuilt_groups = 0
+        workers[0].kill()
+        for _ in range(100):  # until the master has noticed the dead link
+            if not m.links[0].ready.is_set():
+                break
+            await asyncio.sleep(0.05)
+        got = await m.infer(groups)
+    finally:
+        await m.close()
+    np.testing.assert_allclose(got[:, 1], base[:, 1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[:, 0], rebuilt[:, 0], rtol=1e-4, atol=1e-4)
+    assert plan.rebuilt_groups == 32
+    with pytest.raises(EdgeccError, match="one data slot"):
+        plan.decode({0: base[:, 0]})

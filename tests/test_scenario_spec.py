@@ -7,7 +7,7 @@ import pytest
 
 from edgecc.errors import ConfigError
 from edgecc.scenario.latency import Constant, CrashAt, Exponential, ShiftedExponential, Pareto
-from edgecc.scenario.spec import SCHEMES, find_line, load_scenario
+from edgecc.scenario.spec import DEFAULT_SCHEMES, find_line, load_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -65,7 +65,7 @@ def test_full_file(tmp_path):
 def test_defaults_and_N_only(tmp_path):
     s = load_scenario(write(tmp_path, 'N = 4\n[defaults]\nlatency = { dist = "pareto", '
                                       'scale = 0.005, alpha = 1.5 }\n', "my-run.toml"))
-    assert s.name == "my-run" and s.N == 4 and s.schemes == SCHEMES
+    assert s.name == "my-run" and s.N == 4 and s.schemes == DEFAULT_SCHEMES
     assert all(w.latency == Pareto(0.005, 1.5) for w in s.workers)
     assert (s.model, s.images, s.placement, s.arrival.process) == (
         "default", "sample", "encoded", "closed")

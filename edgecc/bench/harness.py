@@ -336,7 +336,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
         plan_build_s = time.perf_counter() - t0
         shared = CodedPlan(model, info, N, "shared")
         row: dict[str, Any] = {"model": key, "label": m["label"], "source": m["source"], "plan_build_s": plan_build_s,
-                               "by_batch": []}
+                               "plan_encode_precision": plan.encode_precision, "by_batch": []}
         rng = np.random.default_rng(0)
         for B, nthreads in [(B, n) for B in (cfg.batch, 1) for n in dict.fromkeys(threads)]:
             imgs = _groups(images, s.K, B)
@@ -344,9 +344,9 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
             xc = x.reshape(B * s.K, 28, 28)
             results = {i: rng.standard_normal((B, 10)).astype(np.float32) for i in range(s.R)}
 
-            def encode() -> None:
+            def encode(precision: str = "fp32") -> None:
                 with torch.inference_mode():
-                    model.encode(x, plan.alphas)
+                    model.encode(x, plan.alphas, precision)
 
             def central() -> None:
                 with torch.inference_mode():
@@ -355,6 +355,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
             with torch_threads(nthreads):
                 t = {name: in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"] / B for name, fn in {
                     "encode": encode,
+                    "encode_bf16": lambda: encode("bf16"),
                     "payloads_encoded": lambda: plan.payloads(imgs),
                     "payloads_shared": lambda: shared.payloads(imgs),
                     "decode": lambda: plan.decode(results),

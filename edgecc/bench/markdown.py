@@ -63,17 +63,20 @@ def render_markdown(result: dict[str, Any]) -> str:
 
     ms = result.get("master")
     if ms:
-        out += [f"**Master cost per group** (N={ms['N']}; encoded = plan.payloads (encode + pack) + decode, "
-                f"shared = decode only; vs the centralized CNN on the same K images)", ""]
+        out += [f"**Master cost per group** (N={ms['N']}; encode in fp32 and in bf16 (bf16 autocast for Γ, fp32 "
+                f"polynomial); encoded = plan.payloads (encode in the plan's precision + pack) + decode, "
+                f"shared = decode only; vs the centralized CNN (fp32) on the same K images)", ""]
         rows = []
         for r in ms["models"]:
             for b in r["by_batch"]:
                 t = b["seconds_per_group"]
-                rows.append([r["label"], str(b["groups"]), str(b.get("torch_threads", "–")), _t(t["encode"]), _t(t["payloads_encoded"]), _t(t["decode"]),
+                bf16 = f"{_t(t['encode_bf16'])} ({t['encode'] / t['encode_bf16']:.2f}×)" if "encode_bf16" in t else "–"
+                rows.append([r["label"], str(b["groups"]), str(b.get("torch_threads", "–")), _t(t["encode"]), bf16,
+                             r.get("plan_encode_precision", "fp32"), _t(t["payloads_encoded"]), _t(t["decode"]),
                              _t(b["encoded_total"]), _t(b["shared_total"]), _t(t["centralized_cnn"]),
                              f"{b['encoded_over_centralized_cnn']:.2g}", f"{b['shared_over_centralized_cnn']:.2g}"])
-        out += _table(["model", "groups/batch", "torch threads", "encode", "payloads", "decode", "encoded total", "shared total",
-                       "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
+        out += _table(["model", "groups/batch", "torch threads", "encode fp32", "encode bf16 (speed-up)", "plan precision",
+                       "payloads", "decode", "encoded total", "shared total", "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
 
     wk = result.get("worker")
     if wk:
@@ -88,8 +91,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         out += [f"**End-to-end throughput** over loopback ({e2e[0]['images']} images, {e2e[0]['groups_per_request']} groups/request, "
                 f"{e2e[0]['in_flight']} in flight; workers on the same cores) vs in-process on the same images "
                 f"({e2e[0].get('inprocess_torch_threads', '–')} torch threads): "
-                "'model' = model(x, α) + decode (H uncollapsed), 'collapsed' = encode + N affine maps + decode "
-                "(the distributed run's arithmetic)", ""]
+                "'model' = model(x, α) in fp32 + decode (H uncollapsed, what `edgecc eval` runs), 'collapsed' = encode "
+                "in the master's precision + N affine maps + decode (the distributed run's arithmetic)", ""]
         out += _table(["model", "N", "e2e img/s", "in-process model img/s", "in-process collapsed img/s",
                        "e2e ÷ model", "e2e ÷ collapsed", "bytes sent vs expected"],
                       [[r["label"], str(r["N"]), f"{r['e2e_images_per_s']:.0f}", f"{r['inprocess_model_images_per_s']:.0f}",
@@ -101,7 +104,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lat = result.get("latency")
     if lat:
         out += ["**Single-request latency** (one group per request, sequential, no injected delay; overhead = e2e − in-process "
-                "encode + H + decode of the same group, measured alternately, per pair; ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
+                "encode (in the master's precision) + H + decode of the same group, measured alternately, per pair; ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
         out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99", "ping p50 / p99"],
                       [[r["label"], str(r["N"]), str(r["requests"]), f"{r['e2e_ms']['p50']:.2f} ms", f"{r['e2e_ms']['p99']:.2f} ms",
                         f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms", f"{r['overhead_ms']['p99']:.2f} ms",

@@ -186,7 +186,9 @@ class Master:
         # Small requests encode on all cores but one, which stays with the event loop (sends, results, decode).
         # Measured in the one-straggler scenario on 2 cores (single-group requests, 2 in flight): p99 overhead
         # 13.5-16 ms with 2 parallel encodes, 8.5-12.5 ms with 1. Large requests (throughput) use every core.
-        # Encoding on the loop thread itself saved ~0.1 ms for a lone request but stalled concurrent ones.
+        # Not on the loop thread, even for a lone request: it saves two thread hops (~0.2 ms), but the loop
+        # thread then sends with a large scheduler debt and co-located workers preempt it between the N
+        # writes (measured +0.33 ms), and concurrent requests stall behind it.
         self.small_encodes = asyncio.Semaphore(max(1, threads - 1))
         self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0}
 
@@ -364,6 +366,7 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
     summary = {
         "images": int(n), "N": master.plan.N, "K": K, "need": master.plan.need, "placement": master.plan.placement,
         "encode_precision": getattr(master.plan, "encode_precision", None),
+        "rebuilt_groups": getattr(master.plan, "rebuilt_groups", None),  # learned code: groups decoded in degraded mode
         "accuracy": 100.0 * float((preds[done] == labels[:n][done]).mean()) if done.any() else 0.0,
         "accuracy_all_images": 100.0 * float((preds == labels[:n]).mean()),
         "requests_decoded": len(latencies), "requests_failed": sum(failures.values()), "failure_reasons": failures,

@@ -18,6 +18,7 @@ import torch
 
 from ..bundle import digest
 from ..coding.lagrange import Decoder
+from ..errors import DecodeError
 from ..coding.robust import robust_decode
 from ..coding.schemes import Scheme, check_workers, default_alphas
 from ..export import PLACEMENTS, worker_arrays
@@ -94,22 +95,33 @@ class CodedPlan:
         return res.logits
 
 
-class ReplicatedPlan:
-    """Uncoded (N = K) or replication (N > K): worker n runs the centralized MLP on image n mod K."""
+class _PlainWorkers:
+    """Plans whose N workers all run the centralized MLP (runtime/compute.PlainCompute) on one image each."""
 
     placement = "plain"
+
+    def _configure_plain(self, mlp, K: int, N: int, wire_dtype: str) -> None:
+        self.K, self.N, self.wire_dtype = K, N, wire_dtype
+        self.scheme = Scheme(K=K, G=1)  # tells plain workers K; no polynomial coding happens
+        self.alphas = [float(n + 1) for n in range(N)]  # unused by plain workers, distinct for the protocol
+        self.arrays = {f"mlp.{k}": v.detach().float().numpy() for k, v in mlp.state_dict().items()}
+        self.digest = digest(self.arrays)
+        self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+
+    def reachable(self, possible) -> bool:
+        return self.complete(possible)
+
+
+class ReplicatedPlan(_PlainWorkers):
+    """Uncoded (N = K) or replication (N > K): worker n runs the centralized MLP on image n mod K."""
 
     def __init__(self, model, info: dict[str, Any], K: int, N: int, wire_dtype: str = "f4"):
         if info["kind"] != "centralized-mlp":
             raise ValueError("uncoded and replication workers run the centralized MLP baseline")
         if N < K:
             raise ValueError(f"{N} workers cannot hold one copy of each of K={K} images")
-        self.model, self.info, self.K, self.N, self.wire_dtype = model.eval(), info, K, N, wire_dtype
-        self.scheme = Scheme(K=K, G=1)  # tells plain workers K; no coding happens
-        self.alphas = [float(n + 1) for n in range(N)]  # unused by plain workers, distinct for the protocol
-        self.arrays = {f"mlp.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
-        self.digest = digest(self.arrays)
-        self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+        self.model, self.info = model.eval(), info
+        self._configure_plain(model, K, N, wire_dtype)
         self.copies = [[n for n in range(N) if n % K == k] for k in range(K)]
 
     @property
@@ -123,9 +135,6 @@ class ReplicatedPlan:
     def complete(self, answered) -> bool:
         return all(any(n in answered for n in c) for c in self.copies)
 
-    def reachable(self, possible) -> bool:
-        return self.complete(possible)
-
     def oracle(self, delays: dict[int, float | None]) -> float | None:
         best = [min((delays[n] for n in c if delays.get(n) is not None), default=None) for c in self.copies]
         return None if any(b is None for b in best) else max(best)
@@ -136,3 +145,53 @@ class ReplicatedPlan:
         for n, y in results.items():
             first.setdefault(n % self.K, y)
         return np.stack([first[k] for k in range(self.K)], axis=1).astype(np.float64)
+
+
+class LearnedCodePlan(_PlainWorkers):
+    """The learned code [10] (SPEC §4) as a runtime scheme: workers 0..k-1 run the frozen base MLP on data
+    image n of each group, worker k on the parity image the learned encoder makes from all k. Any k
+    answers decode: all data slots are the base model's own outputs; with one data slot missing, the
+    learned decoder rebuilds it from the others and the parity output (degraded mode, approximate)."""
+
+    def __init__(self, model, info: dict[str, Any], wire_dtype: str = "f4"):
+        if info["kind"] != "learned-code":
+            raise ValueError(f"a learned-code plan needs a learned-code model, got {info['kind']!r}")
+        self.model, self.info = model.eval(), info
+        self.k = int(info["code"]["k"])
+        self._configure_plain(model.base, self.k, self.k + 1, wire_dtype)
+        self.rebuilt_groups = 0  # groups answered in degraded mode (one data slot decoded)
+
+    @property
+    def need(self) -> str:
+        return f"any {self.k} of {self.N} (one straggler)"
+
+    @torch.inference_mode()
+    def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
+        x = images.astype(np.float32) / 255.0
+        parity = self.model.encoder(torch.from_numpy(x)).numpy()  # (B, 28, 28)
+        return [{"x": pack_array(x[:, n], self.wire_dtype)} for n in range(self.k)] + [{"x": pack_array(parity, self.wire_dtype)}]
+
+    def complete(self, answered) -> bool:
+        return len(answered) >= self.k
+
+    def oracle(self, delays: dict[int, float | None]) -> float | None:
+        ok = sorted(d for d in delays.values() if d is not None)
+        return ok[self.k - 1] if len(ok) >= self.k else None
+
+    @torch.inference_mode()
+    def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
+        """(B, k, 10) float64: the data workers' outputs, with at most one slot rebuilt by the decoder."""
+        missing = [n for n in range(self.k) if n not in results]
+        if not missing:
+            return np.stack([results[n] for n in range(self.k)], axis=1).astype(np.float64)
+        if len(missing) > 1 or self.k not in results:
+            raise DecodeError(f"the learned code rebuilds one data slot from the other {self.k}; got workers {sorted(results)}")
+        B = results[self.k].shape[0]
+        outs = np.zeros((B, self.k + 1, 10), dtype=np.float32)  # the missing slot stays zero, as in training
+        for n, y in results.items():
+            outs[:, n] = y
+        rebuilt = self.model.decoder(torch.from_numpy(outs)).numpy().astype(np.float64)  # (B, k, 10)
+        out = outs[:, : self.k].astype(np.float64)
+        out[:, missing[0]] = rebuilt[:, missing[0]]
+        self.rebuilt_groups += B
+        return out

@@ -60,11 +60,16 @@ class LocalWorkers:
 
 
 def _plan(scheme: str, scenario: Scenario, model, info, baseline):
-    from ..runtime.plan import CodedPlan, ReplicatedPlan
+    from ..runtime.plan import CodedPlan, LearnedCodePlan, ReplicatedPlan
 
     K = info["scheme"]["K"]
     if scheme == "aicc":
         return CodedPlan(model, info, scenario.N, scenario.placement, encode_precision=scenario.encode_precision)
+    if scheme == "learned-code":  # its k+1 workers are the scenario's first k+1
+        plan = LearnedCodePlan(*load_model(scenario.learned_code_model))
+        if plan.N > scenario.N:
+            raise EdgeccError(f"the learned code needs {plan.N} workers, the scenario has {scenario.N}")
+        return plan
     bnet, binfo = baseline
     return ReplicatedPlan(bnet, binfo, K, K if scheme == "uncoded" else scenario.N)
 

@@ -12,7 +12,8 @@ the model, the images, the request stream, and how each of the N workers behaves
     groups_per_request = 1
     placement = "encoded"      # "encoded": master encodes, workers get only X̃_n; "shared": workers hold the data
     encode_precision = "auto"  # the master's encoder: "auto" (bf16 for CNN encoders where native), "fp32", "bf16"
-    schemes = ["aicc", "uncoded", "replication"]   # default all three, run with the same delays
+    schemes = ["aicc", "uncoded", "replication"]   # the default; also "learned-code" (Kosaian et al. [10]); same delays for all
+    learned_code_model = "learned-code"            # the learned code's model: the shipped one or a .safetensors path
     timeout_s = 5.0            # per-request deadline at the master
     N = 3                      # number of workers; may be left out when [[workers]] are listed
 
@@ -50,12 +51,13 @@ from edgecc.scenario.latency import (
     check_keys, parse_failures, parse_latency,
 )
 
-SCHEMES = ("aicc", "uncoded", "replication")
+SCHEMES = ("aicc", "uncoded", "replication", "learned-code")
+DEFAULT_SCHEMES = SCHEMES[:3]  # the learned code [10] runs only where a scenario names it
 PLACEMENTS = ("encoded", "shared")
 ARRIVAL_PROCESSES = ("closed", "poisson")
 
 _TOP_KEYS = {"name", "seed", "N", "model", "images", "requests", "groups_per_request",
-             "placement", "encode_precision", "schemes", "timeout_s", "arrival", "defaults", "workers"}
+             "placement", "encode_precision", "schemes", "learned_code_model", "timeout_s", "arrival", "defaults", "workers"}
 _WORKER_KEYS = {"latency", "failure", "slowdown", "bandwidth_mbit"}
 
 
@@ -86,7 +88,8 @@ class Scenario:
     groups_per_request: int = 1
     placement: str = "encoded"  # "encoded" or "shared"
     encode_precision: str = "auto"  # the master's encoder precision (edgecc.nets.encode_precision)
-    schemes: tuple[str, ...] = SCHEMES  # run in this order, each with the same delays
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES  # run in this order, each with the same delays
+    learned_code_model: str = "learned-code"  # the "learned-code" scheme's model: shipped name or .safetensors
     timeout_s: float = 5.0  # per-request deadline at the master
     arrival: Arrival = field(default_factory=Arrival)
     source: str | None = None  # the file it was loaded from
@@ -103,7 +106,7 @@ class Scenario:
             "images": self.images, "requests": self.requests,
             "groups_per_request": self.groups_per_request, "placement": self.placement,
             "encode_precision": self.encode_precision,
-            "schemes": list(self.schemes), "timeout_s": self.timeout_s,
+            "schemes": list(self.schemes), "learned_code_model": self.learned_code_model, "timeout_s": self.timeout_s,
             "arrival": {"process": self.arrival.process, "concurrency": self.arrival.concurrency,
                         "rate": self.arrival.rate},
             "workers": [{**b.to_dict(), "bandwidth_mbit": w.bandwidth_mbit}
@@ -215,7 +218,9 @@ def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
         groups_per_request=as_int(d.get("groups_per_request", 1), "groups_per_request", minimum=1),
         placement=_one_of(d.get("placement", "encoded"), "placement", PLACEMENTS),
         encode_precision=_one_of(d.get("encode_precision", "auto"), "encode_precision", ("auto", "fp32", "bf16")),
-        schemes=_parse_schemes(d.get("schemes", list(SCHEMES))),
+        schemes=_parse_schemes(d.get("schemes", list(DEFAULT_SCHEMES))),
+        learned_code_model=_path_or_keyword(d.get("learned_code_model", "learned-code"), "learned_code_model",
+                                            ("learned-code",), ".safetensors", base_dir),
         timeout_s=as_number(d.get("timeout_s", 5.0), "timeout_s", above=0),
         arrival=_in_section("arrival", _parse_arrival, d.get("arrival", {})),
         source=source,
