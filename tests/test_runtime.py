@@ -333,3 +333,21 @@ async def test_learned_code_runs_as_a_scheme_and_rebuilds_one_missing_slot(learn
     assert plan.rebuilt_groups == 32
     with pytest.raises(EdgeccError, match="one data slot"):
         plan.decode({0: base[:, 0]})
+
+
+async def test_closing_the_master_while_a_request_encodes_fails_it_instead_of_hanging(tiny_models, spawn_workers):
+    import time
+
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3)
+    payloads = plan.payloads
+    plan.payloads = lambda images: (time.sleep(0.5), payloads(images))[1]
+    images, _ = load_sample()
+    m = await started(plan, spawn_workers(3), encode_threads=1)
+    first = asyncio.create_task(m.infer(images[:2].reshape(1, 2, 28, 28)))
+    queued = asyncio.create_task(m.infer(images[:128].reshape(64, 2, 28, 28)))  # waits for the only thread
+    await asyncio.sleep(0.1)
+    await m.close()
+    for task in (first, queued):
+        with pytest.raises(RequestFailed, match="closed"):
+            await asyncio.wait_for(task, 5)

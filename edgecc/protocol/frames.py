@@ -67,20 +67,26 @@ MAX_DEPTH = 16  # no message nests deeper than 4; deep values would make repr() 
 
 def _check_plain(msg: dict[str, Any]) -> None:
     """Map keys must be strings, nesting is shallow, and no extension type may hide anywhere: msgpack
-    decodes the timestamp extension (-1) itself without calling ext_hook. Iterative, so nesting cannot recurse."""
+    decodes the timestamp extension (-1) itself without calling ext_hook. Iterative, so nesting cannot
+    recurse; only containers go on the stack (this runs for every frame, so scalars are checked in place)."""
     stack: list[tuple[Any, int]] = [(msg, 0)]
     while stack:
         o, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise RemoteProtocolError(f"values nested deeper than {MAX_DEPTH} levels")
-        if isinstance(o, dict):
-            if not all(type(k) is str for k in o):
-                raise RemoteProtocolError("map keys must be strings")
-            stack.extend((v, depth + 1) for v in o.values())
-        elif isinstance(o, list):
-            stack.extend((v, depth + 1) for v in o)
-        elif isinstance(o, msgpack.Timestamp):
-            raise RemoteProtocolError("msgpack extension type -1 (timestamp) is not allowed")
+        if type(o) is dict:
+            for k in o:
+                if type(k) is not str:
+                    raise RemoteProtocolError("map keys must be strings")
+            values = o.values()
+        else:
+            values = o
+        for v in values:
+            t = type(v)
+            if t is dict or t is list:
+                stack.append((v, depth + 1))
+            elif t is msgpack.Timestamp:
+                raise RemoteProtocolError("msgpack extension type -1 (timestamp) is not allowed")
 
 
 class FrameDecoder:

@@ -29,13 +29,13 @@ class Message:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "Message":
-        names = {f.name for f in fields(cls)}
-        keys = set(d) - {"t"}
-        if keys != names:
-            missing, extra = sorted(names - keys), sorted(map(str, keys - names))
+        names = cls.TYPES.keys()  # the dataclass fields (asserted below MESSAGES)
+        if len(d) - ("t" in d) != len(names) or any(n not in d for n in names):
+            keys = set(d) - {"t"}
+            missing, extra = sorted(set(names) - keys), sorted(map(str, keys - set(names)))
             raise RemoteProtocolError(f"{cls.TYPE}: missing fields {missing}, unknown fields {extra}")
-        for name in names:
-            v, ok = d[name], cls.TYPES[name]
+        for name, ok in cls.TYPES.items():
+            v = d[name]
             if not ((v is None and None in ok) or any(t is not None and isinstance(v, t) and not (t is int and isinstance(v, bool)) for t in ok)):
                 raise RemoteProtocolError(f"{cls.TYPE}.{name}: unexpected value of type {type(v).__name__}")
         msg = cls(**{k: d[k] for k in names})
@@ -190,6 +190,7 @@ class Pong(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Auth, Welcome, Configure, Configured, Compute, Result, Error, Ping, Pong)}
+assert all(list(m.TYPES) == [f.name for f in fields(m)] for m in MESSAGES.values()), "TYPES must list each message's fields"
 
 
 def parse(d: dict[str, Any]) -> Message:
