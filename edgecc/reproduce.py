@@ -79,6 +79,20 @@ def evaluate_file(path: str | Path, N: int | None = None) -> dict[str, Any]:
     return {"accuracy": res["accuracy_direct"], "params": res["params"]}
 
 
+COMMIT_LIMIT = 10 * 1024 * 1024  # checkpoints above this are stored as float16 (the MLP-encoder cells: 30-60 MB)
+
+
+def _compact(path: Path) -> str:
+    """Store a large checkpoint as float16 (in place); the row is then evaluated from that file."""
+    from .modelfile import load_model, read_header, save_model
+
+    if path.stat().st_size <= COMMIT_LIMIT:
+        return read_header(path).get("storage", "f32")
+    model, info = load_model(path)
+    save_model(path, model, {**info, "storage": "f16"}, storage="f16")
+    return "f16"
+
+
 def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir: str | Path = "results",
               runs_dir: str | Path = "runs/reproduce", progress: Callable[[str, str], None] | None = None) -> list[dict]:
     cells = [c for c in TABLES[table] if not only or c.name in only]
@@ -87,7 +101,6 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
         raise ValueError(f"unknown cell(s) {sorted(set(only) - {c.name for c in cells})}; table {table} has: {known}")
     results_dir = Path(results_dir)
     out_json = results_dir / f"table{table}.json"
-    rows = {r["cell"]: r for r in json.loads(out_json.read_text())["rows"]} if out_json.exists() else {}
     # the learned code needs the trained MLP baseline of this table as its frozen base model
     base = results_dir / "checkpoints" / "table2" / "baseline-mlp.safetensors"
     for cell in cells:
@@ -97,12 +110,15 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
         say = (lambda e, s, text, c=cell.name: progress(c, text)) if progress else None
         info = train(cell.kind, cell.scheme, ccfg, path, run_dir=Path(runs_dir) / f"table{table}" / cell.name, resume=True,
                      progress=say, code=cell.code, base=base if cell.kind == "learned-code" else None)
+        storage = _compact(path)
         ev = evaluate_file(path, cell.N)
+        # re-read just before writing: other `reproduce` runs (other cells) may have added rows meanwhile
+        rows = {r["cell"]: r for r in json.loads(out_json.read_text())["rows"]} if out_json.exists() else {}
         rows[cell.name] = {
             "cell": cell.name, "kind": cell.kind, "scheme": info.get("scheme"), "code": info.get("code"), **ev,
             "paper": cell.paper, "delta": round(ev["accuracy"] - cell.paper, 2), "epochs": info["training"]["epochs"],
             "seed": cfg.seed, "precision": cfg.precision, "train_seconds": info["training"]["train_seconds"],
-            "device": cfg.device, "checkpoint": str(path),
+            "device": cfg.device, "checkpoint": str(path), "storage": storage,
         }
         doc = {"table": table, "protocol": "paper (SPEC §1): Adam 1e-3, batch 128//K groups, each image once per epoch",
                "rows": [rows[c.name] for c in TABLES[table] if c.name in rows]}

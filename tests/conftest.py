@@ -43,7 +43,7 @@ def spawn_workers(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Untrained-but-deterministic AICC model files of several schemes (for exactness tests)."""
+    """Untrained-but-deterministic model files: AICC of several schemes (for exactness tests) and a learned code."""
     import torch
 
     from edgecc.coding.schemes import Scheme
@@ -58,4 +58,10 @@ def tiny_models(tmp_path_factory):
         path = d / f"{name}.safetensors"
         save_model(path, m, {"kind": "aicc", "scheme": s.to_dict()})
         out[name] = path
+    from edgecc.nets import CentralizedMLP
+    from edgecc.nets.learned_code import LearnedCode
+
+    torch.manual_seed(3)  # "lc": the learned code [10], conv parity encoder, k=2, around a random base MLP
+    out["lc"] = d / "lc.safetensors"
+    save_model(out["lc"], LearnedCode("cl", 2, CentralizedMLP()), {"kind": "learned-code", "code": {"arch": "cl", "k": 2}})
     return out

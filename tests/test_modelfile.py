@@ -28,6 +28,28 @@ def test_round_trip_keeps_weights_and_config(tmp_path):
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    """Large committed checkpoints (the MLP-encoder cells) are stored in float16; they load as float32
+    equal to the float16-rounded weights, so the file alone defines what it evaluates to."""
+    s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
+    torch.manual_seed(0)
+    m = AICC(s)
+    info = {"kind": "aicc", "scheme": s.to_dict()}
+    save_model(tmp_path / "f32.safetensors", m, info)
+    save_model(tmp_path / "f16.safetensors", m, info, storage="f16")
+    size = lambda name: (tmp_path / name).stat().st_size
+    assert size("f16.safetensors") < 0.51 * size("f32.safetensors")
+    m16, _ = load_model(tmp_path / "f16.safetensors")
+    for (k, a), (_, b) in zip(m.state_dict().items(), m16.state_dict().items()):
+        assert b.dtype == torch.float32 and torch.equal(a.half().float(), b), k
+    with pytest.raises(ModelFileError, match="storage"):
+        save_model(tmp_path / "x.safetensors", m, info, storage="int8")
+    meta = {"format": "edgecc-model", "version": "1", "info": json.dumps(info)}
+    save_file({k: v.numpy().astype(np.float64) for k, v in m.state_dict().items()}, str(tmp_path / "f64.safetensors"), metadata=meta)
+    with pytest.raises(ModelFileError, match="float32 or float16"):
+        load_model(tmp_path / "f64.safetensors")
+
+
 def test_garbage_and_foreign_files_are_refused(tmp_path):
     (tmp_path / "junk").write_bytes(b"\x00" * 100)
     with pytest.raises(ModelFileError, match="not a valid safetensors"):

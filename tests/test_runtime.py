@@ -284,25 +284,12 @@ async def test_bf16_encoding_decodes_what_the_in_process_bf16_encoder_gives(tiny
     assert np.abs(got - direct_logits(model, groups, 2)).max() > 0  # it really ran in bf16
 
 
-@pytest.fixture(scope="module")
-def learned_code_model(tmp_path_factory):
-    """An untrained learned code [10] (conv parity encoder, k=2) around a random base MLP, saved and loaded."""
-    from edgecc.modelfile import save_model
-    from edgecc.nets import CentralizedMLP
-    from edgecc.nets.learned_code import LearnedCode
-
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("lc") / "lc.safetensors"
-    save_model(path, LearnedCode("cl", 2, CentralizedMLP()), {"kind": "learned-code", "code": {"arch": "cl", "k": 2}})
-    return load_model(path)
-
-
-async def test_learned_code_runs_as_a_scheme_and_rebuilds_one_missing_slot(learned_code_model, spawn_workers):
+async def test_learned_code_runs_as_a_scheme_and_rebuilds_one_missing_slot(tiny_models, spawn_workers):
     """Workers 0, 1 run the base MLP on the data images, worker 2 on the learned parity. With all three, the
     data slots are the base model's own outputs; with worker 0 dead, slot 0 comes from the learned decoder."""
     from edgecc.runtime.plan import LearnedCodePlan
 
-    model, info = learned_code_model
+    model, info = load_model(tiny_models["lc"])
     plan = LearnedCodePlan(model, info)
     assert (plan.N, plan.K, plan.placement) == (3, 2, "plain")
     images, _ = load_sample()
