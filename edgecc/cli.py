@@ -40,9 +40,11 @@ def main() -> None:
 @click.option("--computation", type=click.Choice(["hb", "hs"]), default="hb", show_default=True)
 @click.option("--encoder", type=ARCH, default="cnn", show_default=True, help="architecture of Γ_g")
 @click.option("--compute", "compute_arch", type=ARCH, default="cnn", show_default=True, help="architecture of Λ_p / H_B")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--recipe", type=click.Choice(["paper", "best"]), default="paper", show_default=True,
+              help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr, shifts and flips (edgecc.train.BEST)")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best)]")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -53,15 +55,15 @@ def main() -> None:
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last epoch checkpoint")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, epochs, batch, lr, seed, precision, device,
+def train(kind, K, G, P, computation, encoder, compute_arch, recipe, epochs, batch, lr, seed, precision, device,
           threads, limit, data_dir, out, run_dir, resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from .coding.schemes import Scheme
     from .train import TrainConfig, train as run_training
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=_arch(encoder), compute_arch=_arch(compute_arch)) if kind == "aicc" else None
-    cfg = TrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
-                      threads=threads, limit=limit, data_dir=data_dir)
+    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
+                                 threads=threads, limit=limit, data_dir=data_dir)
 
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
@@ -334,19 +336,21 @@ def token(out):
 @main.command()
 @click.option("--table", type=click.Choice(["2", "3"]), required=True)
 @click.option("--only", multiple=True, help="cell name(s) to run (default: every cell of the table)")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--recipe", type=click.Choice(["paper", "best"]), default="paper", show_default=True,
+              help="best: the improved recipe, written to results/table{2,3}-best.json as its own column")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--threads", type=int, default=None)
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
-def reproduce(table, only, epochs, seed, precision, device, threads, results_dir, runs_dir):
+def reproduce(table, only, recipe, epochs, seed, precision, device, threads, results_dir, runs_dir):
     """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
     from .reproduce import render_markdown, reproduce as run_cells
     from .train import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, seed=seed, precision=precision, device=device, threads=threads)
+    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads)
 
     def progress(cell, text):
         click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)

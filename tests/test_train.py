@@ -56,3 +56,65 @@ def test_train_cli_centralized_baseline(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgecc.cli", "eval", str(out), "--images", "sample", "--json"],
                        capture_output=True, text=True, check=True)
     assert json.loads(r.stdout)["kind"] == "centralized-mlp"
+
+
+def test_best_recipe_schedule_and_augmentation():
+    import math
+
+    import pytest
+
+    from edgecc.train import BEST, augment, lr_at
+
+    cfg = TrainConfig.for_recipe("best")
+    assert (cfg.recipe, cfg.epochs, cfg.lr) == ("best", BEST["epochs"], BEST["lr"])
+    assert TrainConfig.for_recipe("best", epochs=3).epochs == 3 and TrainConfig.for_recipe("paper").epochs == 20
+    with pytest.raises(ValueError, match="recipe"):
+        TrainConfig.for_recipe("fast")
+    total = 1000
+    lrs = [lr_at(cfg, s, total) for s in range(total)]
+    warm = int(BEST["warmup"] * total)
+    assert lrs[:warm] == sorted(lrs[:warm]) and math.isclose(max(lrs), cfg.lr)
+    assert lrs[warm:] == sorted(lrs[warm:], reverse=True) and lrs[-1] < 1e-3 * cfg.lr
+    assert lr_at(TrainConfig(), 500, total) == 1e-3  # the paper's constant lr
+
+    x = torch.rand(64, 2, 28, 28)
+    a = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, augment(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, x)
+    # each image is a shifted (zero-filled) and possibly mirrored copy: pixel mass never grows
+    assert (a.flatten(2).sum(-1) <= x.flatten(2).sum(-1) + 1e-4).all()
+    s = BEST["shift"]
+    one = torch.zeros(1, 28, 28)
+    one[0, 14, 10] = 1.0
+    moved = augment(one.expand(500, 28, 28).clone(), torch.Generator().manual_seed(0))
+    ys, xs = torch.nonzero(moved, as_tuple=True)[1:]
+    assert moved.sum(dim=(1, 2)).eq(1).all()  # away from the border nothing falls off
+    assert ys.min() >= 14 - s and ys.max() <= 14 + s and len(set(ys.tolist())) == 2 * s + 1
+    assert set(xs.tolist()) >= {10, 27 - 10}  # mirrored and not
+
+
+def test_best_recipe_resumes_to_the_same_model(tmp_path):
+    """The best recipe's schedule spans all epochs: a run stopped after epoch 1 and resumed equals a straight one."""
+    import pytest
+
+    cfg = TrainConfig.for_recipe("best", epochs=2, limit=2000, threads=1, seed=5)
+    train("aicc", SCHEME, cfg, tmp_path / "a.safetensors")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(epoch, step, text):
+        if step == 0 and epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", progress=stop_after_first_epoch)
+    train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", resume=True)
+    a, _ = load_model(tmp_path / "a.safetensors")
+    b, info = load_model(tmp_path / "b.safetensors")
+    assert info["training"]["recipe"] == "best" and info["training"]["epochs"] == 2
+    for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(wa, wb), k
+    with pytest.raises(ValueError, match="different configuration"):  # more epochs = another schedule
+        train("aicc", SCHEME, TrainConfig.for_recipe("best", epochs=3, limit=2000, threads=1, seed=5), tmp_path / "b.safetensors",
+              run_dir=tmp_path / "b.run", resume=True)
