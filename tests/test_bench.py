@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from edgecc.bench import BenchConfig, costs, render_markdown, run
@@ -82,3 +83,15 @@ def test_tiny_run_structure(tmp_path):
     assert res["worker"]["compute"] and res["worker"]["protocol"]
     md = render_markdown(res)
     assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md
+
+
+def test_latency_section_pairs_requests_over_rounds(tmp_path):
+    """Real workers: each round pairs requests with in-process runs; the reported p50 is the rounds' median."""
+    cfg = BenchConfig(quick=True, models=("mlp",), latency_requests=6, latency_rounds=2)
+    res = run(cfg, tmp_path / "bench.json", sections=("latency",))
+    assert not res["meta"]["errors"]
+    (row,) = res["latency"]
+    assert row["requests"] == 12 and row["rounds"] == 2 and len(row["overhead_ms"]["p50_rounds"]) == 2
+    assert row["overhead_ms"]["p50"] == pytest.approx(float(np.median(row["overhead_ms"]["p50_rounds"])))
+    assert row["e2e_ms"]["p50"] > 0 and row["inprocess_ms"]["encode"] > 0
+    assert "rounds with fresh workers" in render_markdown(res)

@@ -104,10 +104,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     lat = result.get("latency")
     if lat:
         out += ["**Single-request latency** (one group per request, sequential, no injected delay; overhead = e2e − in-process "
-                "encode (in the master's precision) + H + decode of the same group, measured alternately, per pair; ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
+                "encode (in the master's precision) + H + decode of the same group, measured alternately, per pair; "
+                f"{lat[0].get('rounds', 1)} rounds with fresh workers, overhead p50 = the median of the rounds' p50s (each in brackets); "
+                "ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
+        rounds = lambda r: " (" + ", ".join(f"{x:.2f}" for x in r["overhead_ms"].get("p50_rounds", [])) + ")" if r["overhead_ms"].get("p50_rounds") else ""
         out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99", "ping p50 / p99"],
                       [[r["label"], str(r["N"]), str(r["requests"]), f"{r['e2e_ms']['p50']:.2f} ms", f"{r['e2e_ms']['p99']:.2f} ms",
-                        f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms", f"{r['overhead_ms']['p99']:.2f} ms",
+                        f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms{rounds(r)}", f"{r['overhead_ms']['p99']:.2f} ms",
                         "–" if "ping_rtt_ms" not in r else f"{r['ping_rtt_ms']['p50']:.2f} / {r['ping_rtt_ms']['p99']:.2f} ms"]
                        for r in lat])
 
