@@ -345,10 +345,20 @@ def token(out):
 @click.option("--threads", type=int, default=None)
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
-def reproduce(table, only, recipe, epochs, seed, precision, device, threads, results_dir, runs_dir):
+@click.option("--check", "check_only", is_flag=True, help="train nothing: re-evaluate the committed checkpoints against "
+              "the recorded accuracies (±0.05); exit 1 on a mismatch")
+def reproduce(table, only, recipe, epochs, seed, precision, device, threads, results_dir, runs_dir, check_only):
     """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
-    from .reproduce import render_markdown, reproduce as run_cells
+    from .reproduce import check, render_markdown, reproduce as run_cells
     from .train import TrainConfig
+
+    if check_only:
+        rows = check(int(table), results_dir, list(only) or None, recipe)
+        for r in rows:
+            click.echo(f"{r['cell']:20s} recorded {r['recorded']:.2f} measured {r['measured']:.2f} {'ok' if r['ok'] else 'MISMATCH'}")
+        if not all(r["ok"] for r in rows):
+            sys.exit(1)
+        return
 
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads)
 

@@ -133,6 +133,24 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
     return [rows[c.name] for c in cells]
 
 
+def check(table: int, results_dir: str | Path = "results", only: list[str] | None = None, recipe: str = "paper",
+          tolerance: float = 0.05) -> list[dict[str, Any]]:
+    """Re-evaluate committed checkpoints on this machine: [{cell, recorded, measured, ok}] (|Δ| <= tolerance)."""
+    results_dir = Path(results_dir)
+    name = f"table{table}" + ("" if recipe == "paper" else f"-{recipe}")
+    doc = json.loads((results_dir / f"{name}.json").read_text())
+    cells = {c.name: c for c in TABLES[table]}
+    out = []
+    for r in doc["rows"]:
+        if only and r["cell"] not in only:
+            continue
+        path = results_dir / "checkpoints" / name / f"{r['cell']}.safetensors"
+        measured = evaluate_file(path, cells[r["cell"]].N)["accuracy"]
+        out.append({"cell": r["cell"], "recorded": r["accuracy"], "measured": measured,
+                    "ok": abs(measured - r["accuracy"]) <= tolerance})
+    return out
+
+
 def render_markdown(table: int, results_dir: str | Path = "results") -> str:
     """The table in the paper's cell order: paper, edgecc by the paper protocol, and the best recipe's column."""
     def rows(name: str) -> dict[str, dict]:
