@@ -122,7 +122,8 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
             "device": cfg.device, "checkpoint": str(path), "storage": storage,
         }
         protocol = ("paper (SPEC §1): Adam 1e-3, batch 128//K groups, each image once per epoch" if cfg.recipe == "paper" else
-                    f"{cfg.recipe} (edgecc.train.BEST): {cfg.epochs} epochs, Adam peak lr {cfg.lr:g}, warmup + cosine, shifts and flips")
+                    f"{cfg.recipe} (edgecc.train): {cfg.epochs} epochs, Adam peak lr {cfg.lr:g}, warmup + cosine"
+                    + (", random shifts and mirror flips" if cfg.recipe == "best" else ""))
         doc = {"table": table, "recipe": cfg.recipe, "protocol": protocol,
                "rows": [rows[c.name] for c in TABLES[table] if c.name in rows]}
         from .modelfile import atomic_write
@@ -152,20 +153,24 @@ def check(table: int, results_dir: str | Path = "results", only: list[str] | Non
 
 
 def render_markdown(table: int, results_dir: str | Path = "results") -> str:
-    """The table in the paper's cell order: paper, edgecc by the paper protocol, and the best recipe's column."""
-    def rows(name: str) -> dict[str, dict]:
-        f = Path(results_dir) / f"{name}.json"
-        return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else {}
+    """The table in the paper's cell order: paper, edgecc by the paper protocol, and one column per improved
+    recipe that has results (results/table{N}-RECIPE.json)."""
+    from .train import RECIPES
 
-    paper, best = rows(f"table{table}"), rows(f"table{table}-best")
-    lines = ["| cell | paper | edgecc (paper protocol) | Δ | edgecc (best recipe) | Δ | params | epochs |",
-             "|---|---|---|---|---|---|---|---|"]
+    def rows(name: str) -> dict[str, dict] | None:
+        f = Path(results_dir) / f"{name}.json"
+        return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else None
+
+    cols = [("paper protocol", rows(f"table{table}") or {})]
+    cols += [(f"{r} recipe", got) for r in RECIPES[1:] if (got := rows(f"table{table}-{r}")) is not None]
+    head = "| cell | paper | " + " | ".join(f"edgecc ({name}) | Δ" for name, _ in cols) + " | params | epochs |"
+    lines = [head, "|" + "---|" * (4 + 2 * len(cols))]
     for c in TABLES[table]:
-        p, b = paper.get(c.name), best.get(c.name)
-        if p is None and b is None:
+        got = [col.get(c.name) for _, col in cols]
+        if not any(got):
             continue
-        fmt = lambda r: (f"{r['accuracy']:.2f}", f"{r['delta']:+.2f}") if r else ("–", "")
-        r = p or b
-        epochs = "/".join(str(x["epochs"]) for x in (p, b) if x)
-        lines.append(f"| {c.name} | {c.paper} | {' | '.join(fmt(p))} | {' | '.join(fmt(b))} | {r['params']:,} | {epochs} |")
+        cells = [f"{r['accuracy']:.2f} | {r['delta']:+.2f}" if r else "– | " for r in got]
+        first = next(r for r in got if r)
+        epochs = "/".join(str(r["epochs"]) for r in got if r)
+        lines.append(f"| {c.name} | {c.paper} | {' | '.join(cells)} | {first['params']:,} | {epochs} |")
     return "\n".join(lines)

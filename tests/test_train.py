@@ -68,6 +68,8 @@ def test_best_recipe_schedule_and_augmentation():
     cfg = TrainConfig.for_recipe("best")
     assert (cfg.recipe, cfg.epochs, cfg.lr) == ("best", BEST["epochs"], BEST["lr"])
     assert TrainConfig.for_recipe("best", epochs=3).epochs == 3 and TrainConfig.for_recipe("paper").epochs == 20
+    cosine = TrainConfig.for_recipe("cosine")  # the same schedule, no augmentation
+    assert (cosine.epochs, cosine.lr) == (cfg.epochs, cfg.lr) and lr_at(cosine, 10, 1000) == lr_at(cfg, 10, 1000)
     with pytest.raises(ValueError, match="recipe"):
         TrainConfig.for_recipe("fast")
     total = 1000
