@@ -98,13 +98,17 @@ def _images(source: str, data_dir: str | None, limit: int | None):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, as_json):
     """Test accuracy of MODEL: D(β_k) directly and decoded from every R-subset of N workers."""
-    from .evaluate import evaluate, evaluate_centralized
+    from .evaluate import evaluate, evaluate_centralized, evaluate_learned_code
     from .modelfile import load_model, resolve
 
     net, info = load_model(model)
     x, y = _images(images, data_dir, limit)
-    res = (evaluate(net, info, x, y, N, max_subsets, encode_precision) if info["kind"] == "aicc"
-           else evaluate_centralized(net, x, y))
+    if info["kind"] == "aicc":
+        res = evaluate(net, info, x, y, N, max_subsets, encode_precision)
+    elif info["kind"] == "learned-code":
+        res = evaluate_learned_code(net, info, x, y)
+    else:
+        res = evaluate_centralized(net, x, y)
     res = {"model": str(resolve(model)), "kind": info["kind"], **res}
     if as_json:
         click.echo(json.dumps(res))

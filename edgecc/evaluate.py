@@ -103,3 +103,18 @@ def evaluate_centralized(model, images: np.ndarray, labels: np.ndarray) -> dict[
     logits = model(torch.from_numpy(to_float(images))).numpy()
     return {"accuracy_direct": 100.0 * float((logits.argmax(-1) == labels).mean()), "images": int(labels.size),
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def evaluate_learned_code(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The learned code [10]: degraded-mode accuracy (each data slot erased in turn, scored on that slot,
+    as Table 2 reports it) and the accuracy when no slot is missing (the base model's own outputs)."""
+    from .data import to_float
+    from .train import accuracy_direct
+
+    k = info["code"]["k"]
+    x, y = torch.from_numpy(to_float(images)), torch.from_numpy(labels.astype(np.int64))
+    with torch.inference_mode():
+        complete = 100.0 * (model.base(x).argmax(-1) == y).sum().item() / y.numel()
+    return {"accuracy_degraded": accuracy_direct(model, "learned-code", x, y, k), "accuracy_no_straggler": complete,
+            "k": k, "images": int(y.numel() - y.numel() % k),
+            "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("base."))}

@@ -38,11 +38,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 # Models shipped in the package, by name: the default AICC model (Table 2's CNN+CNN H_B cell) and the
 # centralized MLP that the uncoded / replication comparators' workers run.
-SHIPPED = {"default": "default-k2-cnn-cnn-hb.safetensors", "default-mlp": "centralized-mlp.safetensors"}
+SHIPPED = {"default": "default-k2-cnn-cnn-hb.safetensors", "default-mlp": "centralized-mlp.safetensors",
+           "learned-code": "learned-code-conv.safetensors"}  # Table 2's [10] with the conv parity encoder (1 MB)
 
 
 def resolve(name: str | os.PathLike) -> Path:
-    """A shipped model's name ('default', 'default-mlp') or a path."""
+    """A shipped model's name ('default', 'default-mlp', 'learned-code') or a path."""
     if str(name) in SHIPPED:
         from importlib import resources
 

@@ -55,9 +55,8 @@ TABLES = {2: TABLE2, 3: TABLE3}
 def evaluate_file(path: str | Path, N: int | None = None) -> dict[str, Any]:
     """The row's accuracy from its model file alone (what `edgecc eval` reports)."""
     from .data import load_split
-    from .evaluate import evaluate, evaluate_centralized
+    from .evaluate import evaluate, evaluate_centralized, evaluate_learned_code
     from .modelfile import load_model
-    from .train import accuracy_direct
 
     model, info = load_model(path)
     x, y = load_split("test")
@@ -67,14 +66,8 @@ def evaluate_file(path: str | Path, N: int | None = None) -> dict[str, Any]:
         return {"accuracy": res["accuracy_decoded_min"], "accuracy_direct": res["accuracy_direct"], "N": res["N"],
                 "R": res["R"], "params": res["params"]}
     if info["kind"] == "learned-code":
-        import numpy as np
-        import torch
-
-        from .data import to_float
-
-        acc = accuracy_direct(model, "learned-code", torch.from_numpy(to_float(x)), torch.from_numpy(y.astype(np.int64)), info["code"]["k"])
-        trainable = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("base."))
-        return {"accuracy": acc, "accuracy_mode": "degraded (erased slot)", "params": trainable}
+        res = evaluate_learned_code(model, info, x, y)
+        return {"accuracy": res["accuracy_degraded"], "accuracy_mode": "degraded (erased slot)", "params": res["params"]}
     res = evaluate_centralized(model, x, y)
     return {"accuracy": res["accuracy_direct"], "params": res["params"]}
 

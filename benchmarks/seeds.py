@@ -1,0 +1,56 @@
+"""Seed variance of one Table 2/3 cell: train it with other seeds by the same protocol and summarise.
+
+    python benchmarks/seeds.py learned-code-conv --seeds 1 2 [--table 2] [--threads 1]
+
+Each seed trains in its own results folder (results/seeds/CELL/seedN, with its checkpoint) and run
+folder (runs/seeds/CELL/seedN), resumably; the committed row of results/table{N}.json is seed 0.
+Writes results/seeds/CELL.json: every seed's accuracy, the mean and the sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from edgecc.modelfile import atomic_write
+from edgecc.reproduce import TABLES, reproduce
+from edgecc.train import TrainConfig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cell")
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--table", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results", default="results")
+    args = ap.parse_args()
+    if args.cell not in {c.name for c in TABLES[args.table]}:
+        raise SystemExit(f"unknown cell {args.cell!r}")
+    results = Path(args.results)
+    runs = {}
+    main_rows = {r["cell"]: r for r in json.loads((results / f"table{args.table}.json").read_text())["rows"]}
+    if args.cell in main_rows:
+        runs[main_rows[args.cell]["seed"]] = main_rows[args.cell]["accuracy"]
+    for seed in args.seeds:
+        out = results / "seeds" / args.cell / f"seed{seed}"
+        base = out / "checkpoints" / "table2" / "baseline-mlp.safetensors"  # the learned code's frozen base model
+        base.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results / "checkpoints" / "table2" / "baseline-mlp.safetensors", base)
+        (row,) = reproduce(args.table, [args.cell], TrainConfig(seed=seed, threads=args.threads), out,
+                           Path("runs") / "seeds" / args.cell / f"seed{seed}")
+        runs[seed] = row["accuracy"]
+        base.unlink()  # the copy is not part of this seed's results
+    accs = [runs[s] for s in sorted(runs)]
+    summary = {"cell": args.cell, "table": args.table, "paper": next(c.paper for c in TABLES[args.table] if c.name == args.cell),
+               "accuracy_by_seed": {str(s): runs[s] for s in sorted(runs)}, "mean": statistics.mean(accs),
+               "stdev": statistics.stdev(accs) if len(accs) > 1 else None, "seeds": len(accs)}
+    atomic_write(results / "seeds" / f"{args.cell}.json", (json.dumps(summary, indent=2) + "\n").encode())
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
