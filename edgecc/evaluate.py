@@ -70,7 +70,7 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
     alphas = default_alphas(N)
     from .nets import encode_precision as resolve_precision
 
-    precision = resolve_precision(scheme.encoder, encode_precision)
+    precision = resolve_precision(encode_precision)
     direct, worker_out = aicc_outputs(model, info, x, alphas, encode_precision=precision)
     decoder = Decoder(alphas, scheme.betas(), R)
     accs, worst_err, worst_amp = [], 0.0, 0.0

@@ -124,10 +124,26 @@ def test_bf16_coefficients_still_decode_exactly(scheme, N):
 def test_encode_precision_choice():
     from edgecc.nets import encode_precision
 
-    assert encode_precision("mlp") == "fp32"  # a one-group MLP encode is a memory-bound GEMV: bf16 casts cost more
-    assert encode_precision("cl") in ("bf16", "fp32")  # bf16 where the CPU has native kernels
-    assert encode_precision("mlp", "bf16") == "bf16" and encode_precision("cl", "fp32") == "fp32"
+    assert encode_precision() in ("bf16", "fp32")  # bf16 where the CPU has native kernels
+    assert encode_precision("bf16") == "bf16" and encode_precision("fp32") == "fp32"
     with pytest.raises(ValueError, match="precision"):
-        encode_precision("cl", "fp16")
+        encode_precision("fp16")
     with pytest.raises(ValueError, match="precision"):
         AICC(Scheme(K=2, G=1)).coefficients(torch.zeros(1, 2, 28, 28), "int8")
+
+
+def test_mlp_bf16_inference_keeps_cast_weights_until_they_change():
+    torch.manual_seed(0)
+    nets = CoefNets("mlp", 2, 2).eval()
+    x = torch.rand(3, 2, 28, 28)
+    with torch.inference_mode():
+        ref = nets(x)
+        a = nets.forward_bf16(x)
+        cached = nets._bf16[1]
+        assert a.dtype == torch.float32 and (a - ref).abs().max() < 0.05 * ref.abs().max()
+        assert nets.forward_bf16(x) is not None and nets._bf16[1] is cached  # cast once
+    with torch.no_grad():
+        nets.fc1.weight.mul_(2.0)  # as an optimizer step would
+    with torch.inference_mode():
+        b = nets.forward_bf16(x)
+        assert nets._bf16[1] is not cached and not torch.equal(a, b)

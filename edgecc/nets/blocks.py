@@ -83,6 +83,23 @@ class CoefNets(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         return torch.cat([stack(x) for stack in self.stacks], dim=1)
 
+    @torch.no_grad()
+    def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference in bf16 with float32 output. The MLP's weights are cast once and kept (autocast would
+        cast all ~30 MB on every call, which costs more than a one-group GEMV); the CL stacks run under autocast."""
+        if self.arch != "mlp":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self(x).float()
+        key = tuple((p.data_ptr(), p._version) for p in (self.fc1.weight, self.fc2.weight))
+        if getattr(self, "_bf16", (None,))[0] != key:  # training (or loading) changed the weights
+            self._bf16 = (key, self.fc1.weight.to(torch.bfloat16), self.fc2.weight.to(torch.bfloat16))
+        _, w1, w2 = self._bf16
+        B = x.shape[0]
+        h = x.reshape(B, 1, -1).expand(B, self.n, self.K * PIX).to(torch.bfloat16)
+        h = torch.relu(torch.einsum("bni,nio->bno", h, w1).float() + self.fc1.bias)
+        y = torch.einsum("bni,nio->bno", h.to(torch.bfloat16), w2).float() + self.fc2.bias
+        return y.reshape(B, self.n, M, M)
+
 
 class BaseMLP(nn.Module):
     """784 → 200 → 100 → 10; with activation=False it is the affine Ω / MLP-H_B."""

@@ -36,7 +36,7 @@ class CodedPlan:
         check_workers(self.scheme, N)
         self.N, self.placement, self.wire_dtype = N, placement, wire_dtype
         # the master's encoder precision (nets.encode_precision); shared-placement workers always encode in fp32
-        self.encode_precision = resolve_precision(self.scheme.encoder, encode_precision) if placement == "encoded" else "fp32"
+        self.encode_precision = resolve_precision(encode_precision) if placement == "encoded" else "fp32"
         self.alphas = default_alphas(N)
         self.decoder = Decoder(self.alphas, self.scheme.betas(), self.scheme.R)
         self.arrays = worker_arrays(model, info, placement)
