@@ -40,9 +40,9 @@ def main() -> None:
 @click.option("--computation", type=click.Choice(["hb", "hs"]), default="hb", show_default=True)
 @click.option("--encoder", type=ARCH, default="cnn", show_default=True, help="architecture of Γ_g")
 @click.option("--compute", "compute_arch", type=ARCH, default="cnn", show_default=True, help="architecture of Λ_p / H_B")
-@click.option("--recipe", type=click.Choice(["paper", "cosine", "best"]), default="paper", show_default=True,
-              help="paper: SPEC §1; cosine: twice the epochs, warmup + cosine lr; best: cosine + shifts and flips (edgecc.train.BEST)")
-@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (cosine, best)]")
+@click.option("--recipe", type=click.Choice(["paper", "best", "augment"]), default="paper", show_default=True,
+              help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips (edgecc.train.BEST)")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment)]")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
 @click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -340,9 +340,9 @@ def token(out):
 @main.command()
 @click.option("--table", type=click.Choice(["2", "3"]), required=True)
 @click.option("--only", multiple=True, help="cell name(s) to run (default: every cell of the table)")
-@click.option("--recipe", type=click.Choice(["paper", "cosine", "best"]), default="paper", show_default=True,
+@click.option("--recipe", type=click.Choice(["paper", "best", "augment"]), default="paper", show_default=True,
               help="an improved recipe is written to results/table{2,3}-RECIPE.json, its own column")
-@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (cosine, best)]")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment)]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")

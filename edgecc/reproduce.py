@@ -116,7 +116,7 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
         }
         protocol = ("paper (SPEC §1): Adam 1e-3, batch 128//K groups, each image once per epoch" if cfg.recipe == "paper" else
                     f"{cfg.recipe} (edgecc.train): {cfg.epochs} epochs, Adam peak lr {cfg.lr:g}, warmup + cosine"
-                    + (", random shifts and mirror flips" if cfg.recipe == "best" else ""))
+                    + (", random shifts and mirror flips" if cfg.recipe == "augment" else ""))
         doc = {"table": table, "recipe": cfg.recipe, "protocol": protocol,
                "rows": [rows[c.name] for c in TABLES[table] if c.name in rows]}
         from .modelfile import atomic_write

@@ -36,7 +36,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = torch default
     limit: int | None = None  # use only the first `limit` training images (tests, smoke runs)
     data_dir: str | None = None
-    # "paper": constant lr, no augmentation; "cosine": warmup + cosine lr; "best": cosine + shifts/flips (RECIPES)
+    # "paper": constant lr, no augmentation; "best": warmup + cosine lr; "augment": best + shifts/flips (RECIPES)
     recipe: str = "paper"
 
     def batch_for(self, K: int) -> int:
@@ -44,7 +44,7 @@ class TrainConfig:
 
     @classmethod
     def for_recipe(cls, recipe: str = "paper", **settings: Any) -> "TrainConfig":
-        """The recipe's defaults (cosine and best: BEST's epochs and peak lr), then every setting that is not None."""
+        """The recipe's defaults (best and augment: BEST's epochs and peak lr), then every setting that is not None."""
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         defaults = {"epochs": BEST["epochs"], "lr": BEST["lr"]} if recipe != "paper" else {}
@@ -52,10 +52,12 @@ class TrainConfig:
 
 
 # The improved recipes: same networks, same data per epoch, same recovery threshold.
-# "cosine": twice the epochs; Adam's lr peaks at 2e-3 after a 5% linear warmup and decays on a cosine to 0.
-# "best": cosine, and every training image is shifted by up to BEST["shift"] pixels and mirrored with
+# "best": twice the epochs; Adam's lr peaks at 2e-3 after a 5% linear warmup and decays on a cosine to 0.
+# "augment": best, and every training image is shifted by up to BEST["shift"] pixels and mirrored with
 # probability 1/2 (Fashion-MNIST classes are mirror-symmetric), independently within a group.
-RECIPES = ("paper", "cosine", "best")
+# Measured on mlp+mlp-hb (seed 0): paper 84.93, best 87.6, augment 83.67 (an MLP encoder cannot use
+# shifted inputs); augment is kept to be measured on the CNN cells.
+RECIPES = ("paper", "best", "augment")
 BEST = {"epochs": 40, "lr": 2e-3, "warmup": 0.05, "shift": 2}
 
 
@@ -190,7 +192,7 @@ def train(
         for step in range(steps):
             idx = perm[step * batch * K : (step + 1) * batch * K]
             xb, yb = x[idx], y[idx]
-            if cfg.recipe == "best":
+            if cfg.recipe == "augment":
                 xb = augment(xb, gen)
             if cfg.recipe != "paper":
                 for g in opt.param_groups:

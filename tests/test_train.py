@@ -68,8 +68,8 @@ def test_best_recipe_schedule_and_augmentation():
     cfg = TrainConfig.for_recipe("best")
     assert (cfg.recipe, cfg.epochs, cfg.lr) == ("best", BEST["epochs"], BEST["lr"])
     assert TrainConfig.for_recipe("best", epochs=3).epochs == 3 and TrainConfig.for_recipe("paper").epochs == 20
-    cosine = TrainConfig.for_recipe("cosine")  # the same schedule, no augmentation
-    assert (cosine.epochs, cosine.lr) == (cfg.epochs, cfg.lr) and lr_at(cosine, 10, 1000) == lr_at(cfg, 10, 1000)
+    aug = TrainConfig.for_recipe("augment")  # the same schedule, plus augmentation
+    assert (aug.epochs, aug.lr) == (cfg.epochs, cfg.lr) and lr_at(aug, 10, 1000) == lr_at(cfg, 10, 1000)
     with pytest.raises(ValueError, match="recipe"):
         TrainConfig.for_recipe("fast")
     total = 1000
@@ -95,11 +95,12 @@ def test_best_recipe_schedule_and_augmentation():
     assert set(xs.tolist()) >= {10, 27 - 10}  # mirrored and not
 
 
-def test_best_recipe_resumes_to_the_same_model(tmp_path):
-    """The best recipe's schedule spans all epochs: a run stopped after epoch 1 and resumed equals a straight one."""
+def test_augment_recipe_resumes_to_the_same_model(tmp_path):
+    """The improved recipes' schedule spans all epochs (and augment draws from the epoch's generator): a run
+    stopped after epoch 1 and resumed equals a straight one."""
     import pytest
 
-    cfg = TrainConfig.for_recipe("best", epochs=2, limit=2000, threads=1, seed=5)
+    cfg = TrainConfig.for_recipe("augment", epochs=2, limit=2000, threads=1, seed=5)
     train("aicc", SCHEME, cfg, tmp_path / "a.safetensors")
 
     class Stop(Exception):
@@ -114,9 +115,9 @@ def test_best_recipe_resumes_to_the_same_model(tmp_path):
     train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", resume=True)
     a, _ = load_model(tmp_path / "a.safetensors")
     b, info = load_model(tmp_path / "b.safetensors")
-    assert info["training"]["recipe"] == "best" and info["training"]["epochs"] == 2
+    assert info["training"]["recipe"] == "augment" and info["training"]["epochs"] == 2
     for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(wa, wb), k
     with pytest.raises(ValueError, match="different configuration"):  # more epochs = another schedule
-        train("aicc", SCHEME, TrainConfig.for_recipe("best", epochs=3, limit=2000, threads=1, seed=5), tmp_path / "b.safetensors",
+        train("aicc", SCHEME, TrainConfig.for_recipe("augment", epochs=3, limit=2000, threads=1, seed=5), tmp_path / "b.safetensors",
               run_dir=tmp_path / "b.run", resume=True)
