@@ -137,13 +137,19 @@ class WorkerProc:
             return True
         return False
 
+    def _started_by(self, deadline: float, timeout: float) -> bool:
+        """Whether the worker is up; kills it and raises once `deadline` has passed."""
+        if self._poll_started():
+            return True
+        if time.monotonic() > deadline:
+            self.kill()
+            raise RuntimeError(f"worker {self.name} did not start within {timeout:g} s: {self.log_tail()}")
+        return False
+
     def start(self, timeout: float = 60.0) -> "WorkerProc":
         self._spawn()
         deadline = time.monotonic() + timeout
-        while not self._poll_started():
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker {self.name} did not start within {timeout:g} s: {self.log_tail()}")
+        while not self._started_by(deadline, timeout):
             time.sleep(0.05)
         return self
 
@@ -151,10 +157,7 @@ class WorkerProc:
         """start() without blocking the event loop (restarts during a run)."""
         self._spawn()
         deadline = time.monotonic() + timeout
-        while not self._poll_started():
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker {self.name} did not start within {timeout:g} s: {self.log_tail()}")
+        while not self._started_by(deadline, timeout):
             await asyncio.sleep(0.05)
         return self
 
