@@ -76,6 +76,11 @@ COMMIT_LIMIT = 10 * 1024 * 1024  # checkpoints above this are stored as float16 
 GIT_LIMIT = 20 * 1024 * 1024  # above this even float16 is too big for the repository: the row says so (.gitignore)
 
 
+def results_name(table: int, recipe: str) -> str:
+    """table2 for the paper protocol; an improved recipe is its own column: table2-best, ..."""
+    return f"table{table}" + ("" if recipe == "paper" else f"-{recipe}")
+
+
 def _compact(path: Path) -> str:
     """Store a large checkpoint as float16 (in place); the row is then evaluated from that file."""
     from .modelfile import load_model, read_header, save_model
@@ -94,7 +99,7 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
         known = ", ".join(c.name for c in TABLES[table])
         raise ValueError(f"unknown cell(s) {sorted(set(only) - {c.name for c in cells})}; table {table} has: {known}")
     results_dir = Path(results_dir)
-    name = f"table{table}" + ("" if cfg.recipe == "paper" else f"-{cfg.recipe}")  # the improved recipe: its own column
+    name = results_name(table, cfg.recipe)
     out_json = results_dir / f"{name}.json"
     # the learned code needs the trained MLP baseline of this table as its frozen base model
     base = results_dir / "checkpoints" / "table2" / "baseline-mlp.safetensors"
@@ -134,7 +139,7 @@ def check(table: int, results_dir: str | Path = "results", only: list[str] | Non
     """Re-evaluate committed checkpoints on this machine: [{cell, recorded, measured, ok}] (|Δ| <= tolerance).
     Rows whose checkpoint is too big for git (checkpoint_in_git false) are checked only where the file exists."""
     results_dir = Path(results_dir)
-    name = f"table{table}" + ("" if recipe == "paper" else f"-{recipe}")
+    name = results_name(table, recipe)
     doc = json.loads((results_dir / f"{name}.json").read_text())
     cells = {c.name: c for c in TABLES[table]}
     out = []
@@ -159,8 +164,8 @@ def render_markdown(table: int, results_dir: str | Path = "results") -> str:
         f = Path(results_dir) / f"{name}.json"
         return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else None
 
-    cols = [("paper protocol", rows(f"table{table}") or {})]
-    cols += [(f"{r} recipe", got) for r in RECIPES[1:] if (got := rows(f"table{table}-{r}")) is not None]
+    cols = [("paper protocol", rows(results_name(table, "paper")) or {})]
+    cols += [(f"{r} recipe", got) for r in RECIPES[1:] if (got := rows(results_name(table, r))) is not None]
     head = "| cell | paper | " + " | ".join(f"edgecc ({name}) | Δ" for name, _ in cols) + " | params | epochs |"
     lines = [head, "|" + "---|" * (4 + 2 * len(cols))]
     for c in TABLES[table]:

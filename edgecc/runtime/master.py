@@ -6,6 +6,7 @@ failed with a reason, within its deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -240,10 +241,8 @@ class Master:
             raise ValueError(f"request id {req_id} is already in flight")
         self.next_id = max(self.next_id, req_id + 1)
         loop = asyncio.get_running_loop()
-        if images.shape[0] <= SMALL_REQUEST_GROUPS:  # latency-bound: leave the event loop its core
-            async with self.small_encodes:
-                frames = await self._encode(req_id, images)
-        else:
+        small = images.shape[0] <= SMALL_REQUEST_GROUPS  # latency-bound: leave the event loop its core
+        async with self.small_encodes if small else contextlib.nullcontext():
             frames = await self._encode(req_id, images)
         live = [l for l in self.links if l.ready.is_set()]
         if not self.plan.reachable({l.index for l in live}):

@@ -26,6 +26,12 @@ from ..nets import encode_precision as resolve_precision
 from ..protocol.frames import pack_array
 
 
+def kth_fastest(delays: dict[int, float | None], k: int) -> float | None:
+    """The k-th smallest of the workers' delays (None: the worker never answers), or None if fewer than k answer."""
+    ok = sorted(d for d in delays.values() if d is not None)
+    return ok[k - 1] if len(ok) >= k else None
+
+
 class CodedPlan:
     def __init__(self, model, info: dict[str, Any], N: int, placement: str = "encoded", wire_dtype: str = "f4",
                  byzantine: int = 0, encode_precision: str = "auto"):
@@ -82,8 +88,7 @@ class CodedPlan:
 
     def oracle(self, delays: dict[int, float | None]) -> float | None:
         """Best possible latency given each worker's injected delay: the R-th fastest answer."""
-        ok = sorted(d for d in delays.values() if d is not None)
-        return ok[self.R - 1] if len(ok) >= self.R else None
+        return kth_fastest(delays, self.R)
 
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
         """(B, K, 10) float64 logits from any R of {worker index: (B, 10)} (R + 2E with liars)."""
@@ -175,8 +180,7 @@ class LearnedCodePlan(_PlainWorkers):
         return len(answered) >= self.k
 
     def oracle(self, delays: dict[int, float | None]) -> float | None:
-        ok = sorted(d for d in delays.values() if d is not None)
-        return ok[self.k - 1] if len(ok) >= self.k else None
+        return kth_fastest(delays, self.k)
 
     @torch.inference_mode()
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
