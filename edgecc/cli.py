@@ -11,6 +11,7 @@ import click
 from .errors import EdgeccError
 
 ARCH = click.Choice(["mlp", "cnn", "cl"])
+RECIPES = ("paper", "best", "augment", "anneal")  # edgecc.train.RECIPES, spelled out so the CLI starts without torch
 
 
 def _arch(name: str) -> str:
@@ -40,9 +41,12 @@ def main() -> None:
 @click.option("--computation", type=click.Choice(["hb", "hs"]), default="hb", show_default=True)
 @click.option("--encoder", type=ARCH, default="cnn", show_default=True, help="architecture of Γ_g")
 @click.option("--compute", "compute_arch", type=ARCH, default="cnn", show_default=True, help="architecture of Λ_p / H_B")
-@click.option("--recipe", type=click.Choice(["paper", "best", "augment"]), default="paper", show_default=True,
-              help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips (edgecc.train.BEST)")
-@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment)]")
+@click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
+              help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips "
+              "(edgecc.train.BEST); anneal: 10 more epochs of warmup + cosine from --init")
+@click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="model file to start from (same kind and scheme; the anneal recipe needs one)")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
 @click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -55,7 +59,7 @@ def main() -> None:
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last epoch checkpoint")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, recipe, epochs, batch, lr, seed, precision, device,
+def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, batch, lr, seed, precision, device,
           threads, limit, data_dir, out, run_dir, resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from .coding.schemes import Scheme
@@ -63,7 +67,7 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, epochs, bat
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=_arch(encoder), compute_arch=_arch(compute_arch)) if kind == "aicc" else None
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
-                                 threads=threads, limit=limit, data_dir=data_dir)
+                                 threads=threads, limit=limit, data_dir=data_dir, init=init)
 
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
@@ -340,9 +344,10 @@ def token(out):
 @main.command()
 @click.option("--table", type=click.Choice(["2", "3"]), required=True)
 @click.option("--only", multiple=True, help="cell name(s) to run (default: every cell of the table)")
-@click.option("--recipe", type=click.Choice(["paper", "best", "augment"]), default="paper", show_default=True,
-              help="an improved recipe is written to results/table{2,3}-RECIPE.json, its own column")
-@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment)]")
+@click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
+              help="an improved recipe is written to results/table{2,3}-RECIPE.json, its own column "
+              "(anneal continues the cell's committed paper-protocol model)")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")

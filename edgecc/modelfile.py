@@ -3,6 +3,10 @@
 No pickle anywhere: safetensors stores raw tensors, the metadata is plain strings. The same file is
 readable from torch (`load_model`) and from numpy alone (`read_arrays`), so torch-free workers can
 open what training wrote. Writes are atomic (temp file + os.replace).
+
+Storage: float32; float16 (halves the file); or "q8" for checkpoints that must fit a repository's file
+limit: every weight matrix as int8 with one float32 scale per output row (`NAME#scale`), the rest float16.
+Whatever is stored, loading gives float32, so a file evaluates the same wherever it is read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from .errors import ModelFileError
 FORMAT = "edgecc-model"
 VERSION = 1
 KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "learned-code")
+STORAGES = ("f32", "f16", "q8")
+SCALE = "#scale"  # suffix of the per-row float32 scales of an int8 ("q8") tensor
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -94,29 +100,63 @@ def read_arrays(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.n
         arrays = load_file(str(path))
     except Exception as e:
         raise ModelFileError(f"{path}: corrupt tensor data ({e})") from None
+    out: dict[str, np.ndarray] = {}
     for name, a in arrays.items():
-        if a.dtype not in (np.float32, np.float16):
-            raise ModelFileError(f"{path}: tensor {name} has dtype {a.dtype}; model files hold float32 or float16")
+        if name.endswith(SCALE):
+            if name[: -len(SCALE)] not in arrays or arrays[name[: -len(SCALE)]].dtype != np.int8:
+                raise ModelFileError(f"{path}: scale {name} belongs to no int8 tensor")
+            continue
+        if a.dtype == np.int8:
+            a = _dequantize(path, name, a, arrays.get(name + SCALE))
+        elif a.dtype not in (np.float32, np.float16):
+            raise ModelFileError(f"{path}: tensor {name} has dtype {a.dtype}; model files hold float32, float16 "
+                                 "or int8 with per-row scales")
         if not np.all(np.isfinite(a)):
             raise ModelFileError(f"{path}: tensor {name} contains NaN or Inf")
-    return info, {name: a.astype(np.float32, copy=False) for name, a in arrays.items()}
+        out[name] = a.astype(np.float32, copy=False)
+    return info, out
+
+
+
+def _dequantize(path: Any, name: str, q: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    if q.ndim < 2 or scale is None or scale.dtype != np.float32 or scale.shape != (q.shape[0],):
+        raise ModelFileError(f"{path}: int8 tensor {name} needs a float32 scale {name}{SCALE} with one value per row")
+    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise ModelFileError(f"{path}: scale {name}{SCALE} holds negative, NaN or Inf values")
+    return q.astype(np.float32) * scale.reshape((-1,) + (1,) * (q.ndim - 1))
+
+
+def _quantize(w):
+    """int8 per output row, symmetric: w ≈ q * scale with |q| <= 127 (max error scale/2 per weight)."""
+    import torch
+
+    rows = w.reshape(w.shape[0], -1)
+    scale = rows.abs().amax(dim=1) / 127
+    q = torch.round(rows / torch.where(scale > 0, scale, 1)[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale.float()
 
 
 def save_model(path: str | os.PathLike, model, info: dict[str, Any], storage: str = "f32") -> None:
     """Write `model`'s weights and `info` (must contain 'kind'; JSON-serialisable) atomically.
 
-    storage "f16" halves the file (for committed checkpoints of the 30-60 MB MLP-encoder cells); loading
-    always gives float32, so a file evaluates the same wherever it is read."""
+    storage "f16" halves the file (committed checkpoints of the 30-60 MB MLP-encoder cells), "q8" quarters
+    it (the one cell over the repository's 20 MB limit even in float16); loading always gives float32."""
     from safetensors.torch import save
 
     if info.get("kind") not in KINDS:
         raise ModelFileError(f"unknown model kind {info.get('kind')!r}")
-    if storage not in ("f32", "f16"):
-        raise ModelFileError(f"storage must be f32 or f16, got {storage!r}")
+    if storage not in STORAGES:
+        raise ModelFileError(f"storage must be one of {STORAGES}, got {storage!r}")
     import torch
 
-    dtype = torch.float16 if storage == "f16" else torch.float32
-    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().float().cpu()
+        if storage == "q8" and v.ndim >= 2 and v.numel() >= 4096:
+            tensors[k], tensors[k + SCALE] = _quantize(v)
+        else:
+            tensors[k] = v.to(torch.float32 if storage == "f32" else torch.float16)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "version": str(VERSION), "info": json.dumps(info, sort_keys=True)}
     atomic_write(path, save(tensors, metadata=meta))
 

@@ -53,7 +53,11 @@ TABLES = {2: TABLE2, 3: TABLE3}
 
 
 def evaluate_file(path: str | Path, N: int | None = None) -> dict[str, Any]:
-    """The row's accuracy from its model file alone (what `edgecc eval` reports)."""
+    """The row's accuracy from its model file alone (what `edgecc eval` reports), in % to 2 decimals."""
+    return {k: round(v, 2) if k.startswith("accuracy") and isinstance(v, float) else v for k, v in _evaluate(path, N).items()}
+
+
+def _evaluate(path: str | Path, N: int | None) -> dict[str, Any]:
     from .data import load_split
     from .evaluate import evaluate, evaluate_centralized, evaluate_learned_code
     from .modelfile import load_model
@@ -73,7 +77,7 @@ def evaluate_file(path: str | Path, N: int | None = None) -> dict[str, Any]:
 
 
 COMMIT_LIMIT = 10 * 1024 * 1024  # checkpoints above this are stored as float16 (the MLP-encoder cells: 30-60 MB)
-GIT_LIMIT = 20 * 1024 * 1024  # above this even float16 is too big for the repository: the row says so (.gitignore)
+GIT_LIMIT = 20 * 1024 * 1024  # above this even float16 is too big for the repository: stored as int8 ("q8")
 
 
 def results_name(table: int, recipe: str) -> str:
@@ -82,14 +86,18 @@ def results_name(table: int, recipe: str) -> str:
 
 
 def _compact(path: Path) -> str:
-    """Store a large checkpoint as float16 (in place); the row is then evaluated from that file."""
+    """Store a large checkpoint as float16, or as int8 where float16 is still over GIT_LIMIT (in place); the row
+    is then evaluated from that file. Always from the float32 weights: quantizing is done once."""
     from .modelfile import load_model, read_header, save_model
 
     if path.stat().st_size <= COMMIT_LIMIT:
         return read_header(path).get("storage", "f32")
     model, info = load_model(path)
-    save_model(path, model, {**info, "storage": "f16"}, storage="f16")
-    return "f16"
+    for storage in ("f16", "q8"):
+        save_model(path, model, {**info, "storage": storage}, storage=storage)
+        if path.stat().st_size <= GIT_LIMIT:
+            break
+    return storage
 
 
 def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir: str | Path = "results",
@@ -106,6 +114,11 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
     for cell in cells:
         path = results_dir / "checkpoints" / name / f"{cell.name}.safetensors"
         ccfg = replace(cfg, weight_decay=1e-5) if cell.kind == "learned-code" else cfg
+        if cfg.recipe == "anneal":  # continues the cell's committed paper-protocol model
+            init = results_dir / "checkpoints" / results_name(table, "paper") / f"{cell.name}.safetensors"
+            if not init.is_file():
+                raise ValueError(f"the anneal recipe continues {init}: train the paper-protocol cell first")
+            ccfg = replace(ccfg, init=str(init))
         t0 = time.time()
         say = (lambda e, s, text, c=cell.name: progress(c, text)) if progress else None
         info = train(cell.kind, cell.scheme, ccfg, path, run_dir=Path(runs_dir) / name / cell.name, resume=True,
@@ -116,14 +129,16 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
         rows = {r["cell"]: r for r in json.loads(out_json.read_text())["rows"]} if out_json.exists() else {}
         rows[cell.name] = {
             "cell": cell.name, "kind": cell.kind, "scheme": info.get("scheme"), "code": info.get("code"), **ev,
-            "paper": cell.paper, "delta": round(ev["accuracy"] - cell.paper, 2), "epochs": info["training"]["epochs"],
+            "paper": cell.paper, "delta": round(ev["accuracy"] - cell.paper, 2),
+            "epochs": info["training"]["epochs"] + info["training"]["init_epochs"],
             "seed": cfg.seed, "precision": cfg.precision, "recipe": cfg.recipe, "train_seconds": info["training"]["train_seconds"],
             "device": cfg.device, "checkpoint": str(path), "storage": storage,
             "checkpoint_in_git": path.stat().st_size <= GIT_LIMIT,
         }
         protocol = ("paper (SPEC §1): Adam 1e-3, batch 128//K groups, each image once per epoch" if cfg.recipe == "paper" else
                     f"{cfg.recipe} (edgecc.train): {cfg.epochs} epochs, Adam peak lr {cfg.lr:g}, warmup + cosine"
-                    + (", random shifts and mirror flips" if cfg.recipe == "augment" else ""))
+                    + (", random shifts and mirror flips" if cfg.recipe == "augment" else "")
+                    + (", from the paper-protocol model (epochs counts both)" if cfg.recipe == "anneal" else ""))
         doc = {"table": table, "recipe": cfg.recipe, "protocol": protocol,
                "rows": [rows[c.name] for c in TABLES[table] if c.name in rows]}
         from .modelfile import atomic_write

@@ -46,8 +46,52 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
         save_model(tmp_path / "x.safetensors", m, info, storage="int8")
     meta = {"format": "edgecc-model", "version": "1", "info": json.dumps(info)}
     save_file({k: v.numpy().astype(np.float64) for k, v in m.state_dict().items()}, str(tmp_path / "f64.safetensors"), metadata=meta)
-    with pytest.raises(ModelFileError, match="float32 or float16"):
+    with pytest.raises(ModelFileError, match="float32, float16 or int8"):
         load_model(tmp_path / "f64.safetensors")
+
+
+def test_int8_storage_quarters_the_file_within_half_a_step_per_weight(tmp_path):
+    """q8 (the cell whose float16 file is still over the repository limit): weight matrices as int8 with a
+    float32 scale per row, loaded as float32 within scale/2 of the original; the file alone defines the model."""
+    s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
+    torch.manual_seed(0)
+    m = AICC(s)
+    info = {"kind": "aicc", "scheme": s.to_dict()}
+    save_model(tmp_path / "f32.safetensors", m, info)
+    save_model(tmp_path / "q8.safetensors", m, info, storage="q8")
+    assert (tmp_path / "q8.safetensors").stat().st_size < 0.26 * (tmp_path / "f32.safetensors").stat().st_size
+    mq, _ = load_model(tmp_path / "q8.safetensors")
+    for (k, a), (_, b) in zip(m.state_dict().items(), mq.state_dict().items()):
+        assert b.dtype == torch.float32, k
+        if a.ndim >= 2 and a.numel() >= 4096:
+            step = a.reshape(a.shape[0], -1).abs().amax(1) / 127
+            err = (a - b).reshape(a.shape[0], -1).abs().amax(1)
+            assert torch.all(err <= step / 2 + 1e-7) and not torch.equal(a, b), k
+        else:
+            assert torch.equal(a.half().float(), b), k  # small tensors: float16
+    save_model(tmp_path / "q8b.safetensors", mq, info, storage="q8")  # a dequantized model re-quantizes to itself
+    mq2, _ = load_model(tmp_path / "q8b.safetensors")
+    for (k, a), (_, b) in zip(mq.state_dict().items(), mq2.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+
+def test_int8_tensors_without_a_valid_scale_are_refused(tmp_path):
+    s = Scheme(K=2, G=1)
+    info = {"kind": "aicc", "scheme": s.to_dict()}
+    arrays = {k: v.numpy().copy() for k, v in AICC(s).state_dict().items()}
+    name = next(k for k, v in arrays.items() if v.ndim == 2)
+    w = arrays.pop(name)
+    q = np.zeros(w.shape, np.int8)
+    with pytest.raises(ModelFileError, match="needs a float32 scale"):
+        load_model(_model_file(tmp_path, {**arrays, name: q}, info))
+    with pytest.raises(ModelFileError, match="needs a float32 scale"):
+        load_model(_model_file(tmp_path, {**arrays, name: q, name + "#scale": np.ones(3, np.float32)}, info))
+    with pytest.raises(ModelFileError, match="negative, NaN or Inf"):
+        load_model(_model_file(tmp_path, {**arrays, name: q, name + "#scale": np.full(w.shape[0], np.nan, np.float32)}, info))
+    with pytest.raises(ModelFileError, match="belongs to no int8 tensor"):
+        load_model(_model_file(tmp_path, {**arrays, name: w, name + "#scale": np.ones(w.shape[0], np.float32)}, info))
+    model, _ = load_model(_model_file(tmp_path, {**arrays, name: q, name + "#scale": np.ones(w.shape[0], np.float32)}, info))
+    assert torch.equal(model.state_dict()[name], torch.zeros(w.shape))
 
 
 def test_garbage_and_foreign_files_are_refused(tmp_path):

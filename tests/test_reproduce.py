@@ -4,8 +4,15 @@ import json
 import subprocess
 import sys
 
-from edgecc.reproduce import render_markdown, reproduce
-from edgecc.train import TrainConfig
+import pytest
+import torch
+
+from edgecc import cli, reproduce as reproduce_module
+from edgecc.coding.schemes import Scheme
+from edgecc.modelfile import load_model, read_header, save_model
+from edgecc.nets import AICC
+from edgecc.reproduce import _compact, render_markdown, reproduce
+from edgecc.train import RECIPES, TrainConfig, train
 
 
 def test_cells_merge_into_one_table_and_the_best_recipe_is_its_own_column(tmp_path):
@@ -29,6 +36,46 @@ def test_cells_merge_into_one_table_and_the_best_recipe_is_its_own_column(tmp_pa
     assert "best recipe" in md[0] and len(md) == 4
     assert md[2].startswith("| baseline-mlp | 89.12 |") and md[2].count("–") == 0  # both columns filled
     assert md[3].startswith("| learned-code-mlp |") and "| – |" in md[3]  # no best-recipe run for it
+
+    # anneal: continues the committed paper-protocol model; its row counts both runs' epochs
+    with pytest.raises(ValueError, match="train the paper-protocol cell first"):
+        reproduce(2, ["mlp+mlp-hb"], TrainConfig.for_recipe("anneal", epochs=1, limit=2000, threads=1), results, runs)
+    reproduce(2, ["baseline-mlp"], TrainConfig.for_recipe("anneal", epochs=1, limit=2000, threads=1), results, runs)
+    row = json.loads((results / "table2-anneal.json").read_text())["rows"][0]
+    assert row["recipe"] == "anneal" and row["epochs"] == 2
+    annealed = read_header(results / "checkpoints" / "table2-anneal" / "baseline-mlp.safetensors")["training"]
+    assert annealed["init"].endswith("table2/baseline-mlp.safetensors") and annealed["init_epochs"] == 1
+    assert "anneal recipe" in render_markdown(2, results).splitlines()[0]
+
+
+def test_the_cli_offers_every_recipe():
+    assert cli.RECIPES == RECIPES
+
+
+def test_training_from_a_model_of_another_scheme_is_refused(tmp_path):
+    s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
+    save_model(tmp_path / "g1.safetensors", AICC(s), {"kind": "aicc", "scheme": s.to_dict()})
+    cfg = TrainConfig.for_recipe("anneal", epochs=1, limit=64, threads=1, init=str(tmp_path / "g1.safetensors"))
+    with pytest.raises(ValueError, match="different model"):
+        train("aicc", Scheme(K=2, G=2, encoder="mlp", compute_arch="mlp"), cfg, tmp_path / "out.safetensors")
+    with pytest.raises(ValueError, match="continues a trained model"):
+        train("aicc", s, TrainConfig.for_recipe("anneal", epochs=1, limit=64), tmp_path / "out.safetensors")
+
+
+def test_checkpoints_over_the_repository_limit_are_stored_in_int8(tmp_path, monkeypatch):
+    """float16 above COMMIT_LIMIT; int8 only where float16 is still above GIT_LIMIT (the mlp+mlp-hs cell)."""
+    s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_model(path, AICC(s), {"kind": "aicc", "scheme": s.to_dict()})
+    f32 = path.stat().st_size
+    monkeypatch.setattr(reproduce_module, "COMMIT_LIMIT", f32 // 4)
+    monkeypatch.setattr(reproduce_module, "GIT_LIMIT", f32 // 2 + 4096)
+    assert _compact(path) == "f16" and read_header(path)["storage"] == "f16"
+    save_model(path, AICC(s), {"kind": "aicc", "scheme": s.to_dict()})
+    monkeypatch.setattr(reproduce_module, "GIT_LIMIT", f32 // 3)
+    assert _compact(path) == "q8" and read_header(path)["storage"] == "q8" and path.stat().st_size <= f32 // 3
+    load_model(path)
 
 
 def test_committed_checkpoints_reevaluate_to_their_rows():
