@@ -8,6 +8,7 @@ same result as an uninterrupted run (the epoch's permutation derives from the se
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -93,8 +94,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _autocast(cfg: TrainConfig):
-    enabled = cfg.precision == "bf16"
-    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=enabled)
+    if cfg.precision != "bf16":
+        return contextlib.nullcontext()  # also where autocast has no such device (the meta device of the tests)
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16)
 
 
 GROUPED = ("aicc", "learned-code")  # kinds whose samples are groups of K images
@@ -143,6 +145,26 @@ def _start_from(model, info: dict[str, Any], init: str) -> int:
             raise ValueError(f"{init} is a different model ({key} {src_info.get(key)!r}, training needs {info.get(key)!r})")
     model.load_state_dict(src.state_dict())
     return int(src_info.get("training", {}).get("epochs", 0)) + int(src_info.get("training", {}).get("init_epochs", 0))
+
+
+def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg: TrainConfig,
+              gen: torch.Generator) -> torch.Tensor:
+    """The training loss of one batch of images xb (B·K, 28, 28) with labels yb, on xb's device. Random draws
+    come from the CPU generator `gen` and move to the device (tested on the meta device: no CPU tensor mixes in)."""
+    if cfg.recipe == "augment":
+        xb = augment(xb, gen)
+    if kind in GROUPED:
+        xb, yb = xb.reshape(-1, K, 28, 28), yb.reshape(-1, K)  # (B, K, 28, 28), (B, K)
+    if kind == "learned-code":  # one data slot erased at random; trained on that slot's label
+        erased = torch.randint(K, (xb.shape[0],), generator=gen).to(xb.device)
+        rows = torch.arange(xb.shape[0], device=xb.device)
+        with _autocast(cfg):
+            logits = model(xb, erased)[rows, erased]
+        yb = yb[rows, erased]
+    else:
+        with _autocast(cfg):
+            logits = model(xb)
+    return F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
 
 
 def train(
@@ -214,24 +236,10 @@ def train(
         t0, loss_sum = time.perf_counter(), 0.0
         for step in range(steps):
             idx = perm[step * batch * K : (step + 1) * batch * K]
-            xb, yb = x[idx], y[idx]
-            if cfg.recipe == "augment":
-                xb = augment(xb, gen)
             if cfg.recipe != "paper":
                 for g in opt.param_groups:
                     g["lr"] = lr_at(cfg, epoch * steps + step, cfg.epochs * steps)
-            if kind in GROUPED:
-                xb, yb = xb.reshape(-1, K, 28, 28), yb.reshape(-1, K)  # (B, K, 28, 28), (B, K)
-            if kind == "learned-code":  # one data slot erased at random; trained on that slot's label
-                erased = torch.randint(K, (xb.shape[0],), generator=gen).to(dev)
-                rows = torch.arange(xb.shape[0], device=dev)
-                with _autocast(cfg):
-                    logits = model(xb, erased)[rows, erased]
-                yb = yb[rows, erased]
-            else:
-                with _autocast(cfg):
-                    logits = model(xb)
-            loss = F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
+            loss = step_loss(model, kind, x[idx], y[idx], K, cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

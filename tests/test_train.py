@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from edgecc.coding.schemes import Scheme
@@ -41,7 +42,6 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
-    import pytest
 
     train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="different configuration"):
@@ -61,7 +61,6 @@ def test_train_cli_centralized_baseline(tmp_path):
 def test_best_recipe_schedule_and_augmentation():
     import math
 
-    import pytest
 
     from edgecc.train import BEST, augment, lr_at
 
@@ -98,7 +97,6 @@ def test_best_recipe_schedule_and_augmentation():
 def test_augment_recipe_resumes_to_the_same_model(tmp_path):
     """The improved recipes' schedule spans all epochs (and augment draws from the epoch's generator): a run
     stopped after epoch 1 and resumed equals a straight one."""
-    import pytest
 
     cfg = TrainConfig.for_recipe("augment", epochs=2, limit=2000, threads=1, seed=5)
     train("aicc", SCHEME, cfg, tmp_path / "a.safetensors")
@@ -121,3 +119,29 @@ def test_augment_recipe_resumes_to_the_same_model(tmp_path):
     with pytest.raises(ValueError, match="different configuration"):  # more epochs = another schedule
         train("aicc", SCHEME, TrainConfig.for_recipe("augment", epochs=3, limit=2000, threads=1, seed=5), tmp_path / "b.safetensors",
               run_dir=tmp_path / "b.run", resume=True)
+
+
+@pytest.mark.parametrize("info", [
+    {"kind": "aicc", "scheme": Scheme(K=2, G=1, computation="hb", encoder="cl", compute_arch="cl").to_dict()},
+    {"kind": "aicc", "scheme": Scheme(K=4, G=2, P=2, computation="hs", encoder="cl", compute_arch="cl").to_dict()},
+    {"kind": "aicc", "scheme": Scheme(K=2, G=1, P=2, computation="hs", encoder="mlp", compute_arch="mlp").to_dict()},
+    {"kind": "centralized-mlp"}, {"kind": "centralized-cnn"},
+    {"kind": "learned-code", "code": {"arch": "cl", "k": 2}}, {"kind": "learned-code", "code": {"arch": "mlp", "k": 2}},
+], ids=lambda i: "-".join(str(v) for v in [i["kind"], *i.get("scheme", i.get("code", {})).values()]))
+@pytest.mark.parametrize("recipe", ["paper", "augment"])
+def test_a_training_step_keeps_every_tensor_on_the_models_device(info, recipe):
+    """The CUDA path without a GPU: on the meta device any tensor left on the CPU fails the step, as it would on
+    CUDA, and shapes and dtypes are checked without computing anything."""
+    from edgecc.modelfile import build_model
+    from edgecc.train import GROUPED, step_loss
+
+    K = Scheme.from_dict(info["scheme"]).K if "scheme" in info else info.get("code", {}).get("k", 1)
+    model = build_model(info).to("meta").train()
+    n = 8 * (K if info["kind"] in GROUPED else 1)
+    xb, yb = torch.rand(n, 28, 28, device="meta"), torch.randint(10, (n,), device="meta")
+    cfg = TrainConfig(device="meta", precision="fp32", recipe=recipe)
+    loss = step_loss(model, info["kind"], xb, yb, K, cfg, torch.Generator().manual_seed(0))
+    assert loss.device.type == "meta" and loss.shape == () and loss.dtype == torch.float32
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None and p.grad.shape == p.shape) == p.requires_grad, name
