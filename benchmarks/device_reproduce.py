@@ -9,9 +9,9 @@ from $OUT. So, from a session that has one:
     python benchmarks/device_reproduce.py unpack FILES_AT  # here: rows and checkpoints into results/
 
 `run` walks QUEUE in order, skipping cells that already have a row, and runs `edgecc reproduce --device cuda`
-per cell with whatever time is left (reproduce resumes per epoch, so a cell cut off by the deadline goes
-on in the next call while the machine stays warm). Each finished cell comes back as one tarball with its
-checkpoint and its row; `unpack` merges the rows into results/table*.json.
+for --parallel cells at a time until the deadline (reproduce resumes per epoch, so a cell cut off goes on in
+the next call while the machine stays warm; rows merge under a lock). Each finished cell comes back as one
+tarball with its checkpoint and its row; `unpack` merges the rows into results/table*.json.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from edgecc.reproduce import TABLES, results_name as _name  # noqa: E402
+from edgecc.reproduce import TABLES, merge_row, results_name as _name  # noqa: E402
 
 DATA = ROOT / ".device-data" / "fashion-mnist"
 # (table, recipe, cell): the paper-protocol cells first, then the improved-recipe column the issue asks for
@@ -45,8 +45,17 @@ def _rows(results: Path, table: int, recipe: str) -> dict[str, dict]:
     return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else {}
 
 
-def pending(results: Path) -> list[tuple[int, str, str]]:
-    return [(t, r, c) for t, r, c in QUEUE if c not in _rows(results, t, r)]
+def pending(results: Path, queue: list[tuple[int, str, str]] = QUEUE) -> list[tuple[int, str, str]]:
+    return [(t, r, c) for t, r, c in queue if c not in _rows(results, t, r)]
+
+
+def named(cells: list[str], recipe: str = "paper") -> list[tuple[int, str, str]]:
+    """(table, recipe, cell) for cells given by name, in the order given."""
+    where = {c.name: t for t, cs in TABLES.items() for c in cs}
+    unknown = [c for c in cells if c not in where]
+    if unknown:
+        raise SystemExit(f"unknown cell(s) {unknown}; known: {', '.join(where)}")
+    return [(where[c], recipe, c) for c in cells]
 
 
 def prepare(src: str) -> None:
@@ -60,31 +69,52 @@ def prepare(src: str) -> None:
     print(f"{DATA}: {sorted(p.name for p in DATA.iterdir())}; carry '.device-data'")
 
 
-def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs/reproduce") -> None:
+def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs/reproduce", parallel: int = 4,
+        queue: list[tuple[int, str, str]] = QUEUE, extra: list[str] | None = None, min_left: float = 30) -> list[tuple[int, str, str]]:
+    """Train pending cells, `parallel` at a time (one process each: at batch 64 a cell is bound by kernel
+    launches, not by the GPU), until `seconds` have passed (none starts with under `min_left` left); pack each
+    finished cell into `out`; kill what still runs at the deadline (it resumes from its last epoch)."""
     deadline = time.monotonic() + seconds
     env = {**os.environ, "EDGECC_DATA_DIR": str(DATA) if DATA.is_dir() else os.environ.get("EDGECC_DATA_DIR", ""),
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
-    done = []
-    for table, recipe, cell in pending(results):
-        left = deadline - time.monotonic()
-        if left < 30 or len(done) >= MAX_FILES:
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    queue = pending(results, queue)
+    logs = Path(runs) / "device-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running: dict[subprocess.Popen, tuple[int, str, str, float]] = {}
+    done: list[tuple[int, str, str]] = []
+    while queue or running:
+        while queue and len(running) < parallel and len(done) + len(running) < MAX_FILES and deadline - time.monotonic() > min_left:
+            table, recipe, cell = queue.pop(0)
+            cmd = [sys.executable, "-m", "edgecc.cli", "reproduce", "--table", str(table), "--only", cell, "--recipe", recipe,
+                   "--device", device, "--threads", threads, "--results-dir", str(results), "--runs-dir", runs, *(extra or [])]
+            log = (logs / f"{_name(table, recipe)}.{cell}.log").open("ab")
+            running[subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)] = (table, recipe, cell, time.monotonic())
+            log.close()
+            print(f"== start {_name(table, recipe)} {cell} ({deadline - time.monotonic():.0f} s left)", flush=True)
+        if not running:
             break
-        cmd = [sys.executable, "-m", "edgecc.cli", "reproduce", "--table", str(table), "--only", cell, "--recipe", recipe,
-               "--device", device, "--results-dir", str(results), "--runs-dir", runs]
-        print(f"== {_name(table, recipe)} {cell} ({left:.0f} s left)", flush=True)
-        t0 = time.monotonic()
-        try:
-            subprocess.run(cmd, env=env, cwd=ROOT, timeout=left, check=True)
-        except subprocess.TimeoutExpired:
-            print(f"\n== {cell}: deadline after {time.monotonic() - t0:.0f} s; resumes from its last epoch next call", flush=True)
+        time.sleep(0.5)
+        for proc, (table, recipe, cell, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[proc]
+            if proc.returncode == 0:
+                done.append((table, recipe, cell))
+                _pack(out, results, table, recipe, cell)
+                acc = _rows(results, table, recipe)[cell]["accuracy"]
+                print(f"== done {_name(table, recipe)} {cell}: {acc:.2f} in {time.monotonic() - t0:.0f} s", flush=True)
+            else:
+                tail = (logs / f"{_name(table, recipe)}.{cell}.log").read_text(errors="replace")[-1500:]
+                print(f"== {cell} failed (exit {proc.returncode}):\n{tail}", flush=True)
+        if time.monotonic() > deadline:
+            for proc, (table, recipe, cell, t0) in running.items():
+                proc.kill()
+                proc.wait()
+                print(f"== {cell}: deadline after {time.monotonic() - t0:.0f} s; resumes from its last epoch next call", flush=True)
             break
-        except subprocess.CalledProcessError as e:
-            print(f"\n== {cell}: failed (exit {e.returncode}); going on with the next cell", flush=True)
-            continue
-        done.append((table, recipe, cell))
-        _pack(out, results, table, recipe, cell)
-        print(f"== {cell}: {_rows(results, table, recipe)[cell]['accuracy']:.2f} in {time.monotonic() - t0:.0f} s", flush=True)
     print(f"finished {len(done)} cell(s); {len(pending(results))} left in the queue")
+    return done
 
 
 def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> None:
@@ -93,14 +123,16 @@ def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> None:
     name = _name(table, recipe)
     with tarfile.open(out / f"{name}.{cell}.tgz", "w:gz") as tar:
         tar.add(results / "checkpoints" / name / f"{cell}.safetensors", arcname=f"checkpoints/{name}/{cell}.safetensors")
-        row = json.dumps({"table": table, "recipe": recipe, "row": _rows(results, table, recipe)[cell]}).encode()
+        doc = json.loads((results / f"{name}.json").read_text())
+        row = json.dumps({"table": table, "recipe": recipe, "protocol": doc.get("protocol"),
+                          "row": next(r for r in doc["rows"] if r["cell"] == cell)}).encode()
         info = tarfile.TarInfo("row.json")
         info.size = len(row)
         tar.addfile(info, io.BytesIO(row))
 
 
 def unpack(files_at: Path, results: Path) -> None:
-    """Merge each tarball's row into results/table*.json (rows in the paper's order) and place its checkpoint."""
+    """Merge each tarball's row into results/table*.json and place its checkpoint."""
     for tgz in sorted(files_at.glob("*.tgz")):
         with tarfile.open(tgz) as tar:
             got = json.loads(tar.extractfile("row.json").read())
@@ -110,11 +142,7 @@ def unpack(files_at: Path, results: Path) -> None:
             dest.write_bytes(tar.extractfile(ckpt).read())
         table, recipe, row = got["table"], got["recipe"], got["row"]
         row["checkpoint"] = str(Path("results") / ckpt.name)
-        rows = {**_rows(results, table, recipe), row["cell"]: row}
-        f = results / f"{_name(table, recipe)}.json"
-        doc = json.loads(f.read_text()) if f.exists() else {"table": table, "recipe": recipe, "protocol": recipe}
-        doc["rows"] = [rows[c.name] for c in TABLES[table] if c.name in rows]
-        f.write_text(json.dumps(doc, indent=2) + "\n")
+        merge_row(results / f"{_name(table, recipe)}.json", table, recipe, row, got.get("protocol"))
         print(f"{_name(table, recipe)} {row['cell']}: {row['accuracy']:.2f} (paper {row['paper']}) on {row['device']}")
 
 
@@ -128,6 +156,11 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=os.environ.get("OUT", "out/device"))
     p.add_argument("--runs-dir", default="runs/reproduce")
+    p.add_argument("--parallel", type=int, default=4, help="cells trained at once")
+    p.add_argument("--cells", nargs="*", help="these cells (any of Tables 2 and 3) instead of the queue")
+    p.add_argument("--recipe", default="paper", help="the recipe for --cells")
+    p.add_argument("--epochs", type=int, help="passed to reproduce (smoke runs)")
+    p.add_argument("--limit", type=int, help="passed to reproduce: train on the first LIMIT images (smoke runs)")
     p = sub.add_parser("unpack")
     p.add_argument("files_at")
     sub.add_parser("pending")
@@ -138,7 +171,8 @@ def main() -> None:
     if a.cmd == "prepare":
         prepare(a.src)
     elif a.cmd == "run":
-        run(a.seconds, a.device, Path(a.out), results, a.runs_dir)
+        extra = [f"--{k}={v}" for k, v in (("epochs", a.epochs), ("limit", a.limit)) if v is not None]
+        run(a.seconds, a.device, Path(a.out), results, a.runs_dir, a.parallel, named(a.cells, a.recipe) if a.cells else QUEUE, extra)
     elif a.cmd == "unpack":
         unpack(Path(a.files_at), results)
     else:

@@ -352,11 +352,12 @@ def token(out):
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--threads", type=int, default=None)
+@click.option("--limit", type=int, default=None, help="train on the first LIMIT images only (smoke runs; rows record train_images)")
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
 @click.option("--check", "check_only", is_flag=True, help="train nothing: re-evaluate the committed checkpoints against "
               "the recorded accuracies (±0.05); exit 1 on a mismatch")
-def reproduce(table, only, recipe, epochs, seed, precision, device, threads, results_dir, runs_dir, check_only):
+def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only):
     """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
     from .reproduce import check, render_markdown, reproduce as run_cells
     from .train import TrainConfig
@@ -369,7 +370,8 @@ def reproduce(table, only, recipe, epochs, seed, precision, device, threads, res
             sys.exit(1)
         return
 
-    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads)
+    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads,
+                                 limit=limit)
 
     def progress(cell, text):
         click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)

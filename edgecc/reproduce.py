@@ -8,7 +8,9 @@ so a long reproduction can be stopped and continued at any time.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -125,12 +127,10 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
                      progress=say, code=cell.code, base=base if cell.kind == "learned-code" else None)
         storage = _compact(path)
         ev = evaluate_file(path, cell.N)
-        # re-read just before writing: other `reproduce` runs (other cells) may have added rows meanwhile
-        rows = {r["cell"]: r for r in json.loads(out_json.read_text())["rows"]} if out_json.exists() else {}
-        rows[cell.name] = {
+        row = {
             "cell": cell.name, "kind": cell.kind, "scheme": info.get("scheme"), "code": info.get("code"), **ev,
             "paper": cell.paper, "delta": round(ev["accuracy"] - cell.paper, 2),
-            "epochs": info["training"]["epochs"] + info["training"]["init_epochs"],
+            "epochs": info["training"]["epochs"] + info["training"]["init_epochs"], "train_images": info["training"]["train_images"],
             "seed": cfg.seed, "precision": cfg.precision, "recipe": cfg.recipe, "train_seconds": info["training"]["train_seconds"],
             "device": cfg.device, "checkpoint": str(path), "storage": storage,
             "checkpoint_in_git": path.stat().st_size <= GIT_LIMIT,
@@ -139,14 +139,30 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
                     f"{cfg.recipe} (edgecc.train): {cfg.epochs} epochs, Adam peak lr {cfg.lr:g}, warmup + cosine"
                     + (", random shifts and mirror flips" if cfg.recipe == "augment" else "")
                     + (", from the paper-protocol model (epochs counts both)" if cfg.recipe == "anneal" else ""))
-        doc = {"table": table, "recipe": cfg.recipe, "protocol": protocol,
-               "rows": [rows[c.name] for c in TABLES[table] if c.name in rows]}
-        from .modelfile import atomic_write
-
-        atomic_write(out_json, (json.dumps(doc, indent=2) + "\n").encode())
+        rows = merge_row(out_json, table, cfg.recipe, row, protocol)
         if progress:
             progress(cell.name, f"accuracy {ev['accuracy']:.2f} (paper {cell.paper}) in {time.time() - t0:.0f} s")
     return [rows[c.name] for c in cells]
+
+
+def merge_row(out_json: Path, table: int, recipe: str, row: dict[str, Any], protocol: str | None = None) -> dict[str, dict]:
+    """Add or replace `row` in the results file `out_json` (rows in the paper's cell order); all its rows by cell.
+    Reads and writes under an exclusive lock on the folder: parallel `reproduce` runs finish cells at once."""
+    from .modelfile import atomic_write
+
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_json.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        doc = json.loads(out_json.read_text()) if out_json.exists() else {}
+        rows = {r["cell"]: r for r in doc.get("rows", [])}
+        rows[row["cell"]] = row
+        doc = {"table": table, "recipe": recipe, "protocol": protocol or doc.get("protocol", recipe),
+               "rows": [rows[c.name] for c in TABLES[table] if c.name in rows]}
+        atomic_write(out_json, (json.dumps(doc, indent=2) + "\n").encode())
+        return rows
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def check(table: int, results_dir: str | Path = "results", only: list[str] | None = None, recipe: str = "paper",

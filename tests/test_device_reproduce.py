@@ -4,6 +4,7 @@ cell from the GPU machine's $OUT back into results/ (what a session with a devic
 import importlib.util
 import json
 import shutil
+import time
 from pathlib import Path
 
 from edgecc.reproduce import TABLES, check
@@ -37,3 +38,29 @@ def test_a_finished_cell_travels_back_as_one_tarball(tmp_path):
     doc = json.loads((dst / "table2.json").read_text())
     assert [r["cell"] for r in doc["rows"]] == ["baseline-mlp", "learned-code-mlp"] and doc["protocol"] == "p"
     assert [r["ok"] for r in check(2, dst, ["baseline-mlp"])] == [True]
+
+
+def test_cells_train_in_parallel_and_come_back(tmp_path):
+    """Two real cells (1 epoch on 256 images, CPU; the MLP cells, cheap to evaluate) at once: both rows land in
+    one table file (merged under the lock), each finished cell is one tarball, and unpacking them elsewhere
+    gives the same rows."""
+    results, elsewhere = tmp_path / "results", tmp_path / "elsewhere"
+    done = dr.run(600, "cpu", tmp_path / "out", results, str(tmp_path / "runs"), parallel=2,
+                  queue=dr.named(["mlp+mlp-hb", "baseline-mlp"]), extra=["--epochs=1", "--limit=256"])
+    assert sorted(c for _, _, c in done) == ["baseline-mlp", "mlp+mlp-hb"]
+    rows = json.loads((results / "table2.json").read_text())["rows"]
+    assert [r["cell"] for r in rows] == ["mlp+mlp-hb", "baseline-mlp"]  # the paper's order, neither lost
+    assert all(r["epochs"] == 1 and r["train_images"] == 256 and r["device"] == "cpu" for r in rows)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table2.baseline-mlp.tgz", "table2.mlp+mlp-hb.tgz"]
+    dr.unpack(tmp_path / "out", elsewhere)
+    back = json.loads((elsewhere / "table2.json").read_text())
+    assert [r["accuracy"] for r in back["rows"]] == [r["accuracy"] for r in rows] and back["protocol"].startswith("paper")
+    assert all(r["ok"] for r in check(2, elsewhere))
+
+
+def test_the_deadline_stops_a_cell_and_brings_nothing_half_done(tmp_path):
+    t0 = time.monotonic()
+    done = dr.run(4, "cpu", tmp_path / "out", tmp_path / "results", str(tmp_path / "runs"), queue=dr.named(["cnn+cnn-hs"]),
+                  min_left=1)
+    assert done == [] and time.monotonic() - t0 < 30
+    assert not (tmp_path / "out").exists() and not (tmp_path / "results" / "table2.json").exists()
