@@ -72,10 +72,7 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epoch
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
             return
-        if step == 0:
-            click.echo(f"\r{text}".ljust(100), err=True)
-        elif step % 20 == 0:
-            click.echo(f"\r{text}".ljust(100), nl=False, err=True)
+        click.echo(f"\r{text}".ljust(100), nl=step == 0, err=True)  # step 0: an epoch's summary line
 
     info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
     last = info["training"]["history"][-1]
