@@ -4,9 +4,14 @@ The GPU machine (see /work/.library/device) has torch, numpy, click, msgpack and
 the dataset nor a registry, gives a command at most 10 minutes, and returns at most 8 files of 16 MiB
 from $OUT. So, from a session that has one:
 
-    python benchmarks/device_reproduce.py prepare          # here: the dataset into .device-data/ (git-ignored)
+    python benchmarks/device_reproduce.py prepare          # here: the dataset into .device-data/ (git-ignored),
+                                                           # results/checkpoints moved aside into .device-aside/
     run(command="python3 benchmarks/device_reproduce.py run --seconds 540", carry=[".device-data"], timeout_s=600)
-    python benchmarks/device_reproduce.py unpack FILES_AT  # here: rows and checkpoints into results/
+    python benchmarks/device_reproduce.py unpack FILES_AT  # here: checkpoints back, new rows and checkpoints in
+
+A device call sends at most 64 MiB of working tree; the committed checkpoints alone are more than that
+(the MLP-encoder cells are 8-15 MB each) and training needs none of them, so `prepare` moves them into
+the ignored .device-aside/ until `unpack` (or `restore`) puts them back: commit nothing in between.
 
 `run` walks QUEUE in order, skipping cells that already have a row, and runs `edgecc reproduce --device cuda`
 for --parallel cells at a time until the deadline (reproduce resumes per epoch, so a cell cut off goes on in
@@ -32,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from edgecc.reproduce import TABLES, merge_row, results_name as _name  # noqa: E402
 
 DATA = ROOT / ".device-data" / "fashion-mnist"
+ASIDE = ROOT / ".device-aside" / "checkpoints"
 # (table, recipe, cell): the paper-protocol cells first, then the improved-recipe column the issue asks for
 QUEUE = [(2, "paper", c) for c in ("cnn+mlp-hb", "mlp+cnn-hb", "baseline-cnn", "mlp+cnn-hs", "cnn+mlp-hs", "cnn+cnn-hs")]
 QUEUE += [(3, "paper", c) for c in ("k2-r3-hb-g2p1", "k2-r3-hs-g2p1", "k2-r3-hs-g1p2", "k4-r3-hb-g2p1", "k4-r3-hs-g2p1",
@@ -58,11 +64,17 @@ def named(cells: list[str], recipe: str = "paper") -> list[tuple[int, str, str]]
     return [(where[c], recipe, c) for c in cells]
 
 
-def prepare(src: str) -> None:
-    DATA.mkdir(parents=True, exist_ok=True)
+def prepare(src: str, results: Path, data: Path = DATA, aside: Path = ASIDE) -> None:
+    data.mkdir(parents=True, exist_ok=True)
     for f in Path(src).glob("*-ubyte*"):
-        shutil.copy2(f, DATA / f.name)
-    print(f"{DATA}: {sorted(p.name for p in DATA.iterdir())}; carry '.device-data' (.gitignore names it)")
+        shutil.copy2(f, data / f.name)
+    if (results / "checkpoints").is_dir() and not aside.exists():
+        size = sum(f.stat().st_size for f in (results / "checkpoints").rglob("*") if f.is_file())
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(results / "checkpoints"), aside)
+        print(f"moved {size / 2**20:.0f} MiB of checkpoints to {aside} for the device call; `unpack` or `restore` "
+              "moves them back (commit nothing before)")
+    print(f"{data}: {sorted(p.name for p in data.iterdir())}; carry '.device-data' (.gitignore names it)")
 
 
 def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs/reproduce", parallel: int = 4,
@@ -127,8 +139,23 @@ def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> None:
         tar.addfile(info, io.BytesIO(row))
 
 
-def unpack(files_at: Path, results: Path) -> None:
-    """Merge each tarball's row into results/table*.json and place its checkpoint."""
+def restore(results: Path, aside: Path = ASIDE) -> None:
+    """Put the checkpoints that `prepare` moved aside back (new ones from the device stay)."""
+    if not aside.exists():
+        return
+    for f in aside.rglob("*.safetensors"):
+        dest = results / "checkpoints" / f.relative_to(aside)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            shutil.move(str(f), dest)
+    shutil.rmtree(aside.parent)
+    print(f"checkpoints back in {results / 'checkpoints'}")
+
+
+def unpack(files_at: Path, results: Path, aside: Path = ASIDE) -> None:
+    """Restore what `prepare` moved aside, then merge each tarball's row into results/table*.json and place
+    its checkpoint."""
+    restore(results, aside)
     for tgz in sorted(files_at.glob("*.tgz")):
         with tarfile.open(tgz) as tar:
             got = json.loads(tar.extractfile("row.json").read())
@@ -160,12 +187,15 @@ def main() -> None:
     p = sub.add_parser("unpack")
     p.add_argument("files_at")
     sub.add_parser("pending")
+    sub.add_parser("restore")
     for p in sub.choices.values():
         p.add_argument("--results-dir", default=str(ROOT / "results"))
     a = ap.parse_args()
     results = Path(a.results_dir)
     if a.cmd == "prepare":
-        prepare(a.src)
+        prepare(a.src, results)
+    elif a.cmd == "restore":
+        restore(results)
     elif a.cmd == "run":
         extra = [f"--{k}={v}" for k, v in (("epochs", a.epochs), ("limit", a.limit)) if v is not None]
         run(a.seconds, a.device, Path(a.out), results, a.runs_dir, a.parallel, named(a.cells, a.recipe) if a.cells else QUEUE, extra)

@@ -34,7 +34,7 @@ def test_a_finished_cell_travels_back_as_one_tarball(tmp_path):
     (dst / "table2.json").write_text(json.dumps({"table": 2, "recipe": "paper", "protocol": "p",
                                                  "rows": [r for r in rows if r["cell"] == "learned-code-mlp"]}))
     dr._pack(tmp_path / "out", src, 2, "paper", "baseline-mlp")
-    dr.unpack(tmp_path / "out", dst)
+    dr.unpack(tmp_path / "out", dst, aside=tmp_path / "aside" / "checkpoints")
     doc = json.loads((dst / "table2.json").read_text())
     assert [r["cell"] for r in doc["rows"]] == ["baseline-mlp", "learned-code-mlp"] and doc["protocol"] == "p"
     assert [r["ok"] for r in check(2, dst, ["baseline-mlp"])] == [True]
@@ -52,7 +52,7 @@ def test_cells_train_in_parallel_and_come_back(tmp_path):
     assert [r["cell"] for r in rows] == ["mlp+mlp-hb", "baseline-mlp"]  # the paper's order, neither lost
     assert all(r["epochs"] == 1 and r["train_images"] == 256 and r["device"] == "cpu" for r in rows)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table2.baseline-mlp.tgz", "table2.mlp+mlp-hb.tgz"]
-    dr.unpack(tmp_path / "out", elsewhere)
+    dr.unpack(tmp_path / "out", elsewhere, aside=tmp_path / "aside" / "checkpoints")
     back = json.loads((elsewhere / "table2.json").read_text())
     assert [r["accuracy"] for r in back["rows"]] == [r["accuracy"] for r in rows] and back["protocol"].startswith("paper")
     assert all(r["ok"] for r in check(2, elsewhere))
@@ -64,3 +64,21 @@ def test_the_deadline_stops_a_cell_and_brings_nothing_half_done(tmp_path):
                   min_left=1)
     assert done == [] and time.monotonic() - t0 < 30
     assert not (tmp_path / "out").exists() and not (tmp_path / "results" / "table2.json").exists()
+
+
+def test_prepare_moves_the_checkpoints_aside_and_unpack_puts_them_back(tmp_path):
+    """The device call sends at most 64 MiB: the dataset travels, the committed checkpoints wait in an ignored folder."""
+    results, aside, data = tmp_path / "results", tmp_path / ".device-aside" / "checkpoints", tmp_path / ".device-data"
+    (results / "checkpoints" / "table2").mkdir(parents=True)
+    old = results / "checkpoints" / "table2" / "old.safetensors"
+    old.write_bytes(b"committed")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"labels")
+    dr.prepare(str(tmp_path / "src"), results, data, aside)
+    assert (data / "t10k-labels-idx1-ubyte.gz").read_bytes() == b"labels"
+    assert not (results / "checkpoints").exists() and (aside / "table2" / "old.safetensors").is_file()
+    (results / "checkpoints" / "table3").mkdir(parents=True)  # what the device brought back meanwhile
+    (results / "checkpoints" / "table3" / "new.safetensors").write_bytes(b"new")
+    dr.unpack(tmp_path / "nothing", results, aside)
+    assert old.read_bytes() == b"committed" and (results / "checkpoints" / "table3" / "new.safetensors").is_file()
+    assert not aside.parent.exists()
