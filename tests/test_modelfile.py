@@ -28,17 +28,23 @@ def test_round_trip_keeps_weights_and_config(tmp_path):
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
 
 
-def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
-    """Large committed checkpoints (the MLP-encoder cells) are stored in float16; they load as float32
-    equal to the float16-rounded weights, so the file alone defines what it evaluates to."""
+def _stored(tmp_path, storage):
+    """An MLP-encoder model saved in float32 and in `storage`: (model, info, size ratio storage / float32)."""
     s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
     torch.manual_seed(0)
     m = AICC(s)
     info = {"kind": "aicc", "scheme": s.to_dict()}
     save_model(tmp_path / "f32.safetensors", m, info)
-    save_model(tmp_path / "f16.safetensors", m, info, storage="f16")
-    size = lambda name: (tmp_path / name).stat().st_size
-    assert size("f16.safetensors") < 0.51 * size("f32.safetensors")
+    save_model(tmp_path / f"{storage}.safetensors", m, info, storage=storage)
+    size = lambda name: (tmp_path / f"{name}.safetensors").stat().st_size
+    return m, info, size(storage) / size("f32")
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    """Large committed checkpoints (the MLP-encoder cells) are stored in float16; they load as float32
+    equal to the float16-rounded weights, so the file alone defines what it evaluates to."""
+    m, info, ratio = _stored(tmp_path, "f16")
+    assert ratio < 0.51
     m16, _ = load_model(tmp_path / "f16.safetensors")
     for (k, a), (_, b) in zip(m.state_dict().items(), m16.state_dict().items()):
         assert b.dtype == torch.float32 and torch.equal(a.half().float(), b), k
@@ -53,13 +59,8 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
 def test_int8_storage_quarters_the_file_within_half_a_step_per_weight(tmp_path):
     """q8 (the cell whose float16 file is still over the repository limit): weight matrices as int8 with a
     float32 scale per row, loaded as float32 within scale/2 of the original; the file alone defines the model."""
-    s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
-    torch.manual_seed(0)
-    m = AICC(s)
-    info = {"kind": "aicc", "scheme": s.to_dict()}
-    save_model(tmp_path / "f32.safetensors", m, info)
-    save_model(tmp_path / "q8.safetensors", m, info, storage="q8")
-    assert (tmp_path / "q8.safetensors").stat().st_size < 0.26 * (tmp_path / "f32.safetensors").stat().st_size
+    m, info, ratio = _stored(tmp_path, "q8")
+    assert ratio < 0.26
     mq, _ = load_model(tmp_path / "q8.safetensors")
     for (k, a), (_, b) in zip(m.state_dict().items(), mq.state_dict().items()):
         assert b.dtype == torch.float32, k
