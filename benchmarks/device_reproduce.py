@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from edgecc.reproduce import TABLES, merge_row, results_name as _name  # noqa: E402
+from edgecc.reproduce import TABLES, merge_row, read_rows, results_name as _name  # noqa: E402
 
 DATA = ROOT / ".device-data" / "fashion-mnist"
 ASIDE = ROOT / ".device-aside" / "checkpoints"
@@ -47,8 +47,7 @@ MAX_FILES = 8  # what one device call brings back from $OUT
 
 
 def _rows(results: Path, table: int, recipe: str) -> dict[str, dict]:
-    f = results / f"{_name(table, recipe)}.json"
-    return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else {}
+    return read_rows(results, table, recipe) or {}
 
 
 def pending(results: Path, queue: list[tuple[int, str, str]] = QUEUE) -> list[tuple[int, str, str]]:
@@ -109,8 +108,7 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
             del running[proc]
             if proc.returncode == 0:
                 done.append((table, recipe, cell))
-                _pack(out, results, table, recipe, cell)
-                acc = _rows(results, table, recipe)[cell]["accuracy"]
+                acc = _pack(out, results, table, recipe, cell)["accuracy"]
                 print(f"== done {_name(table, recipe)} {cell}: {acc:.2f} in {time.monotonic() - t0:.0f} s", flush=True)
             else:
                 tail = (logs / f"{_name(table, recipe)}.{cell}.log").read_text(errors="replace")[-1500:]
@@ -125,18 +123,19 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
     return done
 
 
-def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> None:
-    """One tarball per finished cell: its checkpoint and its row (a 2.2 M-parameter K=4 cell is 9 MB)."""
+def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> dict:
+    """One tarball per finished cell: its checkpoint and its row (a 2.2 M-parameter K=4 cell is 9 MB); the row."""
     out.mkdir(parents=True, exist_ok=True)
     name = _name(table, recipe)
+    doc = json.loads((results / f"{name}.json").read_text())
+    row = next(r for r in doc["rows"] if r["cell"] == cell)
     with tarfile.open(out / f"{name}.{cell}.tgz", "w:gz") as tar:
         tar.add(results / "checkpoints" / name / f"{cell}.safetensors", arcname=f"checkpoints/{name}/{cell}.safetensors")
-        doc = json.loads((results / f"{name}.json").read_text())
-        row = json.dumps({"table": table, "recipe": recipe, "protocol": doc.get("protocol"),
-                          "row": next(r for r in doc["rows"] if r["cell"] == cell)}).encode()
+        data = json.dumps({"table": table, "recipe": recipe, "protocol": doc.get("protocol"), "row": row}).encode()
         info = tarfile.TarInfo("row.json")
-        info.size = len(row)
-        tar.addfile(info, io.BytesIO(row))
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return row
 
 
 def restore(results: Path, aside: Path = ASIDE) -> None:

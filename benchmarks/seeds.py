@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from edgecc.modelfile import atomic_write
-from edgecc.reproduce import TABLES, reproduce, results_name
+from edgecc.reproduce import TABLES, read_rows, reproduce
 from edgecc.train import TrainConfig
 
 
@@ -32,7 +32,7 @@ def main() -> None:
         raise SystemExit(f"unknown cell {args.cell!r}")
     results = Path(args.results)
     runs = {}
-    main_rows = {r["cell"]: r for r in json.loads((results / f"{results_name(args.table, 'paper')}.json").read_text())["rows"]}
+    main_rows = read_rows(results, args.table) or {}
     if args.cell in main_rows:
         runs[main_rows[args.cell]["seed"]] = main_rows[args.cell]["accuracy"]
     for seed in args.seeds:

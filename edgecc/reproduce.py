@@ -87,6 +87,12 @@ def results_name(table: int, recipe: str) -> str:
     return f"table{table}" + ("" if recipe == "paper" else f"-{recipe}")
 
 
+def read_rows(results_dir: str | Path, table: int, recipe: str = "paper") -> dict[str, dict] | None:
+    """{cell: row} of a results file, in its order; None where that table and recipe have none yet."""
+    f = Path(results_dir) / f"{results_name(table, recipe)}.json"
+    return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else None
+
+
 def _compact(path: Path) -> str:
     """Store a large checkpoint as float16, or as int8 where float16 is still over GIT_LIMIT (in place); the row
     is then evaluated from that file. Always from the float32 weights: quantizing is done once."""
@@ -171,10 +177,12 @@ def check(table: int, results_dir: str | Path = "results", only: list[str] | Non
     Rows whose checkpoint is too big for git (checkpoint_in_git false) are checked only where the file exists."""
     results_dir = Path(results_dir)
     name = results_name(table, recipe)
-    doc = json.loads((results_dir / f"{name}.json").read_text())
+    rows = read_rows(results_dir, table, recipe)
+    if rows is None:
+        raise FileNotFoundError(f"no results for table {table} ({recipe}): {results_dir / (name + '.json')}")
     cells = {c.name: c for c in TABLES[table]}
     out = []
-    for r in doc["rows"]:
+    for r in rows.values():
         if only and r["cell"] not in only:
             continue
         path = results_dir / "checkpoints" / name / f"{r['cell']}.safetensors"
@@ -191,12 +199,8 @@ def render_markdown(table: int, results_dir: str | Path = "results") -> str:
     recipe that has results (results/table{N}-RECIPE.json)."""
     from .train import RECIPES
 
-    def rows(name: str) -> dict[str, dict] | None:
-        f = Path(results_dir) / f"{name}.json"
-        return {r["cell"]: r for r in json.loads(f.read_text())["rows"]} if f.exists() else None
-
-    cols = [("paper protocol", rows(results_name(table, "paper")) or {})]
-    cols += [(f"{r} recipe", got) for r in RECIPES[1:] if (got := rows(results_name(table, r))) is not None]
+    cols = [("paper protocol", read_rows(results_dir, table) or {})]
+    cols += [(f"{r} recipe", got) for r in RECIPES[1:] if (got := read_rows(results_dir, table, r)) is not None]
     head = "| cell | paper | " + " | ".join(f"edgecc ({name}) | Δ" for name, _ in cols) + " | params | epochs |"
     lines = [head, "|" + "---|" * (4 + 2 * len(cols))]
     for c in TABLES[table]:

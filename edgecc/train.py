@@ -145,7 +145,8 @@ def _start_from(model, info: dict[str, Any], init: str) -> int:
         if src_info.get(key) != info.get(key):
             raise ValueError(f"{init} is a different model ({key} {src_info.get(key)!r}, training needs {info.get(key)!r})")
     model.load_state_dict(src.state_dict())
-    return int(src_info.get("training", {}).get("epochs", 0)) + int(src_info.get("training", {}).get("init_epochs", 0))
+    trained = src_info.get("training", {})
+    return int(trained.get("epochs", 0)) + int(trained.get("init_epochs", 0))
 
 
 def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg: TrainConfig,
@@ -215,7 +216,8 @@ def train(
     init_epochs = _start_from(model, info, cfg.init) if cfg.init else 0
     # on a GPU a step is bound by kernel launches: one fused Adam kernel, cuDNN's fastest dilated convs
     cuda = dev.type == "cuda"
-    torch.backends.cudnn.benchmark = cuda or torch.backends.cudnn.benchmark
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
                            fused=True if cuda else None)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
