@@ -354,9 +354,11 @@ def token(out):
 @click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
 @click.option("--check", "check_only", is_flag=True, help="train nothing: re-evaluate the committed checkpoints against "
               "the recorded accuracies (±0.05); exit 1 on a mismatch")
-def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only):
+@click.option("--estimate", is_flag=True, help="train nothing: time a few training steps of each cell on this device "
+              "and print what each run would take")
+def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only, estimate):
     """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
-    from .reproduce import check, render_markdown, reproduce as run_cells
+    from .reproduce import check, estimate as estimate_cells, render_markdown, reproduce as run_cells
     from .train import TrainConfig
 
     if check_only:
@@ -369,6 +371,15 @@ def reproduce(table, only, recipe, epochs, seed, precision, device, threads, lim
 
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads,
                                  limit=limit)
+    if estimate:
+        rows = estimate_cells(int(table), list(only) or None, cfg)
+        click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {precision}, "
+                   f"{cfg.epochs} epochs; an epoch's test pass is extra")
+        for r in rows:
+            click.echo(f"{r['cell']:20s} batch {r['batch']:3d}  step {1e3 * r['step_seconds']:8.1f} ms  "
+                       f"epoch {r['epoch_seconds'] / 60:7.2f} min  run {r['run_seconds'] / 3600:6.2f} h")
+        click.echo(f"{'all':20s} {'':40s} run {sum(r['run_seconds'] for r in rows) / 3600:6.2f} h")
+        return
 
     def progress(cell, text):
         click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)

@@ -22,6 +22,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 SAMPLE = "fashion-mnist-sample.npz"
+SIZES = {"train": 60_000, "test": 10_000}  # images per split of the real dataset
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 INSTALL_HINT = (
     "install it with `apt-get install -y dataset-fashion-mnist` (Debian, Ubuntu, Raspberry Pi OS), "

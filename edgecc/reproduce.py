@@ -108,12 +108,31 @@ def _compact(path: Path) -> str:
     return storage
 
 
-def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir: str | Path = "results",
-              runs_dir: str | Path = "runs/reproduce", progress: Callable[[str, str], None] | None = None) -> list[dict]:
+def select(table: int, only: list[str] | None) -> list[Cell]:
+    """The cells named in `only` (every cell of the table if none), in the paper's order."""
     cells = [c for c in TABLES[table] if not only or c.name in only]
-    if only and len(cells) != len(only):
+    if only and len(cells) != len(set(only)):
         known = ", ".join(c.name for c in TABLES[table])
         raise ValueError(f"unknown cell(s) {sorted(set(only) - {c.name for c in cells})}; table {table} has: {known}")
+    return cells
+
+
+def _cell_config(cell: Cell, cfg: TrainConfig) -> TrainConfig:
+    return replace(cfg, weight_decay=1e-5) if cell.kind == "learned-code" else cfg  # [10]'s Adam settings
+
+
+def estimate(table: int, only: list[str] | None, cfg: TrainConfig, steps: int = 3) -> list[dict[str, Any]]:
+    """Train nothing: each cell's training run timed from a few steps on cfg.device (edgecc.train.time_training)."""
+    from .data import SIZES
+    from .train import time_training
+
+    return [{"cell": c.name, **time_training(c.kind, c.scheme, _cell_config(c, cfg), c.code, steps, cfg.limit or SIZES["train"])}
+            for c in select(table, only)]
+
+
+def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir: str | Path = "results",
+              runs_dir: str | Path = "runs/reproduce", progress: Callable[[str, str], None] | None = None) -> list[dict]:
+    cells = select(table, only)
     results_dir = Path(results_dir)
     name = results_name(table, cfg.recipe)
     out_json = results_dir / f"{name}.json"
@@ -121,7 +140,7 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
     base = results_dir / "checkpoints" / "table2" / "baseline-mlp.safetensors"
     for cell in cells:
         path = results_dir / "checkpoints" / name / f"{cell.name}.safetensors"
-        ccfg = replace(cfg, weight_decay=1e-5) if cell.kind == "learned-code" else cfg
+        ccfg = _cell_config(cell, cfg)
         if cfg.recipe == "anneal":  # continues the cell's committed paper-protocol model
             init = results_dir / "checkpoints" / results_name(table, "paper") / f"{cell.name}.safetensors"
             if not init.is_file():

@@ -169,6 +169,67 @@ def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg:
     return F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
 
 
+def _describe(kind: str, scheme: Scheme | None, code: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """The model file's info for this model, and how many images one sample groups."""
+    info: dict[str, Any] = {"kind": kind}
+    if kind == "aicc":
+        info["scheme"] = scheme.to_dict()
+    if kind == "learned-code":
+        info["code"] = dict(code or {"arch": "mlp", "k": 2})
+    K = scheme.K if kind == "aicc" else info["code"]["k"] if kind == "learned-code" else 1
+    return info, K
+
+
+def train_step(model, opt, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg: TrainConfig,
+               gen: torch.Generator) -> torch.Tensor:
+    """One optimizer step on a batch; its loss, detached, on the device (not read back: no sync)."""
+    loss = step_loss(model, kind, xb, yb, K, cfg, gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def _make_optimizer(model, cfg: TrainConfig, cuda: bool) -> torch.optim.Optimizer:
+    # on a GPU a step is bound by kernel launches: one fused Adam kernel
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, fused=True if cuda else None)
+
+
+def time_training(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, Any] | None = None,
+                  steps: int = 3, train_images: int = data.SIZES["train"]) -> dict[str, Any]:
+    """What a training run of this model would cost on cfg.device, measured: the median time of `steps`
+    optimizer steps (after one warm-up step) on random images of the run's batch shape, from a fresh model.
+    Training steps only; the test pass after each epoch (10,000 images forward) is not included."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info, K = _describe(kind, scheme, code)
+    dev = torch.device(cfg.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    model = build_model(info).to(dev).train()
+    opt = _make_optimizer(model, cfg, cuda)
+    batch = cfg.batch_for(K) if kind in GROUPED else 64
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xb = torch.rand(batch * K, 28, 28, generator=gen).to(dev)
+    yb = torch.randint(10, (batch * K,), generator=gen).to(dev)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = train_step(model, opt, kind, xb, yb, K, cfg, gen)
+        loss.item()  # waits for the device
+        if i:  # the first step pays for allocation and cuDNN's autotuning
+            times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    per_epoch = -(-(train_images // K) // batch)
+    return {"batch": batch, "K": K, "step_seconds": step_s, "steps_per_epoch": per_epoch,
+            "epoch_seconds": step_s * per_epoch, "run_seconds": step_s * per_epoch * cfg.epochs,
+            "params": sum(p.numel() for p in model.parameters() if p.requires_grad),  # trained (not [10]'s frozen base)
+            "device": cfg.device, "threads": torch.get_num_threads()}
+
+
 def train(
     kind: str,
     scheme: Scheme | None,
@@ -186,12 +247,7 @@ def train(
         raise ValueError("the anneal recipe continues a trained model: give it one (init, --init FILE)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    info: dict[str, Any] = {"kind": kind}
-    if kind == "aicc":
-        info["scheme"] = scheme.to_dict()
-    if kind == "learned-code":
-        info["code"] = dict(code or {"arch": "mlp", "k": 2})
-    K = scheme.K if kind == "aicc" else info["code"]["k"] if kind == "learned-code" else 1
+    info, K = _describe(kind, scheme, code)
     dev = torch.device(cfg.device)
 
     x_np, y_np = data.load_split("train", cfg.data_dir)
@@ -214,12 +270,10 @@ def train(
         model.base.load_state_dict(base_model.state_dict())
         info["base"] = {"model": str(base or "default-mlp"), "training": base_info.get("training", {}).get("history", [{}])[-1]}
     init_epochs = _start_from(model, info, cfg.init) if cfg.init else 0
-    # on a GPU a step is bound by kernel launches: one fused Adam kernel, cuDNN's fastest dilated convs
     cuda = dev.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           fused=True if cuda else None)
+        torch.backends.cudnn.benchmark = True  # cuDNN's fastest dilated convs for these fixed shapes
+    opt = _make_optimizer(model, cfg, cuda)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")
     ckpt_path = run_dir / "checkpoint.pt"
@@ -246,11 +300,7 @@ def train(
             if cfg.recipe != "paper":
                 for g in opt.param_groups:
                     g["lr"] = lr_at(cfg, epoch * steps + step, cfg.epochs * steps)
-            loss = step_loss(model, kind, x[idx], y[idx], K, cfg, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
+            loss_sum += train_step(model, opt, kind, x[idx], y[idx], K, cfg, gen)
             if progress and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps):
                 rate = (step + 1) * batch / (time.perf_counter() - t0)
                 progress(epoch, step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum.item() / (step + 1):.4f} {rate:.0f} groups/s")

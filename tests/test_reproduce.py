@@ -85,3 +85,25 @@ def test_committed_checkpoints_reevaluate_to_their_rows():
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and all(line.endswith(" ok") for line in lines)
+
+
+def test_estimate_times_each_cells_training_without_training(tmp_path):
+    """--estimate: real optimizer steps of each cell's model and batch, scaled to the run; no file written."""
+    cfg = TrainConfig(epochs=20, limit=6400, threads=1)
+    rows = reproduce_module.estimate(2, ["baseline-mlp", "learned-code-mlp", "mlp+mlp-hb"], cfg, steps=1)
+    assert [r["cell"] for r in rows] == ["mlp+mlp-hb", "baseline-mlp", "learned-code-mlp"]  # the paper's order
+    committed = reproduce_module.read_rows("results", 2)
+    for r in rows:
+        assert r["step_seconds"] > 0 and r["batch"] == 64
+        assert r["steps_per_epoch"] == -(-(6400 // r["K"]) // 64)  # every image once per epoch, in groups of K
+        assert r["run_seconds"] == pytest.approx(r["step_seconds"] * r["steps_per_epoch"] * 20)
+        assert r["params"] == committed[r["cell"]]["params"]  # the model that run trains
+    assert rows[0]["K"] == 2 and rows[1]["K"] == 1
+    with pytest.raises(ValueError, match="unknown cell"):
+        reproduce_module.estimate(3, ["mlp+mlp-hb"], cfg)
+
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "reproduce", "--table", "3", "--only", "k2-r3-hs-g1p2",
+                        "--estimate", "--threads", "1", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "k2-r3-hs-g1p2        batch  64" in r.stdout and r.stdout.splitlines()[-1].startswith("all")
+    assert list(tmp_path.iterdir()) == []
