@@ -190,7 +190,7 @@ def train_step(model, opt, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int
     return loss.detach()
 
 
-def _make_optimizer(model, cfg: TrainConfig, cuda: bool) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: TrainConfig, cuda: bool) -> torch.optim.Optimizer:
     # on a GPU a step is bound by kernel launches: one fused Adam kernel
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, fused=True if cuda else None)
@@ -210,7 +210,7 @@ def time_training(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model = build_model(info).to(dev).train()
-    opt = _make_optimizer(model, cfg, cuda)
+    opt = make_optimizer(model, cfg, cuda)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     gen = torch.Generator().manual_seed(cfg.seed)
     xb = torch.rand(batch * K, 28, 28, generator=gen).to(dev)
@@ -273,7 +273,7 @@ def train(
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # cuDNN's fastest dilated convs for these fixed shapes
-    opt = _make_optimizer(model, cfg, cuda)
+    opt = make_optimizer(model, cfg, cuda)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")
     ckpt_path = run_dir / "checkpoint.pt"

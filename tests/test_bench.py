@@ -95,3 +95,20 @@ def test_latency_section_pairs_requests_over_rounds(tmp_path):
     assert row["overhead_ms"]["p50"] == pytest.approx(float(np.median(row["overhead_ms"]["p50_rounds"])))
     assert row["e2e_ms"]["p50"] > 0 and row["inprocess_ms"]["encode"] > 0
     assert "rounds with fresh workers" in render_markdown(res)
+
+
+def test_training_section_times_trains_own_step(monkeypatch):
+    """The training rows time edgecc.train.train_step (what a run executes), fp32 and bf16 side by side."""
+    import edgecc.train
+    from edgecc.bench import harness
+
+    calls = []
+    real = edgecc.train.train_step
+    monkeypatch.setattr(edgecc.train, "train_step", lambda *a: calls.append(a[6].precision) or real(*a))
+    rows = harness.bench_training(BenchConfig(train_steps=1), {"torch_fp32": {"gflops": 100.0}, "torch_bf16": {"gflops": 200.0}})
+    assert [(r["name"], r["dtype"]) for r in rows] == [("K2 CNN+CNN H_B", "fp32"), ("K2 CNN+CNN H_B", "bf16"),
+                                                       ("K2 MLP+MLP H_B", "fp32"), ("K2 MLP+MLP H_B", "bf16")]
+    assert calls.count("fp32") == calls.count("bf16") == 2 * 3  # two models × (2 warm-up rounds + 1 timed)
+    for r in rows:
+        assert r["steps"] == 1 and r["groups_per_s"] == pytest.approx(64 / r["step_s"])
+        assert r["fraction_of_matmul"] == pytest.approx(r["achieved_gflops"] / (100.0 if r["dtype"] == "fp32" else 200.0))

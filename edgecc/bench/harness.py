@@ -187,32 +187,25 @@ def _train_configs(cfg: BenchConfig):
 
 
 def bench_training(cfg: BenchConfig, matmul: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Steps as train.py runs them (autocast bf16 forward, fp32 loss, backward, Adam); data loading excluded.
-    The fp32 and bf16 models step alternately, so both see the same background load."""
+    """Steps as train.py runs them (its train_step: autocast bf16 forward, fp32 loss, backward, Adam); data
+    loading excluded. The fp32 and bf16 models step alternately, so both see the same background load."""
     import torch
-    import torch.nn.functional as F
 
     from ..nets import AICC
+    from ..train import TrainConfig, make_optimizer, train_step
 
     rows = []
     for name, scheme, batch in _train_configs(cfg):
-        xb = torch.rand(batch, scheme.K, 28, 28)
-        yb = torch.randint(0, 10, (batch, scheme.K))
-        steps: dict[str, Callable[[], None]] = {}
+        xb = torch.rand(batch * scheme.K, 28, 28)
+        yb = torch.randint(0, 10, (batch * scheme.K,))
+        gen = torch.Generator().manual_seed(0)
+        steps: dict[str, Callable[[], Any]] = {}
         for dtype in ("fp32", "bf16"):
             torch.manual_seed(0)
             model = AICC(scheme).train()
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-            def step(model=model, opt=opt, bf16=dtype == "bf16") -> None:
-                with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(xb)
-                loss = F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            steps[dtype] = step
+            tcfg = TrainConfig(precision=dtype)
+            opt = make_optimizer(model, tcfg, cuda=False)
+            steps[dtype] = lambda model=model, opt=opt, tcfg=tcfg, K=scheme.K: train_step(model, opt, "aicc", xb, yb, K, tcfg, gen)
         times: dict[str, list[float]] = {d: [] for d in steps}
         warmup = 2  # rounds that warm up (oneDNN primitives, autocast caches, allocator)
         for i in range(cfg.train_steps + warmup):
@@ -231,7 +224,7 @@ def bench_training(cfg: BenchConfig, matmul: dict[str, Any] | None) -> list[dict
                          "step_samples": ts, "flops_per_step": flops, "achieved_gflops": achieved,
                          "matmul_gflops": ref, "fraction_of_matmul": achieved / ref if ref else None})
             _log(f"training {name} {dtype}: {batch / t:.1f} groups/s")
-        del steps, step, model, opt
+        del steps, model, opt
         gc.collect()
     return rows
 
