@@ -196,21 +196,26 @@ def make_optimizer(model, cfg: TrainConfig, cuda: bool) -> torch.optim.Optimizer
                             weight_decay=cfg.weight_decay, fused=True if cuda else None)
 
 
+def _start(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, Any] | None):
+    """What every run starts from: its info, K, device, a freshly seeded model and its optimizer (weights loaded
+    into the model later update the same parameters)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info, K = _describe(kind, scheme, code)
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN's fastest dilated convs for these fixed shapes
+    torch.manual_seed(cfg.seed)
+    model = build_model(info).to(dev).train()
+    return info, K, dev, model, make_optimizer(model, cfg, dev.type == "cuda")
+
+
 def time_training(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, Any] | None = None,
                   steps: int = 3, train_images: int = data.SIZES["train"]) -> dict[str, Any]:
     """What a training run of this model would cost on cfg.device, measured: the median time of `steps`
     optimizer steps (after one warm-up step) on random images of the run's batch shape, from a fresh model.
     Training steps only; the test pass after each epoch (10,000 images forward) is not included."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    info, K = _describe(kind, scheme, code)
-    dev = torch.device(cfg.device)
-    cuda = dev.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(cfg.seed)
-    model = build_model(info).to(dev).train()
-    opt = make_optimizer(model, cfg, cuda)
+    _, K, dev, model, opt = _start(kind, scheme, cfg, code)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     gen = torch.Generator().manual_seed(cfg.seed)
     xb = torch.rand(batch * K, 28, 28, generator=gen).to(dev)
@@ -245,11 +250,7 @@ def train(
     or 'learned-code' (with `code` = {"arch", "k"} around the frozen centralized MLP in file `base`)."""
     if cfg.recipe == "anneal" and not cfg.init:
         raise ValueError("the anneal recipe continues a trained model: give it one (init, --init FILE)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    info, K = _describe(kind, scheme, code)
-    dev = torch.device(cfg.device)
-
+    info, K, dev, model, opt = _start(kind, scheme, cfg, code)
     x_np, y_np = data.load_split("train", cfg.data_dir)
     if cfg.limit:
         x_np, y_np = x_np[: cfg.limit], y_np[: cfg.limit]
@@ -259,8 +260,6 @@ def train(
     xt = torch.from_numpy(data.to_float(xt_np)).to(dev)
     yt = torch.from_numpy(yt_np.astype(np.int64)).to(dev)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(info).to(dev).train()
     if kind == "learned-code":
         from .modelfile import load_model
 
@@ -270,10 +269,6 @@ def train(
         model.base.load_state_dict(base_model.state_dict())
         info["base"] = {"model": str(base or "default-mlp"), "training": base_info.get("training", {}).get("history", [{}])[-1]}
     init_epochs = _start_from(model, info, cfg.init) if cfg.init else 0
-    cuda = dev.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # cuDNN's fastest dilated convs for these fixed shapes
-    opt = make_optimizer(model, cfg, cuda)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")
     ckpt_path = run_dir / "checkpoint.pt"
