@@ -28,10 +28,15 @@ class Cell:
     scheme: Scheme | None = None
     code: dict | None = None  # learned code: {"arch": "mlp" | "cl", "k": 2}
     N: int | None = None  # workers for the decoded evaluation (None: R + 1)
+    paper_params: int | None = None  # Table 3's "params" column: % of FULL_PARAMS
 
 
-def _aicc(name, paper, enc, comp, computation, K=2, G=1, P=1, N=None):
-    return Cell(name, "aicc", paper, Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp), N=N)
+FULL_PARAMS = 2_218_197  # the paper's 100% of Table 3: K=4, G=1, P=4, CL H_S (SPEC §2)
+
+
+def _aicc(name, paper, enc, comp, computation, K=2, G=1, P=1, N=None, pct=None):
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp)
+    return Cell(name, "aicc", paper, scheme, N=N, paper_params=pct)
 
 
 TABLE2 = [
@@ -44,12 +49,12 @@ TABLE2 = [
     Cell("learned-code-conv", "learned-code", 82.53, code={"arch": "cl", "k": 2}),
 ]
 TABLE3 = [
-    _aicc("k2-r3-hb-g2p1", 87.3, "cl", "cl", "hb", K=2, G=2), _aicc("k2-r3-hs-g2p1", 88.5, "cl", "cl", "hs", K=2, G=2),
-    _aicc("k2-r3-hs-g1p2", 88.7, "cl", "cl", "hs", K=2, P=2),
-    _aicc("k4-r3-hb-g2p1", 71.2, "cl", "cl", "hb", K=4, G=2), _aicc("k4-r3-hs-g2p1", 71.3, "cl", "cl", "hs", K=4, G=2),
-    _aicc("k4-r3-hs-g1p2", 76.8, "cl", "cl", "hs", K=4, P=2),
-    _aicc("k4-r5-hb-g4p1", 75.6, "cl", "cl", "hb", K=4, G=4), _aicc("k4-r5-hs-g4p1", 75.6, "cl", "cl", "hs", K=4, G=4),
-    _aicc("k4-r5-hs-g2p2", 78.0, "cl", "cl", "hs", K=4, G=2, P=2), _aicc("k4-r5-hs-g1p4", 82.3, "cl", "cl", "hs", K=4, P=4),
+    _aicc("k2-r3-hb-g2p1", 87.3, "cl", "cl", "hb", K=2, G=2, pct=21), _aicc("k2-r3-hs-g2p1", 88.5, "cl", "cl", "hs", K=2, G=2, pct=23),
+    _aicc("k2-r3-hs-g1p2", 88.7, "cl", "cl", "hs", K=2, P=2, pct=23),
+    _aicc("k4-r3-hb-g2p1", 71.2, "cl", "cl", "hb", K=4, G=2, pct=50), _aicc("k4-r3-hs-g2p1", 71.3, "cl", "cl", "hs", K=4, G=2, pct=75),
+    _aicc("k4-r3-hs-g1p2", 76.8, "cl", "cl", "hs", K=4, P=2, pct=75),
+    _aicc("k4-r5-hb-g4p1", 75.6, "cl", "cl", "hb", K=4, G=4, pct=80), _aicc("k4-r5-hs-g4p1", 75.6, "cl", "cl", "hs", K=4, G=4, pct=100),
+    _aicc("k4-r5-hs-g2p2", 78.0, "cl", "cl", "hs", K=4, G=2, P=2, pct=86), _aicc("k4-r5-hs-g1p4", 82.3, "cl", "cl", "hs", K=4, P=4, pct=100),
 ]
 TABLES = {2: TABLE2, 3: TABLE3}
 
@@ -220,8 +225,10 @@ def render_markdown(table: int, results_dir: str | Path = "results") -> str:
 
     cols = [("paper protocol", read_rows(results_dir, table) or {})]
     cols += [(f"{r} recipe", got) for r in RECIPES[1:] if (got := read_rows(results_dir, table, r)) is not None]
-    head = "| cell | paper | " + " | ".join(f"edgecc ({name}) | Δ" for name, _ in cols) + " | params | epochs |"
-    lines = [head, "|" + "---|" * (4 + 2 * len(cols))]
+    share = any(c.paper_params for c in TABLES[table])  # Table 3 states sizes as % of FULL_PARAMS
+    head = ("| cell | paper | " + " | ".join(f"edgecc ({name}) | Δ" for name, _ in cols) + " | params |"
+            + (f" % of {FULL_PARAMS:,} | paper % |" if share else "") + " epochs |")
+    lines = [head, "|" + "---|" * (4 + 2 * len(cols) + 2 * share)]
     for c in TABLES[table]:
         got = [col.get(c.name) for _, col in cols]
         if not any(got):
@@ -229,5 +236,6 @@ def render_markdown(table: int, results_dir: str | Path = "results") -> str:
         cells = [f"{r['accuracy']:.2f} | {r['delta']:+.2f}" if r else "– | " for r in got]
         first = next(r for r in got if r)
         epochs = "/".join(str(r["epochs"]) for r in got if r)
-        lines.append(f"| {c.name} | {c.paper} | {' | '.join(cells)} | {first['params']:,} | {epochs} |")
+        size = f" {100 * first['params'] / FULL_PARAMS:.1f} | {c.paper_params} |" if share else ""
+        lines.append(f"| {c.name} | {c.paper} | {' | '.join(cells)} | {first['params']:,} |{size} {epochs} |")
     return "\n".join(lines)

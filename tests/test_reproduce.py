@@ -48,6 +48,17 @@ def test_cells_merge_into_one_table_and_the_best_recipe_is_its_own_column(tmp_pa
     assert "anneal recipe" in render_markdown(2, results).splitlines()[0]
 
 
+def test_table3_renders_each_cells_size_beside_the_papers_share(tmp_path):
+    cell = reproduce_module.TABLE3[0]
+    params = sum(p.numel() for p in AICC(cell.scheme).parameters())
+    row = {"cell": cell.name, "accuracy": 88.0, "delta": 0.7, "params": params, "epochs": 20}
+    reproduce_module.merge_row(tmp_path / "table3.json", 3, "paper", row)
+    head, _, line = render_markdown(3, tmp_path).splitlines()
+    assert "% of 2,218,197 | paper % |" in head
+    assert line == "| k2-r3-hb-g2p1 | 87.3 | 88.00 | +0.70 | 469,754 | 21.2 | 21 | 20 |"  # SPEC §2: the paper's 21%
+    assert "paper %" not in render_markdown(2, "results").splitlines()[0]
+
+
 def test_the_cli_offers_every_recipe():
     assert cli.RECIPES == RECIPES
 
