@@ -356,11 +356,18 @@ def token(out):
               "the recorded accuracies (±0.05); exit 1 on a mismatch")
 @click.option("--estimate", is_flag=True, help="train nothing: time a few training steps of each cell on this device "
               "and print what each run would take")
-def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only, estimate):
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="train nothing: re-render the table from the results under its marker line in this file (README.md)")
+def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only, estimate,
+              readme):
     """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
-    from .reproduce import check, estimate as estimate_cells, render_markdown, reproduce as run_cells
+    from .reproduce import check, estimate as estimate_cells, render_markdown, reproduce as run_cells, sync_readme
     from .train import TrainConfig
 
+    if readme:
+        changed = sync_readme(int(table), readme, results_dir)
+        click.echo(f"{readme}: table {table} {'re-rendered' if changed else 'already matches ' + results_dir}")
+        return
     if check_only:
         rows = check(int(table), results_dir, list(only) or None, recipe)
         for r in rows:

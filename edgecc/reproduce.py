@@ -239,3 +239,26 @@ def render_markdown(table: int, results_dir: str | Path = "results") -> str:
         size = f" {100 * first['params'] / FULL_PARAMS:.1f} | {c.paper_params} |" if share else ""
         lines.append(f"| {c.name} | {c.paper} | {' | '.join(cells)} | {first['params']:,} |{size} {epochs} |")
     return "\n".join(lines)
+
+
+def readme_marker(table: int) -> str:
+    return f"<!-- edgecc reproduce --table {table} renders this table -->"
+
+
+def sync_readme(table: int, readme: str | Path = "README.md", results_dir: str | Path = "results") -> bool:
+    """Replace the table under the README's marker line with render_markdown(table); True if it changed.
+    The marker stays, so the README's prose around the table is never touched."""
+    from .modelfile import atomic_write
+
+    readme = Path(readme)
+    text = readme.read_text()
+    marker = readme_marker(table)
+    if marker not in text:
+        raise ValueError(f"{readme} has no line {marker!r} to render table {table} under")
+    start = text.index(marker) + len(marker) + 1
+    end = text.find("\n\n", start)
+    end = len(text.rstrip("\n")) if end < 0 else end
+    new = text[:start] + render_markdown(table, results_dir) + text[end:]
+    if new != text:
+        atomic_write(readme, new.encode())
+    return new != text

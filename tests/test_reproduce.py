@@ -11,7 +11,7 @@ from edgecc import cli, reproduce as reproduce_module
 from edgecc.coding.schemes import Scheme
 from edgecc.modelfile import load_model, read_header, save_model
 from edgecc.nets import AICC
-from edgecc.reproduce import _compact, render_markdown, reproduce
+from edgecc.reproduce import _compact, readme_marker, render_markdown, reproduce, sync_readme
 from edgecc.train import RECIPES, TrainConfig, train
 
 
@@ -57,6 +57,33 @@ def test_table3_renders_each_cells_size_beside_the_papers_share(tmp_path):
     assert "% of 2,218,197 | paper % |" in head
     assert line == "| k2-r3-hb-g2p1 | 87.3 | 88.00 | +0.70 | 469,754 | 21.2 | 21 | 20 |"  # SPEC §2: the paper's 21%
     assert "paper %" not in render_markdown(2, "results").splitlines()[0]
+
+
+def test_the_readme_tables_are_what_the_committed_results_render():
+    text = open("README.md").read()
+    for table in (2, 3):
+        assert f"{readme_marker(table)}\n{render_markdown(table)}\n\n" in text, \
+            f"README's Table {table} is stale: run `edgecc reproduce --table {table} --readme README.md`"
+
+
+def test_the_readme_table_is_re_rendered_under_its_marker_and_the_prose_kept(tmp_path):
+    from click.testing import CliRunner
+
+    cell = reproduce_module.TABLE3[0]
+    reproduce_module.merge_row(tmp_path / "table3.json", 3, "paper",
+                               {"cell": cell.name, "accuracy": 88.0, "delta": 0.7, "params": 469_754, "epochs": 20})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n\n{readme_marker(3)}\n| cell | stale |\n|---|---|\n| old | row |\n\nprose after\n")
+    run = lambda: CliRunner().invoke(cli.main, ["reproduce", "--table", "3", "--readme", str(readme),
+                                                "--results-dir", str(tmp_path)])
+    out = run()
+    assert out.exit_code == 0 and "re-rendered" in out.output
+    assert readme.read_text() == f"# intro\n\n{readme_marker(3)}\n{render_markdown(3, tmp_path)}\n\nprose after\n"
+    assert "already matches" in run().output  # idempotent
+    readme.write_text(f"{readme_marker(3)}\n| old |\n")  # a table at the end of the file
+    assert sync_readme(3, readme, tmp_path) and readme.read_text() == f"{readme_marker(3)}\n{render_markdown(3, tmp_path)}\n"
+    with pytest.raises(ValueError, match="no line .*table 2"):
+        sync_readme(2, readme, tmp_path)
 
 
 def test_the_cli_offers_every_recipe():
