@@ -358,12 +358,27 @@ def token(out):
               "and print what each run would take")
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False), default=None,
               help="train nothing: re-render the table from the results under its marker line in this file (README.md)")
+@click.option("--status", "show_status", is_flag=True,
+              help="train nothing: which cells have rows, which are partly trained in --runs-dir (epochs, time left), which not started")
 def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only, estimate,
-              readme):
+              readme, show_status):
     """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
-    from .reproduce import check, estimate as estimate_cells, render_markdown, reproduce as run_cells, sync_readme
+    from .reproduce import check, estimate as estimate_cells, render_markdown, reproduce as run_cells, status, sync_readme
     from .train import TrainConfig
 
+    if show_status:
+        span = lambda m: f"{m:.0f} min" if m >= 1 else f"{60 * m:.0f} s"
+        for r in status(int(table), recipe, results_dir, runs_dir):
+            if r["state"] == "done":
+                what = (f"done     {r['accuracy']:6.2f} ({r['delta']:+.2f} vs {r['paper']}), {r['epochs']} epochs; "
+                        f"this recipe's training took {span(r['minutes'])}")
+            elif r["state"] == "partial":
+                what = (f"partial  epoch {r['epochs']}/{r['of']}, test accuracy {r['last_accuracy']:.2f}, {span(r['minutes'])} of "
+                        f"training so far, about {span(r['minutes_left'])} left at this pace (test passes not counted)")
+            else:
+                what = "not started"
+            click.echo(f"{r['cell']:20s} {what}")
+        return
     if readme:
         changed = sync_readme(int(table), readme, results_dir)
         click.echo(f"{readme}: table {table} {'re-rendered' if changed else 'already matches ' + results_dir}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .coding.schemes import Scheme
-from .train import TrainConfig, train
+from .train import TrainConfig, run_progress, train
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,31 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
         if progress:
             progress(cell.name, f"accuracy {ev['accuracy']:.2f} (paper {cell.paper}) in {time.time() - t0:.0f} s")
     return [rows[c.name] for c in cells]
+
+
+def status(table: int, recipe: str = "paper", results_dir: str | Path = "results",
+           runs_dir: str | Path = "runs/reproduce") -> list[dict[str, Any]]:
+    """Where each cell of a reproduction stands: "done" (a row in results, its accuracy), "partial" (epochs
+    checkpointed in runs_dir, and the minutes left at the run's own pace so far) or "not started"."""
+    name = results_name(table, recipe)
+    rows = read_rows(results_dir, table, recipe) or {}
+    target = TrainConfig.for_recipe(recipe).epochs
+    out = []
+    for cell in TABLES[table]:
+        entry: dict[str, Any] = {"cell": cell.name, "paper": cell.paper}
+        if cell.name in rows:
+            r = rows[cell.name]
+            entry.update(state="done", accuracy=r["accuracy"], delta=r["delta"], epochs=r["epochs"],
+                         minutes=r["train_seconds"] / 60)
+        elif (run := run_progress(Path(runs_dir) / name / cell.name)) is not None:
+            per_epoch = run["train_seconds"] / max(1, run["epoch"])
+            entry.update(state="partial", epochs=run["epoch"], of=target, minutes=run["train_seconds"] / 60,
+                         last_accuracy=run["history"][-1]["test_accuracy_direct"],
+                         minutes_left=per_epoch * max(0, target - run["epoch"]) / 60)
+        else:
+            entry.update(state="not started")
+        out.append(entry)
+    return out
 
 
 def merge_row(out_json: Path, table: int, recipe: str, row: dict[str, Any], protocol: str | None = None) -> dict[str, dict]:

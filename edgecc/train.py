@@ -235,6 +235,16 @@ def time_training(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict
             "device": cfg.device, "threads": torch.get_num_threads()}
 
 
+def run_progress(run_dir: str | Path) -> dict[str, Any] | None:
+    """What a resumable run has done so far: {epoch, train_seconds, history}, or None before its first
+    epoch. Memory-maps the checkpoint, so the weights and optimizer moments are not read."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"epoch": ck["epoch"], "train_seconds": ck["train_seconds"], "history": ck["history"]}
+
+
 def train(
     kind: str,
     scheme: Scheme | None,

@@ -59,6 +59,24 @@ def test_table3_renders_each_cells_size_beside_the_papers_share(tmp_path):
     assert "paper %" not in render_markdown(2, "results").splitlines()[0]
 
 
+def test_status_tells_done_partial_and_unstarted_cells_apart(tmp_path):
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    reproduce_module.merge_row(results / "table2.json", 2, "paper", {"cell": "mlp+mlp-hb", "accuracy": 85.0, "delta": 1.07,
+                                                                     "epochs": 20, "train_seconds": 600.0})
+    cell = next(c for c in reproduce_module.TABLE2 if c.name == "baseline-mlp")
+    train(cell.kind, cell.scheme, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "partial.safetensors",
+          run_dir=runs / "table2" / "baseline-mlp", resume=True)  # one of the protocol's 20 epochs, then "killed"
+    by_cell = {r["cell"]: r for r in reproduce_module.status(2, "paper", results, runs)}
+    assert list(by_cell) == [c.name for c in reproduce_module.TABLE2]
+    assert by_cell["mlp+mlp-hb"] == {"cell": "mlp+mlp-hb", "paper": 83.93, "state": "done", "accuracy": 85.0, "delta": 1.07,
+                                     "epochs": 20, "minutes": 10.0}
+    part = by_cell["baseline-mlp"]
+    assert part["state"] == "partial" and (part["epochs"], part["of"]) == (1, 20) and 0 < part["last_accuracy"] <= 100
+    assert part["minutes_left"] == pytest.approx(19 * part["minutes"])
+    assert by_cell["baseline-cnn"]["state"] == "not started"
+    assert all(r["state"] == "not started" for r in reproduce_module.status(2, "anneal", results, runs))  # its own run dirs
+
+
 def test_the_readme_tables_are_what_the_committed_results_render():
     text = open("README.md").read()
     for table in (2, 3):
