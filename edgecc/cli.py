@@ -77,7 +77,7 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epoch
     info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
     last = info["training"]["history"][-1]
     click.echo(json.dumps({"out": out, "epochs": len(info["training"]["history"]), "test_accuracy_direct": last["test_accuracy_direct"],
-                           "train_seconds": info["training"]["train_seconds"]}))
+                           "test_precision": last.get("test_precision", "fp32"), "train_seconds": info["training"]["train_seconds"]}))
 
 
 def _images(source: str, data_dir: str | None, limit: int | None):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from edgecc.coding.schemes import Scheme
-from edgecc.data import load_split
+from edgecc.data import load_split, to_float
 from edgecc.evaluate import evaluate
 from edgecc.modelfile import load_model
-from edgecc.train import TrainConfig, train
+from edgecc.train import TrainConfig, accuracy_direct, train
 
 SCHEME = Scheme(K=2, G=1, computation="hb", encoder="mlp", compute_arch="mlp")
 
@@ -19,9 +19,14 @@ SCHEME = Scheme(K=2, G=1, computation="hb", encoder="mlp", compute_arch="mlp")
 def test_short_training_clearly_beats_chance_and_decodes(tmp_path):
     cfg = TrainConfig(epochs=2, limit=6000, threads=1)
     info = train("aicc", SCHEME, cfg, tmp_path / "m.safetensors")
-    assert info["training"]["history"][-1]["test_accuracy_direct"] > 40.0  # chance is 10%
+    history = info["training"]["history"]
+    assert history[-1]["test_accuracy_direct"] > 40.0  # chance is 10%
+    # epochs are monitored under the training's bf16 autocast, the last in fp32: what `edgecc eval` reports
+    assert [h["test_precision"] for h in history] == ["bf16", "fp32"]
     model, info = load_model(tmp_path / "m.safetensors")
     x, y = load_split("test")
+    xt, yt = torch.from_numpy(to_float(x)), torch.from_numpy(y.astype("int64"))
+    assert accuracy_direct(model, "aicc", xt, yt, 2) == history[-1]["test_accuracy_direct"]
     res = evaluate(model, info, x[:2000], y[:2000], N=3)
     assert res["accuracy_direct"] > 40.0
     assert abs(res["accuracy_decoded_min"] - res["accuracy_direct"]) <= 0.05
