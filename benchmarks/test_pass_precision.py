@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from edgecc import data
+from edgecc.bench.harness import BenchConfig, bench_machine
 from edgecc.modelfile import atomic_write, load_model
 from edgecc.train import GROUPED, accuracy_direct
 
@@ -62,9 +61,8 @@ def main() -> None:
         r = rows[-1]
         print(f"{cell:24s} fp32 {acc32:6.2f} in {s32:5.1f} s   bf16 {acc16:6.2f} in {s16:5.1f} s   "
               f"Δ {r['delta']:+.2f}   {r['speedup']:.2f}x", flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
-    doc = {"machine": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
+    host = bench_machine(BenchConfig())
+    doc = {"machine": host["cpu_model"], "cores": host["cores"], "torch": torch.__version__, "threads": args.threads,
            "rounds": args.rounds, "note": "seconds: the faster of the rounds; accuracy is deterministic per precision",
            "rows": rows}
     atomic_write(args.out, (json.dumps(doc, indent=1) + "\n").encode())
