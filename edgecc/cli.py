@@ -12,6 +12,8 @@ from .errors import EdgeccError
 
 ARCH = click.Choice(["mlp", "cnn", "cl"])
 RECIPES = ("paper", "best", "augment", "anneal")  # edgecc.train.RECIPES, spelled out so the CLI starts without torch
+PRECISION = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+                         help="training arithmetic: auto = bf16 autocast where the device runs bf16 natively, else fp32")
 
 
 def _arch(name: str) -> str:
@@ -50,7 +52,7 @@ def main() -> None:
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
 @click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
+@PRECISION
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 @click.option("--limit", type=int, default=None, help="train on the first LIMIT images only")
@@ -346,7 +348,7 @@ def token(out):
               "(anneal continues the cell's committed paper-protocol model)")
 @click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
+@PRECISION
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--threads", type=int, default=None)
 @click.option("--limit", type=int, default=None, help="train on the first LIMIT images only (smoke runs; rows record train_images)")
@@ -395,7 +397,7 @@ def reproduce(table, only, recipe, epochs, seed, precision, device, threads, lim
                                  limit=limit)
     if estimate:
         rows = estimate_cells(int(table), list(only) or None, cfg)
-        click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {precision}, "
+        click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {cfg.precision}, "
                    f"{cfg.epochs} epochs; an epoch's test pass is extra")
         for r in rows:
             click.echo(f"{r['cell']:20s} batch {r['batch']:3d}  step {1e3 * r['step_seconds']:8.1f} ms  "

@@ -10,6 +10,7 @@ import pytest
 
 from edgecc.bench import BenchConfig, costs, render_markdown, run
 from edgecc.coding.schemes import Scheme
+from edgecc.nets.aicc import native_bf16
 
 HB = Scheme(K=2, G=1)
 
@@ -79,10 +80,13 @@ def test_tiny_run_structure(tmp_path):
     assert {"torch_fp32", "torch_bf16", "numpy_fp32"} <= set(res["matmul"])
     assert [m["model"] for m in res["master"]["models"]] == ["mlp"]
     b = res["master"]["models"][0]["by_batch"][0]
-    assert {"encode", "encode_bf16", "payloads_encoded", "payloads_shared", "decode", "centralized_cnn"} == set(b["seconds_per_group"])
+    timed = {"encode", "payloads_encoded", "payloads_shared", "decode", "centralized_cnn"}
+    assert timed | ({"encode_bf16"} if native_bf16("cpu") else set()) == set(b["seconds_per_group"])
+    assert res["machine"]["bf16_native"] == native_bf16("cpu")
     assert res["worker"]["compute"] and res["worker"]["protocol"]
     md = render_markdown(res)
     assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md
+    assert ("no native bf16 kernels" in md) == (not native_bf16("cpu"))
 
 
 def test_latency_section_pairs_requests_over_rounds(tmp_path):
@@ -106,9 +110,10 @@ def test_training_section_times_trains_own_step(monkeypatch):
     real = edgecc.train.train_step
     monkeypatch.setattr(edgecc.train, "train_step", lambda *a: calls.append(a[6].precision) or real(*a))
     rows = harness.bench_training(BenchConfig(train_steps=1), {"torch_fp32": {"gflops": 100.0}, "torch_bf16": {"gflops": 200.0}})
-    assert [(r["name"], r["dtype"]) for r in rows] == [("K2 CNN+CNN H_B", "fp32"), ("K2 CNN+CNN H_B", "bf16"),
-                                                       ("K2 MLP+MLP H_B", "fp32"), ("K2 MLP+MLP H_B", "bf16")]
-    assert calls.count("fp32") == calls.count("bf16") == 2 * 3  # two models × (2 warm-up rounds + 1 timed)
+    dtypes = harness.bench_precisions()  # bf16 only where the CPU runs it natively
+    assert dtypes == (("fp32", "bf16") if native_bf16("cpu") else ("fp32",))
+    assert [(r["name"], r["dtype"]) for r in rows] == [(m, d) for m in ("K2 CNN+CNN H_B", "K2 MLP+MLP H_B") for d in dtypes]
+    assert [calls.count(d) for d in dtypes] == [2 * 3] * len(dtypes)  # two models × (2 warm-up rounds + 1 timed)
     for r in rows:
         assert r["steps"] == 1 and r["groups_per_s"] == pytest.approx(64 / r["step_s"])
         assert r["fraction_of_matmul"] == pytest.approx(r["achieved_gflops"] / (100.0 if r["dtype"] == "fp32" else 200.0))

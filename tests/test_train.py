@@ -1,6 +1,7 @@
 """Short real training runs on real Fashion-MNIST images (the full protocol lives in benchmarks)."""
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -21,8 +22,9 @@ def test_short_training_clearly_beats_chance_and_decodes(tmp_path):
     info = train("aicc", SCHEME, cfg, tmp_path / "m.safetensors")
     history = info["training"]["history"]
     assert history[-1]["test_accuracy_direct"] > 40.0  # chance is 10%
-    # epochs are monitored under the training's bf16 autocast, the last in fp32: what `edgecc eval` reports
-    assert [h["test_precision"] for h in history] == ["bf16", "fp32"]
+    # epochs are monitored under the training's precision (bf16 autocast where native), the last in fp32:
+    # what `edgecc eval` reports
+    assert [h["test_precision"] for h in history] == [cfg.precision, "fp32"]
     model, info = load_model(tmp_path / "m.safetensors")
     x, y = load_split("test")
     xt, yt = torch.from_numpy(to_float(x)), torch.from_numpy(y.astype("int64"))
@@ -49,7 +51,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
 def test_resume_refuses_a_different_configuration(tmp_path):
 
     train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "m.safetensors")
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"different configuration \(lr: 0.001 there, 0.0005 here\)"):
         train("aicc", SCHEME, TrainConfig(epochs=2, limit=1000, threads=1, lr=5e-4), tmp_path / "m.safetensors", resume=True)
 
 
@@ -121,7 +123,7 @@ def test_augment_recipe_resumes_to_the_same_model(tmp_path):
     assert info["training"]["recipe"] == "augment" and info["training"]["epochs"] == 2
     for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(wa, wb), k
-    with pytest.raises(ValueError, match="different configuration"):  # more epochs = another schedule
+    with pytest.raises(ValueError, match="different configuration .epochs: 2 there, 3 here"):  # another schedule
         train("aicc", SCHEME, TrainConfig.for_recipe("augment", epochs=3, limit=2000, threads=1, seed=5), tmp_path / "b.safetensors",
               run_dir=tmp_path / "b.run", resume=True)
 
@@ -150,3 +152,15 @@ def test_a_training_step_keeps_every_tensor_on_the_models_device(info, recipe):
     loss.backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None and p.grad.shape == p.shape) == p.requires_grad, name
+
+
+def test_precision_auto_resolves_to_what_the_device_runs_natively():
+    from edgecc.nets.aicc import native_bf16
+
+    assert TrainConfig().precision == ("bf16" if native_bf16("cpu") else "fp32")
+    assert TrainConfig(device="meta").precision == "fp32"  # no native bf16 there: never emulated
+    assert TrainConfig(precision="bf16", device="meta").precision == "bf16"  # an explicit choice stands
+    assert TrainConfig.for_recipe("anneal", precision="fp32").precision == "fp32"
+    assert replace(TrainConfig(precision="fp32"), seed=1).precision == "fp32"  # resolved once, kept by replace
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")

@@ -40,7 +40,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     mach = result.get("machine")
     if mach:
         out += [f"Machine: {mach.get('cpu_model')}, {mach.get('cores')} cores ({', '.join(mach.get('isa') or []) or 'no AVX-512'}), "
-                f"torch {mach.get('torch')} ({mach.get('torch_threads')} threads), numpy {mach.get('numpy')}. "
+                f"torch {mach.get('torch')} ({mach.get('torch_threads')} threads), numpy {mach.get('numpy')}"
+                + ("; no native bf16 kernels, so bf16 training and encoding are not timed (emulated; see the dense matmul)"
+                   if mach.get("bf16_native") is False else "") + ". "
                 f"{'Quick run' if meta.get('quick') else 'Full run'}; load average {meta.get('loadavg_before')} before, "
                 f"{meta.get('loadavg_after')} after. Medians over repeats; ratios measured side by side in the same run.", ""]
     models = meta.get("models")

@@ -32,11 +32,22 @@ def encode_precision(requested: str = "auto") -> str:
     if requested != "auto":
         _bf16(requested)  # validates
         return requested
+    return "bf16" if native_bf16("cpu") else "fp32"
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether `device` runs bf16 matmuls and convolutions natively (CPUs: AVX-512 BF16 or AMX). Elsewhere
+    torch emulates them, over a hundred times slower than fp32 on an AVX2-only CPU (the dense-matmul line
+    of `edgecc bench`), so "auto" must not pick bf16 there."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind != "cpu":
+        return False
     try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
+        return False
 
 
 def _bf16(precision: str) -> bool:
