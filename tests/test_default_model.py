@@ -36,7 +36,7 @@ def test_shipped_default_model_records_how_it_was_trained():
 def test_bf16_encoding_keeps_the_shipped_models_accuracy():
     """The master encodes the CNN encoder in bf16 where the CPU has native bf16 ("auto"); the workers' inputs
     stay on one polynomial, so decoding is still exact, and accuracy moves by at most 0.1 points (measured:
-    88.40 -> 88.36). Where bf16 is only emulated (~10x slower, and "auto" picks fp32) the same path is
+    88.40 -> 88.36). Where bf16 is only emulated (far slower, and "auto" picks fp32) the same path is
     checked on the first 1,000 test images against fp32 on those images."""
     from edgecc.nets.aicc import native_bf16
 

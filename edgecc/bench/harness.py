@@ -158,7 +158,7 @@ def bench_machine(cfg: BenchConfig) -> dict[str, Any]:
 
 def bench_precisions() -> tuple[str, ...]:
     """The precisions the training and master sections time. Emulated bf16 (no native kernels) is what
-    "auto" never picks, and a CNN step in it takes minutes; the dense-matmul line still shows its rate."""
+    "auto" never picks, and a CNN step in it takes nearly a minute; the dense-matmul line still shows its rate."""
     return ("fp32", "bf16") if native_bf16("cpu") else ("fp32",)
 
 

@@ -37,8 +37,8 @@ def encode_precision(requested: str = "auto") -> str:
 
 def native_bf16(device: str = "cpu") -> bool:
     """Whether `device` runs bf16 matmuls and convolutions natively (CPUs: AVX-512 BF16 or AMX). Elsewhere
-    torch emulates them, over a hundred times slower than fp32 on an AVX2-only CPU (the dense-matmul line
-    of `edgecc bench`), so "auto" must not pick bf16 there."""
+    torch emulates them: a training step 5-13x slower than in fp32 on an AVX2-only EPYC (README, the training
+    precision paragraph), so "auto" must not pick bf16 there."""
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
