@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from . import data
 from .coding.schemes import Scheme
 from .modelfile import atomic_write, build_model, save_model
-from .nets.aicc import native_bf16
-
-TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
+from .nets.aicc import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,8 @@ class TrainConfig:
     recipe: str = "paper"
     init: str | None = None  # model file whose weights training starts from (same kind and scheme)
 
-    def __post_init__(self) -> None:
-        if self.precision not in TRAIN_PRECISIONS:
-            raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
-        if self.precision == "auto":  # rows, checkpoints and resume checks record what actually ran
-            object.__setattr__(self, "precision", "bf16" if native_bf16(self.device) else "fp32")
+    def __post_init__(self) -> None:  # validates; rows, checkpoints and resume checks record what actually ran
+        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
 
     def batch_for(self, K: int) -> int:
         return self.batch if self.batch is not None else max(1, 128 // K)
@@ -300,8 +295,8 @@ def train(
         saved = {**_identity(TrainConfig()), **ck["config"]}  # checkpoints from before a field existed get its default
         if saved["recipe"] == "paper":
             saved["epochs"] = 0
-        if ck["info"] != info or saved != _identity(cfg):
-            now = _identity(cfg)
+        now = _identity(cfg)
+        if ck["info"] != info or saved != now:
             diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here" for k in sorted(now) if saved.get(k) != now.get(k))
             raise ValueError(f"{ckpt_path} belongs to a different configuration ({diff or 'another model'}); "
                              "use another run dir")

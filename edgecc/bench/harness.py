@@ -326,6 +326,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
     from ..nets import CentralizedCNN
     from ..runtime.plan import CodedPlan
 
+    precisions = bench_precisions()
     torch.manual_seed(0)
     cnn = CentralizedCNN().eval()
     out: dict[str, Any] = {"N": N, "models": []}
@@ -356,14 +357,12 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
             with torch_threads(nthreads):
                 cases = {
                     "encode": encode,
-                    "encode_bf16": lambda: encode("bf16"),
+                    **({"encode_bf16": lambda: encode("bf16")} if "bf16" in precisions else {}),
                     "payloads_encoded": lambda: plan.payloads(imgs),
                     "payloads_shared": lambda: shared.payloads(imgs),
                     "decode": lambda: plan.decode(results),
                     "centralized_cnn": central,
                 }
-                if "bf16" not in bench_precisions():
-                    del cases["encode_bf16"]
                 t = {name: in_thread(timeit, fn, cfg.repeats, cfg.min_time)["median_s"] / B for name, fn in cases.items()}
             enc_total = t["payloads_encoded"] + t["decode"]
             sh_total = t["payloads_shared"] + t["decode"]

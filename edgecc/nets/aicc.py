@@ -29,10 +29,17 @@ def encode_precision(requested: str = "auto") -> str:
     Measured on a 2-core AVX-512 VM, one thread: the CL encoder 1.5x faster for one group and 2.2x for
     64 (default model 88.40 -> 88.36%); the MLP encoder, with its weights cast once and kept, 1.2x for
     one group and 1.8x for 64 (mlp+mlp-hb 84.93 -> 84.96%), and half the bytes through the cache."""
-    if requested != "auto":
-        _bf16(requested)  # validates
-        return requested
-    return "bf16" if native_bf16("cpu") else "fp32"
+    return resolve_precision(requested, "cpu")
+
+
+def resolve_precision(requested: str = "auto", device: str = "cpu") -> str:
+    """"fp32" or "bf16" as given; "auto": bf16 where `device` runs it natively, else fp32 (the master's
+    encoder and training both resolve it here)."""
+    if requested == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {('auto', *PRECISIONS)}, got {requested!r}")
+    return requested
 
 
 def native_bf16(device: str = "cpu") -> bool:
