@@ -6,7 +6,7 @@ from $OUT. So, from a session that has one:
 
     python benchmarks/device_reproduce.py prepare          # here: the dataset into .device-data/ (git-ignored),
                                                            # results/checkpoints moved aside into .device-aside/
-    run(command="python3 benchmarks/device_reproduce.py run --seconds 540", carry=[".device-data"], timeout_s=600)
+    run(command="python3 benchmarks/device_reproduce.py run --seconds 540 | tee $OUT/run.log", carry=[".device-data"], timeout_s=600)
     python benchmarks/device_reproduce.py unpack FILES_AT  # here: checkpoints back, new rows and checkpoints in
 
 A device call sends at most 64 MiB of working tree; the committed checkpoints alone are more than that
@@ -16,7 +16,10 @@ the ignored .device-aside/ until `unpack` (or `restore`) puts them back: commit 
 `run` walks QUEUE in order, skipping cells that already have a row, and runs `edgecc reproduce --device cuda`
 for --parallel cells at a time until the deadline (reproduce resumes per epoch, so a cell cut off goes on in
 the next call while the machine stays warm; rows merge under a lock). Each finished cell comes back as one
-tarball with its checkpoint and its row; `unpack` merges the rows into results/table*.json.
+tarball with its checkpoint and its row; `unpack` merges the rows into results/table*.json. Anneal cells
+wait in the queue until their paper-protocol model is there (trained earlier in the call, or carried by
+`prepare`). The first GPU session (the eleventh) trained Table 3's four remaining K=4 cells, the anneal on
+two of them and Table 2's mlp+cnn-hs anneal, five at a time, in one 510-second call.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,8 +46,12 @@ ASIDE = ROOT / ".device-aside" / "checkpoints"
 QUEUE = [(2, "paper", c) for c in ("cnn+mlp-hb", "mlp+cnn-hb", "baseline-cnn", "mlp+cnn-hs", "cnn+mlp-hs", "cnn+cnn-hs")]
 QUEUE += [(3, "paper", c) for c in ("k2-r3-hb-g2p1", "k2-r3-hs-g2p1", "k2-r3-hs-g1p2", "k4-r3-hb-g2p1", "k4-r3-hs-g2p1",
                                     "k4-r3-hs-g1p2", "k4-r5-hb-g4p1", "k4-r5-hs-g4p1", "k4-r5-hs-g2p2", "k4-r5-hs-g1p4")]
-QUEUE += [(2, "best", "cnn+cnn-hb")] + [(3, "best", c) for c in ("k4-r5-hb-g4p1", "k4-r5-hs-g4p1", "k4-r5-hs-g2p2", "k4-r5-hs-g1p4")]
-MAX_FILES = 8  # what one device call brings back from $OUT
+# the anneal recipe continues a cell's paper-protocol model: it waits for that cell (trained here, or carried)
+QUEUE += [(3, "anneal", c) for c in ("k4-r5-hs-g4p1", "k4-r5-hb-g4p1", "k4-r5-hs-g2p2", "k4-r5-hs-g1p4", "k2-r3-hs-g2p1",
+                                     "k2-r3-hs-g1p2", "k4-r3-hs-g2p1", "k2-r3-hb-g2p1", "k4-r3-hs-g1p2", "k4-r3-hb-g2p1")]
+QUEUE += [(2, "anneal", c) for c in ("mlp+cnn-hs", "cnn+cnn-hb")]
+MAX_FILES = 7  # tarballs per call: a call brings back 8 files from $OUT, one is kept for the call's log
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # the only names a file from $OUT comes back under
 
 
 def _rows(results: Path, table: int, recipe: str) -> dict[str, dict]:
@@ -52,6 +60,11 @@ def _rows(results: Path, table: int, recipe: str) -> dict[str, dict]:
 
 def pending(results: Path, queue: list[tuple[int, str, str]] = QUEUE) -> list[tuple[int, str, str]]:
     return [(t, r, c) for t, r, c in queue if c not in _rows(results, t, r)]
+
+
+def init_checkpoint(results: Path, table: int, recipe: str, cell: str) -> Path | None:
+    """The paper-protocol model an anneal cell starts from (edgecc.reproduce); None for other recipes."""
+    return results / "checkpoints" / _name(table, "paper") / f"{cell}.safetensors" if recipe == "anneal" else None
 
 
 def named(cells: list[str], recipe: str = "paper") -> list[tuple[int, str, str]]:
@@ -73,6 +86,14 @@ def prepare(src: str, results: Path, data: Path = DATA, aside: Path = ASIDE) -> 
         shutil.move(str(results / "checkpoints"), aside)
         print(f"moved {size / 2**20:.0f} MiB of checkpoints to {aside} for the device call; `unpack` or `restore` "
               "moves them back (commit nothing before)")
+    # copies of the models that pending anneal cells start from travel with the tree
+    for table, recipe, cell in pending(results):
+        init = init_checkpoint(results, table, recipe, cell)
+        kept = init and aside / init.relative_to(results / "checkpoints")
+        if kept and kept.is_file() and not init.exists():
+            init.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(kept, init)
+            print(f"carrying {init} ({init.stat().st_size / 2**20:.1f} MiB) for {_name(table, recipe)} {cell}")
     print(f"{data}: {sorted(p.name for p in data.iterdir())}; carry '.device-data' (.gitignore names it)")
 
 
@@ -91,8 +112,13 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
     running: dict[subprocess.Popen, tuple[int, str, str, float]] = {}
     done: list[tuple[int, str, str]] = []
     while queue or running:
-        while queue and len(running) < parallel and len(done) + len(running) < MAX_FILES and deadline - time.monotonic() > min_left:
-            table, recipe, cell = queue.pop(0)
+        while len(running) < parallel and len(done) + len(running) < MAX_FILES and deadline - time.monotonic() > min_left:
+            # the first cell whose starting model is there: an anneal cell waits for its paper cell to finish here
+            ready = [q for q in queue if (init := init_checkpoint(results, *q)) is None or init.is_file()]
+            if not ready:
+                break
+            table, recipe, cell = ready[0]
+            queue.remove(ready[0])
             cmd = [sys.executable, "-m", "edgecc.cli", "reproduce", "--table", str(table), "--only", cell, "--recipe", recipe,
                    "--device", device, "--threads", threads, "--results-dir", str(results), "--runs-dir", runs, *(extra or [])]
             log = (logs / f"{_name(table, recipe)}.{cell}.log").open("ab")
@@ -100,6 +126,8 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
             log.close()
             print(f"== start {_name(table, recipe)} {cell} ({deadline - time.monotonic():.0f} s left)", flush=True)
         if not running:
+            if queue:
+                print(f"== nothing can start: {', '.join(c for _, _, c in queue)} wait for paper-protocol models not here")
             break
         time.sleep(0.5)
         for proc, (table, recipe, cell, t0) in list(running.items()):
@@ -123,13 +151,20 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
     return done
 
 
+def tarball_name(table: int, recipe: str, cell: str) -> str:
+    """table2-anneal.mlp_cnn-hs.tgz: a '+' in a file's name keeps it from coming back ("files_left_out")."""
+    name = f"{_name(table, recipe)}.{cell.replace('+', '_')}.tgz"
+    assert SAFE_NAME.fullmatch(name), name
+    return name
+
+
 def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> dict:
     """One tarball per finished cell: its checkpoint and its row (a 2.2 M-parameter K=4 cell is 9 MB); the row."""
     out.mkdir(parents=True, exist_ok=True)
     name = _name(table, recipe)
     doc = json.loads((results / f"{name}.json").read_text())
     row = next(r for r in doc["rows"] if r["cell"] == cell)
-    with tarfile.open(out / f"{name}.{cell}.tgz", "w:gz") as tar:
+    with tarfile.open(out / tarball_name(table, recipe, cell), "w:gz") as tar:
         tar.add(results / "checkpoints" / name / f"{cell}.safetensors", arcname=f"checkpoints/{name}/{cell}.safetensors")
         data = json.dumps({"table": table, "recipe": recipe, "protocol": doc.get("protocol"), "row": row}).encode()
         info = tarfile.TarInfo("row.json")

@@ -22,6 +22,13 @@ def test_the_queue_names_real_cells_and_skips_those_with_rows():
     assert not any(t == 2 and r == "paper" and c in done for t, r, c in dr.pending(ROOT / "results"))
 
 
+def test_every_queued_cell_comes_back_under_a_name_the_device_returns():
+    """$OUT gives back only names of letters, digits, '.', '_' and '-': a first GPU call lost the tarball of
+    table2-anneal mlp+cnn-hs to its '+'."""
+    names = [dr.tarball_name(t, r, c) for t in TABLES for r in ("paper", "anneal") for c in (x.name for x in TABLES[t])]
+    assert all(dr.SAFE_NAME.fullmatch(n) for n in names) and len(set(names)) == len(names)
+
+
 def test_a_finished_cell_travels_back_as_one_tarball(tmp_path):
     """pack on the device (checkpoint + row), unpack here: the row merges in the paper's order and the
     checkpoint re-evaluates to it."""
@@ -51,7 +58,7 @@ def test_cells_train_in_parallel_and_come_back(tmp_path):
     rows = json.loads((results / "table2.json").read_text())["rows"]
     assert [r["cell"] for r in rows] == ["mlp+mlp-hb", "baseline-mlp"]  # the paper's order, neither lost
     assert all(r["epochs"] == 1 and r["train_images"] == 256 and r["device"] == "cpu" for r in rows)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table2.baseline-mlp.tgz", "table2.mlp+mlp-hb.tgz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table2.baseline-mlp.tgz", "table2.mlp_mlp-hb.tgz"]
     dr.unpack(tmp_path / "out", elsewhere, aside=tmp_path / "aside" / "checkpoints")
     back = json.loads((elsewhere / "table2.json").read_text())
     assert [r["accuracy"] for r in back["rows"]] == [r["accuracy"] for r in rows] and back["protocol"].startswith("paper")
@@ -82,3 +89,35 @@ def test_prepare_moves_the_checkpoints_aside_and_unpack_puts_them_back(tmp_path)
     dr.unpack(tmp_path / "nothing", results, aside)
     assert old.read_bytes() == b"committed" and (results / "checkpoints" / "table3" / "new.safetensors").is_file()
     assert not aside.parent.exists()
+
+
+def test_an_anneal_cell_waits_for_its_paper_cell_and_continues_it(tmp_path):
+    """Queued first, the anneal cell still starts only once its paper-protocol model exists (trained in the same
+    call), and its row counts both trainings' epochs."""
+    results = tmp_path / "results"
+    queue = [(2, "anneal", "mlp+mlp-hb"), (2, "paper", "mlp+mlp-hb")]
+    done = dr.run(600, "cpu", tmp_path / "out", results, str(tmp_path / "runs"), parallel=2, queue=queue,
+                  extra=["--epochs=1", "--limit=256"])
+    assert done == [(2, "paper", "mlp+mlp-hb"), (2, "anneal", "mlp+mlp-hb")]
+    (row,) = json.loads((results / "table2-anneal.json").read_text())["rows"]
+    assert row["epochs"] == 2 and row["recipe"] == "anneal"
+
+
+def test_nothing_starts_where_the_starting_model_is_missing(tmp_path, capsys):
+    assert dr.run(60, "cpu", tmp_path / "out", tmp_path / "results", str(tmp_path / "runs"),
+                  queue=[(3, "anneal", "k4-r5-hb-g4p1")]) == []
+    assert "wait for paper-protocol models" in capsys.readouterr().out
+
+
+def test_prepare_carries_the_models_that_pending_anneal_cells_start_from(tmp_path):
+    results, aside = tmp_path / "results", tmp_path / ".device-aside" / "checkpoints"
+    (results / "checkpoints" / "table2").mkdir(parents=True)
+    for cell in ("mlp+cnn-hs", "mlp+mlp-hb"):
+        (results / "checkpoints" / "table2" / f"{cell}.safetensors").write_bytes(cell.encode())
+    (tmp_path / "src").mkdir()
+    dr.prepare(str(tmp_path / "src"), results, tmp_path / ".device-data", aside)
+    # mlp+cnn-hs is queued for the anneal recipe (no results here: every cell is pending); mlp+mlp-hb is not
+    assert (results / "checkpoints" / "table2" / "mlp+cnn-hs.safetensors").read_bytes() == b"mlp+cnn-hs"
+    assert not (results / "checkpoints" / "table2" / "mlp+mlp-hb.safetensors").exists()
+    dr.restore(results, aside)
+    assert (results / "checkpoints" / "table2" / "mlp+mlp-hb.safetensors").read_bytes() == b"mlp+mlp-hb"
