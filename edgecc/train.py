@@ -9,6 +9,7 @@ same result as an uninterrupted run (the epoch's permutation derives from the se
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import time
@@ -113,7 +114,17 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that determine each epoch's result (not threads, where the data lies, or, for the
     paper recipe, how many epochs: a finished run may be resumed with a larger --epochs; the best
     recipe's lr schedule spans all epochs, so there they count)."""
-    return asdict(replace(cfg, threads=None, data_dir=None, epochs=cfg.epochs if cfg.recipe != "paper" else 0))
+    return asdict(replace(cfg, threads=None, data_dir=None, epochs=cfg.epochs if cfg.recipe != "paper" else 0,
+                          init=_content_id(cfg.init) if cfg.init else None))
+
+
+def _content_id(model_file: str) -> str:
+    """The starting model by its bytes, not its path: the same run resumes whether its init was named
+    relative or absolute (a device run and a later `edgecc reproduce` did both), and a retrained init
+    is a different run."""
+    from .modelfile import resolve
+
+    return "sha256:" + hashlib.sha256(resolve(model_file).read_bytes()).hexdigest()[:16]
 
 
 @torch.inference_mode()
@@ -337,6 +348,6 @@ def train(
 
     info["training"] = {**_identity(cfg), "epochs": cfg.epochs, "batch": batch, "train_images": int(x.shape[0]),
                         "train_seconds": round(seconds, 1), "torch": torch.__version__, "history": history,
-                        "init_epochs": init_epochs}
+                        "init": cfg.init, "init_id": _identity(cfg)["init"], "init_epochs": init_epochs}
     save_model(out, model, info)
     return info

@@ -55,6 +55,21 @@ def test_resume_refuses_a_different_configuration(tmp_path):
         train("aicc", SCHEME, TrainConfig(epochs=2, limit=1000, threads=1, lr=5e-4), tmp_path / "m.safetensors", resume=True)
 
 
+def test_a_run_from_a_model_resumes_under_any_path_to_it_but_not_from_another_model(tmp_path, monkeypatch):
+    """The starting model counts by its bytes: a GPU run named it by its absolute path, the session's
+    `edgecc reproduce` by a relative one, and the resume was refused."""
+    train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "paper.safetensors")
+    monkeypatch.chdir(tmp_path)
+    rel = TrainConfig.for_recipe("anneal", epochs=1, limit=1000, threads=1, init="paper.safetensors")
+    first = train("aicc", SCHEME, rel, tmp_path / "a.safetensors", run_dir=tmp_path / "a.run")
+    again = train("aicc", SCHEME, replace(rel, init=str(tmp_path / "paper.safetensors")), tmp_path / "a.safetensors",
+                  run_dir=tmp_path / "a.run", resume=True)
+    assert again["training"]["history"] == first["training"]["history"]  # resumed after its last epoch: nothing retrained
+    train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1, seed=1), tmp_path / "paper.safetensors")
+    with pytest.raises(ValueError, match=r"different configuration \(init: 'sha256:[0-9a-f]{16}' there, 'sha256:[0-9a-f]{16}' here\)"):
+        train("aicc", SCHEME, rel, tmp_path / "a.safetensors", run_dir=tmp_path / "a.run", resume=True)
+
+
 def test_train_cli_centralized_baseline(tmp_path):
     out = tmp_path / "mlp.safetensors"
     r = subprocess.run([sys.executable, "-m", "edgecc.cli", "train", "--kind", "centralized-mlp", "--epochs", "1",
