@@ -19,7 +19,8 @@ the next call while the machine stays warm; rows merge under a lock). Each finis
 tarball with its checkpoint and its row; `unpack` merges the rows into results/table*.json. Anneal cells
 wait in the queue until their paper-protocol model is there (trained earlier in the call, or carried by
 `prepare`). The first GPU session (the eleventh) trained Table 3's four remaining K=4 cells, the anneal on
-two of them and Table 2's mlp+cnn-hs anneal, five at a time, in one 510-second call.
+two of them and Table 2's mlp+cnn-hs anneal, five at a time, in one 510-second call, then the anneal on
+Table 3's other six cells, six at a time, in a 230-second call (README, Table 3).
 """
 
 from __future__ import annotations

@@ -301,12 +301,12 @@ def train(
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")
     ckpt_path = run_dir / "checkpoint.pt"
     start_epoch, history, seconds = 0, [], 0.0
+    now = _identity(cfg)  # once per run: it reads the whole init file
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
         saved = {**_identity(TrainConfig()), **ck["config"]}  # checkpoints from before a field existed get its default
         if saved["recipe"] == "paper":
             saved["epochs"] = 0
-        now = _identity(cfg)
         if ck["info"] != info or saved != now:
             diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here" for k in sorted(now) if saved.get(k) != now.get(k))
             raise ValueError(f"{ckpt_path} belongs to a different configuration ({diff or 'another model'}); "
@@ -341,13 +341,13 @@ def train(
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                     "history": history, "train_seconds": seconds, "info": info,
-                    "config": _identity(cfg)}, buf)
+                    "config": now}, buf)
         atomic_write(ckpt_path, buf.getvalue())
         if progress:
             progress(epoch + 1, 0, f"epoch {epoch + 1} done: loss {loss_epoch:.4f}, test accuracy {acc:.2f}%")
 
-    info["training"] = {**_identity(cfg), "epochs": cfg.epochs, "batch": batch, "train_images": int(x.shape[0]),
+    info["training"] = {**now, "epochs": cfg.epochs, "batch": batch, "train_images": int(x.shape[0]),
                         "train_seconds": round(seconds, 1), "torch": torch.__version__, "history": history,
-                        "init": cfg.init, "init_id": _identity(cfg)["init"], "init_epochs": init_epochs}
+                        "init": cfg.init, "init_id": now["init"], "init_epochs": init_epochs}
     save_model(out, model, info)
     return info
