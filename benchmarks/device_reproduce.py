@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from edgecc.reproduce import TABLES, merge_row, read_rows, results_name as _name  # noqa: E402
+from edgecc.reproduce import TABLES, checkpoint_path, merge_row, read_rows, results_name as _name, start_model  # noqa: E402
 
 DATA = ROOT / ".device-data" / "fashion-mnist"
 ASIDE = ROOT / ".device-aside" / "checkpoints"
@@ -63,11 +63,6 @@ def pending(results: Path, queue: list[tuple[int, str, str]] = QUEUE) -> list[tu
     return [(t, r, c) for t, r, c in queue if c not in _rows(results, t, r)]
 
 
-def init_checkpoint(results: Path, table: int, recipe: str, cell: str) -> Path | None:
-    """The paper-protocol model an anneal cell starts from (edgecc.reproduce); None for other recipes."""
-    return results / "checkpoints" / _name(table, "paper") / f"{cell}.safetensors" if recipe == "anneal" else None
-
-
 def named(cells: list[str], recipe: str = "paper") -> list[tuple[int, str, str]]:
     """(table, recipe, cell) for cells given by name, in the order given."""
     where = {c.name: t for t, cs in TABLES.items() for c in cs}
@@ -89,7 +84,7 @@ def prepare(src: str, results: Path, data: Path = DATA, aside: Path = ASIDE) -> 
               "moves them back (commit nothing before)")
     # copies of the models that pending anneal cells start from travel with the tree
     for table, recipe, cell in pending(results):
-        init = init_checkpoint(results, table, recipe, cell)
+        init = start_model(results, table, recipe, cell)
         kept = init and aside / init.relative_to(results / "checkpoints")
         if kept and kept.is_file() and not init.exists():
             init.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +111,7 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
     while queue or running:
         while len(running) < parallel and len(done) + len(running) < MAX_FILES and deadline - time.monotonic() > min_left:
             # the first cell whose starting model is there: an anneal cell waits for its paper cell to finish here
-            ready = [q for q in queue if (init := init_checkpoint(results, *q)) is None or init.is_file()]
+            ready = [q for q in queue if (init := start_model(results, *q)) is None or init.is_file()]
             if not ready:
                 break
             table, recipe, cell = ready[0]
@@ -167,7 +162,8 @@ def _pack(out: Path, results: Path, table: int, recipe: str, cell: str) -> dict:
     doc = json.loads((results / f"{name}.json").read_text())
     row = next(r for r in doc["rows"] if r["cell"] == cell)
     with tarfile.open(out / tarball_name(table, recipe, cell), "w:gz") as tar:
-        tar.add(results / "checkpoints" / name / f"{cell}.safetensors", arcname=f"checkpoints/{name}/{cell}.safetensors")
+        ckpt = checkpoint_path(results, table, recipe, cell)
+        tar.add(ckpt, arcname=ckpt.relative_to(results).as_posix())
         data = json.dumps({"table": table, "recipe": recipe, "protocol": doc.get("protocol"), "row": row}).encode()
         info = tarfile.TarInfo("row.json")
         info.size = len(data)

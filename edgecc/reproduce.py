@@ -92,6 +92,16 @@ def results_name(table: int, recipe: str) -> str:
     return f"table{table}" + ("" if recipe == "paper" else f"-{recipe}")
 
 
+def checkpoint_path(results_dir: str | Path, table: int, recipe: str, cell: str) -> Path:
+    """Where a cell's model file lives: results/checkpoints/table3-anneal/k4-r5-hs-g4p1.safetensors."""
+    return Path(results_dir) / "checkpoints" / results_name(table, recipe) / f"{cell}.safetensors"
+
+
+def start_model(results_dir: str | Path, table: int, recipe: str, cell: str) -> Path | None:
+    """The model file a recipe continues (anneal: the cell's paper-protocol model); None where it starts fresh."""
+    return checkpoint_path(results_dir, table, "paper", cell) if recipe == "anneal" else None
+
+
 def read_rows(results_dir: str | Path, table: int, recipe: str = "paper") -> dict[str, dict] | None:
     """{cell: row} of a results file, in its order; None where that table and recipe have none yet."""
     f = Path(results_dir) / f"{results_name(table, recipe)}.json"
@@ -142,12 +152,11 @@ def reproduce(table: int, only: list[str] | None, cfg: TrainConfig, results_dir:
     name = results_name(table, cfg.recipe)
     out_json = results_dir / f"{name}.json"
     # the learned code needs the trained MLP baseline of this table as its frozen base model
-    base = results_dir / "checkpoints" / "table2" / "baseline-mlp.safetensors"
+    base = checkpoint_path(results_dir, 2, "paper", "baseline-mlp")
     for cell in cells:
-        path = results_dir / "checkpoints" / name / f"{cell.name}.safetensors"
+        path = checkpoint_path(results_dir, table, cfg.recipe, cell.name)
         ccfg = _cell_config(cell, cfg)
-        if cfg.recipe == "anneal":  # continues the cell's committed paper-protocol model
-            init = results_dir / "checkpoints" / results_name(table, "paper") / f"{cell.name}.safetensors"
+        if init := start_model(results_dir, table, cfg.recipe, cell.name):  # anneal: the committed paper-protocol model
             if not init.is_file():
                 raise ValueError(f"the anneal recipe continues {init}: train the paper-protocol cell first")
             ccfg = replace(ccfg, init=str(init))
@@ -234,7 +243,7 @@ def check(table: int, results_dir: str | Path = "results", only: list[str] | Non
     for r in rows.values():
         if only and r["cell"] not in only:
             continue
-        path = results_dir / "checkpoints" / name / f"{r['cell']}.safetensors"
+        path = checkpoint_path(results_dir, table, recipe, r["cell"])
         if not r.get("checkpoint_in_git", True) and not path.exists():
             continue
         measured = evaluate_file(path, cells[r["cell"]].N)["accuracy"]
