@@ -92,12 +92,25 @@ class CodedPlan:
 
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
         """(B, K, 10) float64 logits from any R of {worker index: (B, 10)} (R + 2E with liars)."""
-        if not self.byzantine:
-            return self.decoder.decode(results)
-        res = robust_decode(self.alphas, self.scheme.betas(), self.R, self.byzantine, results)
-        for row, w in enumerate(res.workers):
-            self.suspect_groups[w] += int(res.suspects[row].sum())
-        return res.logits
+        return self.decoded(results)[0]
+
+    def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """(logits, report): report names the workers decoded from, the decoded-logit error bound and how many
+        results beyond the threshold were waited for."""
+        need = self.R + 2 * self.byzantine
+        if self.byzantine:
+            res = robust_decode(self.alphas, self.scheme.betas(), self.R, self.byzantine, results)
+            for row, w in enumerate(res.workers):
+                self.suspect_groups[w] += int(res.suspects[row].sum())
+            return res.logits, {"subset": sorted(int(w) for w in res.workers), "bound": None,
+                                "waited_extra": max(0, len(results) - need)}
+        workers = sorted(results)[: self.R]
+        W = self.decoder.weights(workers)
+        eps = {"f4": 2.0**-24, "f2": 2.0**-11}.get(self.wire_dtype, 2.0**-24)
+        err = np.array([eps * float(np.abs(results[w]).max()) for w in workers])
+        bound = float((np.abs(W) @ err).max())
+        return self.decoder.decode(results), {"subset": workers, "bound": bound,
+                                              "waited_extra": max(0, len(results) - need)}
 
 
 class _PlainWorkers:
@@ -151,6 +164,13 @@ class ReplicatedPlan(_PlainWorkers):
             first.setdefault(n % self.K, y)
         return np.stack([first[k] for k in range(self.K)], axis=1).astype(np.float64)
 
+    def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """(logits, report): the copies that answered first for each image."""
+        first: dict[int, int] = {}
+        for n in results:
+            first.setdefault(n % self.K, int(n))
+        return self.decode(results), {"subset": sorted(first.values())}
+
 
 class LearnedCodePlan(_PlainWorkers):
     """The learned code [10] (SPEC §4) as a runtime scheme: workers 0..k-1 run the frozen base MLP on data
@@ -199,3 +219,10 @@ class LearnedCodePlan(_PlainWorkers):
         out[:, missing[0]] = rebuilt[:, missing[0]]
         self.rebuilt_groups += B
         return out
+
+    def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """(logits, report): the workers decoded from; "rebuilt" names a data slot the learned decoder rebuilt."""
+        missing = [n for n in range(self.k) if n not in results]
+        logits = self.decode(results)
+        used = list(range(self.k)) if not missing else sorted(n for n in results if n <= self.k)
+        return logits, {"subset": used, "rebuilt": missing[0] if missing else None}
