@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgecc.scenario.report import (
-    RequestRecord, accuracy_p99_points, cdf_points, render_markdown, summarize, write_report,
+    RequestRecord, accuracy_p99_points, cdf_points, links_markdown, phase_usage, render_markdown, summarize,
+    usage_timeline, write_report,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,6 +34,7 @@ def test_summary_numbers_by_hand():
     assert s.mean_ms == pytest.approx(25.0)
     assert s.accuracy == pytest.approx(100 * 5 / 8)  # 2+1+2+0 correct of 8 decoded images
     assert s.bytes_sent == 500  # failed request's bytes count too
+    assert (s.failed, s.shed) == (1, 0)
     assert s.oracle_p50_ms == pytest.approx(6.5)  # [5, 6, 7, 8]
     assert s.oracle_p99_ms == pytest.approx(7.97)
 
@@ -51,6 +53,41 @@ def test_records_accept_dataclasses_and_reject_nonsense():
         RequestRecord(0, float("nan"), 1, 1)
     with pytest.raises(TypeError):
         summarize([{"request": 0, "latency_ms": 1.0, "correct": 1, "total": 1, "extra": 1}])
+    with pytest.raises(ValueError, match="outcome"):
+        RequestRecord(0, None, 0, 1, outcome="lost")
+    with pytest.raises(ValueError, match="shed request has no latency_ms"):
+        RequestRecord(0, 5.0, 0, 1, outcome="shed")
+    with pytest.raises(ValueError, match="decoded request needs latency_ms"):
+        RequestRecord(0, None, 0, 1, outcome="decoded")
+
+
+def test_shed_requests_are_counted_apart_from_failures():
+    recs = [RequestRecord(0, 5.0, 1, 1), RequestRecord(1, None, 0, 1, outcome="shed"),
+            RequestRecord(2, None, 0, 1, outcome="shed"), RequestRecord(3, None, 0, 1)]
+    s = summarize(recs)
+    assert (s.requests, s.failed, s.shed, s.decoded_fraction) == (4, 1, 2, 0.25)
+    assert "| x | 4 | 25.0% | 1 | 2 |" in render_markdown({"x": s})
+
+
+def test_usage_over_time_and_by_phase():
+    recs = [RequestRecord(0, 5.0, 1, 1, t_s=0.2, workers=[0, 1]), RequestRecord(1, 5.0, 1, 1, t_s=0.9, workers=[0, 2]),
+            RequestRecord(2, 5.0, 1, 1, t_s=2.5, workers=[0, 2]), RequestRecord(3, None, 0, 1, t_s=2.6),
+            RequestRecord(4, 5.0, 1, 1, t_s=3.1, workers=[1, 2])]
+    u = usage_timeline(recs, 3)
+    assert u["decoded"] == [2, 0, 1, 1]
+    assert u["used_by_worker"] == [[2, 0, 1, 0], [1, 0, 0, 1], [1, 0, 1, 1]]
+    assert phase_usage(recs, 1, [1.0, 3.0]) == [(0.0, 1.0, 2, 1), (1.0, 3.0, 1, 0), (3.0, float("inf"), 1, 1)]
+    link = {"rate_mbit": 20.0, "burst": 25000, "queue_ms": 100.0,
+            "events": [{"at_s": 1.0, "kind": "down"}, {"at_s": 3.0, "kind": "up"}]}
+    measured = {"links": [{"worker": i, "configured": link if i == 1 else None, "bytes_to_worker": 2_000_000,
+                           "bytes_from_worker": 100_000, "mean_mbit_to_worker": 4.0, "mean_mbit_from_worker": 0.2,
+                           "peak_mbit_to_worker": 9.5, "peak_mbit_from_worker": 0.4,
+                           "events_applied": [{"worker": 1, "kind": "down", "rate_mbit": None, "at_s": 1.0,
+                                               "applied_at_s": 1.003}] if i == 1 else []} for i in range(3)]}
+    md = links_markdown([None, link, None], {"aicc": measured}, {"aicc": recs})
+    assert "| aicc | 1 | 20 | down @1s (applied 1.00s) | 4.000 / 0.200 | 9.500 / 0.400 | 2.00 / 0.10 |" in md
+    assert "| aicc | 0 | unshaped |" in md
+    assert "| scheme | 0-1 s | 1-3 s | 3-inf s |" in md and "| aicc | 1/2 | 0/1 | 1/1 |" in md
 
 
 def test_cdf_points_level_off_at_decoded_fraction():
@@ -74,9 +111,9 @@ def test_markdown_table():
     assert lines[0] == "# T"
     assert lines[2].startswith("| scheme |") and set(lines[3]) == {"|", "-"}
     assert lines[3].count("|") == lines[2].count("|")
-    assert lines[4] == ("| aicc | 5 | 80.0% | 25.0 | 38.5 | 39.7 | 25.0 | 62.50 | 6.5 | 8.0 "
+    assert lines[4] == ("| aicc | 5 | 80.0% | 1 | 0 | 25.0 | 38.5 | 39.7 | 25.0 | 62.50 | 6.5 | 8.0 "
                         "| 500 |")
-    assert lines[5].startswith("| dead | 1 | 0.0% | — |")
+    assert lines[5].startswith("| dead | 1 | 0.0% | 1 | 0 | — |")
 
 
 def test_write_report_files(tmp_path):
@@ -90,9 +127,10 @@ def test_write_report_files(tmp_path):
     assert doc["scenario"] == {"name": "demo", "seed": 7}
     aicc = doc["schemes"]["aicc"]
     assert set(aicc) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "accuracy", "decoded_fraction",
-                         "bytes_sent", "oracle_p50_ms", "oracle_p99_ms", "requests"}
+                         "bytes_sent", "oracle_p50_ms", "oracle_p99_ms", "requests", "failed", "shed"}
     assert aicc["p50_ms"] == pytest.approx(25.0) and aicc["requests"] == 5
     assert doc["schemes"]["replication"]["p99_ms"] is None
+    assert "usage" not in doc  # no N in meta: no per-worker usage
 
     assert "| uncoded | 10 |" in (out / "report.md").read_text()
     for name in ("latency_cdf.png", "accuracy_vs_p99.png"):

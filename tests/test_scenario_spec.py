@@ -7,7 +7,7 @@ import pytest
 
 from edgecc.errors import ConfigError
 from edgecc.scenario.latency import Constant, CrashAt, Exponential, ShiftedExponential, Pareto
-from edgecc.scenario.spec import DEFAULT_SCHEMES, find_line, load_scenario
+from edgecc.scenario.spec import DEFAULT_SCHEMES, LinkSpec, MIN_BURST, find_line, load_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -29,7 +29,7 @@ rate = 50.0
 
 [defaults]
 latency = { dist = "constant", value = 0.005 }
-bandwidth_mbit = 100
+link = { rate_mbit = 100 }
 
 [[workers]]
 latency = { dist = "exponential", mean = 0.050 }
@@ -39,7 +39,7 @@ slowdown = 2.0
 [[workers]]
 
 [[workers]]
-bandwidth_mbit = 10
+link = { rate_mbit = 2.5, burst = 4000, down_at_s = [3.0, 9.0], up_at_s = [5.0], rate_changes = [{ at_s = 1.0, rate_mbit = 0.5 }] }
 """
 
 
@@ -55,10 +55,13 @@ def test_full_file(tmp_path):
     assert (s.placement, s.schemes, s.timeout_s) == ("shared", ("aicc", "uncoded"), 2.5)
     assert (s.arrival.process, s.arrival.rate) == ("poisson", 50.0)
     w0, w1, w2 = s.workers
-    assert (w0.latency, w0.failures, w0.slowdown, w0.bandwidth_mbit) == (
-        Exponential(0.05), (CrashAt(2.0),), 2.0, 100)
+    assert (w0.latency, w0.failures, w0.slowdown, w0.link) == (
+        Exponential(0.05), (CrashAt(2.0),), 2.0, LinkSpec(100.0))
     assert (w1.latency, w1.failures, w1.slowdown) == (Constant(0.005), (), 1.0)
-    assert w2.bandwidth_mbit == 10
+    assert w2.link == LinkSpec(2.5, 4000, 100.0, ((3.0, 5.0), (9.0, None)), ((1.0, 0.5),))
+    assert [(e.at_s, e.kind, e.rate_mbit) for e in w2.link.events()] == [
+        (1.0, "rate", 0.5), (3.0, "down", None), (5.0, "up", None), (9.0, "down", None)]
+    assert s.has_links
     assert s.source == str(tmp_path / "s.toml")
 
 
@@ -130,7 +133,24 @@ BAD = [
      "latency = { dist = \"exponential\", mean = 0 }", "workers[2].latency.mean", 4),
     ("[[workers]]\nslowdown = 1\n[[workers]]\nfailure = { kind = \"crash_at\" }",
      "workers[1].failure.at_s", 4),
-    ("[[workers]]\n[[workers]]\nbandwidth_mbit = 0", "workers[1].bandwidth_mbit", 3),
+    ("[[workers]]\n[[workers]]\nbandwidth_mbit = 10", "workers[1].bandwidth_mbit", 3),
+    ("N = 2\n[defaults]\nlink = { burst = 5000 }", "defaults.link.rate_mbit", 3),
+    ("N = 2\n[defaults]\nlink = { rate_mbit = 0 }", "defaults.link.rate_mbit", 3),
+    ("N = 2\n[defaults]\nlink = { rate_mbit = 1, burst = 100 }", "defaults.link.burst", 3),
+    ("N = 2\n[defaults]\nlink = { rate_mbit = 1, burst = 5e3 }", "defaults.link.burst", 3),
+    ("N = 2\n[defaults]\nlink = { rate_mbit = 1, queue_ms = 0 }", "defaults.link.queue_ms", 3),
+    ("N = 2\n[defaults]\nlink = { rate_mbit = 1, delay_ms = 5 }", "defaults.link.delay_ms", 3),
+    ("N = 2\n[defaults]\nlink = 3", "defaults.link", 3),
+    ("[[workers]]\nlink = { rate_mbit = 1, up_at_s = 4 }", "workers[0].link.up_at_s", 2),
+    ("[[workers]]\nlink = { rate_mbit = 1, down_at_s = 4, up_at_s = 3 }", "workers[0].link.up_at_s", 2),
+    ("[[workers]]\nlink = { rate_mbit = 1, down_at_s = [4, 2], up_at_s = [5] }", "workers[0].link.down_at_s", 2),
+    ("[[workers]]\nlink = { rate_mbit = 1, down_at_s = -1 }", "workers[0].link.down_at_s", 2),
+    ("[[workers]]\nlink = { rate_mbit = 1, down_at_s = [1, \"x\"] }", "workers[0].link.down_at_s[1]", 2),
+    ("[[workers]]\n[workers.link]\nrate_mbit = 1\nrate_changes = [{ at_s = 1 }]",
+     "workers[0].link.rate_changes[0].rate_mbit", 4),
+    ("[[workers]]\nlink = { rate_mbit = 1, rate_changes = { at_s = 1 } }", "workers[0].link.rate_changes", 2),
+    ("N = 2\nalso_all_fast = true", "also_all_fast", 2),
+    ("N = 2\nalso_all_fast = 1\n[defaults]\nlink = { rate_mbit = 1 }", "also_all_fast", 2),
     ("[[workers]]\nlatency = { dist = \"pareto\", scale = 1, alpha = 2, beta = 3 }",
      "workers[0].latency.beta", 2),
     ("[[workers]]\nfailure = [{ kind = \"none\" },\n  { kind = \"flapping\", period_s = 1, "
@@ -162,7 +182,7 @@ def test_missing_file(tmp_path):
 def test_find_line_is_best_effort():
     text = FULL
     assert find_line(text, "workers[0].latency.mean") == 21
-    assert find_line(text, "workers[2].bandwidth_mbit") == 28
+    assert find_line(text, "workers[2].link.burst") == 28
     assert find_line(text, "arrival.rate") == 14
     assert find_line(text, "nowhere") is None
 
@@ -196,3 +216,40 @@ def test_shipped_scenarios_say_what_they_promise():
     kinds = {f.kind for w in load_scenario(SCENARIOS / "flaky-network.toml").workers
              for f in w.failures}
     assert {"flapping", "crash_probability"} <= kinds
+
+
+def test_bandwidth_mbit_is_refused_with_the_link_table_to_use(tmp_path):
+    with pytest.raises(ConfigError, match=r"workers\[0\]\.bandwidth_mbit: is no longer read .*link = \{ rate_mbit = 10 \}"):
+        load_scenario(write(tmp_path, "[[workers]]\nbandwidth_mbit = 10\n"))
+
+
+def test_link_defaults_burst_and_all_fast_twin(tmp_path):
+    s = load_scenario(write(tmp_path, "also_all_fast = true\n[[workers]]\n"
+                                      "[[workers]]\nlink = { rate_mbit = 2, down_at_s = 1, up_at_s = 2 }\n"
+                                      "[[workers]]\nlink = { rate_mbit = 50, queue_ms = 20 }\n"))
+    w0, w1, w2 = s.workers
+    assert w0.link is None and s.has_links and s.also_all_fast
+    assert w1.link.burst_bytes == MIN_BURST  # 10 ms at 2 Mbit/s is 2500 bytes, below two frames
+    assert w2.link.burst_bytes == 62500  # 10 ms at 50 Mbit/s
+    fast = s.all_fast()
+    assert [w.link.rate_mbit for w in fast.workers] == [50.0] * 3
+    assert all(w.link.events() == [] and w.link.burst_bytes == 62500 for w in fast.workers)
+    assert fast.workers[2].link.queue_ms == 20 and not fast.also_all_fast
+    assert [w.latency for w in fast.workers] == [w.latency for w in s.workers]
+    d = s.to_dict()
+    assert d["workers"][0]["link"] is None
+    assert d["workers"][1]["link"] == {"rate_mbit": 2.0, "burst": MIN_BURST, "queue_ms": 100.0,
+                                       "events": [{"at_s": 1.0, "kind": "down"}, {"at_s": 2.0, "kind": "up"}]}
+    assert not load_scenario(write(tmp_path, "N = 2\n", "plain.toml")).has_links
+
+
+def test_shipped_link_scenarios():
+    slow = load_scenario(SCENARIOS / "slow-link.toml")
+    assert slow.N == 3 and slow.also_all_fast
+    assert sorted(w.link.rate_mbit for w in slow.workers) == [2.0, 100.0, 100.0]
+    cut = load_scenario(SCENARIOS / "link-cut.toml")
+    outages = [w.link.outages for w in cut.workers]
+    assert outages.count(((5.0, 11.0),)) == 1 and outages.count(()) == 2
+    mix = load_scenario(SCENARIOS / "wifi-mix.toml")
+    assert mix.N == 10 and len({w.link.rate_mbit for w in mix.workers}) >= 5
+    assert all(w.latency == Pareto(0.005, 1.5) for w in mix.workers)

@@ -17,11 +17,16 @@ from ..errors import EdgeccError
 
 
 class LocalWorker:
-    """One `edgecc worker` process on 127.0.0.1; port 0 on first start, the same port on restart."""
+    """One `edgecc worker` process on `host` (default 127.0.0.1); port 0 on first start, the same port on restart.
+
+    `netns`: run it inside that network namespace (`ip netns exec`, needs root), listening on `host`,
+    its address there."""
 
     def __init__(self, log_dir: str | Path, name: str, args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 command: Sequence[str] | None = None, token: str | None = None, base_env: dict[str, str] | None = None):
+                 command: Sequence[str] | None = None, token: str | None = None, base_env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1", netns: str | None = None):
         self.log_dir, self.name, self.args = Path(log_dir), name, list(args)
+        self.host, self.netns = host, netns
         self.base_env = base_env  # None: this process's environment
         self.env = dict(env or {})
         if token is not None:
@@ -37,7 +42,9 @@ class LocalWorker:
         env = {**(os.environ if self.base_env is None else self.base_env), **self.env}
         if "EDGECC_TOKEN" in self.env:
             env.pop("EDGECC_TOKEN_FILE", None)
-        cmd = [*self.command, "worker", "--listen", f"127.0.0.1:{self.port}", "--port-file", str(port_file), *self.args]
+        cmd = [*self.command, "worker", "--listen", f"{self.host}:{self.port}", "--port-file", str(port_file), *self.args]
+        if self.netns is not None:  # `ip netns exec` execs the command: the pid is still the worker's
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.log_dir, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + timeout
@@ -53,7 +60,7 @@ class LocalWorker:
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     @property
     def pid(self) -> int | None:

@@ -7,7 +7,10 @@ with the same keys):
      "latency_ms": 12.5,       # end-to-end latency at the master; None = not decoded (failed)
      "correct": 2, "total": 2, # correctly classified images / images in the request
      "oracle_ms": 6.1,         # latency an ideal scheme would get (optional, None = unknown)
-     "bytes_sent": 3136}       # bytes the master sent for this request
+     "bytes_sent": 3136,       # bytes the master sent for this request (its own frames only)
+     "outcome": "decoded",     # optional: "decoded", "failed", or "shed" (refused by an overloaded master)
+     "t_s": 4.2,               # optional: when it arrived, seconds from the first worker's start
+     "workers": [0, 2]}        # optional: the workers its answer was decoded from
 
 Percentiles use numpy's default (linear interpolation between order statistics). Latency and
 accuracy statistics cover decoded requests only; `decoded_fraction` says how many those are.
@@ -29,6 +32,9 @@ from typing import Any, Union
 import numpy as np
 
 
+OUTCOMES = ("decoded", "failed", "shed")
+
+
 @dataclass(frozen=True)
 class RequestRecord:
     request: int
@@ -37,8 +43,18 @@ class RequestRecord:
     total: int
     oracle_ms: float | None = None
     bytes_sent: int = 0
+    outcome: str | None = None  # None: "decoded" when latency_ms is set, else "failed"
+    t_s: float | None = None
+    workers: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.outcome is None:
+            object.__setattr__(self, "outcome", "decoded" if self.latency_ms is not None else "failed")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"request {self.request}: outcome must be one of {', '.join(OUTCOMES)}, got {self.outcome!r}")
+        if (self.outcome == "decoded") != (self.latency_ms is not None):
+            raise ValueError(f"request {self.request}: a {self.outcome} request "
+                             f"{'needs' if self.outcome == 'decoded' else 'has no'} latency_ms")
         for name in ("latency_ms", "oracle_ms"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
@@ -62,6 +78,8 @@ Results = Mapping[str, Sequence[Record]]  # scheme name -> records
 class SchemeSummary:
     requests: int
     decoded_fraction: float  # decoded requests / requests
+    failed: int  # not decoded within the deadline, or no longer decodable
+    shed: int  # refused by an overloaded master (counted apart from failures)
     p50_ms: float | None  # None when nothing was decoded
     p95_ms: float | None
     p99_ms: float | None
@@ -90,6 +108,8 @@ def summarize(records: Sequence[Record]) -> SchemeSummary:
     return SchemeSummary(
         requests=len(recs),
         decoded_fraction=len(decoded) / len(recs) if recs else 0.0,
+        failed=sum(r.outcome == "failed" for r in recs),
+        shed=sum(r.outcome == "shed" for r in recs),
         p50_ms=percentile(lat, 50),
         p95_ms=percentile(lat, 95),
         p99_ms=percentile(lat, 99),
@@ -124,12 +144,12 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 
 def render_markdown(summaries: Mapping[str, SchemeSummary], title: str = "Scenario report") -> str:
-    head = ("| scheme | requests | decoded | p50 ms | p95 ms | p99 ms | mean ms | accuracy % "
+    head = ("| scheme | requests | decoded | failed | shed | p50 ms | p95 ms | p99 ms | mean ms | accuracy % "
             "| oracle p50 ms | oracle p99 ms | bytes sent |")
     rows = [f"# {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
     for name, s in summaries.items():
         rows.append(
-            f"| {name} | {s.requests} | {100 * s.decoded_fraction:.1f}% | {_fmt(s.p50_ms)} "
+            f"| {name} | {s.requests} | {100 * s.decoded_fraction:.1f}% | {s.failed} | {s.shed} | {_fmt(s.p50_ms)} "
             f"| {_fmt(s.p95_ms)} | {_fmt(s.p99_ms)} | {_fmt(s.mean_ms)} | {_fmt(s.accuracy, 2)} "
             f"| {_fmt(s.oracle_p50_ms)} | {_fmt(s.oracle_p99_ms)} | {s.bytes_sent} |")
     return "\n".join(rows) + "\n"
@@ -197,21 +217,85 @@ def plot_accuracy_vs_p99(summaries: Mapping[str, SchemeSummary], path: Path) -> 
     _save_figure(fig, path)
 
 
+def usage_timeline(records: Sequence[Record], n_workers: int, bin_s: float = 1.0) -> dict[str, Any]:
+    """Per `bin_s` bin of arrival time (t_s): requests decoded, and per worker how many of them were
+    decoded from its answer. Records without t_s or workers are left out."""
+    recs = [r for r in as_records(records) if r.t_s is not None and r.workers is not None]
+    n_bins = int(max((r.t_s for r in recs), default=0.0) / bin_s) + 1 if recs else 0
+    decoded = [0] * n_bins
+    used = [[0] * n_bins for _ in range(n_workers)]
+    for r in recs:
+        b = int(r.t_s / bin_s)
+        decoded[b] += 1
+        for w in r.workers:
+            if 0 <= w < n_workers:
+                used[w][b] += 1
+    return {"bin_s": bin_s, "decoded": decoded, "used_by_worker": used}
+
+
+def phase_usage(records: Sequence[Record], worker: int, bounds: Sequence[float]) -> list[tuple[float, float, int, int]]:
+    """(start_s, end_s, decoded requests arriving then, how many used `worker`) per phase between `bounds`."""
+    edges = [0.0, *sorted(bounds), math.inf]
+    recs = [r for r in as_records(records) if r.t_s is not None and r.workers is not None]
+    out = []
+    for a, b in zip(edges, edges[1:]):
+        inside = [r for r in recs if a <= r.t_s < b]
+        out.append((a, b, len(inside), sum(worker in r.workers for r in inside)))
+    return out
+
+
+def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[str, Mapping[str, Any] | None],
+                   results: Results) -> str:
+    """Markdown for a scenario with real links: each link as configured and as measured per scheme,
+    and, for links with events, how often each scheme decoded from that worker before, during and after."""
+    rows = ["", "## Links", "",
+            "Configured: tc tbf rate both ways. Measured: the master-side veth's byte counters (includes TCP/IP headers "
+            "and acks), mean over the scheme's run and the busiest 1 s.", "",
+            "| scheme | worker | configured Mbit/s | events | mean to / from Mbit/s | peak 1 s to / from Mbit/s "
+            "| MB to / from |", "|---|---|---|---|---|---|---|"]
+    for name, m in measured.items():
+        if not m:
+            continue
+        for link in m["links"]:
+            cfg = link["configured"]
+            events = ", ".join(f"{e['kind']}{' ' + format(e['rate_mbit'], 'g') if e.get('rate_mbit') else ''} "
+                               f"@{e['at_s']:g}s (applied {e['applied_at_s']:.2f}s)" for e in link["events_applied"])
+            rows.append(f"| {name} | {link['worker']} | {'unshaped' if cfg is None else format(cfg['rate_mbit'], 'g')} "
+                        f"| {events or '—'} | {link['mean_mbit_to_worker']:.3f} / {link['mean_mbit_from_worker']:.3f} "
+                        f"| {link['peak_mbit_to_worker']:.3f} / {link['peak_mbit_from_worker']:.3f} "
+                        f"| {link['bytes_to_worker'] / 1e6:.2f} / {link['bytes_from_worker'] / 1e6:.2f} |")
+    with_events = [(i, cfg) for i, cfg in enumerate(links) if cfg and cfg["events"]]
+    for i, cfg in with_events:
+        bounds = sorted({e["at_s"] for e in cfg["events"]})
+        rows += ["", f"### Worker {i}: decodes that used it, by arrival time (events: "
+                 + ", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in cfg["events"]) + ")", "",
+                 "| scheme | " + " | ".join(f"{a:g}-{b:g} s" for a, b in zip([0.0, *bounds], [*bounds, math.inf]))
+                 + " |", "|---|" + "---|" * (len(bounds) + 1)]
+        for name, recs in results.items():
+            cells = [f"{used}/{n}" for _, _, n, used in phase_usage(recs, i, bounds)]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenario report",
-                 meta: Mapping[str, Any] | None = None) -> dict[str, SchemeSummary]:
+                 meta: Mapping[str, Any] | None = None, extra_markdown: str = "") -> dict[str, SchemeSummary]:
     """Write report.json, report.md, latency_cdf.png and accuracy_vs_p99.png into `out_dir`.
 
-    `meta` (e.g. `Scenario.to_dict()`) is stored as-is under "scenario" in report.json.
+    `meta` (e.g. `Scenario.to_dict()`) is stored as-is under "scenario" in report.json; when it
+    gives N, report.json also holds each scheme's per-worker usage over time. `extra_markdown` is
+    appended to report.md.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {name: summarize(recs) for name, recs in results.items()}
     doc = {"title": title, "scenario": dict(meta) if meta else None,
            "schemes": {name: asdict(s) for name, s in summaries.items()}}
+    if meta and "N" in meta:
+        doc["usage"] = {name: usage_timeline(recs, int(meta["N"])) for name, recs in results.items()}
     # allow_nan=False: the file must stay valid JSON for any reader.
     _atomic_write(out / "report.json",
                   (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
-    _atomic_write(out / "report.md", render_markdown(summaries, title).encode())
+    _atomic_write(out / "report.md", (render_markdown(summaries, title) + extra_markdown).encode())
     plot_latency_cdf(results, out / "latency_cdf.png")
     plot_accuracy_vs_p99(summaries, out / "accuracy_vs_p99.png")
     return summaries

@@ -29,7 +29,23 @@ the model, the images, the request stream, and how each of the N workers behaves
     latency = { dist = "exponential", mean = 0.050 }   # seconds; see latency.py for every dist
     failure = { kind = "crash_at", at_s = 2.0 }        # or a list of failure tables
     slowdown = 1.0             # multiplies the worker's sampled delays
-    bandwidth_mbit = 100       # informational for the runner (it may shape the link with tc tbf)
+    link = { rate_mbit = 2.0 } # a real, shaped link (needs root and iproute2; see below)
+
+    [workers.link]             # the same as an inline table; every key but rate_mbit optional
+    rate_mbit = 2.0            # tc tbf rate, both directions (master -> worker and back)
+    burst = 32768              # bytes the link may send at line rate before the rate applies
+    queue_ms = 100.0           # how long a packet may wait in the shaper before it is dropped
+    down_at_s = [6.0]          # the link goes down (a silent cut: no carrier, packets lost) at these
+    up_at_s = [12.0]           # ...and up again at these; both seconds from the worker's start
+    rate_changes = [{ at_s = 4.0, rate_mbit = 0.5 }]   # the rate from at_s on
+
+    also_all_fast = true       # top level: also run every scheme with every link at the fastest rate
+
+A scenario with a `link` on any worker runs every worker in its own network namespace behind a
+veth pair (edgecc.scenario.links): real TCP, shaped by the kernel. Workers without a link get an
+unshaped veth. Such a scenario needs root and iproute2 and is refused otherwise; scenarios without
+links run on loopback, unprivileged. The old `bandwidth_mbit` key (never enforced) is refused
+with the `link` table to use instead.
 
 Relative paths (model, images, trace files) are relative to the scenario file. Unknown keys and
 bad values raise `ConfigError("<file>:<line>: <field path>: <reason>")`, e.g. the field path
@@ -41,7 +57,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +73,11 @@ PLACEMENTS = ("encoded", "shared")
 ARRIVAL_PROCESSES = ("closed", "poisson")
 
 _TOP_KEYS = {"name", "seed", "N", "model", "images", "requests", "groups_per_request",
-             "placement", "encode_precision", "schemes", "learned_code_model", "timeout_s", "arrival", "defaults", "workers"}
-_WORKER_KEYS = {"latency", "failure", "slowdown", "bandwidth_mbit"}
+             "placement", "encode_precision", "schemes", "learned_code_model", "timeout_s", "arrival", "defaults", "workers",
+             "also_all_fast"}
+_WORKER_KEYS = {"latency", "failure", "slowdown", "link", "bandwidth_mbit"}
+_LINK_KEYS = {"rate_mbit", "burst", "queue_ms", "down_at_s", "up_at_s", "rate_changes"}
+MIN_BURST = 3028  # two full Ethernet frames: tbf drops any packet larger than its bucket
 
 
 @dataclass(frozen=True)
@@ -69,11 +88,51 @@ class Arrival:
 
 
 @dataclass(frozen=True)
+class LinkEvent:
+    at_s: float  # seconds after the worker started
+    kind: str  # "down", "up" or "rate"
+    rate_mbit: float | None = None  # kind "rate" only
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One worker's link to the master, shaped in the kernel (tc tbf) in both directions."""
+    rate_mbit: float
+    burst: int | None = None  # bytes; None: max(MIN_BURST, 10 ms at the highest rate)
+    queue_ms: float = 100.0  # tbf latency: the longest a packet waits before it is dropped
+    outages: tuple[tuple[float, float | None], ...] = ()  # (down_at_s, up_at_s or None = stays down)
+    rate_changes: tuple[tuple[float, float], ...] = ()  # (at_s, rate_mbit)
+
+    @property
+    def peak_rate_mbit(self) -> float:
+        return max([self.rate_mbit, *(r for _, r in self.rate_changes)])
+
+    @property
+    def burst_bytes(self) -> int:
+        return self.burst if self.burst is not None else max(MIN_BURST, int(self.peak_rate_mbit * 1e6 / 8 * 0.010))
+
+    def events(self) -> list[LinkEvent]:
+        """Every change after the start, in time order (at equal times: rate, then down, then up)."""
+        out = [LinkEvent(at, "rate", r) for at, r in self.rate_changes]
+        for down, up in self.outages:
+            out.append(LinkEvent(down, "down"))
+            if up is not None:
+                out.append(LinkEvent(up, "up"))
+        order = {"rate": 0, "down": 1, "up": 2}
+        return sorted(out, key=lambda e: (e.at_s, order[e.kind]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate_mbit": self.rate_mbit, "burst": self.burst_bytes, "queue_ms": self.queue_ms,
+                "events": [{"at_s": e.at_s, "kind": e.kind, **({"rate_mbit": e.rate_mbit} if e.kind == "rate" else {})}
+                           for e in self.events()]}
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     latency: Distribution = Constant(0.0)  # injected delay before answering
     failures: tuple[Failure, ...] = ()  # the worker fails a request if any of these says so
     slowdown: float = 1.0  # multiplies the sampled delay
-    bandwidth_mbit: float | None = None  # informational; None = unlimited
+    link: LinkSpec | None = None  # None: loopback (no links anywhere) or an unshaped veth
 
 
 @dataclass(frozen=True)
@@ -92,7 +151,20 @@ class Scenario:
     learned_code_model: str = "learned-code"  # the "learned-code" scheme's model: shipped name or .safetensors
     timeout_s: float = 5.0  # per-request deadline at the master
     arrival: Arrival = field(default_factory=Arrival)
+    also_all_fast: bool = False  # also run each scheme with every link at the fastest configured rate
     source: str | None = None  # the file it was loaded from
+
+    @property
+    def has_links(self) -> bool:
+        """True when any worker has a link: then every worker runs behind a veth in its own namespace."""
+        return any(w.link is not None for w in self.workers)
+
+    def all_fast(self) -> "Scenario":
+        """The same scenario with every link at the fastest rate any link has, and no link events."""
+        fast = max(w.link.peak_rate_mbit for w in self.workers if w.link is not None)
+        burst = max(w.link.burst_bytes for w in self.workers if w.link is not None)
+        workers = tuple(replace(w, link=LinkSpec(fast, burst, w.link.queue_ms if w.link else 100.0)) for w in self.workers)
+        return replace(self, workers=workers, also_all_fast=False)
 
     def behaviours(self) -> list[WorkerBehaviour]:
         """One deterministic behaviour per worker, indexed 0..N-1."""
@@ -109,7 +181,8 @@ class Scenario:
             "schemes": list(self.schemes), "learned_code_model": self.learned_code_model, "timeout_s": self.timeout_s,
             "arrival": {"process": self.arrival.process, "concurrency": self.arrival.concurrency,
                         "rate": self.arrival.rate},
-            "workers": [{**b.to_dict(), "bandwidth_mbit": w.bandwidth_mbit}
+            "also_all_fast": self.also_all_fast,
+            "workers": [{**b.to_dict(), "link": w.link.to_dict() if w.link else None}
                         for w, b in zip(self.workers, self.behaviours())],
         }
 
@@ -154,9 +227,59 @@ def _parse_worker(d: Any, base_dir: Path | None) -> dict[str, Any]:
         out["failures"] = _in_section("failure", parse_failures, d["failure"])
     if "slowdown" in d:
         out["slowdown"] = as_number(d["slowdown"], "slowdown", above=0)
-    if "bandwidth_mbit" in d:
-        out["bandwidth_mbit"] = as_number(d["bandwidth_mbit"], "bandwidth_mbit", above=0)
+    if "bandwidth_mbit" in d:  # it never shaped anything; say so rather than ignore it
+        raise FieldError("bandwidth_mbit", "is no longer read (it was never enforced); to shape a real link "
+                                           f"write `link = {{ rate_mbit = {d['bandwidth_mbit']!r} }}` (needs root and iproute2)")
+    if "link" in d:
+        out["link"] = _in_section("link", _parse_link, d["link"])
     return out
+
+
+def _times(value: Any, field_: str) -> list[float]:
+    items = value if isinstance(value, list) else [value]
+    return [as_number(v, f"{field_}[{i}]" if isinstance(value, list) else field_, minimum=0)
+            for i, v in enumerate(items)]
+
+
+def _parse_link(d: Any) -> LinkSpec:
+    d = as_table(d, "")
+    check_keys(d, _LINK_KEYS)
+    if "rate_mbit" not in d:
+        raise FieldError("rate_mbit", "missing (a link needs its rate in Mbit/s)")
+    rate = as_number(d["rate_mbit"], "rate_mbit", above=0)
+    burst = None
+    if "burst" in d:
+        burst = as_int(d["burst"], "burst", minimum=MIN_BURST)
+    queue_ms = as_number(d.get("queue_ms", 100.0), "queue_ms", above=0)
+    downs = _times(d["down_at_s"], "down_at_s") if "down_at_s" in d else []
+    ups = _times(d["up_at_s"], "up_at_s") if "up_at_s" in d else []
+    if len(ups) > len(downs) or len(downs) > len(ups) + 1:
+        raise FieldError("up_at_s", f"needs one up_at_s per down_at_s (the last may be left out: down for good); "
+                                    f"got {len(downs)} down, {len(ups)} up")
+    outages = [(dn, ups[i] if i < len(ups) else None) for i, dn in enumerate(downs)]
+    last = -1.0
+    for i, (dn, up) in enumerate(outages):
+        if dn <= last:
+            raise FieldError("down_at_s", f"outages must be in time order and not overlap: down at {dn:g} s "
+                                          f"comes before the previous up at {last:g} s")
+        if up is not None and up <= dn:
+            raise FieldError("up_at_s", f"the link comes up at {up:g} s, not after it went down at {dn:g} s")
+        last = up if up is not None else float("inf")
+    changes = d.get("rate_changes", [])
+    if not isinstance(changes, list):
+        raise FieldError("rate_changes", "must be a list of { at_s = ..., rate_mbit = ... } tables")
+    parsed = []
+    for i, c in enumerate(changes):
+        c = as_table(c, f"rate_changes[{i}]")
+        try:
+            check_keys(c, {"at_s", "rate_mbit"})
+            for k in ("at_s", "rate_mbit"):
+                if k not in c:
+                    raise FieldError(k, "missing")
+            parsed.append((as_number(c["at_s"], "at_s", minimum=0), as_number(c["rate_mbit"], "rate_mbit", above=0)))
+        except FieldError as e:
+            raise e.under(f"rate_changes[{i}]") from None
+    return LinkSpec(rate, burst, queue_ms, tuple(outages), tuple(sorted(parsed)))
 
 
 def _parse_arrival(d: Any) -> Arrival:
@@ -223,8 +346,17 @@ def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
                                             ("learned-code",), ".safetensors", base_dir),
         timeout_s=as_number(d.get("timeout_s", 5.0), "timeout_s", above=0),
         arrival=_in_section("arrival", _parse_arrival, d.get("arrival", {})),
+        also_all_fast=_also_all_fast(d.get("also_all_fast", False), workers),
         source=source,
     )
+
+
+def _also_all_fast(value: Any, workers: tuple[WorkerSpec, ...]) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError("also_all_fast", f"must be true or false, got {value!r}")
+    if value and not any(w.link for w in workers):
+        raise FieldError("also_all_fast", "needs at least one worker with a `link` (there is nothing to make fast)")
+    return value
 
 
 def _one_of(value: Any, field_: str, choices: tuple[str, ...]) -> str:
