@@ -436,12 +436,19 @@ def scenario() -> None:
 @click.option("--out", "out_dir", default="out", show_default=True, help="reports go to OUT/<scenario name>/")
 @click.option("--quiet", is_flag=True)
 def scenario_run(files, out_dir, quiet):
-    """Run each scenario FILE: AICC and the comparators on the same delays; write report + plots."""
+    """Run each scenario FILE: AICC and the comparators on the same delays; write report + plots.
+
+    A scenario with `link` tables runs its workers behind real, shaped links (network namespaces, tc
+    tbf) and needs root and iproute2; it is refused otherwise. Namespaces are removed on every exit,
+    Ctrl-C and SIGTERM included."""
+    import signal
     from pathlib import Path
 
     from .scenario.runner import run_scenario
     from .scenario.spec import load_scenario
 
+    # SIGTERM unwinds like Ctrl-C, so workers stop and link namespaces are removed (finally blocks run)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     for f in files:
         sc = load_scenario(f)
         target = Path(out_dir) / sc.name
