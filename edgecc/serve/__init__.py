@@ -1,0 +1,1 @@
+"""`edgecc serve`: the master behind an HTTP endpoint, with dynamic grouping, metrics and a dashboard."""
