@@ -1,0 +1,101 @@
+"""ApproxIFER as a runtime scheme: the master's side (coding/berrut.py does the math).
+
+Every worker runs the unmodified centralized model ("plain" placement: the MLP on the numpy path,
+runtime/compute.PlainCompute; the CNN with torch, runtime/plain_cnn.PlainCNNCompute) on the Berrut
+combination u(z_n) of the K images of each group. The master decodes from whichever K workers answer
+first (N = K + S tolerates S stragglers); with `byzantine` = E it waits for 2K + 2E − 1 answers and
+decodes around up to E wrong ones, naming them (N = 2K + S + 2E − 1).
+
+The protocol's per-worker `alpha` must be positive, and plain workers do not read it: alphas are the
+workers' 1-based indices; the Berrut nodes are `points`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..bundle import digest
+from ..coding.berrut import WORKER_POINT_SETS, BerrutCode, needed_results
+from ..coding.schemes import Scheme
+from ..errors import ConfigError
+from ..protocol.frames import pack_array
+from .plan import kth_fastest
+
+BASE_KINDS = ("centralized-mlp", "centralized-cnn")
+
+
+def base_arrays(model, info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The wire arrays of a centralized model for a plain worker: "mlp.*" (numpy) or "cnn.*" (torch)."""
+    if info["kind"] == "centralized-mlp":
+        return {f"mlp.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
+    if info["kind"] == "centralized-cnn":
+        from .plain_cnn import cnn_arrays
+
+        return cnn_arrays(model)
+    raise ConfigError(f"ApproxIFER's workers run a centralized model ({', '.join(BASE_KINDS)}), not {info['kind']!r}")
+
+
+class ApproxIFERPlan:
+    """K images per group on N workers; any K answers decode (2K + 2E − 1 with E liars)."""
+
+    placement = "plain"
+
+    def __init__(self, model, info: dict[str, Any], K: int, N: int, points: str = "n", wire_dtype: str = "f4",
+                 byzantine: int = 0):
+        if points not in WORKER_POINT_SETS:
+            raise ConfigError(f"points must be one of {WORKER_POINT_SETS}, got {points!r}")
+        if byzantine < 0:
+            raise ConfigError(f"byzantine must be >= 0, got {byzantine}")
+        self.threshold = needed_results(K, byzantine)
+        if N < self.threshold:
+            raise ConfigError(f"ApproxIFER with K={K}" + (f" and E={byzantine} liar(s)" if byzantine else "")
+                              + f" needs N >= {self.threshold}, got N={N}")
+        self.model, self.info = model.eval(), info
+        self.K, self.N, self.byzantine, self.wire_dtype = K, N, byzantine, wire_dtype
+        self.code = BerrutCode(K, N, points)
+        self.points = [float(z) for z in self.code.z]
+        self.scheme = Scheme(K=K, G=1)  # tells plain workers K; the Berrut code lives at the master
+        self.alphas = [float(n + 1) for n in range(N)]
+        self.arrays = base_arrays(model, info)
+        self.digest = digest(self.arrays)
+        self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+        self.suspect_groups = [0] * N  # per worker: groups where its result was located as a lie
+
+    @property
+    def need(self) -> str:
+        if self.byzantine:
+            return f"2K + 2E − 1 = {self.threshold} (E={self.byzantine})"
+        return f"any K={self.K} of {self.N}"
+
+    def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Per-worker compute fields for groups `images` (B, K, 28, 28) uint8: u(z_n), float in [0, 1] units."""
+        if images.ndim != 4 or images.shape[1] != self.K:
+            raise ConfigError(f"expected groups of shape (B, {self.K}, 28, 28), got {images.shape}")
+        wx = self.code.encode(images.astype(np.float32) / 255.0)  # (B, N, 28, 28)
+        return [{"x": pack_array(np.ascontiguousarray(wx[:, n]), self.wire_dtype)} for n in range(self.N)]
+
+    def complete(self, answered) -> bool:
+        return len(answered) >= self.threshold
+
+    def reachable(self, possible) -> bool:
+        return len(possible) >= self.threshold
+
+    def oracle(self, delays: dict[int, float | None]) -> float | None:
+        """Best possible latency given each worker's injected delay: the threshold-th fastest answer."""
+        return kth_fastest(delays, self.threshold)
+
+    def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
+        return self.decoded(results)[0]
+
+    def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """(logits (B, K, 10) float64, report): every result given is used (the first K or 2K + 2E − 1 to
+        arrive, when the master calls at completion); with liars, report["suspects"] names located ones."""
+        if not self.byzantine:
+            return self.code.decode(results), {"subset": sorted(int(w) for w in results)}
+        res = self.code.robust_decode(self.byzantine, results)
+        for row, w in enumerate(res.workers):
+            self.suspect_groups[w] += int(res.suspects[row].sum())
+        suspects = sorted(int(w) for row, w in enumerate(res.workers) if res.suspects[row].any())
+        return res.logits, {"subset": sorted(int(w) for w in res.workers), "suspects": suspects}

@@ -1,0 +1,336 @@
+"""One table of straggler-mitigation schemes on the Fashion-MNIST test set (`edgecc compare`).
+
+Every row is evaluated through the decode path a master uses, worst case over which workers straggle:
+
+- ApproxIFER (coding/berrut.py) over the centralized MLP and CNN, K ∈ {2, 4, 8, 12}, S ∈ {1, 2, 3},
+  N = K + S, both published worker point sets. Workers' outputs are computed once per group; every
+  one of the C(N, S) straggler sets is then decoded from the other K workers (at most C(15, 3) = 455).
+- AICC: every trained cell of Tables 2-3 (K = 2, 4), decoded from every R-subset (edgecc.evaluate).
+- The learned code [10] (shipped `learned-code`, k = 2): each data worker erased in turn.
+- Replication (worker n runs image n mod K) and uncoded (N workers, N images) at the same N: a slot
+  whose every copy straggles has no answer at the request deadline and counts as wrong.
+
+Degraded-mode accuracy is over the slots not answered by a worker's own exact output (the straggler's
+slot for replication, uncoded and the learned code; every decoded slot for AICC, and for ApproxIFER
+every slot whose query point is not an answering worker's node). Overall accuracy is over all slots.
+
+Each cell is written to RUNS_DIR/<cell>.json as it finishes, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .bench import costs
+from .coding.berrut import WORKER_POINT_SETS, BerrutCode
+from .modelfile import atomic_write
+
+KS = (2, 4, 8, 12)
+SS = (1, 2, 3)
+CNN_BASE = "results/checkpoints/table2/baseline-cnn.safetensors"
+AICC_TABLES = ("results/table2.json", "results/table3.json")
+# ApproxIFER's plotted Fashion-MNIST degraded-mode accuracy (ResNet-18 base at 0.97; SPEC §4), by (K, S).
+# The S=2 and S=3 figures are shown beside K=8, the operating point of the paper's straggler sweep.
+PAPER = {(8, 1): 0.74, (10, 1): 0.73, (12, 1): 0.72, (8, 2): 0.655, (8, 3): 0.64}
+PAPER_BASE = 0.97
+PIX_BYTES = 784 * 4  # one float32 image on the wire (f4)
+OUT_BYTES = 10 * 4  # one float32 logit vector back
+
+
+# -- worker computes (what a plain worker runs) ---------------------------------------------------
+def base_computes(cnn_path: str = CNN_BASE) -> dict[str, Any]:
+    """{"mlp": numpy PlainCompute of the shipped centralized MLP, "cnn": PlainCNNCompute of Table 2's CNN}."""
+    from .modelfile import load_model
+    from .runtime.compute import PlainCompute
+    from .runtime.plain_cnn import PlainCNNCompute, cnn_arrays
+
+    mlp, _ = load_model("default-mlp")
+    cnn, info = load_model(cnn_path)
+    if info["kind"] != "centralized-cnn":
+        raise ValueError(f"{cnn_path} holds a {info['kind']!r} model, not the centralized CNN")
+    return {"mlp": PlainCompute({f"mlp.{k}": v.float().numpy() for k, v in mlp.state_dict().items()}),
+            "cnn": PlainCNNCompute(cnn_arrays(cnn))}
+
+
+def worker_flops(base: str) -> int:
+    return costs.mlp_baseline_flops() if base == "mlp" else costs.cnn_baseline_flops()
+
+
+def groups(x: np.ndarray, y: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    G = x.shape[0] // K
+    return x[: G * K].reshape(G, K, 28, 28), y[: G * K].reshape(G, K)
+
+
+# -- cells ----------------------------------------------------------------------------------------
+def approxifer_cell(compute: Callable, base: str, K: int, S: int, points: str, x: np.ndarray, y: np.ndarray,
+                    chunk: int = 256) -> dict[str, Any]:
+    N = K + S
+    code = BerrutCode(K, N, points)
+    xg, yg = groups(x, y, K)
+    out = np.empty((xg.shape[0], N, 10), dtype=np.float32)
+    for i in range(0, xg.shape[0], chunk):
+        wx = code.encode(xg[i : i + chunk])  # (b, N, 28, 28) float32
+        out[i : i + chunk] = compute(wx.reshape(-1, 28, 28)).reshape(-1, N, 10)
+    rows = []
+    for stragglers in itertools.combinations(range(N), S):
+        answered = [n for n in range(N) if n not in stragglers]
+        W = code.decode_weights(answered)
+        correct = np.einsum("kn,gnv->gkv", W, out[:, answered].astype(np.float64)).argmax(-1) == yg
+        exact = np.isclose(W.max(axis=1), 1.0) & np.isclose(np.abs(W).sum(axis=1), 1.0)  # query on an answering node
+        rows.append((float(correct.mean()), float(correct[:, ~exact].mean()) if (~exact).any() else None, stragglers))
+    worst = min(rows, key=lambda r: r[0])
+    full = np.einsum("kn,gnv->gkv", code.decode_weights(range(N)), out.astype(np.float64)).argmax(-1) == yg
+    return {"scheme": "approxifer", "base": base, "K": K, "S": S, "N": N, "points": points,
+            "overall_worst": worst[0], "degraded_worst": min((r[1] for r in rows if r[1] is not None), default=None),
+            "overall_mean": float(np.mean([r[0] for r in rows])), "worst_stragglers": list(worst[2]),
+            "no_straggler": float(full.mean()), "straggler_sets": len(rows), "images": int(yg.size),
+            "worker_flops": worker_flops(base), "worker_calls_per_image": N / K,
+            "master_flops_per_image": 2 * N * K * 784 / K + 2 * K * K * 10 / K,
+            "up_bytes_per_image": N * PIX_BYTES / K, "down_bytes_per_image": N * OUT_BYTES / K}
+
+
+def aicc_cells() -> list[tuple[str, str, int]]:
+    """(cell id, checkpoint, N) for every trained AICC cell of Tables 2-3."""
+    cells = []
+    for table in AICC_TABLES:
+        if not Path(table).exists():
+            continue
+        t = json.loads(Path(table).read_text())
+        for r in t["rows"]:
+            if r.get("kind") == "aicc" and Path(r.get("checkpoint", "")).exists():
+                cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], int(r["N"])))
+    return cells
+
+
+def aicc_cell(path: str, N: int, x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from .coding.schemes import Scheme
+    from .evaluate import evaluate
+    from .modelfile import load_model
+
+    model, info = load_model(path)
+    s = Scheme.from_dict(info["scheme"])
+    ev = evaluate(model, info, x_u8, y, N, max_subsets=None, encode_precision="fp32")
+    worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
+    up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
+    return {"scheme": "aicc", "base": s.label(), "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
+            "overall_worst": ev["accuracy_decoded_min"] / 100, "degraded_worst": ev["accuracy_decoded_min"] / 100,
+            "overall_mean": ev["accuracy_decoded_mean"] / 100, "best_subset": ev["accuracy_decoded_max"] / 100,
+            "no_straggler": ev["accuracy_direct"] / 100,  # any R answers decode the same polynomial
+            "straggler_sets": ev["subsets_evaluated"], "images": ev["images"],
+            "checkpoint": path, "worker_flops": worker, "worker_calls_per_image": N / s.K,
+            "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
+            "up_bytes_per_image": N * up / s.K, "down_bytes_per_image": N * OUT_BYTES / s.K}
+
+
+def learned_code_cell(x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    import torch
+
+    from .data import to_float
+    from .modelfile import load_model
+    from .runtime.plan import LearnedCodePlan
+
+    model, info = load_model("learned-code")
+    plan = LearnedCodePlan(model, info)
+    k = plan.k
+    xg, yg = groups(to_float(x_u8), y, k)
+    with torch.inference_mode():
+        xt = torch.from_numpy(xg)
+        data = model.base(xt.reshape(-1, 28, 28)).reshape(-1, k, 10).numpy()
+        parity = model.base(model.encoder(xt)).numpy()
+    results = {n: data[:, n] for n in range(k)} | {k: parity}
+    rows = []
+    for lost in range(k):  # the parity worker straggling changes nothing: every data slot is exact
+        got = plan.decode({n: r for n, r in results.items() if n != lost}).argmax(-1) == yg
+        rows.append((float(got.mean()), float(got[:, lost].mean()), lost))
+    worst = min(rows)
+    complete = float((data.argmax(-1) == yg).mean())  # the parity worker straggled: every data slot exact
+    return {"scheme": "learned-code", "base": "mlp", "K": k, "S": 1, "N": k + 1, "points": None,
+            "overall_worst": worst[0], "degraded_worst": min(r[1] for r in rows), "worst_stragglers": [worst[2]],
+            "overall_mean": float(np.mean([r[0] for r in rows] + [complete])), "no_straggler": complete, "straggler_sets": k + 1, "images": int(yg.size),
+            "worker_flops": costs.mlp_baseline_flops(), "worker_calls_per_image": (k + 1) / k,
+            "master_flops_per_image": None, "up_bytes_per_image": (k + 1) * PIX_BYTES / k,
+            "down_bytes_per_image": (k + 1) * OUT_BYTES / k}
+
+
+def copies_cell(scheme: str, base: str, correct: np.ndarray, K: int, S: int) -> dict[str, Any]:
+    """Replication (N = K + S workers, worker n on image n mod K) or uncoded (N workers, N images), from the
+    base model's per-image correctness; worst case over every straggler set."""
+    N = K + S
+    slots = K if scheme == "replication" else N
+    owner = [n % slots for n in range(N)]
+    G = correct.size // slots
+    c = correct[: G * slots].reshape(G, slots)
+    rows = []
+    for st in itertools.combinations(range(N), S):
+        lost = [k for k in range(slots) if all(n in st for n in range(N) if owner[n] == k)]
+        ok = np.delete(c, lost, axis=1).sum() / c.size
+        rows.append((float(ok), 0.0 if lost else None, st))
+    worst = min(rows, key=lambda r: r[0])
+    degraded = [r[1] for r in rows if r[1] is not None]
+    return {"scheme": scheme, "base": base, "K": K, "S": S, "N": N, "points": None, "images_per_round": slots,
+            "overall_worst": worst[0], "degraded_worst": min(degraded) if degraded else None,
+            "tolerates": not degraded, "worst_stragglers": list(worst[2]),
+            "overall_mean": float(np.mean([r[0] for r in rows])), "no_straggler": float(c.mean()),
+            "straggler_sets": len(rows), "images": int(c.size), "worker_flops": worker_flops(base),
+            "worker_calls_per_image": N / slots, "master_flops_per_image": 0,
+            "up_bytes_per_image": N * PIX_BYTES / slots, "down_bytes_per_image": N * OUT_BYTES / slots}
+
+
+def measured_worker_seconds(computes: dict[str, Any], n: int = 512) -> dict[str, float]:
+    """Seconds per image of each worker compute, measured side by side in this process (best of 3)."""
+    from .runtime.compute import EncodedCompute
+    from .coding.schemes import Scheme
+
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 28, 28), dtype=np.float32)
+    affine = EncodedCompute(Scheme(K=2), {"affine.weight": rng.normal(size=(10, 784)).astype(np.float32),
+                                          "affine.bias": np.zeros(10, np.float32)})
+    out = {}
+    for name, f in {"mlp": computes["mlp"], "cnn": computes["cnn"], "aicc-affine": affine}.items():
+        f(x[:8])
+        best = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            f(x)
+            best = min(best, time.perf_counter() - t)
+        out[name] = best / n
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+def plan_cells() -> list[str]:
+    """Cell ids in the order they run: the CNN-base ApproxIFER cells with the table's point set first."""
+    ids = ["base-mlp", "base-cnn", "learned-code"]
+    for base in ("mlp", "cnn"):
+        for S in SS:
+            for K in KS:
+                ids += [f"replication-{base}-K{K}-S{S}", f"uncoded-{base}-K{K}-S{S}"]
+    for points in WORKER_POINT_SETS:
+        for base in ("mlp", "cnn"):
+            ids += [f"approxifer-{base}-K{K}-S{S}-{points}" for S in SS for K in KS]
+    ids += [c for c, _, _ in aicc_cells()]
+    return ids
+
+
+def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None, only: tuple[str, ...] = (),
+        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    from .data import load_images, to_float
+
+    runs = Path(runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    x_u8, y = load_images(images)
+    if limit:
+        x_u8, y = x_u8[:limit], y[:limit]
+    y = y.astype(np.int64)
+    x = to_float(x_u8)
+    computes = base_computes()
+    aicc = {c: (p, N) for c, p, N in aicc_cells()}
+    tag = f"{images}-{len(y)}"
+    base_correct: dict[str, np.ndarray] = {}
+    rows = []
+    for cid in plan_cells():
+        if only and not any(cid.startswith(o) for o in only):
+            continue
+        path = runs / f"{cid}@{tag}.json"
+        if path.exists():
+            rows.append(json.loads(path.read_text()))
+            continue
+        t = time.perf_counter()
+        parts = cid.split("-")
+        if cid.startswith("base-") or cid.startswith(("replication-", "uncoded-")):
+            base = parts[1]
+            if base not in base_correct:
+                base_correct[base] = computes[base](x).argmax(-1) == y
+            if cid.startswith("base-"):
+                row = {"scheme": "centralized", "base": base, "K": 1, "S": 0, "N": 1, "no_straggler": float(base_correct[base].mean()),
+                       "overall_worst": float(base_correct[base].mean()), "images": int(y.size), "worker_flops": worker_flops(base)}
+            else:
+                row = copies_cell(parts[0], base, base_correct[base], int(parts[2][1:]), int(parts[3][1:]))
+        elif cid == "learned-code":
+            row = learned_code_cell(x_u8, y)
+        elif cid.startswith("approxifer-"):
+            row = approxifer_cell(computes[parts[1]], parts[1], int(parts[2][1:]), int(parts[3][1:]), "-".join(parts[4:]), x, y)
+        else:
+            row = aicc_cell(aicc[cid][0], aicc[cid][1], x_u8, y)
+        row["cell"], row["seconds"] = cid, round(time.perf_counter() - t, 1)
+        atomic_write(path, json.dumps(row, indent=1).encode())
+        log(f"{cid}: overall {row['overall_worst']:.4f} ({row['seconds']:.0f} s)")
+        rows.append(row)
+    return rows
+
+
+def assemble(rows: list[dict[str, Any]], measured: dict[str, float] | None, images: int) -> dict[str, Any]:
+    bases = {r["base"]: r["no_straggler"] for r in rows if r["scheme"] == "centralized"}
+    for r in rows:
+        b = bases.get(r["base"])
+        r["relative_to_base"] = None if b is None or r.get("overall_worst") is None else r["overall_worst"] / b
+        r["degraded_relative_to_base"] = None if b is None or r.get("degraded_worst") is None else r["degraded_worst"] / b
+        if r["scheme"] == "approxifer" and (r["K"], r["S"]) in PAPER:
+            r["paper"] = PAPER[(r["K"], r["S"])]
+            r["paper_relative_to_base"] = PAPER[(r["K"], r["S"])] / PAPER_BASE
+    return {"table": "schemes", "images": images, "bases": bases, "paper": {"base": PAPER_BASE,
+            "figures": {f"K={k},S={s}": v for (k, s), v in PAPER.items()}},
+            "worker_seconds_per_image": measured, "rows": rows}
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v / 1e6:.2f} M" if v >= 1e5 else f"{v:,.0f}"
+
+
+def markdown(table: dict[str, Any], points: str = "n") -> str:
+    """The README-sized table: one row per scheme and operating point (ApproxIFER with `points`)."""
+    rows = table["rows"]
+    other = {(r["base"], r["K"], r["S"]): r for r in rows if r["scheme"] == "approxifer" and r["points"] != points}
+    b = table["bases"]
+    out = [f"Fashion-MNIST test set ({table['images']:,} images). Accuracy in %, worst case over every set of S "
+           f"straggling workers; 'rel.' = overall / the scheme's own centralized base (MLP {_pct(b.get('mlp'))}, "
+           f"CNN {_pct(b.get('cnn'))}; ApproxIFER's paper: ResNet-18 at {100 * PAPER_BASE:.0f}). ApproxIFER's workers "
+           f"at cos(iπ/{'N' if points == 'n' else '(N−1)'}); the other point set in the last-but-one column.",
+           "",
+           "| scheme | base | K | S | N | degraded | overall | rel. | no straggler | other points | paper (rel.) "
+           "| worker FLOPs/img | master FLOPs/img | up bytes/img |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def key(r):
+        order = {"approxifer": 0, "aicc": 1, "learned-code": 2, "replication": 3, "uncoded": 4}
+        return (r["K"], r["S"], order.get(r["scheme"], 9), r["base"])
+
+    for r in sorted((r for r in rows if r["scheme"] != "centralized" and r.get("points") in (points, None, "n/(N+1)")), key=key):
+        o = other.get((r["base"], r["K"], r["S"])) if r["scheme"] == "approxifer" else None
+        paper = f"{100 * r['paper']:.1f} ({r['paper_relative_to_base']:.2f})" if r.get("paper") else "—"
+        flops = r["worker_flops"] * r.get("worker_calls_per_image", 1)
+        name = r["scheme"] + ("" if r.get("tolerates", True) else " ✗")
+        rel = "—" if r.get("relative_to_base") is None else f"{r['relative_to_base']:.3f}"
+        out.append(f"| {name} | {r['base']} | {r['K']} | {r['S']} | {r['N']} | {_pct(r.get('degraded_worst'))} | "
+                   f"{_pct(r['overall_worst'])} | {rel} | "
+                   f"{_pct(r.get('no_straggler'))} | {_pct(o['overall_worst']) if o else '—'} | {paper} | {_num(flops)} | {_num(r.get('master_flops_per_image'))} | "
+                   f"{_num(r.get('up_bytes_per_image'))} |")
+    out += ["", "✗: cannot tolerate S stragglers: the worst straggler set leaves a slot unanswered at the deadline "
+            "(counted wrong; degraded = that slot); uncoded sends N images to N workers per round. Worker FLOPs/img = one worker call × worker calls per image (N/K). "
+            "Up bytes/img: f4 payload per classified image (no framing)."]
+    m = table.get("worker_seconds_per_image")
+    if m:
+        out.append("Measured worker compute per image on this machine (one process, best of 3, CPU shared with other "
+                   "jobs: " + ", ".join(f"{k} {v * 1e6:.1f} µs" for k, v in m.items()) + ").")
+    return "\n".join(out) + "\n"
+
+
+def write(table: dict[str, Any], results_dir: str | Path = "results") -> tuple[Path, Path]:
+    d = Path(results_dir)
+    j, m = d / "schemes.json", d / "schemes.md"
+    atomic_write(j, json.dumps(table, indent=1).encode())
+    atomic_write(m, ("# Straggler-mitigation schemes side by side\n\nWritten by `edgecc compare`.\n\n" + markdown(table, table.get("main_points", "n"))).encode())
+    return j, m
