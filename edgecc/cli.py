@@ -255,6 +255,12 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--byzantine", type=int, default=0, show_default=True, help="E: wait for R+2E results, decode around up to E lying workers and name them")
 @click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="encoder precision at the master; auto = bf16 for CNN encoders on CPUs with native bf16, else fp32")
+@click.option("--scheme", type=click.Choice(["auto", "approxifer"]), default="auto", show_default=True,
+              help="auto: the model's own scheme (AICC, learned code); approxifer: Berrut-coded ApproxIFER over a "
+              "centralized model (--model default-mlp, or a centralized CNN with torch on the workers), K = --k")
+@click.option("--k", "approx_k", type=int, default=2, show_default=True, help="approxifer: images per group")
+@click.option("--points", type=click.Choice(["n", "n-1"]), default="n", show_default=True,
+              help="approxifer: worker nodes cos(iπ/N) or cos(iπ/(N−1))")
 @click.option("--token-file", default=None)
 @click.option("--tls-ca", default=None, help="CA file: connect with TLS and verify workers against it")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="write the JSON summary here")
@@ -263,8 +269,8 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--log-level", default="warning", show_default=True)
 @limit_options
 def master(workers, model, images, data_dir, limit, placement, worker_dataset, groups_per_request, in_flight, request_timeout,
-           wait, wire_dtype, byzantine, encode_precision, token_file, tls_ca, json_out, predictions_out, quiet, log_level,
-           max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+           wait, wire_dtype, byzantine, encode_precision, scheme, approx_k, points, token_file, tls_ca, json_out,
+           predictions_out, quiet, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Stream images through N workers, decoding each request from the first R answers."""
     import numpy as np
 
@@ -277,7 +283,16 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     _logging(log_level)
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
     net, info = load_model(model)
-    if info["kind"] == "learned-code":  # the baseline [10]: k data workers + 1 parity worker, all plain
+    if scheme == "approxifer":  # any K of the N workers, each running the centralized model on a Berrut combination
+        from .runtime.approxifer import ApproxIFERPlan
+
+        if placement != "encoded":
+            raise click.UsageError("ApproxIFER's workers run the centralized model on what the master sends: no --placement")
+        try:
+            plan = ApproxIFERPlan(net, info, approx_k, len(addresses), points, wire_dtype, byzantine)
+        except EdgeccError as e:
+            raise click.UsageError(str(e)) from None
+    elif info["kind"] == "learned-code":  # the baseline [10]: k data workers + 1 parity worker, all plain
         if len(addresses) != info["code"]["k"] + 1 or byzantine or placement != "encoded":
             raise click.UsageError(f"a learned-code model runs on exactly k+1 = {info['code']['k'] + 1} workers, "
                                    "without --byzantine or --placement")
@@ -285,7 +300,7 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     elif info["kind"] == "aicc":
         plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision)
     else:
-        raise click.UsageError(f"the master distributes AICC or learned-code models, not {info['kind']!r}")
+        raise click.UsageError(f"the master distributes AICC or learned-code models, not {info['kind']!r} (a centralized model: --scheme approxifer)")
     x, y = _images(images, data_dir, limit)
     token = load_token(token_file)
     limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)

@@ -70,6 +70,10 @@ def _plan(scheme: str, scenario: Scenario, model, info, baseline):
         if plan.N > scenario.N:
             raise EdgeccError(f"the learned code needs {plan.N} workers, the scenario has {scenario.N}")
         return plan
+    if scheme == "approxifer":  # the centralized baseline on Berrut combinations; any K of the scenario's N
+        from ..runtime.approxifer import ApproxIFERPlan
+
+        return ApproxIFERPlan(*baseline, K, scenario.N)
     bnet, binfo = baseline
     return ReplicatedPlan(bnet, binfo, K, K if scheme == "uncoded" else scenario.N)
 
@@ -173,7 +177,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     model, info = load_model(scenario.model)
     if info["kind"] != "aicc":
         raise EdgeccError(f"{scenario.model}: a scenario's model must be an AICC model")
-    baseline = load_model(BASELINE) if {"uncoded", "replication"} & set(scenario.schemes) else None
+    baseline = load_model(BASELINE) if {"uncoded", "replication", "approxifer"} & set(scenario.schemes) else None
     images, labels = load_images(scenario.images)
     results, stats = {}, {}
     with tempfile.TemporaryDirectory(prefix="edgecc-scenario-") as logs:

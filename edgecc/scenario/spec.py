@@ -67,8 +67,8 @@ from edgecc.scenario.latency import (
     check_keys, parse_failures, parse_latency,
 )
 
-SCHEMES = ("aicc", "uncoded", "replication", "learned-code")
-DEFAULT_SCHEMES = SCHEMES[:3]  # the learned code [10] runs only where a scenario names it
+SCHEMES = ("aicc", "uncoded", "replication", "learned-code", "approxifer")
+DEFAULT_SCHEMES = SCHEMES[:3]  # the learned code [10] and ApproxIFER run only where a scenario names them
 PLACEMENTS = ("encoded", "shared")
 ARRIVAL_PROCESSES = ("closed", "poisson")
 
