@@ -57,9 +57,10 @@ async def test_decodes_over_real_workers_as_in_process_from_any_K_and_with_a_kil
         for _ in range(4):  # whichever 2 answer first: the decode is the in-process one from those 2
             info_ = {}
             got = await m.infer(groups, info=info_)
-            subset = tuple(info_["decode"]["subset"])
+            subset = tuple(info_["decode"]["subset"])  # the plan's report: the workers it decoded from
             assert len(subset) == 2 and sorted(info_["answered"]) == list(subset)
             np.testing.assert_allclose(got, want[subset], rtol=1e-6, atol=1e-6)
+            assert sum(np.allclose(got, w, rtol=1e-6, atol=1e-6) for w in want.values()) == 1  # and no other subset's
         workers[0].kill()
         workers[2].kill()
         await until_lost(m, 0)
