@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from edgecc.protocol.frames import FrameDecoder, RemoteProtocolError, encode_frame, pack_array
-from edgecc.protocol.messages import (ERROR_CODES, MESSAGES, NONCE_BYTES, PROTOCOL_VERSION, Auth, Compute, Configure,
+from edgecc.protocol.messages import (ERROR_CODES, MESSAGES, NONCE_BYTES, PROTOCOL_VERSION, Auth, Cancel, Compute, Configure,
                                       Configured, Error, Hello, Ping, Pong, Result, Welcome, parse)
 
 DIGEST = "0123456789abcdef" * 4
 CAPS = {"placements": ["encoded", "shared"], "wire_dtypes": ["f4", "f2"], "torch": False, "max_frame": 1 << 26,
-        "max_batch": 4096, "max_in_flight": 256}
+        "max_batch": 4096, "max_in_flight": 256, "proto_minor": 1}
 SCHEME = {"K": 2, "G": 1, "P": 1, "computation": "hb", "encoder": "cl", "compute_arch": "cl"}
 
 
@@ -31,6 +31,8 @@ EXAMPLES = [
     Compute(2**63 - 1, arr((2, 28, 28), "f2"), arr((2, 3, 28, 28), "f2"), None, None),
     Compute(5, None, None, arr((1, 2, 28, 28), "u1"), None),
     Compute(6, None, None, None, arr((1, 2), "i4")),
+    Cancel(7),
+    Cancel(2**63 - 1),
     Result(9, arr((2, 10))),
     Error("busy", "too many", 4),
     Error("limit", "frame too large", None),
@@ -70,7 +72,7 @@ def _plain(v):
 
 def test_every_type_has_an_example():
     assert {m.TYPE for m in EXAMPLES} == set(MESSAGES)
-    assert set(MESSAGES) == {"hello", "auth", "welcome", "configure", "configured", "compute", "result", "error",
+    assert set(MESSAGES) == {"hello", "auth", "welcome", "configure", "configured", "compute", "cancel", "result", "error",
                              "ping", "pong"}
 
 
@@ -162,6 +164,7 @@ def test_bad_nonce_length(t, n):
     ("placements", 5), ("placements", "encoded"), ("placements", ["encoded", 1]), ("placements", None),
     ("wire_dtypes", {"f4": 1}), ("torch", 1), ("torch", "yes"),
     ("max_frame", -1), ("max_frame", 1.5), ("max_batch", True), ("max_in_flight", "8"),
+    ("proto_minor", -1), ("proto_minor", "1"), ("proto_minor", True),
 ])
 def test_bad_caps(key, value):
     _fails({**_wire("hello"), "caps": {**CAPS, key: value}}, f"hello.caps.{key}")
@@ -213,6 +216,11 @@ def test_missing_type():
 @pytest.mark.parametrize("value", [-1, -(2**63), 2**63, 2**64 - 1])
 def test_compute_id_out_of_range(value):
     _fails({**_wire("compute"), "id": value}, "compute.id", "out of range", str(value))
+
+
+@pytest.mark.parametrize("value", [-1, 2**63])
+def test_cancel_id_out_of_range(value):
+    _fails({**_wire("cancel"), "id": value}, "cancel.id", "out of range", str(value))
 
 
 def test_compute_id_bounds():

@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 from .frames import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
+# Minor versions add messages an old peer can do without; each side learns the other's from the
+# handshake (a worker offers caps["proto_minor"], a master sends newer messages only to workers that
+# offer them). 1: `cancel` (master -> worker: skip a request whose result nobody needs).
+PROTOCOL_MINOR = 1
 NONCE_BYTES = 32
 PLACEMENTS = ("encoded", "shared", "plain")  # plain: the uncoded/replication comparators' base classifier
 ERROR_CODES = ("version", "auth", "bad_request", "not_configured", "busy", "limit", "internal")
@@ -66,7 +70,7 @@ class Hello(Message):
         # known capabilities must have their types (a master does `placement in caps["placements"]`
         # before authenticating the worker); unknown capabilities are ignored
         for key, ok in (("placements", _str_list), ("wire_dtypes", _str_list), ("torch", _is_bool),
-                        ("max_frame", _count), ("max_batch", _count), ("max_in_flight", _count)):
+                        ("max_frame", _count), ("max_batch", _count), ("max_in_flight", _count), ("proto_minor", _count)):
             if key in self.caps and not ok(self.caps[key]):
                 raise RemoteProtocolError(f"hello.caps.{key}: unexpected value of type {type(self.caps[key]).__name__}")
 
@@ -153,6 +157,19 @@ class Compute(Message):
 
 
 @dataclass(frozen=True)
+class Cancel(Message):
+    """Master -> worker (minor version 1): request `id` is decoded or failed; skip it if it has not
+    run yet, and send no result. Unknown or finished ids are ignored: a cancel races the result."""
+    TYPE = "cancel"
+    TYPES = {"id": (int,)}
+    id: int
+
+    def check(self) -> None:
+        if not 0 <= self.id < 2**63:
+            raise RemoteProtocolError(f"cancel.id out of range: {self.id}")
+
+
+@dataclass(frozen=True)
 class Result(Message):
     """Worker -> master: y (B, 10) = H(E(α_n)) for the request `id`."""
     TYPE = "result"
@@ -189,7 +206,7 @@ class Pong(Message):
     seq: int
 
 
-MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Auth, Welcome, Configure, Configured, Compute, Result, Error, Ping, Pong)}
+MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Auth, Welcome, Configure, Configured, Compute, Cancel, Result, Error, Ping, Pong)}
 assert all(list(m.TYPES) == [f.name for f in fields(m)] for m in MESSAGES.values()), "TYPES must list each message's fields"
 
 

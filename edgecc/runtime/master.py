@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +18,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DecodeError, EdgeccError
-from ..protocol import auth
 from ..protocol.frames import RemoteProtocolError, encode_frame, unpack_array
-from ..protocol.messages import (PROTOCOL_VERSION, Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong,
-                                 Result, Welcome)
+from ..protocol.messages import Compute, Result
 from .limits import Limits
-from .transport import Comm, CommClosedError, connect
+from .link import MAX_QUEUED_BYTES, AuthError, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
+from .transport import CommClosedError
 
 log = logging.getLogger("edgecc.master")
 
@@ -32,167 +30,76 @@ log = logging.getLogger("edgecc.master")
 SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_encodes)
 
 
-class AuthError(EdgeccError):
-    """The peer failed authentication (wrong token on one side)."""
-
-
 class RequestFailed(EdgeccError):
     """A request could not be decoded; the message says why."""
 
 
+class Overloaded(RequestFailed):
+    """The master shed the request on arrival: with the work already queued it could not finish
+    before its deadline (or the queue is at its bound). Nothing was sent for it."""
+
+
 @dataclass
 class Pending:
+    """One request between sending its frames and its decode (or failure)."""
     id: int
     groups: int
     future: asyncio.Future
-    outstanding: set[int]
+    outstanding: set[int]  # workers that were offered the request and have not answered
     results: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-class WorkerLink:
-    """One worker: connect, authenticate, configure, read results; reconnect with jittered backoff."""
-
-    def __init__(self, master: "Master", index: int, host: str, port: int):
-        self.master, self.index, self.host, self.port = master, index, host, port
-        self.comm: Comm | None = None
-        self.ready = asyncio.Event()
-        self.last_seen = 0.0
-        self.connects = 0
-        self.last_error = ""
-        self.task: asyncio.Task | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    async def run(self) -> None:
-        backoff = 0.05
-        while not self.master.closing:
-            try:
-                comm = await connect(self.host, self.port, self.master.limits.connect_timeout,
-                                     self.master.ssl_context, self.master.limits.max_frame)
-                try:
-                    await self._handshake(comm)
-                    self.comm, self.last_seen, backoff = comm, time.monotonic(), 0.05
-                    self.connects += 1
-                    self.ready.set()
-                    log.info("worker %d (%s) ready", self.index, self.address)
-                    await asyncio.gather(self._reader(comm), self._heartbeat(comm))
-                finally:
-                    comm.abort()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # whatever a peer does, this link must keep retrying, never die
-                self.last_error = f"{type(e).__name__}: {e}"[:500]
-                if isinstance(e, AuthError):
-                    log.error("worker %d (%s): %s", self.index, self.address, e)
-                elif not isinstance(e, (CommClosedError, RemoteProtocolError, asyncio.TimeoutError, OSError)):
-                    log.exception("worker %d (%s): unexpected error", self.index, self.address)
-            finally:
-                was_ready = self.ready.is_set()
-                self.ready.clear()
-                self.comm = None
-                if was_ready and not self.master.closing:
-                    log.warning("worker %d (%s) lost: %s", self.index, self.address, self.last_error)
-                    self.master._worker_lost(self.index)
-            if self.master.closing:
-                return
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.master.max_backoff)
-
-    async def _handshake(self, comm: Comm) -> None:
-        t = self.master.limits.handshake_timeout
-        hello = await comm.read(timeout=t)
-        if isinstance(hello, Error):
-            raise AuthError(f"worker refused: {hello.message}")
-        if not isinstance(hello, Hello):
-            raise RemoteProtocolError(f"expected hello, got {hello.TYPE}")
-        if hello.proto != PROTOCOL_VERSION:
-            raise RemoteProtocolError(f"worker speaks protocol {hello.proto}, master speaks {PROTOCOL_VERSION}")
-        plan = self.master.plan
-        if plan.placement not in hello.caps.get("placements", []):
-            raise RemoteProtocolError(f"worker cannot serve the {plan.placement!r} placement (it offers {hello.caps.get('placements')})")
-        nonce = auth.new_nonce()
-        token = self.master.token
-        await comm.write(Auth(PROTOCOL_VERSION, nonce, auth.master_mac(token, hello.nonce, nonce)))
-        welcome = await comm.read(timeout=t)
-        if isinstance(welcome, Error):
-            raise AuthError(f"worker refused the handshake: {welcome.message}")
-        if not isinstance(welcome, Welcome) or not auth.verify(auth.worker_mac(token, nonce, hello.nonce), welcome.mac):
-            raise AuthError("worker failed to prove the shared token")
-        arrays = None if hello.bundle == plan.digest else plan.wire_arrays
-        await comm.write(Configure(self.index, plan.alphas[self.index], plan.scheme.to_dict(), plan.placement,
-                                   plan.wire_dtype, plan.digest, arrays, self.master.dataset), timeout=60.0)
-        reply = await comm.read(timeout=max(t, 60.0))
-        if isinstance(reply, Error):
-            raise RemoteProtocolError(f"worker refused the configuration: {reply.message}")
-        if not isinstance(reply, Configured) or reply.digest != plan.digest:
-            raise RemoteProtocolError("worker did not confirm the configuration")
-
-    async def _reader(self, comm: Comm) -> None:
-        while True:
-            msg = await comm.read()
-            self.last_seen = time.monotonic()
-            if isinstance(msg, Result):
-                self.master._on_result(self.index, msg)
-            elif isinstance(msg, Error):
-                if msg.id is not None:
-                    self.master._on_request_error(self.index, msg.id, f"{msg.code}: {msg.message}")
-                else:
-                    log.warning("worker %d: %s: %s", self.index, msg.code, msg.message)
-            elif not isinstance(msg, Pong):
-                raise RemoteProtocolError(f"unexpected {msg.TYPE} from worker")
-
-    async def _heartbeat(self, comm: Comm) -> None:
-        """A worker that stops answering (paused, partitioned) is dropped after 3 missed beats."""
-        period, seq = self.master.heartbeat_s, 0
-        while True:
-            await asyncio.sleep(period)
-            if time.monotonic() - self.last_seen > 3 * period:
-                raise CommClosedError(f"no frame from worker {self.index} for {3 * period:g} s")
-            seq += 1
-            await comm.write(Ping(seq), timeout=period)
-
-    def send(self, frame: bytes) -> int:
-        if self.comm is None:
-            raise CommClosedError("not connected")
-        return self.comm.send(frame)
-
+    sent_to: set[int] = field(default_factory=set)  # workers whose socket got the frame
+    bytes_sent: int = 0  # this request's frames as written to sockets (dropped frames excluded)
+    report: dict[str, Any] = field(default_factory=dict)  # the plan's decode report
+    decode_ms: float = 0.0
+    done_at: float = 0.0
+    finished: bool = False  # queued frames discarded and cancels sent
 
 class Master:
-    """Talks to N workers through a plan (CodedPlan or ReplicatedPlan).
+    """Talks to N workers through a plan (CodedPlan, ReplicatedPlan, LearnedCodePlan).
+
+    A request's deadline covers its whole life: waiting for an encode slot, encoding, the workers,
+    decoding. A request that the master could not finish by its deadline with the work already
+    queued is shed on arrival (Overloaded) instead of joining an ever longer queue.
 
     Note: when torch is loaded, constructing a Master sets torch's intra-op threads to 1 for the
     whole process; requests are encoded in parallel on `encode_threads` threads instead."""
 
     def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
-                 dataset: str | None = None, encode_threads: int | None = None):
+                 dataset: str | None = None, encode_threads: int | None = None, max_queue: int = 1024,
+                 max_queued_bytes: int = MAX_QUEUED_BYTES):
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
         self.limits = limits or Limits()
         self.ssl_context, self.request_timeout = ssl_context, request_timeout
         self.heartbeat_s, self.max_backoff, self.dataset = heartbeat_s, max_backoff, dataset
+        self.max_queue = max_queue  # requests in the master at once (queued, encoding, with workers); more are shed
         self.closing = False
-        self.links = [WorkerLink(self, i, h, p) for i, (h, p) in enumerate(addresses)]
+        self.links = [WorkerLink(self, i, h, p, max_queued_bytes) for i, (h, p) in enumerate(addresses)]
         self.pending: dict[int, Pending] = {}
+        self.admitted: set[int] = set()  # request ids between arrival and their end (pending or encoding)
         self.next_id = 0
         # Requests encode in parallel, one per thread, each op single-threaded: measured on 2 cores under
         # load, one group took 8 ms this way and 260 ms with torch's 2-thread intra-op pool.
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
-        threads = encode_threads or os.cpu_count() or 1
-        self.encode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgecc-encode")
+        self.encode_threads = encode_threads or os.cpu_count() or 1
+        self.encode_pool = ThreadPoolExecutor(max_workers=self.encode_threads, thread_name_prefix="edgecc-encode")
         # Small requests encode on all cores but one, which stays with the event loop (sends, results, decode).
         # Measured in the one-straggler scenario on 2 cores (single-group requests, 2 in flight): p99 overhead
         # 13.5-16 ms with 2 parallel encodes, 8.5-12.5 ms with 1. Large requests (throughput) use every core.
         # Not on the loop thread, even for a lone request: it saves two thread hops (~0.2 ms), but the loop
         # thread then sends with a large scheduler debt and co-located workers preempt it between the N
         # writes (measured +0.33 ms), and concurrent requests stall behind it.
-        self.small_encodes = asyncio.Semaphore(max(1, threads - 1))
+        self.small_parallel = max(1, self.encode_threads - 1)
+        self.small_encodes = asyncio.Semaphore(self.small_parallel)
         self.encoding: set[asyncio.Future] = set()  # requests whose frames are being made in the pool
-        self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0}
+        # admission: groups waiting for or in encoding, and the measured encode cost per group (EWMA)
+        self.queued_groups = 0
+        self.encode_s_per_group = 0.0
+        self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0,
+                      "shed": 0, "deadline_failures": 0, "waited_extra": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, wait_ready: float = 10.0) -> None:
@@ -230,60 +137,119 @@ class Master:
             _settle(fut, None, RequestFailed("master closed while encoding"))
 
     # -- one request -----------------------------------------------------------------------------
-    async def infer(self, images: np.ndarray, req_id: int | None = None) -> np.ndarray:
-        """Decoded (B, K, 10) logits for B groups `images` (B, K, 28, 28) uint8, or RequestFailed.
+    async def infer(self, images: np.ndarray, req_id: int | None = None, *, deadline: float | None = None,
+                    info: dict[str, Any] | None = None) -> np.ndarray:
+        """Decoded (B, K, 10) logits for B groups `images` (B, K, 28, 28) uint8, or RequestFailed
+        (Overloaded when shed on arrival).
 
         `req_id` (default: the next free one) must be unique; scenarios pass their request number so
-        that injected delays line up across schemes."""
+        that injected delays line up across schemes. `deadline` (time.monotonic(); default now +
+        request_timeout) bounds the whole request. `info`, when given, is filled with this request's
+        bytes_sent, its timings (queue_ms, encode_ms, workers_ms, decode_ms), the workers that
+        answered in order, and the plan's decode report."""
+        arrived = time.monotonic()
+        if deadline is None:
+            deadline = arrived + self.request_timeout
         if req_id is None:
             req_id = self.next_id
-        if req_id in self.pending:
+        if req_id in self.admitted:
             raise ValueError(f"request id {req_id} is already in flight")
         self.next_id = max(self.next_id, req_id + 1)
+        groups = images.shape[0]
+        small = groups <= SMALL_REQUEST_GROUPS  # latency-bound: leave the event loop its core
+        self._admit(req_id, groups, small, arrived, deadline)
+        self.admitted.add(req_id)
+        try:
+            frames, started, encoded = await self._encode_by(req_id, images, small, deadline)
+            return await self._send_and_wait(req_id, frames, groups, deadline, info,
+                                             timings={"queue_ms": (started - arrived) * 1000,
+                                                      "encode_ms": (encoded - started) * 1000})
+        finally:
+            self.admitted.discard(req_id)
+
+    def _admit(self, req_id: int, groups: int, small: bool, now: float, deadline: float) -> None:
+        """Shed the request now if, behind the groups already waiting, it cannot be encoded before
+        its deadline (the measured encode cost per group, spread over the encode threads)."""
+        if len(self.admitted) >= self.max_queue:
+            self.stats["shed"] += 1
+            raise Overloaded(f"request {req_id}: shed, {len(self.admitted)} requests already queued (max_queue)")
+        parallel = self.small_parallel if small else self.encode_threads
+        wait = (self.queued_groups + groups) * self.encode_s_per_group / max(1, parallel)
+        if now + wait > deadline:
+            self.stats["shed"] += 1
+            raise Overloaded(f"request {req_id}: shed, the master is past capacity ({self.queued_groups} groups "
+                             f"queued, ~{wait * 1000:.0f} ms to encode, {max(0.0, deadline - now) * 1000:.0f} ms left)")
+
+    async def _encode_by(self, req_id: int, images: np.ndarray, small: bool, deadline: float):
+        """(frames, encode start, encode end), or RequestFailed once the deadline passes first."""
+        groups = images.shape[0]
+        self.queued_groups += groups
+        phase = "queued for encoding"
+        try:
+            async with asyncio.timeout(deadline - time.monotonic()):  # relative: loop clocks may differ
+                async with self.small_encodes if small else contextlib.nullcontext():
+                    phase, started = "encoding", time.monotonic()
+                    frames = await self._encode(req_id, images, deadline)
+            encoded = time.monotonic()
+            self.encode_s_per_group += 0.2 * ((encoded - started) / groups - self.encode_s_per_group)
+            return frames, started, encoded
+        except TimeoutError:
+            self.stats["deadline_failures"] += 1
+            raise RequestFailed(f"request {req_id}: deadline passed while {phase}") from None
+        finally:
+            self.queued_groups -= groups
+
+    async def _send_and_wait(self, req_id: int, frames: list[bytes], groups: int, deadline: float,
+                             info: dict[str, Any] | None, timings: dict[str, float]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        small = images.shape[0] <= SMALL_REQUEST_GROUPS  # latency-bound: leave the event loop its core
-        async with self.small_encodes if small else contextlib.nullcontext():
-            frames = await self._encode(req_id, images)
         live = [l for l in self.links if l.ready.is_set()]
         if not self.plan.reachable({l.index for l in live}):
             raise RequestFailed(f"request {req_id}: only {len(live)} of {self.plan.N} workers connected, "
                                 f"{self.plan.need} unreachable")
-        p = Pending(req_id, images.shape[0], loop.create_future(), {l.index for l in live})
+        p = Pending(req_id, groups, loop.create_future(), set())
         self.pending[req_id] = p
+        sent_at = time.monotonic()
         try:
-            # back to back, no Task per link: each write starts a worker, and the R-th answer is what we wait for
-            backed_up = []
+            # Offered back to back, none awaited: idle links write at once, busy ones queue. Lagging links
+            # are left out when the others can complete the request without them.
+            force = not self.plan.reachable({l.index for l in live if not l.lagging})
             for link in live:
+                p.outstanding.add(link.index)
                 try:
-                    self.stats["bytes_sent"] += link.send(frames[link.index])
-                    if link.comm is not None and link.comm.backed_up:
-                        backed_up.append((link.index, link.comm))
+                    offered = link.offer(req_id, frames[link.index], force)
                 except CommClosedError:
-                    self._drop_worker(p, link.index, "connection lost while sending")
-            if backed_up:  # large requests: wait for slow links concurrently, so one cannot hold up the others
-                async def drain(index: int, comm: Comm) -> None:
-                    try:
-                        await comm.drain(self.request_timeout)
-                    except CommClosedError:
-                        self._drop_worker(p, index, "connection lost while sending")
-
-                await asyncio.gather(*(drain(i, c) for i, c in backed_up))
+                    offered = False
+                if not offered:
+                    p.outstanding.discard(link.index)
+            if not self.plan.reachable(p.outstanding) and not p.future.done():
+                self._fail(p, f"only workers {sorted(p.outstanding)} could take it, {self.plan.need} unreachable")
             try:
-                async with asyncio.timeout(self.request_timeout):
-                    return await p.future
-            except asyncio.TimeoutError:
-                raise RequestFailed(f"request {req_id}: {len(p.results)} result(s) within "
-                                    f"{self.request_timeout:g} s, not enough for {self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    logits = await p.future
+            except TimeoutError:
+                self.stats["deadline_failures"] += 1
+                raise RequestFailed(f"request {req_id}: {len(p.results)} result(s) by its deadline, not enough for "
+                                    f"{self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
+            if info is not None:
+                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.done_at - sent_at) * 1000,
+                            decode_ms=p.decode_ms, answered=list(p.results), decode=p.report)
+            return logits
         finally:
+            if info is not None:
+                info.setdefault("bytes_sent", p.bytes_sent)
+            self._finish(p)
             self.pending.pop(req_id, None)
 
-    def _encode(self, req_id: int, images: np.ndarray) -> asyncio.Future:
+    def _encode(self, req_id: int, images: np.ndarray, deadline: float) -> asyncio.Future:
         """_frames in the encode pool. Leaner than run_in_executor, which chains two futures with
         callbacks both ways (measured ~50 µs of the loop thread per request, mostly lock hand-offs)."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
         def job() -> None:
+            if time.monotonic() > deadline or fut.done():  # given up while it waited in the pool: skip the work
+                loop.call_soon_threadsafe(_settle, fut, None, RequestFailed(f"request {req_id}: deadline passed while queued for encoding"))
+                return
             try:
                 result, error = self._frames(req_id, images), None
             except BaseException as e:  # handed to the awaiting request, whatever it is
@@ -308,9 +274,22 @@ class Master:
             frames.append(packed[id(pl)])
         return frames
 
+    # -- called by the links ------------------------------------------------------------------------
+    def _wants(self, req_id: int, index: int) -> bool:
+        """Does request `req_id` still need worker `index`'s answer? (A link asks before sending.)"""
+        p = self.pending.get(req_id)
+        return p is not None and not p.future.done() and index in p.outstanding
+
+    def _sent(self, req_id: int, index: int, nbytes: int) -> None:
+        self.stats["bytes_sent"] += nbytes
+        p = self.pending.get(req_id)
+        if p is not None:
+            p.sent_to.add(index)
+            p.bytes_sent += nbytes
+
     def _on_result(self, index: int, msg: Result) -> None:
         p = self.pending.get(msg.id)
-        if p is None or index not in p.outstanding:
+        if p is None or p.future.done() or index not in p.outstanding:
             self.stats["late_results"] += 1  # decoded, failed or duplicate: nothing waits for it
             return
         try:
@@ -321,11 +300,21 @@ class Master:
             return
         p.outstanding.discard(index)
         p.results[index] = y
-        if self.plan.complete(p.results) and not p.future.done():
-            try:
-                p.future.set_result(self.plan.decode(p.results))
-            except DecodeError as e:
-                p.future.set_exception(RequestFailed(f"request {p.id}: {e}"))
+        if not self.plan.complete(p.results):
+            if not self.plan.reachable(set(p.results) | p.outstanding):
+                self._fail(p, f"{len(p.results)} result(s) in and none to come cannot satisfy {self.plan.need}")
+            return
+        t = time.perf_counter()
+        try:
+            logits, report = self.plan.decoded(p.results)
+        except DecodeError as e:
+            self._fail(p, str(e))
+            return
+        p.decode_ms, p.done_at, p.report = (time.perf_counter() - t) * 1000, time.monotonic(), report
+        if report.get("waited_extra"):
+            self.stats["waited_extra"] += 1
+        p.future.set_result(logits)
+        self._finish(p)
 
     def _on_request_error(self, index: int, req_id: int, why: str) -> None:
         self.stats["worker_errors"] += 1
@@ -348,6 +337,23 @@ class Master:
     def _fail(self, p: Pending, why: str) -> None:
         if not p.future.done():
             p.future.set_exception(RequestFailed(f"request {p.id}: {why}"))
+        self._finish(p)
+
+    def _finish(self, p: Pending) -> None:
+        """The request is decoded or failed: no queued frame of it is sent, and workers that have
+        its frame but not answered are told to skip it."""
+        if p.finished:
+            return
+        p.finished = True
+        for index in p.outstanding:
+            link = self.links[index]
+            if not link.discard(p.id) and index in p.sent_to:
+                link.cancel(p.id)
+
+    def link_stats(self) -> list[dict[str, Any]]:
+        """Per worker: connects, whether ready or lagging now, and its outbound counters."""
+        return [{"index": l.index, "address": l.address, "connects": l.connects, "ready": l.ready.is_set(),
+                 "lagging": l.lagging, "queued_bytes": l.queued_bytes, **l.stats} for l in self.links]
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -404,11 +410,11 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
                        "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean())},
         "elapsed_s": elapsed, "images_per_s": n / elapsed if elapsed > 0 else 0.0,
-        "bytes_sent": master.stats["bytes_sent"], "late_results": master.stats["late_results"],
-        "bad_results": master.stats["bad_results"], "worker_errors": master.stats["worker_errors"],
+        **{k: master.stats[k] for k in ("bytes_sent", "late_results", "bad_results", "worker_errors", "shed",
+                                        "deadline_failures", "waited_extra")},
         "groups_per_request": groups_per_request, "in_flight": in_flight,
-        "workers": [{"index": l.index, "address": l.address, "alpha": master.plan.alphas[l.index], "connects": l.connects,
-                     "ready": l.ready.is_set(), "suspect_groups": getattr(master.plan, "suspect_groups", [0] * master.plan.N)[l.index]}
-                    for l in master.links],
+        "workers": [{**ls, "alpha": master.plan.alphas[ls["index"]],
+                     "suspect_groups": getattr(master.plan, "suspect_groups", [0] * master.plan.N)[ls["index"]]}
+                    for ls in master.link_stats()],
     }
     return summary, preds

@@ -21,8 +21,8 @@ from ..coding.schemes import Scheme
 from ..errors import EdgeccError
 from ..protocol import auth
 from ..protocol.frames import FatalProtocolError, RemoteProtocolError, pack_array, unpack_array
-from ..protocol.messages import (PROTOCOL_VERSION, Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong,
-                                 Result, Welcome)
+from ..protocol.messages import (PROTOCOL_MINOR, PROTOCOL_VERSION, Auth, Cancel, Compute, Configure, Configured, Error,
+                                 Hello, Ping, Pong, Result, Welcome)
 from .compute import EncodedCompute, PlainCompute
 from .limits import Limits
 from .transport import Comm, CommClosedError
@@ -91,7 +91,7 @@ class Worker:
         self.started = time.monotonic()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecc-compute")
         self.server: asyncio.base_events.Server | None = None
-        self.stats = {"connections": 0, "refused": 0, "requests": 0, "errors": 0}
+        self.stats = {"connections": 0, "refused": 0, "requests": 0, "errors": 0, "cancelled": 0}
         self._datasets: dict[str, np.ndarray] = {}
 
     # -- server lifecycle ---------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Worker:
         nonce = auth.new_nonce()
         caps = {"placements": ["encoded", "plain", "shared"] if torch_available() else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
                 "torch": torch_available(), "max_frame": self.limits.max_frame, "max_batch": self.limits.max_batch,
-                "max_in_flight": self.limits.max_in_flight}
+                "max_in_flight": self.limits.max_in_flight, "proto_minor": PROTOCOL_MINOR}
         await comm.write(Hello(PROTOCOL_VERSION, nonce, caps, self.bundle[2] if self.bundle else None))
         comm.decoder.max_frame = PREAUTH_MAX_FRAME  # an unauthenticated peer gets no big buffers
         try:
@@ -174,7 +174,7 @@ class Worker:
 
     async def _session(self, comm: Comm) -> None:
         state: WorkerState | None = None
-        tasks: set[asyncio.Task] = set()
+        tasks: dict[int, asyncio.Task] = {}  # requests waiting (injected delay) or computing, by id
         try:
             while True:
                 try:
@@ -192,6 +192,11 @@ class Worker:
                     continue
                 if isinstance(msg, Ping):
                     await comm.write(Pong(msg.seq))
+                elif isinstance(msg, Cancel):
+                    task = tasks.pop(msg.id, None)
+                    if task is not None:  # not answered yet: its result would only arrive late
+                        task.cancel()
+                        self.stats["cancelled"] += 1
                 elif isinstance(msg, Configure):
                     try:
                         state = await asyncio.get_running_loop().run_in_executor(self.pool, self._configure, msg)
@@ -203,18 +208,20 @@ class Worker:
                 elif isinstance(msg, Compute):
                     if state is None:
                         await self._send_error(comm, "not_configured", "configure the worker before sending compute", msg.id)
+                    elif msg.id in tasks:  # two answers for one id could not be told apart
+                        await self._send_error(comm, "bad_request", f"request id {msg.id} is already in flight", msg.id)
                     elif len(tasks) >= self.limits.max_in_flight:
                         await self._send_error(comm, "busy", f"more than {self.limits.max_in_flight} requests in flight", msg.id)
                     elif self._runs_inline(state, msg):  # no sleep, no thread: a Task would only add loop turns
                         await self._compute(comm, state, msg)
                     else:
                         task = asyncio.create_task(self._compute(comm, state, msg))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        tasks[msg.id] = task
+                        task.add_done_callback(lambda t, i=msg.id: tasks.pop(i, None) if tasks.get(i) is t else None)
                 else:
                     await self._send_error(comm, "bad_request", f"unexpected message {msg.TYPE!r} from a master")
         finally:
-            for t in tasks:
+            for t in tasks.values():
                 t.cancel()
 
     # -- configuration and compute -------------------------------------------------------------

@@ -1,0 +1,270 @@
+"""The master's link to one worker: connect, authenticate, configure, read results, and send
+through a per-link outbound queue so that no link can hold up another.
+
+Why a queue per link: a request is complete once R workers answered, whatever state any other
+link's send buffer is in. Frames are therefore never awaited at send time. A frame goes straight
+to the socket when the link is idle (the common case, no task hop); otherwise it waits in this
+link's queue, and the link's writer task sends it when the peer takes bytes. A frame whose request
+has been decoded or has failed meanwhile is discarded before it reaches the socket. Control frames
+(pings, cancels) jump the queue. A link whose queue exceeds its bound is *lagging*: new requests
+leave it out while others can serve them, but it is not torn down for being slow. Only a link that
+makes no progress at all (nothing received and its send backlog not shrinking for three heartbeat
+periods) is declared dead and reconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+
+from ..errors import EdgeccError
+from ..protocol import auth
+from ..protocol.frames import RemoteProtocolError, encode_frame
+from ..protocol.messages import (PROTOCOL_VERSION, Auth, Cancel, Configure, Configured, Error, Hello, Ping, Pong, Result,
+                                 Welcome)
+from .transport import Comm, CommClosedError, connect
+
+if TYPE_CHECKING:
+    from .master import Master
+
+log = logging.getLogger("edgecc.master")
+
+# A link is lagging when more than this many bytes of live requests wait in its queue (and at least
+# one frame): about 0.1 s of a 100 Mbit/s link, 2 s of a 2 Mbit/s one. Requests then go to the other
+# links when they can complete without it.
+MAX_QUEUED_BYTES = 1 << 20
+MISSED_BEATS = 3  # heartbeat periods without any progress before a link is declared dead
+
+
+class AuthError(EdgeccError):
+    """The peer failed authentication (wrong token on one side)."""
+
+
+class WorkerLink:
+    """One worker: connection lifecycle, the outbound queue and its writer, the reader, the heartbeat."""
+
+    def __init__(self, master: "Master", index: int, host: str, port: int, max_queued_bytes: int = MAX_QUEUED_BYTES):
+        self.master, self.index, self.host, self.port = master, index, host, port
+        self.max_queued_bytes = max_queued_bytes
+        self.comm: Comm | None = None
+        self.ready = asyncio.Event()
+        self.minor = 0  # the worker's protocol minor version (1: understands cancel)
+        self.last_seen = 0.0  # last frame received
+        self.last_progress = 0.0  # last time the send backlog shrank (or was empty)
+        self._last_backlog: int | None = None
+        self.connects = 0
+        self.last_error = ""
+        self.task: asyncio.Task | None = None
+        # outbound: request frames by request id (in arrival order) and control frames, sent first
+        self.queue: OrderedDict[int, bytes] = OrderedDict()
+        self.queued_bytes = 0
+        self.control: deque[bytes] = deque()
+        self._wakeup = asyncio.Event()
+        self.stats = {"frames_sent": 0, "frames_dropped": 0, "lagging_skips": 0, "cancels_sent": 0, "bytes_sent": 0}
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def lagging(self) -> bool:
+        return self.queued_bytes > self.max_queued_bytes
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = 0.05
+        master = self.master
+        while not master.closing:
+            try:
+                comm = await connect(self.host, self.port, master.limits.connect_timeout, master.ssl_context,
+                                     master.limits.max_frame)
+                try:
+                    await self._handshake(comm)
+                    now = time.monotonic()
+                    self.comm, self.last_seen, self.last_progress, backoff = comm, now, now, 0.05
+                    self._last_backlog = None
+                    self.connects += 1
+                    self.ready.set()
+                    log.info("worker %d (%s) ready", self.index, self.address)
+                    await _first_exception(self._reader(comm), self._heartbeat(comm), self._writer(comm))
+                finally:
+                    comm.abort()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # whatever a peer does, this link must keep retrying, never die
+                self.last_error = f"{type(e).__name__}: {e}"[:500]
+                if isinstance(e, AuthError):
+                    log.error("worker %d (%s): %s", self.index, self.address, e)
+                elif not isinstance(e, (CommClosedError, RemoteProtocolError, asyncio.TimeoutError, OSError)):
+                    log.exception("worker %d (%s): unexpected error", self.index, self.address)
+            finally:
+                was_ready = self.ready.is_set()
+                self.ready.clear()
+                self.comm = None
+                self._clear_queue()
+                if was_ready and not master.closing:
+                    log.warning("worker %d (%s) lost: %s", self.index, self.address, self.last_error)
+                    master._worker_lost(self.index)
+            if master.closing:
+                return
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, master.max_backoff)
+
+    async def _handshake(self, comm: Comm) -> None:
+        master = self.master
+        t = master.limits.handshake_timeout
+        hello = await comm.read(timeout=t)
+        if isinstance(hello, Error):
+            raise AuthError(f"worker refused: {hello.message}")
+        if not isinstance(hello, Hello):
+            raise RemoteProtocolError(f"expected hello, got {hello.TYPE}")
+        if hello.proto != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"worker speaks protocol {hello.proto}, master speaks {PROTOCOL_VERSION}")
+        plan = master.plan
+        if plan.placement not in hello.caps.get("placements", []):
+            raise RemoteProtocolError(f"worker cannot serve the {plan.placement!r} placement (it offers {hello.caps.get('placements')})")
+        nonce = auth.new_nonce()
+        await comm.write(Auth(PROTOCOL_VERSION, nonce, auth.master_mac(master.token, hello.nonce, nonce)))
+        welcome = await comm.read(timeout=t)
+        if isinstance(welcome, Error):
+            raise AuthError(f"worker refused the handshake: {welcome.message}")
+        if not isinstance(welcome, Welcome) or not auth.verify(auth.worker_mac(master.token, nonce, hello.nonce), welcome.mac):
+            raise AuthError("worker failed to prove the shared token")
+        arrays = None if hello.bundle == plan.digest else plan.wire_arrays
+        await comm.write(Configure(self.index, plan.alphas[self.index], plan.scheme.to_dict(), plan.placement,
+                                   plan.wire_dtype, plan.digest, arrays, master.dataset), timeout=60.0)
+        reply = await comm.read(timeout=max(t, 60.0))
+        if isinstance(reply, Error):
+            raise RemoteProtocolError(f"worker refused the configuration: {reply.message}")
+        if not isinstance(reply, Configured) or reply.digest != plan.digest:
+            raise RemoteProtocolError("worker did not confirm the configuration")
+        self.minor = int(hello.caps.get("proto_minor", 0))
+
+    async def _reader(self, comm: Comm) -> None:
+        master = self.master
+        while True:
+            msg = await comm.read()
+            self.last_seen = time.monotonic()
+            if isinstance(msg, Result):
+                master._on_result(self.index, msg)
+            elif isinstance(msg, Error):
+                if msg.id is not None:
+                    master._on_request_error(self.index, msg.id, f"{msg.code}: {msg.message}")
+                else:
+                    log.warning("worker %d: %s: %s", self.index, msg.code, msg.message)
+            elif not isinstance(msg, Pong):
+                raise RemoteProtocolError(f"unexpected {msg.TYPE} from worker")
+
+    async def _heartbeat(self, comm: Comm) -> None:
+        """Ping every period; drop the link after MISSED_BEATS periods with nothing received *and* no
+        send progress (a paused or partitioned worker). A slow link keeps draining, so it stays."""
+        period, seq = self.master.heartbeat_s, 0
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            backlog = comm.write_buffer_size + (comm.kernel_backlog() or 0)
+            if backlog and (not self._last_backlog or backlog < self._last_backlog):
+                self.last_progress = now  # a backlog began, or it shrank: bytes are moving
+            self._last_backlog = backlog
+            limit = MISSED_BEATS * period
+            moving = bool(backlog) and now - self.last_progress <= limit
+            if backlog and not moving:  # the peer takes no bytes, whatever it sends
+                raise CommClosedError(f"worker {self.index} took none of {backlog} waiting bytes for {limit:g} s")
+            if not moving and now - self.last_seen > limit:  # silent, with nothing in the way of our pings
+                raise CommClosedError(f"no frame from worker {self.index} for {limit:g} s")
+            seq += 1
+            self.send_control(encode_frame(Ping(seq).to_wire()))
+
+    async def _writer(self, comm: Comm) -> None:
+        """Send queued frames in order, control frames first, skipping requests that no longer need them."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.control or self.queue:
+                if self.control:
+                    comm.send(self.control.popleft())
+                else:
+                    req_id, frame = self.queue.popitem(last=False)
+                    self.queued_bytes -= len(frame)
+                    self._put(comm, req_id, frame)
+                if comm.backed_up:
+                    await comm.writable()
+
+    # -- sending ---------------------------------------------------------------------------------
+    def offer(self, req_id: int, frame: bytes, force: bool = False) -> bool:
+        """Send or queue request `req_id`'s frame. False when the link is lagging (and not `force`):
+        the caller leaves this worker out of the request. CommClosedError when not connected."""
+        comm = self.comm
+        if comm is None or comm.closed:
+            raise CommClosedError("not connected")
+        if not self.queue and not self.control and not comm.backed_up:
+            self._put(comm, req_id, frame)  # idle link: straight to the socket, no task hop
+            return True
+        if self.lagging and not force:
+            self.stats["lagging_skips"] += 1
+            return False
+        self.queue[req_id] = frame
+        self.queued_bytes += len(frame)
+        self._wakeup.set()
+        return True
+
+    def _put(self, comm: Comm, req_id: int, frame: bytes) -> None:
+        if not self.master._wants(req_id, self.index):  # decoded or failed meanwhile: never sent
+            self.stats["frames_dropped"] += 1
+            return
+        n = comm.send(frame)
+        self.stats["frames_sent"] += 1
+        self.stats["bytes_sent"] += n
+        self.master._sent(req_id, self.index, n)
+
+    def discard(self, req_id: int) -> bool:
+        """Take request `req_id`'s frame out of the queue; True if it was still there (never sent)."""
+        frame = self.queue.pop(req_id, None)
+        if frame is None:
+            return False
+        self.queued_bytes -= len(frame)
+        self.stats["frames_dropped"] += 1
+        return True
+
+    def cancel(self, req_id: int) -> None:
+        """Tell the worker to skip `req_id` (workers of minor version >= 1; older ones just answer late)."""
+        if self.minor >= 1 and self.comm is not None and not self.comm.closed:
+            self.stats["cancels_sent"] += 1
+            self.send_control(encode_frame(Cancel(req_id).to_wire()))
+
+    def send_control(self, frame: bytes) -> None:
+        comm = self.comm
+        if comm is None or comm.closed:
+            return
+        if not self.queue and not self.control and not comm.backed_up:
+            try:
+                comm.send(frame)
+            except CommClosedError:
+                pass  # the reader or heartbeat notices and reconnects
+            return
+        self.control.append(frame)
+        self._wakeup.set()
+
+    def _clear_queue(self) -> None:
+        self.stats["frames_dropped"] += len(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.control.clear()
+        self._wakeup.clear()
+
+
+async def _first_exception(*coros) -> None:
+    """Run the link's loops together; the first to fail cancels the others and raises."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
