@@ -96,8 +96,8 @@ def approxifer_cell(compute: Callable, base: str, K: int, S: int, points: str, x
             "up_bytes_per_image": N * PIX_BYTES / K, "down_bytes_per_image": N * OUT_BYTES / K}
 
 
-def aicc_cells() -> list[tuple[str, str, int]]:
-    """(cell id, checkpoint, N) for every trained AICC cell of Tables 2-3."""
+def aicc_cells() -> list[tuple[str, str, int, int, float]]:
+    """(cell id, checkpoint, N, K, recorded accuracy) for every trained AICC cell of Tables 2-3."""
     cells = []
     for table in AICC_TABLES:
         if not Path(table).exists():
@@ -105,7 +105,8 @@ def aicc_cells() -> list[tuple[str, str, int]]:
         t = json.loads(Path(table).read_text())
         for r in t["rows"]:
             if r.get("kind") == "aicc" and Path(r.get("checkpoint", "")).exists():
-                cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], int(r["N"])))
+                cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], int(r["N"]), int(r["scheme"]["K"]),
+                              float(r["accuracy"])))
     return cells
 
 
@@ -206,17 +207,25 @@ def measured_worker_seconds(computes: dict[str, Any], n: int = 512) -> dict[str,
 
 # -- the run --------------------------------------------------------------------------------------
 def plan_cells() -> list[str]:
-    """Cell ids in the order they run: the CNN-base ApproxIFER cells with the table's point set first."""
+    """Cell ids in the order they run, cheapest and most telling first: the copies and MLP-base cells, the
+    CNN-base K=8, S=1 row with both point sets, the best AICC cell of each operating point, then the rest."""
     ids = ["base-mlp", "base-cnn", "learned-code"]
     for base in ("mlp", "cnn"):
         for S in SS:
             for K in KS:
                 ids += [f"replication-{base}-K{K}-S{S}", f"uncoded-{base}-K{K}-S{S}"]
     for points in WORKER_POINT_SETS:
-        for base in ("mlp", "cnn"):
-            ids += [f"approxifer-{base}-K{K}-S{S}-{points}" for S in SS for K in KS]
-    ids += [c for c, _, _ in aicc_cells()]
-    return ids
+        ids += [f"approxifer-mlp-K{K}-S{S}-{points}" for S in SS for K in KS]
+    ids += [f"approxifer-cnn-K8-S1-{points}" for points in WORKER_POINT_SETS]
+    aicc = aicc_cells()
+    best: dict[tuple[int, int], tuple[float, str]] = {}
+    for cid, _, N, K, acc in aicc:
+        best[(K, N)] = max(best.get((K, N), (-1.0, "")), (acc, cid))
+    ids += [cid for _, cid in sorted(best.values(), key=lambda v: v[1])]
+    for points in WORKER_POINT_SETS:
+        ids += [f"approxifer-cnn-K{K}-S{S}-{points}" for S in SS for K in KS]
+    ids += [cid for cid, *_ in aicc]
+    return list(dict.fromkeys(ids))
 
 
 def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None, only: tuple[str, ...] = (),
@@ -231,7 +240,7 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     y = y.astype(np.int64)
     x = to_float(x_u8)
     computes = base_computes()
-    aicc = {c: (p, N) for c, p, N in aicc_cells()}
+    aicc = {c: (p, N) for c, p, N, *_ in aicc_cells()}
     tag = f"{images}-{len(y)}"
     base_correct: dict[str, np.ndarray] = {}
     rows = []
