@@ -26,7 +26,7 @@ from ..protocol import auth
 from ..protocol.frames import RemoteProtocolError, encode_frame
 from ..protocol.messages import (PROTOCOL_VERSION, Auth, Cancel, Configure, Configured, Error, Hello, Ping, Pong, Result,
                                  Welcome)
-from .transport import Comm, CommClosedError, connect
+from .transport import Comm, CommClosedError
 
 if TYPE_CHECKING:
     from .master import Master
@@ -80,8 +80,7 @@ class WorkerLink:
         master = self.master
         while not master.closing:
             try:
-                comm = await connect(self.host, self.port, master.limits.connect_timeout, master.ssl_context,
-                                     master.limits.max_frame)
+                comm = await master.connector(self.index, self.host, self.port)
                 try:
                     await self._handshake(comm)
                     now = time.monotonic()

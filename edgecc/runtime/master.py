@@ -13,7 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -22,7 +22,10 @@ from ..protocol.frames import RemoteProtocolError, encode_frame, unpack_array
 from ..protocol.messages import Compute, Result
 from .limits import Limits
 from .link import MAX_QUEUED_BYTES, AuthError, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
-from .transport import CommClosedError
+from .transport import Comm, CommClosedError, connect
+
+# (worker index, host, port) -> a connected Comm
+Connector = Callable[[int, str, int], Awaitable[Comm]]
 
 log = logging.getLogger("edgecc.master")
 
@@ -67,7 +70,7 @@ class Master:
     def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
                  dataset: str | None = None, encode_threads: int | None = None, max_queue: int = 1024,
-                 max_queued_bytes: int = MAX_QUEUED_BYTES):
+                 max_queued_bytes: int = MAX_QUEUED_BYTES, connector: Connector | None = None):
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
@@ -76,6 +79,8 @@ class Master:
         self.heartbeat_s, self.max_backoff, self.dataset = heartbeat_s, max_backoff, dataset
         self.max_queue = max_queue  # requests in the master at once (queued, encoding, with workers); more are shed
         self.closing = False
+        # how a link reaches its worker: TCP (TLS with ssl_context) unless a test links them in memory
+        self.connector = connector or self._tcp
         self.links = [WorkerLink(self, i, h, p, max_queued_bytes) for i, (h, p) in enumerate(addresses)]
         self.pending: dict[int, Pending] = {}
         self.admitted: set[int] = set()  # request ids between arrival and their end (pending or encoding)
@@ -102,6 +107,9 @@ class Master:
                       "shed": 0, "deadline_failures": 0, "waited_extra": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
+    async def _tcp(self, index: int, host: str, port: int) -> Comm:
+        return await connect(host, port, self.limits.connect_timeout, self.ssl_context, self.limits.max_frame)
+
     async def start(self, wait_ready: float = 10.0) -> None:
         """Start all links and wait until at least R workers are ready (or raise after `wait_ready` s)."""
         for link in self.links:

@@ -1,0 +1,207 @@
+"""The master's links (edgecc.runtime.link): no head-of-line blocking, cancels, lagging, overload.
+
+The master runs against real Worker objects in this process, linked by socket pairs
+(runtime/inprocess.py), so a test can make one worker stop reading its socket — a link whose
+writes stall forever — without relying on timing of a real network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from edgecc.data import load_sample
+from edgecc.modelfile import load_model
+from edgecc.runtime.inprocess import InProcessWorkers
+from edgecc.runtime.master import Master, Overloaded, RequestFailed
+from edgecc.runtime.plan import CodedPlan
+from edgecc.runtime.worker import Worker
+
+TOKEN = b"t" * 32
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def groups():
+    images, labels = load_sample()
+    return images.reshape(-1, 2, 28, 28), labels.reshape(-1, 2)
+
+
+class StalledWorker(Worker):
+    """Authenticates and configures, then stops reading its socket at the first request: every
+    byte the master writes to it afterwards stays in the link, forever."""
+
+    async def _compute(self, comm, state, msg) -> None:
+        comm.writer.transport.pause_reading()
+
+
+class OldWorker(Worker):
+    """A worker of protocol minor version 0: offers no proto_minor, so it must never get a cancel."""
+
+    async def _handshake(self, comm) -> bool:
+        from edgecc.protocol import messages
+
+        caps_write = comm.write
+
+        async def write(msg, timeout=30.0):
+            if isinstance(msg, messages.Hello):
+                msg = messages.Hello(msg.proto, msg.nonce, {k: v for k, v in msg.caps.items() if k != "proto_minor"}, msg.bundle)
+            return await caps_write(msg, timeout)
+
+        comm.write = write
+        try:
+            return await super()._handshake(comm)
+        finally:
+            comm.write = caps_write
+
+
+async def _master(plan, workers, **kw) -> tuple[Master, InProcessWorkers]:
+    linked = InProcessWorkers(workers)
+    m = Master(plan, linked.addresses(len(workers)), TOKEN, connector=linked.connector, **kw)
+    await m.start(wait_ready=20)
+    assert await m.wait_all_ready(20)
+    return m, linked
+
+
+async def test_a_link_whose_writes_stall_forever_delays_no_request(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, y = groups
+    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), StalledWorker(TOKEN)], request_timeout=10.0)
+    try:
+        latencies, correct = [], 0
+        # 16-group requests (~50 kB per worker frame) until far more than a socket buffer has been
+        # offered to the stalled link: its writes back up, the other two answer every request
+        for r in range(60):
+            batch = x[(r * 16) % 480:(r * 16) % 480 + 16]
+            t = time.perf_counter()
+            logits = await m.infer(batch)
+            latencies.append(time.perf_counter() - t)
+            correct += int((logits.argmax(-1) == y[(r * 16) % 480:(r * 16) % 480 + 16]).sum())
+        stalled = m.links[2]
+        assert stalled.stats["lagging_skips"] > 0 or stalled.stats["frames_dropped"] > 0
+        assert correct / (60 * 32) > 0.8
+        # no request waited for the stalled link's socket (a heartbeat period is 1 s)
+        assert max(latencies) < 0.5, latencies
+    finally:
+        await m.close()
+        await linked.close()
+
+
+async def test_frames_of_decoded_requests_never_reach_a_backed_up_link(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), StalledWorker(TOKEN)], request_timeout=10.0,
+                              max_queued_bytes=1 << 30)  # never lagging: every frame is queued for the stalled link
+    try:
+        results = await asyncio.gather(*(m.infer(x[i * 8:(i + 1) * 8]) for i in range(40)))
+        assert len(results) == 40
+        link = m.links[2]
+        # what could not go out is dropped from the queue as each request decodes, not left to send later
+        assert link.queued_bytes == 0 and not link.queue
+        assert link.stats["frames_dropped"] > 0
+        assert m.stats["bytes_sent"] == sum(l.stats["bytes_sent"] for l in m.links)
+    finally:
+        await m.close()
+        await linked.close()
+
+
+def _delay_worker(delays: dict[int, float]) -> Worker:
+    return Worker(TOKEN, behaviour=lambda req, t: delays.get(req, 0.0))
+
+
+async def test_cancel_skips_queued_work_on_a_current_worker(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    slow = _delay_worker({0: 3.0})
+    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), slow])
+    try:
+        await m.infer(x[:4], req_id=0)
+        assert m.links[2].stats["cancels_sent"] == 1
+        for _ in range(100):  # the cancel crosses the socket pair
+            if slow.stats["cancelled"]:
+                break
+            await asyncio.sleep(0.01)
+        assert slow.stats["cancelled"] == 1
+        await asyncio.sleep(3.2)
+        assert m.stats["late_results"] == 0  # the skipped request never answered
+    finally:
+        await m.close()
+        await linked.close()
+
+
+async def test_an_old_worker_gets_no_cancel_and_still_serves(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    old = OldWorker(TOKEN, behaviour=lambda req, t: 0.5 if req == 0 else 0.0)
+    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), old])
+    try:
+        assert m.links[2].minor == 0 and m.links[0].minor == 1
+        await m.infer(x[:4], req_id=0)
+        assert m.links[2].stats["cancels_sent"] == 0
+        await asyncio.sleep(0.8)
+        assert m.stats["late_results"] == 1 and old.stats["cancelled"] == 0
+        logits = await m.infer(x[:4], req_id=1, info=(info_ := {}))
+        assert logits.shape == (4, 2, 10) and len(info_["answered"]) >= 2
+    finally:
+        await m.close()
+        await linked.close()
+
+
+async def test_info_reports_this_requests_bytes_under_concurrency(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    m, linked = await _master(plan, [Worker(TOKEN) for _ in range(3)])
+    try:
+        infos = [{} for _ in range(20)]
+        await asyncio.gather(*(m.infer(x[i:i + 2], info=infos[i]) for i in range(20)))
+        per_frame = len(plan.payloads(x[:2])[0]["x"]["data"])  # the 2-group encoded image per worker
+        for i in infos:
+            assert 3 * per_frame < i["bytes_sent"] < 3 * per_frame + 3 * 200  # three frames, headers included
+            assert set(i) >= {"queue_ms", "encode_ms", "workers_ms", "decode_ms", "answered", "decode"}
+        assert sum(i["bytes_sent"] for i in infos) == m.stats["bytes_sent"]  # no request counts another's bytes
+    finally:
+        await m.close()
+        await linked.close()
+
+
+async def test_overload_is_shed_and_no_request_outlives_its_deadline(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    m, linked = await _master(plan, [Worker(TOKEN) for _ in range(3)], request_timeout=5.0)
+    try:
+        for i in range(5):  # measures the encode cost the admission control works from
+            await m.infer(x[i:i + 1])
+        budget = 0.25
+        outcomes, overshoot = {"ok": 0, "shed": 0, "late": 0}, []
+
+        async def one(i: int) -> None:
+            t = time.monotonic()
+            try:
+                await m.infer(x[i % 400:i % 400 + 1], deadline=t + budget)
+                outcomes["ok"] += 1
+            except Overloaded:
+                outcomes["shed"] += 1
+            except RequestFailed:
+                outcomes["late"] += 1
+            overshoot.append(time.monotonic() - (t + budget))
+
+        await asyncio.gather(*(one(i) for i in range(1500)))  # all at once: far past what 2 cores encode in 0.25 s
+        assert outcomes["shed"] > 0 and outcomes["ok"] > 0, outcomes
+        assert m.stats["shed"] == outcomes["shed"]
+        assert max(overshoot) < 0.1, (max(overshoot), outcomes)  # ended by its deadline, give or take a loop turn
+    finally:
+        await m.close()
+        await linked.close()
