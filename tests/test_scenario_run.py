@@ -59,6 +59,16 @@ def test_scenario_reports_every_scheme_with_the_same_injected_delays(scenario_fi
     assert any(r["oracle_ms"] > 2.0 for r in requests["uncoded"])
     # byte counts per scheme: 3 workers get one 28x28 float32 image per group for AICC, 2 for uncoded
     assert report["schemes"]["aicc"]["bytes_sent"] > report["schemes"]["uncoded"]["bytes_sent"]
+    # per-request bytes are each request's own frames (2 in flight: neither counts the other's), so they
+    # add up exactly to what the master put on the wire, the unmeasured warm-up request aside
+    for name, s in report["schemes"].items():
+        master = report["scenario"]["master_stats"][name]
+        assert s["bytes_sent"] + master["warmup_bytes_sent"] == master["bytes_sent"], name
+        assert all(r["bytes_sent"] <= 3 * 2 * 784 * 4 + 3 * 512 for r in requests[name]), name  # 2 groups, 3 frames
+        assert (s["failed"], s["shed"]) == (0, 0)
+    # which workers each decode used, and when the request arrived
+    assert all(len(r["workers"]) == 2 and r["t_s"] >= 0 for r in requests["aicc"])
+    assert sum(report["usage"]["aicc"]["decoded"]) == 12
     for png in ("latency_cdf.png", "accuracy_vs_p99.png"):
         assert (tmp_path / "a" / "tiny" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| aicc |" in (tmp_path / "a" / "tiny" / "report.md").read_text()
@@ -76,3 +86,36 @@ def test_bad_scenario_file_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgecc.cli", "scenario", "run", str(f)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "defaults.latency.mean" in r.stderr and "Traceback" not in r.stderr
+
+
+OVERLOAD = """
+name = "overload"
+model = "{model}"
+requests = 300
+schemes = ["aicc"]
+timeout_s = 0.25
+N = 3
+[arrival]
+process = "poisson"
+rate = 3000.0
+[defaults]
+latency = {{ dist = "constant", value = 0.005 }}
+"""
+
+
+def test_overload_is_shed_and_counted_within_deadlines(tmp_path, tiny_models):
+    """Far past the master's capacity: requests are shed (counted apart from failures), and a deadline
+    counts from arrival, so no decoded request took longer than it."""
+    f = tmp_path / "overload.toml"
+    f.write_text(OVERLOAD.format(model=tiny_models["hb"]))
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "scenario", "run", str(f), "--out", str(tmp_path), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "overload" / "report.json").read_text())["schemes"]["aicc"]
+    rows = json.loads((tmp_path / "overload" / "requests.json").read_text())["aicc"]
+    assert s["shed"] > 0 and s["shed"] == sum(x["outcome"] == "shed" for x in rows)
+    assert s["failed"] + s["shed"] + round(s["decoded_fraction"] * 300) == 300
+    assert all(x["bytes_sent"] == 0 for x in rows if x["outcome"] == "shed")  # nothing sent for a shed request
+    # the master ends every request by its deadline; 100 ms of slack for a loaded 2-core CI machine
+    assert max(x["latency_ms"] for x in rows if x["outcome"] == "decoded") <= 250 + 100
+    assert "| aicc | 300 |" in (tmp_path / "overload" / "report.md").read_text()

@@ -12,7 +12,7 @@ This kernel has no `netem`, so propagation delay and loss are not shaped; a work
 distribution is still injected by the worker process itself. `kernel_features()` says which
 shaping the kernel offers, and the report records it.
 
-Everything needs root (CAP_NET_ADMIN) and iproute2; `missing_requirements()` names what is
+Everything needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and iproute2; `missing_requirements()` names what is
 absent, and a scenario with links is refused rather than run unshaped. Namespaces are removed on
 every exit path (deleting a namespace deletes its veth pair); those left by a killed run are
 swept at the next start (their names carry the owner's pid).
@@ -45,11 +45,26 @@ class LinksUnavailable(EdgeccError):
     """This machine or user cannot create shaped links."""
 
 
+_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}  # veth and tc; `ip netns add` (unshare + mount)
+
+
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return -1 if os.geteuid() == 0 else 0  # no /proc: trust the uid
+
+
 def missing_requirements() -> list[str]:
-    """What this process lacks to build links ([] = nothing): root, `ip`, `tc`."""
+    """What this process lacks to build links ([] = nothing): root's capabilities, `ip`, `tc`."""
     missing = []
-    if os.geteuid() != 0:
-        missing.append(f"root (CAP_NET_ADMIN to create network namespaces; running as uid {os.geteuid()})")
+    lacking = [name for name, bit in _CAPS.items() if not _effective_caps() >> bit & 1]
+    if lacking:
+        missing.append(f"root ({' and '.join(lacking)} to create network namespaces and veth pairs; this process "
+                       f"runs as uid {os.geteuid()} without {'them' if len(lacking) > 1 else 'it'})")
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             missing.append(f"`{tool}` from iproute2 (not on PATH)")
@@ -180,6 +195,7 @@ class LinkSet:
         _run("tc", "-n", ep.netns, "qdisc", "replace", "dev", ep.worker_if, "root", *_tbf(spec.rate_mbit, spec))
 
     def set_rate(self, i: int, rate_mbit: float, spec: LinkSpec) -> None:
+        """A new rate on both ends; packets already queued stay queued (`change`, not `replace`)."""
         ep = self.endpoints[i]
         _run("tc", "qdisc", "change", "dev", ep.host_if, "root", *_tbf(rate_mbit, spec))
         _run("tc", "-n", ep.netns, "qdisc", "change", "dev", ep.worker_if, "root", *_tbf(rate_mbit, spec))
@@ -224,6 +240,15 @@ def kernel_features(links: LinkSet) -> dict[str, bool]:
             _run("tc", "-n", ep.netns, "qdisc", "del", "dev", "lo", "root", check=False)
         _FEATURES = {"tbf": tbf.returncode == 0, "netem": netem.returncode == 0}
     return _FEATURES
+
+
+def tcp_congestion_control() -> str | None:
+    """The root namespace's TCP congestion control (the master's sends): it decides how TCP meets a
+    shaped link (e.g. BBR paces at its bandwidth estimate and probes upwards only slowly)."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return None
 
 
 class LinkTimeline:
@@ -303,18 +328,26 @@ class LinkTimeline:
 
 
 def _binned(samples: list[tuple[float, list[tuple[int, int]]]], i: int, t0: float, bin_s: float) -> tuple[list[float], list[float]]:
-    """Mbit/s in each direction per bin, from counter samples (each delta goes to the bin its interval ends in)."""
-    n_bins = int((samples[-1][0] - t0) / bin_s) + 1
-    to_w, from_w = [0.0] * n_bins, [0.0] * n_bins
+    """Mbit/s in each direction per bin, from counter samples. Each interval's bytes are spread over
+    the bins it overlaps in proportion to the overlap, so a late sample (a busy CPU) does not move
+    bytes into the next bin."""
+    span = samples[-1][0] - t0
+    n_bins = int(span / bin_s) + 1
+    sums = [[0.0] * n_bins, [0.0] * n_bins]
     for (ta, ca), (tb, cb) in zip(samples, samples[1:]):
-        b = min(int((tb - t0) / bin_s), n_bins - 1)
-        to_w[b] += cb[i][0] - ca[i][0]
-        from_w[b] += cb[i][1] - ca[i][1]
-    last = (samples[-1][0] - t0) - bin_s * (n_bins - 1)  # the last bin is partial
-    if last < bin_s / 2 and n_bins > 1:  # too short to be a rate: its bytes join the bin before
-        to_w[-2] += to_w.pop()
-        from_w[-2] += from_w.pop()
-        n_bins -= 1
-        last += bin_s
-    widths = [bin_s] * (n_bins - 1) + [max(last, 1e-9)]
-    return ([x * 8 / w / 1e6 for x, w in zip(to_w, widths)], [x * 8 / w / 1e6 for x, w in zip(from_w, widths)])
+        a, b = ta - t0, tb - t0
+        if b <= a:
+            continue
+        for d in (0, 1):
+            delta = cb[i][d] - ca[i][d]
+            for k in range(int(a / bin_s), min(int(b / bin_s), n_bins - 1) + 1):
+                overlap = min(b, (k + 1) * bin_s) - max(a, k * bin_s)
+                if overlap > 0:
+                    sums[d][k] += delta * overlap / (b - a)
+    widths = [bin_s] * n_bins
+    widths[-1] = span - bin_s * (n_bins - 1)  # the last bin is partial
+    if widths[-1] < bin_s / 2 and n_bins > 1:  # too short to be a rate: it joins the bin before
+        for d in (0, 1):
+            sums[d][-2] += sums[d].pop()
+        widths[-2] += widths.pop()
+    return tuple([x * 8 / max(w, 1e-9) / 1e6 for x, w in zip(sums[d], widths)] for d in (0, 1))

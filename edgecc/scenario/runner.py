@@ -4,6 +4,10 @@ same request stream and the same per-(worker, request) delays, and write the rep
 Every scheme gets freshly started workers, so time-based failures (crash at t, flapping) hit each
 scheme at the same moments of its run. Delays are injected by the workers themselves (this kernel
 has no netem); the oracle is computed from the same pure behaviour functions.
+
+A scenario with links (spec.LinkSpec) runs each worker in its own network namespace behind a
+tc-shaped veth pair (links.py); link events run on a timer from the workers' start, and the report
+adds each link as configured and as measured from the interface counters.
 """
 
 from __future__ import annotations
@@ -24,26 +28,30 @@ from ..data import load_images
 from ..errors import EdgeccError
 from ..modelfile import load_model
 from ..runtime.local import LocalWorker
-from .report import RequestRecord, write_report
+from ..runtime.master import Overloaded
+from .links import LinkSet, LinkTimeline, kernel_features, require, tcp_congestion_control
+from .report import RequestRecord, links_markdown, write_report
 from .spec import Scenario
 
-BASELINE = "default-mlp"
-WARMUP_ID = 2**40  # request id of the unmeasured warm-up request (outside every scenario's range)  # the shipped centralized MLP the comparators' workers run
+BASELINE = "default-mlp"  # the shipped centralized MLP the comparators' workers run
+WARMUP_ID = 2**40  # request id of the unmeasured warm-up request (outside every scenario's range)
 
 
 class LocalWorkers:
-    """The scenario's N workers as local processes with their behaviours, all started together."""
+    """The scenario's N workers as local processes with their behaviours, all started together; with
+    `links`, worker i runs in link i's namespace and listens on its address there."""
 
-    def __init__(self, scenario: Scenario, token: str, log_dir: Path):
+    def __init__(self, scenario: Scenario, token: str, log_dir: Path, links: LinkSet | None = None):
         self.workers = [
             LocalWorker(log_dir, f"worker{i}", ["--behaviour", json.dumps(beh.to_dict()), "--seed", str(scenario.seed),
-                                                "--index", str(i), "--log-level", "warning"], token=token)
+                                                "--index", str(i), "--log-level", "warning"], token=token,
+                        **({"host": links.endpoints[i].worker_ip, "netns": links.endpoints[i].netns} if links else {}))
             for i, beh in enumerate(scenario.behaviours())]
         self.started_at: list[float] = []
 
     @property
-    def ports(self) -> list[int]:
-        return [w.port for w in self.workers]
+    def addresses(self) -> list[tuple[str, int]]:
+        return [w.address for w in self.workers]
 
     def start(self) -> None:
         try:
@@ -80,29 +88,39 @@ def _plan(scheme: str, scenario: Scenario, model, info, baseline):
 
 async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: np.ndarray, started_at: list[float],
                  progress: Callable[[int], None] | None) -> list[RequestRecord]:
-    """Send scenario.requests requests (closed loop or Poisson arrivals); one record per request."""
+    """Send scenario.requests requests (closed loop or Poisson arrivals); one record per request.
+
+    A request's deadline (timeout_s) counts from its arrival: time spent queueing for the master
+    counts against it. Its bytes are the ones the master put on the wire for it alone."""
     K, gpr = plan.K, scenario.groups_per_request
     n_groups = images.shape[0] // K
     groups, glabels = images[: n_groups * K].reshape(n_groups, K, 28, 28), labels[: n_groups * K].reshape(n_groups, K)
     behaviours = scenario.behaviours()
-    records: list[RecordBox] = []
+    t_first = min(started_at)
+    records: list[RequestRecord] = []
 
     async def one(r: int) -> None:
         idx = np.arange(r * gpr, (r + 1) * gpr) % n_groups
         now = time.monotonic()
         delays = {n: behaviours[n].delay(r, now - started_at[n]) for n in range(plan.N)}
         oracle = plan.oracle(delays)
-        sent0 = master.stats["bytes_sent"]
+        oracle_ms = None if oracle is None else oracle * 1000
+        info: dict[str, Any] = {}
         t = time.perf_counter()
+        latency_ms, correct, outcome = None, 0, "decoded"
         try:
-            logits = await master.infer(groups[idx], req_id=r)
+            logits = await master.infer(groups[idx], req_id=r, deadline=now + scenario.timeout_s, info=info)
+        except Overloaded:
+            outcome = "shed"
         except EdgeccError:
-            rec = RequestRecord(r, None, 0, gpr * K, None if oracle is None else oracle * 1000, 0)
+            outcome = "failed"
         else:
-            ms = (time.perf_counter() - t) * 1000
+            latency_ms = (time.perf_counter() - t) * 1000
             correct = int((logits.argmax(-1) == glabels[idx]).sum())
-            rec = RequestRecord(r, ms, correct, gpr * K, None if oracle is None else oracle * 1000, 0)
-        records.append(RecordBox(rec, master.stats["bytes_sent"] - sent0))
+        subset = info.get("decode", {}).get("subset") if outcome == "decoded" else None
+        records.append(RequestRecord(r, latency_ms, correct, gpr * K, oracle_ms, int(info.get("bytes_sent", 0)),
+                                     outcome=outcome, t_s=round(now - t_first, 4),
+                                     workers=None if subset is None else [int(w) for w in subset]))
         if progress:
             progress(1)
 
@@ -123,55 +141,60 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
             tasks.append(asyncio.create_task(one(r)))
         await asyncio.gather(*tasks)
-    return [b.record_with_bytes() for b in sorted(records, key=lambda b: b.record.request)]
-
-
-class RecordBox:
-    """A record plus the bytes this request put on the wire (concurrent requests share the counter,
-    so per-request bytes are approximate; the scheme's total is exact)."""
-
-    def __init__(self, record: RequestRecord, sent: int):
-        self.record, self.sent = record, sent
-
-    def record_with_bytes(self) -> RequestRecord:
-        r = self.record
-        return RequestRecord(r.request, r.latency_ms, r.correct, r.total, r.oracle_ms, self.sent)
+    return sorted(records, key=lambda rec: rec.request)
 
 
 async def _run_scheme(scheme: str, scenario: Scenario, model, info, baseline, images, labels, log_dir: Path,
-                      progress) -> tuple[list[RequestRecord], dict[str, Any]]:
+                      progress, links: LinkSet | None) -> tuple[list[RequestRecord], dict[str, Any], dict[str, Any] | None]:
     from ..runtime.master import Master
 
     plan = _plan(scheme, scenario, model, info, baseline)
     token = secrets.token_hex(32)
-    workers = LocalWorkers(scenario, token, log_dir)
+    specs = [w.link for w in scenario.workers]
+    if links is not None:  # every scheme starts from the links' initial state, like it starts fresh workers
+        for i, spec in enumerate(specs):
+            links.configure(i, spec)
+    workers = LocalWorkers(scenario, token, log_dir, links)
+    timeline = None
     workers.start()
     try:
+        if links is not None:
+            timeline = LinkTimeline(links, specs, workers.started_at).start()
         # only the workers this scheme uses (uncoded: the first K)
-        addrs = [("127.0.0.1", p) for p in workers.ports[: plan.N]]
-        master = Master(plan, addrs, token.encode(), request_timeout=scenario.timeout_s)
+        master = Master(plan, workers.addresses[: plan.N], token.encode(), request_timeout=scenario.timeout_s)
         try:
-            await master.start(wait_ready=30)
-            await master.wait_all_ready(10)
+            await master.start(wait_ready=60 if links else 30)  # a slow link carries the model to its worker first
+            await master.wait_all_ready(60 if links else 10)
             # One unmeasured request first: the first encode pays one-off library initialisation
             # (tens of ms), which a long-running master pays once, not per request.
+            warmup: dict[str, Any] = {}
             with contextlib.suppress(EdgeccError):
-                await master.infer(images[: plan.K].reshape(1, plan.K, 28, 28), req_id=WARMUP_ID)
+                await master.infer(images[: plan.K].reshape(1, plan.K, 28, 28), req_id=WARMUP_ID, info=warmup)
             t0 = time.perf_counter()
             records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress)
             stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N,
-                     "encode_precision": getattr(plan, "encode_precision", None)}
+                     "encode_precision": getattr(plan, "encode_precision", None),
+                     "warmup_bytes_sent": int(warmup.get("bytes_sent", 0)),  # in bytes_sent, not in any request's
+                     "connects": [l.connects for l in master.links]}
         finally:
             await master.close()
     finally:
         workers.stop()
-    return records, stats
+        measured = timeline.stop() if timeline is not None else None
+    return records, stats, measured
+
+
+def _variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
+    """(suffix, scenario) pairs each scheme runs on: the scenario, and its all-fast twin if asked for."""
+    return [("", scenario), ("@all-fast", scenario.all_fast())] if scenario.also_all_fast else [("", scenario)]
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None) -> dict[str, Any]:
     """Run every scheme of `scenario` and write report.json, report.md and plots into `out_dir`."""
     from ..runtime.transport import run
 
+    if scenario.has_links:  # refused before anything is loaded or written
+        require(f"scenario {scenario.name!r}" + (f" ({scenario.source})" if scenario.source else ""))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, info = load_model(scenario.model)
@@ -179,14 +202,37 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
         raise EdgeccError(f"{scenario.model}: a scenario's model must be an AICC model")
     baseline = load_model(BASELINE) if {"uncoded", "replication", "approxifer"} & set(scenario.schemes) else None
     images, labels = load_images(scenario.images)
-    results, stats = {}, {}
-    with tempfile.TemporaryDirectory(prefix="edgecc-scenario-") as logs:
+    results, stats, measured = {}, {}, {}
+    links_meta = None
+    with contextlib.ExitStack() as stack:
+        links = None
+        if scenario.has_links:
+            links = stack.enter_context(LinkSet(scenario.N))
+            features = kernel_features(links)
+            links_meta = {
+                "kernel": features,
+                "shaped_in_kernel": ["rate (tc tbf, both directions)", "burst", "queueing (tbf latency bound)",
+                                     "link down/up (carrier off: silent loss)", "rate changes"],
+                "injected_in_worker": ["latency (the worker sleeps before answering)", "failures"]
+                + ([] if features["netem"] else ["propagation delay and loss are not modelled: this kernel has no netem"]),
+                "transport": "TCP from the root namespace to one network namespace per worker over a veth pair",
+                "tcp_congestion_control": tcp_congestion_control(),
+            }
+        logs = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecc-scenario-"))
         for scheme in scenario.schemes:
-            progress = progress_factory(scheme) if progress_factory else None
-            results[scheme], stats[scheme] = run(_run_scheme(scheme, scenario, model, info, baseline, images, labels,
-                                                             Path(logs), progress))
+            for suffix, variant in _variants(scenario):
+                name = scheme + suffix
+                progress = progress_factory(name) if progress_factory else None
+                results[name], stats[name], measured[name] = run(_run_scheme(
+                    scheme, variant, model, info, baseline, images, labels, Path(logs), progress, links))
+        if links is not None:
+            links_meta["qdiscs"] = [links.shaped(i) for i in range(scenario.N)]  # the last scheme's final state
     meta = {**scenario.to_dict(), "machine": _machine(), "master_stats": stats}
-    summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta)
+    if links_meta is not None:
+        meta["links"] = {**links_meta, "measured": measured}
+    summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta,
+                             extra_markdown=links_markdown([w["link"] for w in meta["workers"]], measured, results)
+                             if links_meta else "")
     from ..modelfile import atomic_write
 
     per_request = {name: [r.__dict__ for r in recs] for name, recs in results.items()}
