@@ -130,3 +130,32 @@ def test_cnn_worker_compute_is_the_centralized_cnn(tmp_path):
     assert isinstance(plain_compute(plan.arrays), PlainCompute)
     with pytest.raises(ConfigError, match="do not fit"):
         PlainCNNCompute({"cnn.stack.head.weight": np.zeros((1, 1), np.float32)})
+
+
+async def test_cnn_base_over_tcp_with_the_plain_compute_hook(monkeypatch):
+    """The CNN base over real TCP, workers in this process: worker.py's plain placement routed through
+    runtime/plain_cnn.plain_compute (the hook; the MLP keeps the numpy PlainCompute) decodes as in process."""
+    from edgecc.runtime import worker as wm
+    from edgecc.schemes_table import CNN_BASE
+
+    monkeypatch.setattr(wm, "PlainCompute", plain_compute, raising=False)
+    net, info = load_model(CNN_BASE)
+    plan = ApproxIFERPlan(net, info, K=2, N=3)
+    images, _ = load_sample()
+    groups = images[:32].reshape(-1, 2, 28, 28)
+    outs = in_process(plan, groups)
+    workers = [wm.Worker(TOK, name=f"cnn{i}") for i in range(3)]
+    ports = [await w.start("127.0.0.1", 0) for w in workers]
+    serving = [asyncio.create_task(w.serve_forever()) for w in workers]
+    m = Master(plan, [("127.0.0.1", p) for p in ports], TOK, request_timeout=20.0)
+    try:
+        await m.start(wait_ready=20)
+        info_ = {}
+        got = await m.infer(groups, info=info_)
+        subset = info_["decode"]["subset"]
+        np.testing.assert_allclose(got, plan.code.decode({n: outs[n] for n in subset}), rtol=1e-5, atol=1e-5)
+    finally:
+        await m.close()
+        for w, t in zip(workers, serving):
+            t.cancel()
+            await w.close()

@@ -53,7 +53,8 @@ class PlainCNNCompute:
         out = []
         with self.torch.inference_mode():
             for i in range(0, x.shape[0], self.batch):
-                out.append(self.model(self.torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch], dtype=np.float32))).numpy())
+                xb = np.array(x[i : i + self.batch], dtype=np.float32)  # a copy: arrays from frames are read-only
+                out.append(self.model(self.torch.from_numpy(xb)).numpy())
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 
