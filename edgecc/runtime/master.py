@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import DecodeError, EdgeccError
 from ..protocol.frames import RemoteProtocolError, encode_frame, unpack_array
 from ..protocol.messages import Compute, Result
+from .blas import single_threaded_blas
 from .limits import Limits
 from .link import MAX_QUEUED_BYTES, AuthError, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
 from .transport import Comm, CommClosedError, connect
@@ -64,8 +65,9 @@ class Master:
     decoding. A request that the master could not finish by its deadline with the work already
     queued is shed on arrival (Overloaded) instead of joining an ever longer queue.
 
-    Note: when torch is loaded, constructing a Master sets torch's intra-op threads to 1 for the
-    whole process; requests are encoded in parallel on `encode_threads` threads instead."""
+    Note: constructing a Master sets torch's intra-op threads (when torch is loaded) and numpy's BLAS
+    threads to 1 for the whole process; requests are encoded in parallel on `encode_threads` threads
+    instead."""
 
     def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
@@ -89,6 +91,7 @@ class Master:
         # load, one group took 8 ms this way and 260 ms with torch's 2-thread intra-op pool.
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
+        single_threaded_blas()  # numpy's too (decoding): see runtime/blas.py
         self.encode_threads = encode_threads or os.cpu_count() or 1
         self.encode_pool = ThreadPoolExecutor(max_workers=self.encode_threads, thread_name_prefix="edgecc-encode")
         # Small requests encode on all cores but one, which stays with the event loop (sends, results, decode).

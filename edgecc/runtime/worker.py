@@ -23,6 +23,7 @@ from ..protocol import auth
 from ..protocol.frames import FatalProtocolError, RemoteProtocolError, pack_array, unpack_array
 from ..protocol.messages import (PROTOCOL_MINOR, PROTOCOL_VERSION, Auth, Cancel, Compute, Configure, Configured, Error,
                                  Hello, Ping, Pong, Result, Welcome)
+from .blas import single_threaded_blas
 from .compute import EncodedCompute, PlainCompute
 from .limits import Limits
 from .transport import Comm, CommClosedError
@@ -96,6 +97,7 @@ class Worker:
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
+        single_threaded_blas()  # process-wide, see runtime/blas.py
         self.server = await asyncio.start_server(self._serve, host, port, ssl=self.ssl_context,
                                                  limit=1 << 18, ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None)
         bound = self.server.sockets[0].getsockname()[1]
