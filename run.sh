@@ -6,6 +6,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DRY_RUN=0
 # What the EXIT trap cleans up if deploy stops half-way (see cleanup).
 DEPLOY_TMP_TOKEN='' DEPLOY_STAGED=''
+# ssh/scp for deploy; $EDGECC_SSH_CONFIG names an ssh_config file for both (e.g. a fleet's
+# ports, users and keys) in place of ~/.ssh/config.
+SSH=(ssh) SCP=(scp)
+if [[ -n ${EDGECC_SSH_CONFIG:-} ]]; then SSH+=(-F "$EDGECC_SSH_CONFIG"); SCP+=(-F "$EDGECC_SSH_CONFIG"); fi
 
 cleanup() {
     local rc=$?
@@ -14,7 +18,7 @@ cleanup() {
         printf 'run.sh: error: deploy failed (exit %d) at the last `+` step above; removing %s\n' \
             "$rc" "$DEPLOY_STAGED" >&2
         # a failed deploy must not leave the token copy on the board
-        ssh "${DEPLOY_STAGED%%:*}" rm -rf "${DEPLOY_STAGED#*:}" || true
+        "${SSH[@]}" "${DEPLOY_STAGED%%:*}" rm -rf "${DEPLOY_STAGED#*:}" || true
     fi
 }
 trap cleanup EXIT
@@ -32,6 +36,10 @@ commands:
   deploy USER@HOST --bundle BUNDLE [--wheel WHEEL] [--port PORT] [--dry-run]
               install or update an edgecc worker on a Raspberry Pi over ssh, then check
               that it answers the authenticated handshake (see workers/README.md)
+  pi-test [PYTEST ARGS...]
+              (root) build the emulated arm64 Raspberry Pi stand-in and the container base once
+              (cached in $EDGECC_PI_CACHE, default /var/cache/edgecc), then deploy into them for
+              real: tests/test_pi_board.py and tests/test_container.py
   help        this text
 EOF
 }
@@ -123,6 +131,8 @@ usage: ./run.sh deploy USER@HOST --bundle BUNDLE [--wheel WHEEL] [--port PORT] [
   --port PORT      port the worker listens on (default 7700)
   --dry-run        print every step (`+ ` lines) without running any of them
 
+$EDGECC_SSH_CONFIG: an ssh_config file that ssh and scp use instead of ~/.ssh/config.
+
 The shared token comes from $EDGECC_TOKEN or the file $EDGECC_TOKEN_FILE; with neither,
 ~/.config/edgecc/token is used and created on first deploy. The same token is installed
 on every board, and `edgecc ping` uses it for the final handshake check.
@@ -172,6 +182,7 @@ cmd_deploy() {
     done
     local edgecc; edgecc=$(edgecc_bin)
     if ! ((DRY_RUN)); then
+        [[ -z ${EDGECC_SSH_CONFIG:-} || -r $EDGECC_SSH_CONFIG ]] || die "EDGECC_SSH_CONFIG=$EDGECC_SSH_CONFIG is not a readable file"
         for f in ssh scp "$edgecc"; do
             command -v "$f" >/dev/null || die "'$f' not found (edgecc is needed locally for the final ping; set EDGECC_BIN or activate the venv)"
         done
@@ -227,24 +238,24 @@ cmd_deploy() {
     # (not /tmp: predictable names there are unsafe on a shared board)
     local stage=edgecc-deploy
     say "copying files to $target:$stage/"
-    run ssh "$target" mkdir -p -m 0700 "$stage"
+    run "${SSH[@]}" "$target" mkdir -p -m 0700 "$stage"
     ((DRY_RUN)) || DEPLOY_STAGED=$target:$stage
-    run scp "$wheel" "$target:$stage/$wheel_name"
-    run scp "$bundle" "$target:$stage/bundle.safetensors"
-    run scp "$ROOT/workers/setup-pi.sh" "$ROOT/workers/edgecc-worker.service" \
+    run "${SCP[@]}" "$wheel" "$target:$stage/$wheel_name"
+    run "${SCP[@]}" "$bundle" "$target:$stage/bundle.safetensors"
+    run "${SCP[@]}" "$ROOT/workers/setup-pi.sh" "$ROOT/workers/edgecc-worker.service" \
         "$ROOT/workers/worker.env.example" "$target:$stage/"
-    run scp "$token_file" "$target:$stage/token"
+    run "${SCP[@]}" "$token_file" "$target:$stage/token"
 
     # --- 3. install and restart; -t lets sudo ask for a password when we have a terminal ---
     local tty=(); if [[ -t 0 ]]; then tty=(-t); fi
     say "running setup-pi.sh on $target"
-    run ssh ${tty[@]+"${tty[@]}"} "$target" sudo bash "$stage/setup-pi.sh" --no-restart \
+    run "${SSH[@]}" ${tty[@]+"${tty[@]}"} "$target" sudo bash "$stage/setup-pi.sh" --no-restart \
         --bundle "$stage/bundle.safetensors" --token-file "$stage/token" --port "$port" \
         "$stage/$wheel_name"
     say "restarting the worker"
-    run ssh ${tty[@]+"${tty[@]}"} "$target" sudo systemctl restart edgecc-worker.service
+    run "${SSH[@]}" ${tty[@]+"${tty[@]}"} "$target" sudo systemctl restart edgecc-worker.service
     # the token copy must not linger; the rest is re-sent on every deploy anyway
-    run ssh "$target" rm -rf "$stage"
+    run "${SSH[@]}" "$target" rm -rf "$stage"
     DEPLOY_STAGED=''
 
     # --- 4. the worker must answer the authenticated handshake ---
@@ -253,10 +264,12 @@ cmd_deploy() {
         run "$edgecc" ping "$host:$port"
         return 0
     fi
-    # a Pi needs a few seconds to import numpy and load the bundle
+    # a Pi needs a few seconds to import numpy and load the bundle; the `+` line is the
+    # same as --dry-run's, the retries are announced apart from it
     local i out
+    printf '+ %q ping %q\n' "$edgecc" "$host:$port"
     for i in $(seq 1 10); do
-        printf '+ %q ping %q  (try %d)\n' "$edgecc" "$host:$port" "$i"
+        ((i == 1)) || say "ping: no answer yet, try $i of 10"
         if out=$("$edgecc" ping "$host:$port" 2>&1); then
             [[ -z $out ]] || printf '%s\n' "$out"
             say "worker on $host:$port is up"
@@ -266,6 +279,17 @@ cmd_deploy() {
     done
     printf '%s\n' "$out" >&2
     die "the worker on $host:$port did not answer; look at: ssh $target journalctl -u edgecc-worker -n 50"
+}
+
+# pi-test: the Raspberry Pi path for real, on an emulated arm64 Debian 12 board and in a container.
+# Building the stand-ins takes minutes once; later runs reuse them. EDGECC_PI_REQUIRED=1 turns the
+# tests' skips (no root, no binfmt, no stand-in) into failures: here they were asked for by name.
+cmd_pi_test() {
+    ((EUID == 0)) || die "pi-test needs root (binfmt_misc, chroot, mounts, podman): sudo ./run.sh pi-test"
+    cmd_setup
+    nice -n 10 bash "$ROOT/workers/pi-standin.sh" all
+    cd "$ROOT" && EDGECC_PI_REQUIRED=1 "$ROOT/.venv/bin/python" -m pytest -q -rs \
+        tests/test_pi_board.py tests/test_container.py "$@"
 }
 
 # --- dispatch --------------------------------------------------------------------------------
@@ -278,6 +302,7 @@ main() {
         test) cmd_test "$@" ;;
         scenario) cmd_scenario "$@" ;;
         deploy) cmd_deploy "$@" ;;
+        pi-test) cmd_pi_test "$@" ;;
         help|-h|--help) usage ;;
         *) usage >&2; die "unknown command: $cmd" ;;
     esac
