@@ -268,3 +268,14 @@ def test_a_link_scenario_file_loads_without_root(tmp_path):
     with pytest.raises(ConfigError):
         f.write_text(LINKED.format(requests=5).replace("rate_mbit = 2.0", "rate_mbit = -2.0"))
         load_scenario(f)
+
+
+def test_counter_samples_become_rates_per_bin():
+    from edgecc.scenario.links import _binned
+
+    # 2000 bytes over 1.2 s: the 0.2 s tail is too short for a bin of its own
+    to_w, from_w = _binned([(0.0, [(0, 0)]), (0.5, [(1000, 10)]), (1.2, [(2000, 20)])], 0, 0.0, 1.0)
+    assert to_w == pytest.approx([2000 * 8 / 1.2 / 1e6]) and from_w == pytest.approx([20 * 8 / 1.2 / 1e6])
+    # an interval across a bin edge (a late sample) splits its bytes by overlap: 1000 B over 0.5-1.7 s
+    to_w, _ = _binned([(0.0, [(0, 0)]), (0.5, [(1000, 0)]), (1.7, [(2000, 0)])], 0, 0.0, 1.0)
+    assert to_w == pytest.approx([(1000 + 1000 * 0.5 / 1.2) * 8 / 1e6, 1000 * 0.7 / 1.2 * 8 / 0.7 / 1e6])

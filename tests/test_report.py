@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgecc.scenario.report import (
-    RequestRecord, accuracy_p99_points, cdf_points, links_markdown, phase_usage, render_markdown, summarize,
+    RequestRecord, accuracy_p99_points, all_fast_markdown, cdf_points, links_markdown, phase_usage, render_markdown, summarize,
     usage_timeline, write_report,
 )
 
@@ -137,3 +137,12 @@ def test_write_report_files(tmp_path):
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_all_fast_comparison():
+    slow = summarize([rec(i, 100.0 + i) for i in range(101)])  # p99 199
+    fast = summarize([rec(i, 50.0 + i / 2) for i in range(101)])  # p99 99.5
+    md = all_fast_markdown({"aicc": slow, "aicc@all-fast": fast, "uncoded": slow})
+    assert "| aicc | 150.0 | 75.0 | 199.0 | 99.5 | 2.00 | 29.8 |" in md  # 199 - (1.5 * 99.5 + 20)
+    assert "| uncoded |" not in md  # no twin
+    assert all_fast_markdown({"aicc": slow}) == ""

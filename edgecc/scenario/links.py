@@ -348,6 +348,8 @@ def _binned(samples: list[tuple[float, list[tuple[int, int]]]], i: int, t0: floa
     widths[-1] = span - bin_s * (n_bins - 1)  # the last bin is partial
     if widths[-1] < bin_s / 2 and n_bins > 1:  # too short to be a rate: it joins the bin before
         for d in (0, 1):
-            sums[d][-2] += sums[d].pop()
-        widths[-2] += widths.pop()
+            last_bin = sums[d].pop()
+            sums[d][-1] += last_bin
+        last_width = widths.pop()
+        widths[-1] += last_width
     return tuple([x * 8 / max(w, 1e-9) / 1e6 for x, w in zip(sums[d], widths)] for d in (0, 1))

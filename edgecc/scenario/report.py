@@ -277,6 +277,24 @@ def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[
     return "\n".join(rows) + "\n"
 
 
+def all_fast_markdown(summaries: Mapping[str, SchemeSummary]) -> str:
+    """For each scheme run both on the scenario's links and as "<scheme>@all-fast": p50 and p99 side by
+    side, and the p99 ratio; "" when no scheme has an all-fast twin."""
+    pairs = [(name, summaries[name], summaries[f"{name}@all-fast"]) for name in summaries
+             if f"{name}@all-fast" in summaries]
+    if not pairs:
+        return ""
+    rows = ["", "## The scenario's links against all links fast (same run, back to back)", "",
+            "| scheme | p50 ms | p50 ms all fast | p99 ms | p99 ms all fast | p99 / p99 all fast "
+            "| p99 - (1.5 x p99 all fast + 20 ms) |", "|---|---|---|---|---|---|---|"]
+    for name, slow, fast in pairs:
+        ratio = slow.p99_ms / fast.p99_ms if slow.p99_ms is not None and fast.p99_ms else None
+        margin = slow.p99_ms - (1.5 * fast.p99_ms + 20) if slow.p99_ms is not None and fast.p99_ms is not None else None
+        rows.append(f"| {name} | {_fmt(slow.p50_ms)} | {_fmt(fast.p50_ms)} | {_fmt(slow.p99_ms)} | {_fmt(fast.p99_ms)} "
+                    f"| {_fmt(ratio, 2)} | {_fmt(margin)} |")
+    return "\n".join(rows) + "\n"
+
+
 def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenario report",
                  meta: Mapping[str, Any] | None = None, extra_markdown: str = "") -> dict[str, SchemeSummary]:
     """Write report.json, report.md, latency_cdf.png and accuracy_vs_p99.png into `out_dir`.
@@ -295,7 +313,8 @@ def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenari
     # allow_nan=False: the file must stay valid JSON for any reader.
     _atomic_write(out / "report.json",
                   (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
-    _atomic_write(out / "report.md", (render_markdown(summaries, title) + extra_markdown).encode())
+    _atomic_write(out / "report.md", (render_markdown(summaries, title) + all_fast_markdown(summaries)
+                                      + extra_markdown).encode())
     plot_latency_cdf(results, out / "latency_cdf.png")
     plot_accuracy_vs_p99(summaries, out / "accuracy_vs_p99.png")
     return summaries
