@@ -588,6 +588,42 @@ def scenario_run(files, out_dir, quiet):
         click.echo(f"report: {target}/report.json, plots: {target}/latency_cdf.png, {target}/accuracy_vs_p99.png")
 
 
+@scenario.command("sweep")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rates", required=True, help="comma-separated request rates (requests/s) for open-loop Poisson arrivals")
+@click.option("--duration", type=float, default=None, help="seconds of arrivals per rate (default: the scenario's `requests`)")
+@click.option("--out", "out_dir", default="out", show_default=True, help="results go to OUT/<scenario name>-sweep/")
+@click.option("--quiet", is_flag=True)
+def scenario_sweep(file, rates, duration, out_dir, quiet):
+    """p50/p99/p99.9 against offered load for every scheme of FILE, and each scheme's saturation throughput.
+
+    Each rate is a full scenario run (same seeds for every scheme); writes sweep.json, sweep.md and
+    sweep.png, and each rate's own report under rate-RATE/."""
+    import signal
+    from pathlib import Path
+
+    from .scenario.spec import load_scenario
+    from .scenario.sweep import run_sweep
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {rates!r}", param_hint="--rates") from None
+    sc = load_scenario(file)
+    target = Path(out_dir) / f"{sc.name}-sweep"
+
+    def factory(scheme):
+        if quiet:
+            return None
+        click.echo(f"  {scheme} ...", err=True)
+        return None
+
+    run_sweep(sc, rate_list, target, duration, factory)
+    click.echo((target / "sweep.md").read_text())
+    click.echo(f"sweep: {target}/sweep.json, plot: {target}/sweep.png")
+
+
 @main.command()
 @click.option("--images", default="test", show_default=True, help="'test' (10,000 images), 'sample' or an .npz")
 @click.option("--limit", type=int, default=None, help="first LIMIT images only (smoke runs; the table records the count)")
