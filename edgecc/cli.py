@@ -632,11 +632,12 @@ def scenario_sweep(file, rates, duration, out_dir, quiet):
               help="ApproxIFER worker point set the table's main column shows: cos(iπ/N) or cos(iπ/(N−1))")
 @click.option("--runs-dir", default="runs/schemes", show_default=True, help="one JSON per finished cell (resumable)")
 @click.option("--results-dir", default="results", show_default=True)
-def compare(images, limit, only, points, runs_dir, results_dir):
+@click.option("--cached-only", is_flag=True, help="compute nothing: write the table from the cells already in --runs-dir")
+def compare(images, limit, only, points, runs_dir, results_dir, cached_only):
     """ApproxIFER, AICC, the learned code, replication and uncoded side by side: writes results/schemes.{json,md}."""
     from . import schemes_table as st
 
-    rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True))
+    rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True), cached_only=cached_only)
     measured = st.measured_worker_seconds(st.base_computes())
     table = st.assemble(rows, measured, max((r["images"] for r in rows), default=0))
     table["main_points"] = points
