@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecc.bench.harness import LocalWorkers, _connected_master, _groups, _run, load_bench_models
+from edgecc.bench.cluster import LocalWorkers, connected_master, run_coroutine
+from edgecc.bench.models import load_bench_models, make_groups
 from edgecc.data import load_sample
 from edgecc.runtime.plan import CodedPlan
 
@@ -32,13 +33,13 @@ def main() -> None:
     args = ap.parse_args()
     tmp, token = Path(tempfile.mkdtemp()), secrets.token_hex(32)
     m = load_bench_models(tmp, (args.model,))[args.model]
-    one = _groups(load_sample()[0], 2, 1)
+    one = make_groups(load_sample()[0], 2, 1)
     plan = CodedPlan(m["model"], m["info"], 3, "encoded")
     made = plan.payloads(one)
     plan.payloads = lambda images: made  # the encoder is measured elsewhere (edgecc bench)
 
     async def run(workers: LocalWorkers) -> None:
-        master = await _connected_master(plan, workers.addresses(3), token.encode())
+        master = await connected_master(plan, workers.addresses(3), token.encode())
         try:
             for _ in range(50):  # warm-up
                 await master.infer(one)
@@ -55,7 +56,7 @@ def main() -> None:
               f"{mcpu / n * 1e3:.3f} ms, worker CPU " + ", ".join(f"{c / n * 1e3:.3f}" for c in wcpu) + " ms")
 
     with LocalWorkers(3, tmp, token, tag="cpu") as workers:
-        _run(run(workers))
+        run_coroutine(run(workers))
 
 
 if __name__ == "__main__":

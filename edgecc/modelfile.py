@@ -13,33 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ModelFileError
+from .fileio import atomic_write  # noqa: F401  (re-exported: callers import it from here)
 
 FORMAT = "edgecc-model"
 VERSION = 1
 KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "learned-code")
 STORAGES = ("f32", "f16", "q8")
 SCALE = "#scale"  # suffix of the per-row float32 scales of an int8 ("q8") tensor
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # Models shipped in the package, by name: the default AICC model (Table 2's CNN+CNN H_B cell) and the

@@ -1,4 +1,4 @@
-"""Short live versions of benchmarks/fuzz.py and benchmarks/soak.py: real worker processes, real TCP.
+"""Short live versions of benchmarks/fuzz.py and benchmarks/soak.py (edgecc.fuzzing): real worker processes, real TCP.
 
 Each asserts what the full benchmarks report: no crash, nothing lost or hung, correct results after.
 Together they take well under a minute.
@@ -6,19 +6,11 @@ Together they take well under a minute.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-import fuzz  # noqa: E402
-import soak  # noqa: E402
+from edgecc.fuzzing import fuzz_master, fuzz_worker, soak
 
 
 async def test_fuzzed_worker_keeps_serving_correct_results():
-    r = await fuzz.fuzz_worker(1500, seed=0, check_every=500, concurrency=4, preauth_conns=2, preauth_mb=4)
+    r = await fuzz_worker(1500, seed=0, check_every=500, concurrency=4, preauth_conns=2, preauth_mb=4)
     assert r["frames"] >= 1500
     assert not r["crashed"], r["exit_code"]
     # the worker survives anything, but an exception it did not expect means a frame was mishandled
@@ -30,7 +22,7 @@ async def test_fuzzed_worker_keeps_serving_correct_results():
 
 
 async def test_master_survives_a_fuzzing_worker_and_decodes_correctly():
-    r = await fuzz.fuzz_master(200, seed=0, stall_s=5.0)
+    r = await fuzz_master(200, seed=0, stall_s=5.0)
     assert not r["stalled"] and r["frames"] >= 200, r["link_crashes"]
     assert r["exceptions"] == {} and r["link_crashes"] == [] and r["loop_errors"] == 0, (r["examples"], r["link_crashes"],
                                                                                            r["loop_error_examples"])
@@ -43,7 +35,7 @@ async def test_master_survives_a_fuzzing_worker_and_decodes_correctly():
 
 
 async def test_soak_under_kills_and_pauses_loses_nothing():
-    r = await soak.soak(15, seed=0, in_flight=3, extra_down_prob=0.3, chaos_min_s=0.2, chaos_max_s=1.2, final_requests=5, log=False)
+    r = await soak(15, seed=0, in_flight=3, extra_down_prob=0.3, chaos_min_s=0.2, chaos_max_s=1.2, final_requests=5, log=False)
     q = r["requests"]
     assert q["submitted"] > 0 and q["decoded"] > 0
     assert q["lost"] == 0 and q["hung"] == 0 and q["crashed"] == 0

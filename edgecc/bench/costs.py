@@ -15,6 +15,7 @@ from typing import Any
 
 from ..coding.schemes import Scheme, check_workers
 
+
 PIX = 784
 CLASSES = 10
 L1, L2 = 200, 100

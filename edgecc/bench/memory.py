@@ -14,10 +14,52 @@ import asyncio
 import gc
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ..runtime.local import memory_status
+from .config import BenchConfig
+from .config import BenchConfig
+
+
+def bench_memory(cfg: BenchConfig, tmp: Path, token: str, N: int = 3, timeout: float = 900.0) -> dict[str, Any]:
+    """In a fresh process (`python -m edgecc.bench.memory`), so that memory freed by earlier sections and
+    kept by the allocator cannot hide the growth (`measure`, below)."""
+    args = {"requests": cfg.memory_requests, "groups": cfg.batch, "N": N, "min_delay": cfg.memory_delay, "tmp": str(tmp)}
+    env = {**os.environ, "EDGECC_TOKEN": token}
+    env.pop("EDGECC_TOKEN_FILE", None)
+    proc = subprocess.run([sys.executable, "-m", "edgecc.bench.memory", json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory benchmark exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class RssSampler(threading.Thread):
+    """Polls this process's VmRSS every `period` seconds and keeps the maximum."""
+
+    def __init__(self, period: float = 0.005):
+        super().__init__(daemon=True)
+        self.period, self.peak, self.stop = period, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, memory_status().get("VmRSS", 0))
+            self.stop.wait(self.period)
+
+
+def reset_hwm() -> bool:
+    """Reset this process's peak RSS (VmHWM) so it measures from now (Linux: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, token: str) -> dict[str, Any]:
@@ -28,13 +70,13 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
     from ..nets import AICC
     from ..runtime.plan import CodedPlan
     from . import costs
-    from ..runtime.local import memory_status
-    from .harness import LocalWorkers, _connected_master, _groups, _reset_hwm, _RssSampler, _run
+    from .cluster import LocalWorkers, connected_master, run_coroutine
+    from .models import make_groups
 
     s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
     torch.manual_seed(0)
     plan = CodedPlan(AICC(s), {"kind": "aicc", "scheme": s.to_dict()}, N, "encoded")
-    batch = _groups(load_sample()[0], s.K, groups)
+    batch = make_groups(load_sample()[0], s.K, groups)
     plan.payloads(batch)
     t0 = time.perf_counter()
     for _ in range(3):
@@ -46,7 +88,7 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
 
     with LocalWorkers(N, tmp, token, behaviour, tag="mem") as workers:
         async def flood() -> dict[str, Any]:
-            master = await _connected_master(plan, workers.addresses(N), token.encode(), request_timeout=delay + 300)
+            master = await connected_master(plan, workers.addresses(N), token.encode(), request_timeout=delay + 300)
             max_pending = 0
 
             async def watch() -> None:
@@ -60,8 +102,8 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
                 gc.collect()
                 workers_before = workers.status()
                 base = memory_status()
-                reset = _reset_hwm()
-                sampler = _RssSampler()
+                reset = reset_hwm()
+                sampler = RssSampler()
                 sampler.start()
                 watcher = asyncio.create_task(watch())
                 t0 = time.perf_counter()
@@ -83,7 +125,7 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
             finally:
                 await master.close()
 
-        r = _run(flood())
+        r = run_coroutine(flood())
     payload = requests * N * groups * costs._up_payload_per_worker(s, "encoded")
     w_peak = [w.get("VmHWM", 0) - b.get("VmRSS", 0) for w, b in zip(r.pop("workers_after"), r.pop("workers_before"))]
     return {"model": "mlp", "label": s.label(), "N": N, "requests": requests, "groups_per_request": groups,

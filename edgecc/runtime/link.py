@@ -22,10 +22,10 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 from ..errors import EdgeccError
-from ..protocol import auth
 from ..protocol.frames import RemoteProtocolError, encode_frame
-from ..protocol.messages import (PROTOCOL_VERSION, Auth, Cancel, Configure, Configured, Error, Hello, Ping, Pong, Result,
-                                 Welcome)
+from ..protocol.handshake import ClientHandshake, HandshakeAuthError
+from ..protocol.messages import Cancel, Configure, Error, Hello, Ping, Pong, Result
+from .client_handshake import client_handshake
 from .transport import Comm, CommClosedError
 
 if TYPE_CHECKING:
@@ -114,34 +114,20 @@ class WorkerLink:
             backoff = min(backoff * 2, master.max_backoff)
 
     async def _handshake(self, comm: Comm) -> None:
-        master = self.master
-        t = master.limits.handshake_timeout
-        hello = await comm.read(timeout=t)
-        if isinstance(hello, Error):
-            raise AuthError(f"worker refused: {hello.message}")
-        if not isinstance(hello, Hello):
-            raise RemoteProtocolError(f"expected hello, got {hello.TYPE}")
-        if hello.proto != PROTOCOL_VERSION:
-            raise RemoteProtocolError(f"worker speaks protocol {hello.proto}, master speaks {PROTOCOL_VERSION}")
-        plan = master.plan
-        if plan.placement not in hello.caps.get("placements", []):
-            raise RemoteProtocolError(f"worker cannot serve the {plan.placement!r} placement (it offers {hello.caps.get('placements')})")
-        nonce = auth.new_nonce()
-        await comm.write(Auth(PROTOCOL_VERSION, nonce, auth.master_mac(master.token, hello.nonce, nonce)))
-        welcome = await comm.read(timeout=t)
-        if isinstance(welcome, Error):
-            raise AuthError(f"worker refused the handshake: {welcome.message}")
-        if not isinstance(welcome, Welcome) or not auth.verify(auth.worker_mac(master.token, nonce, hello.nonce), welcome.mac):
-            raise AuthError("worker failed to prove the shared token")
-        arrays = None if hello.bundle == plan.digest else plan.wire_arrays
-        await comm.write(Configure(self.index, plan.alphas[self.index], plan.scheme.to_dict(), plan.placement,
-                                   plan.wire_dtype, plan.digest, arrays, master.dataset), timeout=60.0)
-        reply = await comm.read(timeout=max(t, 60.0))
-        if isinstance(reply, Error):
-            raise RemoteProtocolError(f"worker refused the configuration: {reply.message}")
-        if not isinstance(reply, Configured) or reply.digest != plan.digest:
-            raise RemoteProtocolError("worker did not confirm the configuration")
-        self.minor = int(hello.caps.get("proto_minor", 0))
+        master, plan = self.master, self.master.plan
+
+        def configure(hello: Hello) -> Configure:  # arrays nil iff the worker preloaded this bundle
+            arrays = None if hello.bundle == plan.digest else plan.wire_arrays
+            return Configure(self.index, plan.alphas[self.index], plan.scheme.to_dict(), plan.placement,
+                             plan.wire_dtype, plan.digest, arrays, master.dataset)
+
+        hs = ClientHandshake(master.token, placement=plan.placement, configure=configure,
+                             handshake_timeout=master.limits.handshake_timeout)
+        try:
+            await client_handshake(comm, hs)
+        except HandshakeAuthError as e:
+            raise AuthError(str(e)) from None
+        self.minor = hs.minor
 
     async def _reader(self, comm: Comm) -> None:
         master = self.master

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from ..errors import EdgeccError
-from ..protocol import auth
-from ..protocol.messages import PROTOCOL_VERSION, Auth, Error, Hello, Welcome
+from ..protocol.handshake import ClientHandshake, HandshakeAuthError, HandshakeError
+from .client_handshake import client_handshake
 from .transport import connect
 
 
@@ -14,16 +14,14 @@ async def probe(host: str, port: int, token: bytes, timeout: float = 5.0, ssl_co
     t0 = time.perf_counter()
     comm = await connect(host, port, timeout, ssl_context)
     try:
-        hello = await comm.read(timeout=timeout)
-        if not isinstance(hello, Hello):
-            raise EdgeccError(f"{host}:{port} is not an edgecc worker (first message {hello.TYPE})")
-        nonce = auth.new_nonce()
-        await comm.write(Auth(PROTOCOL_VERSION, nonce, auth.master_mac(token, hello.nonce, nonce)))
-        reply = await comm.read(timeout=timeout)
-        if isinstance(reply, Error):
-            raise EdgeccError(f"{host}:{port} refused the handshake: {reply.message}")
-        if not isinstance(reply, Welcome) or not auth.verify(auth.worker_mac(token, nonce, hello.nonce), reply.mac):
-            raise EdgeccError(f"{host}:{port} failed to prove the shared token")
+        hs = ClientHandshake(token, handshake_timeout=timeout)
+        try:
+            await client_handshake(comm, hs)
+        except HandshakeAuthError as e:
+            raise EdgeccError(f"{host}:{port}: {e}") from None
+        except HandshakeError as e:
+            raise EdgeccError(f"{host}:{port} is not an edgecc worker it can talk to: {e}") from None
+        hello = hs.hello
         return {"address": f"{host}:{port}", "proto": hello.proto, "caps": hello.caps, "bundle": hello.bundle,
                 "handshake_ms": round((time.perf_counter() - t0) * 1000, 2)}
     finally:

@@ -1,0 +1,161 @@
+"""Section 7 of `edgecc bench`: single-request latency over loopback, measured in a fresh process.
+
+`python -m edgecc.bench.request_latency '{"cfg": {"models": ["cnn", "mlp"], "latency_requests": 100,
+"latency_rounds": 3}, "tmp": DIR}'` (token in $EDGECC_TOKEN) prints the rows as one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cluster import LocalWorkers, connected_master, run_coroutine
+from .config import BenchConfig, in_thread, jsonable, log
+from .models import load_bench_models, make_groups
+
+
+# -- 7. single-request latency ------------------------------------------------------------------
+async def ping_rtts(address: tuple[str, int], token: bytes, count: int) -> list[float]:
+    """Round trips of Ping/Pong on an authenticated connection: the transport and framing alone
+    (the worker answers pings on its event loop, no compute thread)."""
+    from ..protocol.handshake import ClientHandshake
+    from ..protocol.messages import Ping, Pong
+    from ..runtime.client_handshake import client_handshake
+    from ..runtime.transport import connect
+
+    comm = await connect(*address, timeout=5.0)
+    try:
+        await client_handshake(comm, ClientHandshake(token))
+        rtts = []
+        for i in range(count + 5):
+            t0 = time.perf_counter()
+            await comm.write(Ping(i))
+            while not isinstance(await comm.read(timeout=5.0), Pong):
+                pass
+            if i >= 5:
+                rtts.append(time.perf_counter() - t0)
+        return rtts
+    finally:
+        await comm.close()
+
+
+def bench_latency(cfg: BenchConfig, tmp: Path, token: str, timeout: float = 1800.0) -> list[dict[str, Any]]:
+    """In a fresh process (`python -m edgecc.bench.request_latency`), like the memory section: in one process after
+    the other sections, the MLP model's overhead measured 1.07-1.13 ms in 3 runs, alone 0.65-0.79 ms in 4;
+    a master process does not carry a benchmark's leftovers."""
+    args = {"cfg": {"models": list(cfg.models), "latency_requests": cfg.latency_requests,
+                    "latency_rounds": cfg.latency_rounds}, "tmp": str(tmp)}
+    env = {**os.environ, "EDGECC_TOKEN": token}
+    env.pop("EDGECC_TOKEN_FILE", None)
+    proc = subprocess.run([sys.executable, "-m", "edgecc.bench.request_latency", json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"latency benchmark exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def latency_rows(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token: str, N: int = 3) -> list[dict[str, Any]]:
+    """Single-group requests against in-process compute of the same group, in rounds (this process)."""
+    rows = []
+    ping_all: list[float] = []
+    per_model: dict[str, list[tuple[list[float], list[tuple[float, float, float]]]]] = {k: [] for k in cfg.models}
+    for rnd in range(cfg.latency_rounds):  # fresh workers each round: one noisy stretch of the machine is one round
+        with LocalWorkers(N, tmp, token, tag=f"lat{rnd}") as workers:
+            ping_all += run_coroutine(ping_rtts(workers.addresses(1)[0], token.encode(), cfg.latency_requests))
+            for key in cfg.models:
+                per_model[key].append(latency_round(cfg, models[key], images, workers, token, N))
+    ping = np.array(ping_all)
+    ms = lambda a: {"p50": float(np.percentile(a, 50)) * 1e3, "p99": float(np.percentile(a, 99)) * 1e3}
+    for key in cfg.models:
+        m = models[key]
+        lat = np.concatenate([np.array(r[0]) for r in per_model[key]])
+        inp = np.concatenate([np.array(r[1]) for r in per_model[key]])  # (requests, 3)
+        inp_total = inp.sum(axis=1)
+        diff = lat - inp_total
+        rounds = [float(np.percentile(np.array(la) - np.array(ip).sum(axis=1), 50)) * 1e3 for la, ip in per_model[key]]
+        rows.append({"model": key, "label": m["label"], "N": N, "requests": int(lat.size), "rounds": len(rounds),
+                     "inprocess_torch_threads": 1,  # as the Master runs its encoder
+                     "e2e_ms": {**ms(lat), "mean": float(lat.mean()) * 1e3, "min": float(lat.min()) * 1e3},
+                     "inprocess_ms": {"encode": float(np.median(inp[:, 0])) * 1e3,
+                                      "worker_compute": float(np.median(inp[:, 1])) * 1e3,
+                                      "decode": float(np.median(inp[:, 2])) * 1e3, "total": float(np.median(inp_total)) * 1e3,
+                                      "p99": float(np.percentile(inp_total, 99)) * 1e3},
+                     # p50: the median of the rounds' p50s; every round's p50 is listed beside it
+                     "overhead_ms": {"p50": float(np.median(rounds)), "p99": ms(diff)["p99"], "p50_rounds": rounds},
+                     "ping_rtt_ms": ms(ping)})
+        log(f"latency {m['label']}: p50 {np.percentile(lat, 50) * 1e3:.2f} ms, in-process {np.median(inp_total) * 1e3:.2f} ms, "
+             f"paired overhead p50 {np.median(rounds):.2f} ms (rounds {', '.join(f'{r:.2f}' for r in rounds)})")
+    return rows
+
+
+def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, workers: "LocalWorkers", token: str,
+                   N: int) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """cfg.latency_requests single-group requests, each right after the same group computed in process."""
+    import torch
+
+    from ..export import worker_arrays
+    from ..runtime.compute import EncodedCompute
+    from ..runtime.plan import CodedPlan
+
+    model, info, s = m["model"], m["info"], m["scheme"]
+    plan = CodedPlan(model, info, N, "encoded")
+    comp = EncodedCompute(s, worker_arrays(model, info, "encoded"))
+    one = make_groups(images, s.K, 1)
+    rng = np.random.default_rng(0)
+    res = {i: rng.standard_normal((1, 10)).astype(np.float32) for i in range(s.R)}
+
+    def inprocess() -> tuple[float, float, float]:
+        """One group computed here: encode at the N points, H on one, decode from R (seconds each)."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            xt = model.encode(torch.from_numpy(one.astype(np.float32) / 255.0), plan.alphas, plan.encode_precision).numpy()
+        t1 = time.perf_counter()
+        comp(xt[:, 0])
+        t2 = time.perf_counter()
+        plan.decode(res)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    async def measure() -> tuple[list[float], list[tuple[float, float, float]]]:
+        """Alternate one in-process group and one request, so both meet the same background load."""
+        master = await connected_master(plan, workers.addresses(N), token.encode())
+        loop = asyncio.get_running_loop()
+        lat, inp = [], []
+        try:
+            for r in range(cfg.latency_requests + 5):
+                parts = await loop.run_in_executor(None, in_thread, inprocess)
+                t0 = time.perf_counter()
+                await master.infer(one)
+                if r >= 5:  # warm-up
+                    lat.append(time.perf_counter() - t0)
+                    inp.append(parts)
+        finally:
+            await master.close()
+        return lat, inp
+
+    return run_coroutine(measure())
+
+
+def _main() -> None:
+    from ..data import load_sample
+
+    args = json.loads(sys.argv[1])
+    c = args["cfg"]
+    cfg = BenchConfig(models=tuple(c["models"]), latency_requests=int(c["latency_requests"]),
+                      latency_rounds=int(c["latency_rounds"]))
+    tmp = Path(args["tmp"])
+    models = load_bench_models(tmp, cfg.models)
+    rows = latency_rows(cfg, models, load_sample()[0], tmp, os.environ["EDGECC_TOKEN"])
+    print(json.dumps(jsonable(rows)))
+
+
+if __name__ == "__main__":
+    _main()
