@@ -275,6 +275,25 @@ def test_nan_inf_refused(dt, value):
     assert np.isnan(unpack_array(w, "y", dtypes=(dt,), finite=False)[1, 2]) == np.isnan(value)
 
 
+def test_every_float16_bit_pattern_is_classified_like_numpy():
+    """The float16 finite check reads exponent bits: compare it with np.isfinite on all 65,536 patterns."""
+    patterns = np.arange(1 << 16, dtype=np.uint32).astype("<u2").view("<f2")
+    finite = np.isfinite(patterns)
+    assert finite.sum() == 63488  # 2 x 31 exponents x 1024 mantissas
+    for v, ok in zip(patterns, finite):
+        w = wire(pack_array(np.array([0.0, v], np.float16), "f2"))
+        if ok:
+            unpack_array(w, "y", dtypes=("f2",))
+        else:
+            with pytest.raises(RemoteProtocolError, match="NaN or Inf"):
+                unpack_array(w, "y", dtypes=("f2",))
+
+
+def test_empty_float_arrays_pass_the_finite_check():
+    for dt in ("f4", "f2"):
+        assert unpack_array(wire(pack_array(np.zeros((0, 10)), dt)), "y", dtypes=(dt,)).shape == (0, 10)
+
+
 def test_integer_arrays_skip_the_finite_check():
     w = wire(pack_array(np.array([[0, 255]], np.uint8), "u1"))
     assert unpack_array(w, "images", dtypes=("u1",)).tolist() == [[0, 255]]

