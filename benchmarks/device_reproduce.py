@@ -1,26 +1,25 @@
-"""Train the cells that have no row yet on a lent GPU machine, within one device call, and bring them back.
+"""Train the cells that have no row yet on a batch GPU machine, within one remote command, and bring them back.
 
-The GPU machine (see /work/.library/device) has torch, numpy, click, msgpack and safetensors but neither
-the dataset nor a registry, gives a command at most 10 minutes, and returns at most 8 files of 16 MiB
-from $OUT. So, from a session that has one:
+The machine this is written for runs one command at a time on a copy of the working tree (at most 64 MiB
+sent), at most 10 minutes each, has torch, numpy, click, msgpack and safetensors but neither the dataset
+nor a package registry, and returns at most 8 files of 16 MiB written under $OUT. So:
 
-    python benchmarks/device_reproduce.py prepare          # here: the dataset into .device-data/ (git-ignored),
+    python benchmarks/device_reproduce.py prepare          # locally: the dataset into .device-data/ (git-ignored),
                                                            # results/checkpoints moved aside into .device-aside/
-    run(command="python3 benchmarks/device_reproduce.py run --seconds 540 | tee $OUT/run.log", carry=[".device-data"], timeout_s=600)
-    python benchmarks/device_reproduce.py unpack FILES_AT  # here: checkpoints back, new rows and checkpoints in
+    python3 benchmarks/device_reproduce.py run --seconds 540 | tee $OUT/run.log   # remotely, with .device-data carried
+    python benchmarks/device_reproduce.py unpack FILES_AT  # locally: checkpoints back, new rows and checkpoints in
 
-A device call sends at most 64 MiB of working tree; the committed checkpoints alone are more than that
+A remote command gets at most 64 MiB of working tree; the committed checkpoints alone are more than that
 (the MLP-encoder cells are 8-15 MB each) and training needs none of them, so `prepare` moves them into
 the ignored .device-aside/ until `unpack` (or `restore`) puts them back: commit nothing in between.
 
-`run` walks QUEUE in order, skipping cells that already have a row, and runs `edgecc reproduce --device cuda`
+`run` walks QUEUE in order, skipping cells that already have a row, and runs `edgecc reproduce run --device cuda`
 for --parallel cells at a time until the deadline (reproduce resumes per epoch, so a cell cut off goes on in
 the next call while the machine stays warm; rows merge under a lock). Each finished cell comes back as one
 tarball with its checkpoint and its row; `unpack` merges the rows into results/table*.json. Anneal cells
 wait in the queue until their paper-protocol model is there (trained earlier in the call, or carried by
-`prepare`). The first GPU session (the eleventh) trained Table 3's four remaining K=4 cells, the anneal on
-two of them and Table 2's mlp+cnn-hs anneal, five at a time, in one 510-second call, then the anneal on
-Table 3's other six cells, six at a time, in a 230-second call (README, Table 3).
+`prepare`). Without a GPU, `run --device cpu --parallel 2 --seconds S` walks the same queue on this
+machine, each cell resuming per epoch. Rows trained here record `"device": "cuda"` (docs/results.md).
 """
 
 from __future__ import annotations
@@ -95,8 +94,8 @@ def prepare(src: str, results: Path, data: Path = DATA, aside: Path = ASIDE) -> 
 
 def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs/reproduce", parallel: int = 5,
         queue: list[tuple[int, str, str]] = QUEUE, extra: list[str] | None = None, min_left: float = 30) -> list[tuple[int, str, str]]:
-    """Train pending cells, `parallel` at a time (one process each: these small networks leave an H200 mostly
-    idle: four K=4 cells side by side took 223 s of steps, against 662 s one after another by --estimate),
+    """Train pending cells, `parallel` at a time (one process each: these small networks leave a GPU mostly idle,
+    so cells side by side finish sooner than one after another; docs/results.md has the measurement),
     until `seconds` have passed (none starts with under `min_left` left); pack each finished cell into `out`;
     kill what still runs at the deadline (it resumes from its last epoch)."""
     deadline = time.monotonic() + seconds
@@ -116,7 +115,7 @@ def run(seconds: float, device: str, out: Path, results: Path, runs: str = "runs
                 break
             table, recipe, cell = ready[0]
             queue.remove(ready[0])
-            cmd = [sys.executable, "-m", "edgecc.cli", "reproduce", "--table", str(table), "--only", cell, "--recipe", recipe,
+            cmd = [sys.executable, "-m", "edgecc.cli", "reproduce", "run", "--table", str(table), "--only", cell, "--recipe", recipe,
                    "--device", device, "--threads", threads, "--results-dir", str(results), "--runs-dir", runs, *(extra or [])]
             log = (logs / f"{_name(table, recipe)}.{cell}.log").open("ab")
             running[subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)] = (table, recipe, cell, time.monotonic())

@@ -457,76 +457,161 @@ def token(out):
     click.echo(f"wrote a new token to {out}", err=True)
 
 
-@main.command()
-@click.option("--table", type=click.Choice(["2", "3"]), required=True)
-@click.option("--only", multiple=True, help="cell name(s) to run (default: every cell of the table)")
-@click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
-              help="an improved recipe is written to results/table{2,3}-RECIPE.json, its own column "
-              "(anneal continues the cell's committed paper-protocol model)")
-@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
-@click.option("--seed", type=int, default=0, show_default=True)
-@PRECISION
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-@click.option("--threads", type=int, default=None)
-@click.option("--limit", type=int, default=None, help="train on the first LIMIT images only (smoke runs; rows record train_images)")
-@click.option("--results-dir", default="results", show_default=True)
-@click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
-@click.option("--check", "check_only", is_flag=True, help="train nothing: re-evaluate the committed checkpoints against "
-              "the recorded accuracies (±0.05); exit 1 on a mismatch")
-@click.option("--estimate", is_flag=True, help="train nothing: time a few training steps of each cell on this device "
-              "and print what each run would take")
-@click.option("--readme", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="train nothing: re-render the table from the results under its marker line in this file (README.md)")
-@click.option("--status", "show_status", is_flag=True,
-              help="train nothing: which cells have rows, which are partly trained in --runs-dir (epochs, time left), which not started")
-def reproduce(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir, check_only, estimate,
-              readme, show_status):
-    """Train and evaluate the cells of the paper's Table 2 or 3 (resumable per cell and epoch)."""
-    from .reproduce import check, estimate as estimate_cells, render_markdown, reproduce as run_cells, status, sync_readme
+class _ReproduceGroup(click.Group):
+    """`edgecc reproduce` took its actions as flags; those flags now name the subcommand to use instead."""
+
+    MOVED = {"--check": "check", "--estimate": "estimate", "--status": "status", "--readme": "render"}
+
+    def parse_args(self, ctx, args):
+        if args and args[0].startswith("--") and args[0] != "--help":
+            sub, rest = "run", list(args)
+            for flag, name in self.MOVED.items():
+                if flag in rest:
+                    i = rest.index(flag)
+                    sub, rest = name, rest[:i] + rest[i + 1:]
+                    if name == "render" and i < len(rest):  # --readme FILE: FILE is render's argument
+                        sub = f"render {rest.pop(i)}"
+                    break
+            raise click.UsageError(f"the actions of `edgecc reproduce` are subcommands: `edgecc reproduce {sub} "
+                                   f"{' '.join(rest)}` (subcommands: {', '.join(self.commands)})", ctx)
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ReproduceGroup)
+def reproduce() -> None:
+    """The paper's Tables 2 and 3: train each cell (resumable per cell and epoch), check, estimate, render."""
+
+
+def _table(f):
+    return click.option("--table", type=click.Choice(["2", "3"]), required=True, help="the paper's table")(f)
+
+
+def _only(f):
+    return click.option("--only", multiple=True, help="cell name(s) (default: every cell of the table)")(f)
+
+
+def _recipe(f):
+    return click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
+                        help="an improved recipe has its own results/table{2,3}-RECIPE.json, its own column "
+                        "(anneal continues the cell's committed paper-protocol model)")(f)
+
+
+def _training(f):
+    for opt in reversed([
+        click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        PRECISION,
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda"),
+        click.option("--threads", type=int, default=None, help="torch CPU threads"),
+        click.option("--limit", type=int, default=None,
+                     help="train on the first LIMIT images only (smoke runs; rows record train_images)"),
+    ]):
+        f = opt(f)
+    return f
+
+
+_RESULTS_DIR = click.option("--results-dir", default="results", show_default=True)
+_RUNS_DIR = click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
+
+
+def _config(recipe, epochs, seed, precision, device, threads, limit):
     from .train import TrainConfig
 
-    if show_status:
-        span = lambda m: f"{m:.0f} min" if m >= 1 else f"{60 * m:.0f} s"
-        for r in status(int(table), recipe, results_dir, runs_dir):
-            if r["state"] == "done":
-                what = (f"done     {r['accuracy']:6.2f} ({r['delta']:+.2f} vs {r['paper']}), {r['epochs']} epochs; "
-                        f"this recipe's training took {span(r['minutes'])}")
-            elif r["state"] == "partial":
-                what = (f"partial  epoch {r['epochs']}/{r['of']}, test accuracy {r['last_accuracy']:.2f}, {span(r['minutes'])} of "
-                        f"training so far, about {span(r['minutes_left'])} left at this pace (test passes not counted)")
-            else:
-                what = "not started"
-            click.echo(f"{r['cell']:20s} {what}")
-        return
-    if readme:
-        changed = sync_readme(int(table), readme, results_dir)
-        click.echo(f"{readme}: table {table} {'re-rendered' if changed else 'already matches ' + results_dir}")
-        return
-    if check_only:
-        rows = check(int(table), results_dir, list(only) or None, recipe)
-        for r in rows:
-            click.echo(f"{r['cell']:20s} recorded {r['recorded']:.2f} measured {r['measured']:.2f} {'ok' if r['ok'] else 'MISMATCH'}")
-        if not all(r["ok"] for r in rows):
-            sys.exit(1)
-        return
+    return TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads,
+                                  limit=limit)
 
-    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads,
-                                 limit=limit)
-    if estimate:
-        rows = estimate_cells(int(table), list(only) or None, cfg)
-        click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {cfg.precision}, "
-                   f"{cfg.epochs} epochs; an epoch's test pass is extra")
-        for r in rows:
-            click.echo(f"{r['cell']:20s} batch {r['batch']:3d}  step {1e3 * r['step_seconds']:8.1f} ms  "
-                       f"epoch {r['epoch_seconds'] / 60:7.2f} min  run {r['run_seconds'] / 3600:6.2f} h")
-        click.echo(f"{'all':20s} {'':40s} run {sum(r['run_seconds'] for r in rows) / 3600:6.2f} h")
-        return
+
+@reproduce.command("run")
+@_table
+@_only
+@_recipe
+@_training
+@_RESULTS_DIR
+@_RUNS_DIR
+def reproduce_run(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir):
+    """Train and evaluate cells (resumable); rows merge into results/ as each cell finishes, then print the table."""
+    from .reproduce import render_markdown, reproduce as run_cells
 
     def progress(cell, text):
         click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)
 
+    cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
     run_cells(int(table), list(only) or None, cfg, results_dir, runs_dir, progress)
     click.echo(render_markdown(int(table), results_dir))
+
+
+@reproduce.command("check")
+@_table
+@_only
+@_recipe
+@_RESULTS_DIR
+def reproduce_check(table, only, recipe, results_dir):
+    """Re-evaluate committed checkpoints against their rows (±0.05); exit 1 on a mismatch. Trains nothing."""
+    from .reproduce import check
+
+    rows = check(int(table), results_dir, list(only) or None, recipe)
+    for r in rows:
+        click.echo(f"{r['cell']:20s} recorded {r['recorded']:.2f} measured {r['measured']:.2f} {'ok' if r['ok'] else 'MISMATCH'}")
+    if not all(r["ok"] for r in rows):
+        sys.exit(1)
+
+
+@reproduce.command("estimate")
+@_table
+@_only
+@_recipe
+@_training
+def reproduce_estimate(table, only, recipe, epochs, seed, precision, device, threads, limit):
+    """Time a few training steps of each cell on this device; print what each run would take. Trains nothing."""
+    from .reproduce import estimate
+
+    cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
+    rows = estimate(int(table), list(only) or None, cfg)
+    click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {cfg.precision}, "
+               f"{cfg.epochs} epochs; an epoch's test pass is extra")
+    for r in rows:
+        click.echo(f"{r['cell']:20s} batch {r['batch']:3d}  step {1e3 * r['step_seconds']:8.1f} ms  "
+                   f"epoch {r['epoch_seconds'] / 60:7.2f} min  run {r['run_seconds'] / 3600:6.2f} h")
+    click.echo(f"{'all':20s} {'':40s} run {sum(r['run_seconds'] for r in rows) / 3600:6.2f} h")
+
+
+@reproduce.command("status")
+@_table
+@_recipe
+@_RESULTS_DIR
+@_RUNS_DIR
+def reproduce_status(table, recipe, results_dir, runs_dir):
+    """Which cells have rows, which are partly trained in --runs-dir (epochs, time left), which not started."""
+    from .reproduce import status
+
+    span = lambda m: f"{m:.0f} min" if m >= 1 else f"{60 * m:.0f} s"
+    for r in status(int(table), recipe, results_dir, runs_dir):
+        if r["state"] == "done":
+            what = (f"done     {r['accuracy']:6.2f} ({r['delta']:+.2f} vs {r['paper']}), {r['epochs']} epochs; "
+                    f"this recipe's training took {span(r['minutes'])}")
+        elif r["state"] == "partial":
+            what = (f"partial  epoch {r['epochs']}/{r['of']}, test accuracy {r['last_accuracy']:.2f}, {span(r['minutes'])} of "
+                    f"training so far, about {span(r['minutes_left'])} left at this pace (test passes not counted)")
+        else:
+            what = "not started"
+        click.echo(f"{r['cell']:20s} {what}")
+
+
+@reproduce.command("render")
+@click.argument("file", default="docs/results.md", type=click.Path(exists=True, dir_okay=False))
+@click.option("--table", "tables", type=click.Choice(["2", "3"]), multiple=True,
+              help="only this table (default: every table whose marker line FILE has)")
+@_RESULTS_DIR
+def reproduce_render(file, tables, results_dir):
+    """Re-render Tables 2 and 3 from results/ under their marker lines in FILE (docs/results.md)."""
+    from .reproduce import render_into
+
+    try:
+        changed = render_into(file, [int(t) for t in tables] or None, results_dir)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for table, c in changed.items():
+        click.echo(f"{file}: table {table} {'re-rendered' if c else 'already matches ' + results_dir}")
 
 
 @main.command()

@@ -1,9 +1,12 @@
 """`edgecc reproduce`: the paper's Tables 2 and 3 (SPEC §3), one resumable training run per cell.
 
-Every cell trains by the paper protocol (TrainConfig defaults), checkpoints each epoch under
-runs/reproduce/, writes its model to results/checkpoints/, and is evaluated through the decode
-path (worst R-subset of N workers). Rows are merged into results/table{2,3}.json as cells finish,
-so a long reproduction can be stopped and continued at any time.
+Every cell trains by the paper protocol (TrainConfig defaults) or an improved recipe, checkpoints each
+epoch under runs/reproduce/, writes its model to results/checkpoints/, and is evaluated through the
+decode path (worst R-subset of N workers). Rows are merged into results/table{2,3}[-RECIPE].json as
+cells finish, so a long reproduction can be stopped and continued at any time. Besides training
+(`reproduce run`): `check` re-evaluates committed checkpoints against their rows, `estimate` times a
+few steps per cell, `status` says which cells are done, partial or not started, and `render` keeps the
+tables in docs/results.md in step with results/.
 """
 
 from __future__ import annotations
@@ -275,24 +278,34 @@ def render_markdown(table: int, results_dir: str | Path = "results") -> str:
     return "\n".join(lines)
 
 
-def readme_marker(table: int) -> str:
-    return f"<!-- edgecc reproduce --table {table} renders this table -->"
+RESULTS_DOC = "docs/results.md"  # the document whose Tables 2 and 3 `edgecc reproduce render` keeps in step with results/
 
 
-def sync_readme(table: int, readme: str | Path = "README.md", results_dir: str | Path = "results") -> bool:
-    """Replace the table under the README's marker line with render_markdown(table); True if it changed.
-    The marker stays, so the README's prose around the table is never touched."""
+def marker(table: int) -> str:
+    """The comment line a rendered table sits under; the table runs to the next blank line."""
+    return f"<!-- table {table}: rendered from results/ by `edgecc reproduce render`; edit the results, not this table -->"
+
+
+def render_into(doc: str | Path = RESULTS_DOC, tables: list[int] | None = None, results_dir: str | Path = "results") -> dict[int, bool]:
+    """Replace the table under each table's marker line in `doc` with render_markdown(table): {table: changed}.
+    `tables` None: every table whose marker the file has (at least one). The markers stay, so the prose
+    around the tables is never touched."""
     from .modelfile import atomic_write
 
-    readme = Path(readme)
-    text = readme.read_text()
-    marker = readme_marker(table)
-    if marker not in text:
-        raise ValueError(f"{readme} has no line {marker!r} to render table {table} under")
-    start = text.index(marker) + len(marker) + 1
-    end = text.find("\n\n", start)
-    end = len(text.rstrip("\n")) if end < 0 else end
-    new = text[:start] + render_markdown(table, results_dir) + text[end:]
-    if new != text:
-        atomic_write(readme, new.encode())
-    return new != text
+    doc = Path(doc)
+    text = original = doc.read_text()
+    present = [t for t in TABLES if marker(t) in text]
+    if tables is None and not present:
+        raise ValueError(f"{doc} has no table marker; a line such as {marker(2)!r} marks where a table goes")
+    changed = {}
+    for table in tables if tables is not None else present:
+        if table not in present:
+            raise ValueError(f"{doc} has no line {marker(table)!r} to render table {table} under")
+        start = text.index(marker(table)) + len(marker(table)) + 1
+        end = text.find("\n\n", start)
+        end = len(text.rstrip("\n")) if end < 0 else end
+        new = text[:start] + render_markdown(table, results_dir) + text[end:]
+        changed[table], text = new != text, new
+    if text != original:
+        atomic_write(doc, text.encode())
+    return changed

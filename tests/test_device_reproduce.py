@@ -1,5 +1,5 @@
 """benchmarks/device_reproduce.py: the queue of cells without a row, and the round trip of a finished
-cell from the GPU machine's $OUT back into results/ (what a session with a device does)."""
+cell from the GPU machine's $OUT back into results/."""
 
 import importlib.util
 import json
@@ -23,8 +23,8 @@ def test_the_queue_names_real_cells_and_skips_those_with_rows():
 
 
 def test_every_queued_cell_comes_back_under_a_name_the_device_returns():
-    """$OUT gives back only names of letters, digits, '.', '_' and '-': a first GPU call lost the tarball of
-    table2-anneal mlp+cnn-hs to its '+'."""
+    """$OUT gives back only names of letters, digits, '.', '_' and '-': a '+' in a cell's name (mlp+cnn-hs)
+    would keep its tarball from coming back."""
     names = [dr.tarball_name(t, r, c) for t in TABLES for r in ("paper", "anneal") for c in (x.name for x in TABLES[t])]
     assert all(dr.SAFE_NAME.fullmatch(n) for n in names) and len(set(names)) == len(names)
 

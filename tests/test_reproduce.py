@@ -11,7 +11,7 @@ from edgecc import cli, reproduce as reproduce_module
 from edgecc.coding.schemes import Scheme
 from edgecc.modelfile import load_model, read_header, save_model
 from edgecc.nets import AICC
-from edgecc.reproduce import _compact, readme_marker, render_markdown, reproduce, sync_readme
+from edgecc.reproduce import RESULTS_DOC, _compact, marker, render_into, render_markdown, reproduce
 from edgecc.train import RECIPES, TrainConfig, train
 
 
@@ -78,31 +78,49 @@ def test_status_tells_done_partial_and_unstarted_cells_apart(tmp_path):
     assert all(r["state"] == "not started" for r in reproduce_module.status(2, "anneal", results, runs))  # its own run dirs
 
 
-def test_the_readme_tables_are_what_the_committed_results_render():
-    text = open("README.md").read()
+def test_the_tables_in_docs_results_are_what_the_committed_results_render():
+    text = open(RESULTS_DOC).read()
     for table in (2, 3):
-        assert f"{readme_marker(table)}\n{render_markdown(table)}\n\n" in text, \
-            f"README's Table {table} is stale: run `edgecc reproduce --table {table} --readme README.md`"
+        assert f"{marker(table)}\n{render_markdown(table)}\n\n" in text, \
+            f"{RESULTS_DOC}'s Table {table} is stale: run `edgecc reproduce render {RESULTS_DOC}`"
 
 
-def test_the_readme_table_is_re_rendered_under_its_marker_and_the_prose_kept(tmp_path):
+def test_render_rewrites_each_table_under_its_marker_and_keeps_the_prose(tmp_path):
     from click.testing import CliRunner
 
-    cell = reproduce_module.TABLE3[0]
-    reproduce_module.merge_row(tmp_path / "table3.json", 3, "paper",
-                               {"cell": cell.name, "accuracy": 88.0, "delta": 0.7, "params": 469_754, "epochs": 20})
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# intro\n\n{readme_marker(3)}\n| cell | stale |\n|---|---|\n| old | row |\n\nprose after\n")
-    run = lambda: CliRunner().invoke(cli.main, ["reproduce", "--table", "3", "--readme", str(readme),
-                                                "--results-dir", str(tmp_path)])
+    for t, cell in ((2, reproduce_module.TABLE2[0]), (3, reproduce_module.TABLE3[0])):
+        reproduce_module.merge_row(tmp_path / f"table{t}.json", t, "paper",
+                                   {"cell": cell.name, "accuracy": 88.0, "delta": 0.7, "params": 469_754, "epochs": 20})
+    doc = tmp_path / "results.md"
+    stale = "| cell | stale |\n|---|---|\n| old | row |"
+    doc.write_text(f"# intro\n\n{marker(2)}\n{stale}\n\nbetween\n\n{marker(3)}\n{stale}\n\nprose after\n")
+    run = lambda *more: CliRunner().invoke(cli.main, ["reproduce", "render", str(doc), "--results-dir", str(tmp_path), *more])
     out = run()
-    assert out.exit_code == 0 and "re-rendered" in out.output
-    assert readme.read_text() == f"# intro\n\n{readme_marker(3)}\n{render_markdown(3, tmp_path)}\n\nprose after\n"
-    assert "already matches" in run().output  # idempotent
-    readme.write_text(f"{readme_marker(3)}\n| old |\n")  # a table at the end of the file
-    assert sync_readme(3, readme, tmp_path) and readme.read_text() == f"{readme_marker(3)}\n{render_markdown(3, tmp_path)}\n"
-    with pytest.raises(ValueError, match="no line .*table 2"):
-        sync_readme(2, readme, tmp_path)
+    assert out.exit_code == 0 and out.output.count("re-rendered") == 2, out.output
+    assert doc.read_text() == (f"# intro\n\n{marker(2)}\n{render_markdown(2, tmp_path)}\n\nbetween\n\n"
+                               f"{marker(3)}\n{render_markdown(3, tmp_path)}\n\nprose after\n")
+    assert run().output.count("already matches") == 2  # idempotent
+    doc.write_text(f"{marker(3)}\n| old |\n")  # a table at the end of the file; only the tables it marks
+    assert render_into(doc, None, tmp_path) == {3: True}
+    assert doc.read_text() == f"{marker(3)}\n{render_markdown(3, tmp_path)}\n"
+    out = run("--table", "2")
+    assert out.exit_code == 2 and "no line" in out.output and "table 2" in out.output
+    doc.write_text("no tables here\n")
+    with pytest.raises(ValueError, match="no table marker"):
+        render_into(doc, None, tmp_path)
+
+
+def test_the_old_flags_name_the_subcommand_that_replaced_them():
+    from click.testing import CliRunner
+
+    for args, new in ((["--table", "2", "--check", "--only", "x"], "edgecc reproduce check --table 2 --only x"),
+                      (["--table", "3", "--estimate"], "edgecc reproduce estimate --table 3"),
+                      (["--status", "--table", "2"], "edgecc reproduce status --table 2"),
+                      (["--table", "2", "--readme", "README.md"], "edgecc reproduce render README.md --table 2"),
+                      (["--table", "2", "--only", "baseline-mlp"], "edgecc reproduce run --table 2 --only baseline-mlp")):
+        out = CliRunner().invoke(cli.main, ["reproduce", *args])
+        assert out.exit_code == 2 and f"`{new}`" in out.output, out.output
+    assert "render" in CliRunner().invoke(cli.main, ["reproduce", "--help"]).output
 
 
 def test_the_cli_offers_every_recipe():
@@ -137,7 +155,7 @@ def test_checkpoints_over_the_repository_limit_are_stored_in_int8(tmp_path, monk
 
 def test_committed_checkpoints_reevaluate_to_their_rows():
     """The rows in results/ come from the committed files: re-evaluating on this CPU gives the same accuracy."""
-    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "reproduce", "--table", "2", "--check",
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "reproduce", "check", "--table", "2",
                         "--only", "baseline-mlp", "--only", "learned-code-mlp"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     lines = r.stdout.splitlines()
@@ -145,7 +163,7 @@ def test_committed_checkpoints_reevaluate_to_their_rows():
 
 
 def test_estimate_times_each_cells_training_without_training(tmp_path):
-    """--estimate: real optimizer steps of each cell's model and batch, scaled to the run; no file written."""
+    """estimate: real optimizer steps of each cell's model and batch, scaled to the run; no file written."""
     cfg = TrainConfig(epochs=20, limit=6400, threads=1)
     rows = reproduce_module.estimate(2, ["baseline-mlp", "learned-code-mlp", "mlp+mlp-hb"], cfg, steps=1)
     assert [r["cell"] for r in rows] == ["mlp+mlp-hb", "baseline-mlp", "learned-code-mlp"]  # the paper's order
@@ -159,8 +177,8 @@ def test_estimate_times_each_cells_training_without_training(tmp_path):
     with pytest.raises(ValueError, match="unknown cell"):
         reproduce_module.estimate(3, ["mlp+mlp-hb"], cfg)
 
-    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "reproduce", "--table", "3", "--only", "k2-r3-hs-g1p2",
-                        "--estimate", "--threads", "1", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "reproduce", "estimate", "--table", "3", "--only", "k2-r3-hs-g1p2",
+                        "--threads", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "k2-r3-hs-g1p2        batch  64" in r.stdout and r.stdout.splitlines()[-1].startswith("all")
     assert list(tmp_path.iterdir()) == []
