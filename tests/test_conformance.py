@@ -409,3 +409,30 @@ def test_error_frames_carry_exactly_the_documented_fields(worker):
         assert payload["t"] == "error" and payload["code"] == "not_configured" and payload["id"] == 1
     finally:
         c.close()
+
+
+# -- the client side (§8, master table), through the one handshake every client uses ----------------
+async def test_a_client_with_the_wrong_token_is_told_so(worker):
+    from edgecc.errors import EdgeccError
+    from edgecc.runtime.probe import probe
+
+    with pytest.raises(EdgeccError, match="refused the handshake: auth"):
+        await probe(*worker.address, b"not-the-token-0123456789abcdef")
+    info = await probe(*worker.address, TOKEN.encode())
+    assert info["caps"]["proto_minor"] == 1
+
+
+async def test_a_silent_peer_fails_the_client_handshake_after_handshake_timeout():
+    import asyncio
+
+    from edgecc.errors import EdgeccError
+    from edgecc.runtime.probe import probe
+
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never speaks
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EdgeccError, match="no hello from the worker within 0.5 s"):
+            await probe("127.0.0.1", server.sockets[0].getsockname()[1], TOKEN.encode(), timeout=0.5)
+        assert time.monotonic() - t0 < 3
+    finally:
+        server.close()

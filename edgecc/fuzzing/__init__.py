@@ -6,7 +6,8 @@ product does not import it).
 * `fuzz_master` (master_fuzzer): a real Master with two honest workers and one in-process fake
   worker answering with invalid results and frames; every request must decode correctly.
 * `soak` (soak): workers killed, restarted, paused and resumed under a closed loop of requests.
-* Shared parts: procs (worker processes, /proc), payloads (frames that break one rule each), peer
+* Shared parts: procs (worker processes, /proc), payloads (frames that break one rule each),
+  reference (the in-process logits decoded requests must equal), peer
   (a raw client connection and the findings it records).
 
 benchmarks/fuzz.py and benchmarks/soak.py run the long versions and write results/;

@@ -1,4 +1,11 @@
-"""Fuzz the master's result path."""
+"""Fuzz the master's result path: a real Master (CodedPlan, tiny untrained AICC with Scheme(K=2, G=1),
+N=3, R=2) with two honest worker processes and one `FakeWorker` served in-process, which handshakes
+correctly (mostly: some handshakes are wrong on purpose) and then answers `compute` with invalid
+results (wrong shape/dtype/length, NaN/Inf, unknown or duplicate ids, errors) and garbage frames.
+Every request must decode to the in-process logits; the master must not raise, lose a link task or
+leak pending requests. Valid-looking but wrong values are out of scope: with byzantine=0 they are
+undetectable by design (tests/test_runtime.py covers the byzantine mode).
+"""
 
 from __future__ import annotations
 
@@ -25,43 +32,7 @@ from . import payloads
 from .payloads import deep_list, payload_frame, random_msgpack, raw_frame, special_payloads
 from .peer import Findings
 from .procs import WorkerProc, proc_status
-
-
-# --- the master's result path ------------------------------------------------------------------------
-def make_tiny_model(path: Path, K: int = 2, G: int = 1, seed: int = 1):
-    """An untrained, deterministic AICC model file (as tests/conftest.py tiny_models), loaded back."""
-    import torch
-
-    from edgecc.coding.schemes import Scheme
-    from edgecc.modelfile import load_model, save_model
-    from edgecc.nets import AICC
-
-    s = Scheme(K=K, G=G)
-    torch.manual_seed(seed)
-    save_model(path, AICC(s), {"kind": "aicc", "scheme": s.to_dict()})
-    return load_model(path)
-
-
-def direct_logits(model, groups: np.ndarray) -> np.ndarray:
-    """In-process (B, K, 10) logits for groups (B, K, 28, 28) uint8."""
-    import torch
-
-    with torch.inference_mode():
-        return model(torch.from_numpy(groups.astype(np.float32) / 255.0)).numpy()
-
-
-def compare(got: np.ndarray, want: np.ndarray) -> tuple[str, float]:
-    """("correct" | "wrong" | "prediction_mismatch", max abs error) of decoded vs in-process logits.
-    Predictions are compared where the top two logits are clearly apart (exact near-ties may flip)."""
-    scale = max(1.0, float(np.abs(want).max()))
-    err = float(np.abs(got - want).max())
-    if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * scale):
-        return "wrong", err
-    top2 = np.sort(want, axis=-1)[..., -2:]
-    clear = (top2[..., 1] - top2[..., 0]) > 1e-4 * scale
-    if (got.argmax(-1) != want.argmax(-1))[clear].any():
-        return "prediction_mismatch", err
-    return "correct", err
+from .reference import compare, direct_logits, make_tiny_model
 
 
 class FakeWorker:

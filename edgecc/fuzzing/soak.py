@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .master_fuzzer import compare, direct_logits, make_tiny_model
+from .reference import compare, direct_logits, make_tiny_model
 from .procs import WorkerProc, machine, proc_status
 
 

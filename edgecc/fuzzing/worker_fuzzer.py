@@ -1,4 +1,21 @@
-"""Fuzz a live worker process."""
+"""Fuzz a live worker process: one real `edgecc worker` (token in its environment) on 127.0.0.1.
+
+Over many TCP connections, several at a time, it receives
+  * before authentication (`preauth`): raw garbage, whole frames of garbage, oversized and
+    truncated length headers, valid messages of the wrong type, `auth` with the wrong protocol
+    version, wrong or malformed MACs, an `auth` replayed from an earlier connection, byte-flipped
+    `auth` frames, byte-by-byte fragmented correct `auth` (must still work);
+  * after a correct handshake + configure (`session_frames`): `compute` with wrong shapes, dtypes
+    and byte lengths, NaN/Inf, empty and oversized batches, negative/huge ids, duplicate ids,
+    bursts beyond max_in_flight, unknown message types and fields, random msgpack values,
+    extension types, invalid UTF-8, deep nesting, byte-flipped frames, refused `configure`s (the
+    previous configuration must stay), pings with extreme sequence numbers, and sessions ended by
+    an oversized header, a truncated frame or an abrupt close with work in flight.
+Checked per session: every whole frame gets exactly one reply, every reply is a valid message,
+structured cases get the reply docs/protocol.md prescribes, results are A·x + b. A fresh session
+every `check_every` frames verifies the worker still computes correctly; RSS and open file
+descriptors are sampled. Two probes: a pre-auth slowloris and pre-auth buffering.
+"""
 
 from __future__ import annotations
 

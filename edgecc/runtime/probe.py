@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ..errors import EdgeccError
-from ..protocol.handshake import ClientHandshake, HandshakeAuthError, HandshakeError
+from ..protocol.handshake import ClientHandshake, HandshakeError
 from .client_handshake import client_handshake
 from .transport import connect
 
@@ -17,10 +17,8 @@ async def probe(host: str, port: int, token: bytes, timeout: float = 5.0, ssl_co
         hs = ClientHandshake(token, handshake_timeout=timeout)
         try:
             await client_handshake(comm, hs)
-        except HandshakeAuthError as e:
+        except HandshakeError as e:  # not a worker, another version, wrong token, or silence
             raise EdgeccError(f"{host}:{port}: {e}") from None
-        except HandshakeError as e:
-            raise EdgeccError(f"{host}:{port} is not an edgecc worker it can talk to: {e}") from None
         hello = hs.hello
         return {"address": f"{host}:{port}", "proto": hello.proto, "caps": hello.caps, "bundle": hello.bundle,
                 "handshake_ms": round((time.perf_counter() - t0) * 1000, 2)}
