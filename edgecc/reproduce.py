@@ -283,7 +283,7 @@ RESULTS_DOC = "docs/results.md"  # the document whose Tables 2 and 3 `edgecc rep
 
 def marker(table: int) -> str:
     """The comment line a rendered table sits under; the table runs to the next blank line."""
-    return f"<!-- table {table}: rendered from results/ by `edgecc reproduce render`; edit the results, not this table -->"
+    return f"<!-- table {table}: rendered from results/ by `edgecc reproduce render`, not edited by hand -->"
 
 
 def render_into(doc: str | Path = RESULTS_DOC, tables: list[int] | None = None, results_dir: str | Path = "results") -> dict[int, bool]:
