@@ -8,7 +8,8 @@
   fresh boards, whose `+` steps equal its --dry-run's; the master decodes through them; a redeploy
   with a new token reaches a board and the old token stops working there.
 
-The workers use Debian 12's own python3-numpy 1.24, python3-msgpack 1.0.3 and python3-click 8.1.3,
+The workers use Debian 12's own python3-numpy 1.24, python3-msgpack 1.0.3, python3-click 8.1.3 and
+python3-threadpoolctl 3.1.0,
 with uvloop 0.18.0 and safetensors 0.4.0 from wheels: the oldest versions pyproject.toml allows,
 checked here.
 
@@ -39,7 +40,7 @@ EDGECC = [sys.executable, "-m", "edgecc.cli"]
 # The oldest versions the worker supports, which the board runs: Debian 12's packages (bookworm,
 # arm64) and, for what Debian lacks or has too old, the wheels pi-standin.sh puts in the board's
 # wheelhouse (uvloop 0.17 has no uvloop.run)
-DEBIAN_12 = {"numpy": "1.24", "msgpack": "1.0.3", "click": "8.1.3"}
+DEBIAN_12 = {"numpy": "1.24", "msgpack": "1.0.3", "click": "8.1.3", "threadpoolctl": "3.1"}
 FROM_PIP = {"uvloop": "0.18.0", "safetensors": "0.4.0"}
 
 _why = unavailable()
@@ -207,11 +208,12 @@ def test_setup_pi_on_arm64_board_then_update_and_token_rotation(board, artifacts
 
     # the venv runs aarch64 Python on Debian 12's packages (the oldest versions pyproject allows), and no torch
     r = board.run(["/opt/edgecc/venv/bin/python", "-c",
-                   "import json, platform, importlib.util, numpy, msgpack, click, uvloop, safetensors, edgecc;"
+                   "import json, platform, importlib.util, numpy, msgpack, click, threadpoolctl, uvloop, safetensors, edgecc;"
                    "print(json.dumps({'machine': platform.machine(), 'numpy': numpy.__version__, 'uvloop': uvloop.__version__,"
                    " 'msgpack': '.'.join(map(str, msgpack.version)), 'click': click.__version__,"
-                   " 'safetensors': safetensors.__version__, 'torch': importlib.util.find_spec('torch') is not None,"
-                   " 'files': {m.__name__: m.__file__ for m in (numpy, msgpack, click, uvloop, safetensors)}}))"], check=True)
+                   " 'safetensors': safetensors.__version__, 'threadpoolctl': threadpoolctl.__version__,"
+                   " 'torch': importlib.util.find_spec('torch') is not None,"
+                   " 'files': {m.__name__: m.__file__ for m in (numpy, msgpack, click, threadpoolctl, uvloop, safetensors)}}))"], check=True)
     got = json.loads(r.stdout)
     assert got["machine"] == "aarch64" and got["torch"] is False
     for name, version in DEBIAN_12.items():
@@ -262,3 +264,62 @@ def check_lower_bounds(got: dict) -> None:
         name, low = m.group(1).lower(), m.group(2)
         if name in got:
             assert got[name].startswith(low), f"pyproject says {d}, but the oldest version tested is {name} {got[name]}"
+
+
+def deploy(ssh: dict, art: dict, bundle: Path, token: Path, port: int, home: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`./run.sh deploy` to a board over its sshd (ssh and scp read the board's ssh_config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECC_")}
+    env.update(HOME=str(home), EDGECC_SSH_CONFIG=str(ssh["config"]), EDGECC_TOKEN_FILE=str(token),
+               EDGECC_BIN=str(Path(sys.executable).parent / "edgecc"))
+    return subprocess.run(["bash", str(REPO / "run.sh"), "deploy", ssh["target"], "--bundle", str(bundle),
+                           "--wheel", str(art["wheel"]), "--port", str(port), *extra], cwd=REPO, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+
+
+def steps(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("+ ")]
+
+
+def test_run_sh_deploy_over_ssh_to_three_boards_then_redeploy(artifacts, default_accuracy, tmp_path):
+    art = artifacts
+    home = tmp_path / "home"
+    home.mkdir()
+    boards: list[Board] = []
+    try:
+        for _ in range(3):
+            boards.append(Board())
+        sshs = [b.start_sshd() for b in boards]
+        for b in boards:
+            b.start_service_runner()
+        ports = [free_port() for _ in boards]
+
+        dry = [deploy(s, art, art["default"], art["token"], p, home, "--dry-run") for s, p in zip(sshs, ports)]
+        for r in dry:
+            assert r.returncode == 0, r.stderr
+        # the real deploys, side by side as one would run them for a fleet
+        with ThreadPoolExecutor(3) as pool:
+            real = list(pool.map(lambda sp: deploy(sp[0], art, art["default"], art["token"], sp[1], home), zip(sshs, ports)))
+        for b, d, r, p in zip(boards, dry, real, ports):
+            assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{b.runner.logs()[-2000:]}"
+            assert steps(r.stdout) == steps(d.stdout), "the dry run does not print what the real run does"
+            assert f"worker on 127.0.0.1:{p} is up" in r.stdout
+            assert b.runner.starts == 1 and b.runner.active()  # started once, by the deploy's `systemctl restart`
+            assert not b.path("/root/edgecc-deploy").exists(), "the staging folder (with the token) was left behind"
+            assert b.path("/etc/edgecc/token").read_bytes() == art["token"].read_bytes()
+
+        want_preds, labels = default_accuracy
+        summary, preds = run_master(ports, art["token"], tmp_path)
+        check_decoded(summary, preds, want_preds, labels)
+
+        # redeploy one board with a new model and a rotated token: same package, restarted once more
+        r = deploy(sshs[0], art, art["tiny"], art["token2"], ports[0], home)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "edgecc package unchanged" in r.stdout and "installing the shared token" in r.stdout
+        assert boards[0].runner.starts == 2
+        hello = ping(ports[0], art["token2"])
+        assert hello.returncode == 0 and json.loads(hello.stdout)["bundle"] == art["tiny_sha"]
+        assert ping(ports[0], art["token"]).returncode != 0, "the old token still opens the redeployed worker"
+        assert ping(ports[1], art["token"]).returncode == 0  # the other boards are untouched
+    finally:
+        for b in boards:
+            b.close()

@@ -28,9 +28,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # What the board has before setup-pi.sh: Debian's packages for everything the worker imports
 # (setup-pi.sh installs exactly these when missing; here they are in the image, so the test
 # needs no Debian mirror), sudo for run.sh deploy, systemd for `systemctl enable`.
-ROOT_PACKAGES=python3,python3-venv,python3-numpy,python3-msgpack,python3-click,python3-uvloop,sudo,ca-certificates,systemd
+ROOT_PACKAGES=python3,python3-venv,python3-numpy,python3-msgpack,python3-click,python3-threadpoolctl,python3-uvloop,sudo,ca-certificates,systemd
 # Bumped when the recipe changes, so an old cached root is rebuilt rather than reused.
-RECIPE=1
+RECIPE=2
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'pi-standin: error: %s\n' "$*" >&2; exit 1; }

@@ -27,7 +27,7 @@ readonly UNIT_DIR=/etc/systemd/system
 readonly SVC_USER=edgecc
 # Debian builds where they exist (no compiling on the Pi); safetensors comes from pip
 # (piwheels on Raspberry Pi OS), into a venv that also sees these system packages.
-readonly APT_PACKAGES=(python3 python3-venv python3-numpy python3-msgpack python3-click python3-uvloop)
+readonly APT_PACKAGES=(python3 python3-venv python3-numpy python3-msgpack python3-click python3-threadpoolctl python3-uvloop)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 say() { printf '==> %s\n' "$*"; }
