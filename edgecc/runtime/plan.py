@@ -2,7 +2,8 @@
 
 CodedPlan (AICC). Encoded placement: the master runs Γ (and Λ for H_S) and ships X̃_n = E(α_n)
 to worker n. Shared placement: workers hold the encoder; the master ships raw images.
-Complete once any R workers answered.
+Complete once the results in hand decode with an error bound under the tolerance (at least R of them;
+coding/conditioning.py): R well-placed results usually suffice, clustered ones wait for more.
 
 ReplicatedPlan (the comparators). Worker n classifies image n mod K of each group with the
 centralized MLP ("plain" placement). Uncoded: N = K workers, wait for all. Replication: N workers,
@@ -11,14 +12,16 @@ the first copy of each image wins.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..bundle import digest
+from ..coding.conditioning import DEFAULT_TOLERANCE, Choice, choose, chosen_alphas, worst_subset
 from ..coding.lagrange import Decoder
-from ..errors import DecodeError
+from ..errors import ConfigError, DecodeError
 from ..coding.robust import robust_decode
 from ..coding.schemes import Scheme, check_workers, default_alphas
 from ..export import PLACEMENTS, worker_arrays
@@ -32,19 +35,79 @@ def kth_fastest(delays: dict[int, float | None], k: int) -> float | None:
     return ok[k - 1] if len(ok) >= k else None
 
 
+CALIBRATION_GROUPS = 64  # groups of the shipped sample whose results size each worker's error before any request
+HEADROOM = 2.0  # the bound uses twice the largest error measured on them, for inputs the sample does not cover
+POLICIES = ("bound", "first-r")
+_NP_WIRE = {"f4": np.float32, "f2": np.float16, "f8": np.float64}
+
+
+@torch.inference_mode()
+def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, images: np.ndarray, wire: str,
+                  placement: str = "encoded", precision: str = "fp32") -> np.ndarray:
+    """Per point α_n: the largest |result − exact value| over grouped uint8 `images` (B, K, 28, 28), in logits.
+
+    The result is made as the runtime makes it: the master evaluates E(α_n) in fp32 and rounds it (and V_p)
+    to the wire dtype (encoded placement; shared-placement workers evaluate E themselves in fp32), the worker
+    runs its fp32 affine map (runtime/compute.EncodedCompute) and rounds the result to the wire dtype. The
+    exact value is the same map in float64 on E(α_n) evaluated in float64 from the same coefficients, so
+    the measured error is exactly what decoding amplifies (the coefficients are shared by every worker)."""
+    from .compute import EncodedCompute
+
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    coef = model.coefficients(x, precision)
+    xt = model.evaluate_encoder(coef, list(points)).numpy()  # (B, n, 28, 28) fp32, as the master encodes
+    c64 = coef.double().numpy()
+    vand = np.vander(np.asarray(points, np.float64), scheme.G + 1, increasing=True)  # (n, G+1)
+    xt64 = np.einsum("ng,bgij->bnij", vand, c64)
+    v = model.lambdas(x, precision).numpy() if scheme.computation == "hs" else None
+    wire_np = _NP_WIRE[wire]
+    compute = EncodedCompute(scheme, arrays)
+    A, bias = arrays["affine.weight"].astype(np.float64), arrays["affine.bias"].astype(np.float64)
+    errs = np.zeros(len(points))
+    B = images.shape[0]
+    for n in range(len(points)):
+        xin, vin = xt[:, n], v
+        if placement == "encoded":
+            xin = xin.astype(wire_np).astype(np.float32)
+            vin = None if v is None else v.astype(wire_np).astype(np.float32)
+        y = compute(xin, vin).astype(wire_np).astype(np.float64)
+        s = xt64[:, n]
+        if v is not None:
+            v64 = v.astype(np.float64)
+            s = v64[:, -1]
+            for p in range(scheme.P - 1, -1, -1):
+                s = s * xt64[:, n] + v64[:, p]
+        exact = s.reshape(B, 784) @ A.T + bias
+        errs[n] = np.abs(y - exact).max()
+    return errs
+
+
 class CodedPlan:
+    """`tolerance`: the largest decoded-logit error bound a request may decode with (coding/conditioning);
+    `policy` "bound" waits for results until the bound is under it, "first-r" decodes the first R (for
+    comparison); `points` "chosen" places α for N (coding/conditioning.chosen_alphas), "uniform" at n/(N+1)."""
+
     def __init__(self, model, info: dict[str, Any], N: int, placement: str = "encoded", wire_dtype: str = "f4",
-                 byzantine: int = 0, encode_precision: str = "auto"):
+                 byzantine: int = 0, encode_precision: str = "auto", tolerance: float = DEFAULT_TOLERANCE,
+                 policy: str = "bound", points: str = "chosen"):
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if points not in ("chosen", "uniform"):
+            raise ValueError(f"points must be 'chosen' or 'uniform', got {points!r}")
+        if not (np.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
         self.model, self.info = model.eval(), info
         self.scheme = Scheme.from_dict(info["scheme"])
         check_workers(self.scheme, N)
         self.N, self.placement, self.wire_dtype = N, placement, wire_dtype
+        self.tolerance, self.policy, self.points = float(tolerance), policy, points
         # the master's encoder precision (nets.encode_precision); shared-placement workers always encode in fp32
         self.encode_precision = resolve_precision(encode_precision) if placement == "encoded" else "fp32"
-        self.alphas = default_alphas(N)
-        self.decoder = Decoder(self.alphas, self.scheme.betas(), self.scheme.R)
+        betas = tuple(self.scheme.betas())
+        self.alphas = list(chosen_alphas(N, self.R, betas)) if points == "chosen" else default_alphas(N)
+        self.decoder = Decoder(self.alphas, betas, self.scheme.R)
         self.arrays = worker_arrays(model, info, placement)
         self.digest = digest(self.arrays)
         self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
@@ -53,6 +116,16 @@ class CodedPlan:
         if N < self.R + 2 * byzantine:
             raise ValueError(f"correcting {byzantine} liar(s) needs N >= R + 2E = {self.R + 2 * byzantine}, got N={N}")
         self.suspect_groups = [0] * N  # per worker: groups where its result was off the polynomial
+        # -- each worker's result error, measured on the shipped sample as the runtime computes it
+        from ..data import load_sample
+
+        images, _ = load_sample()
+        self._calibration = images[: CALIBRATION_GROUPS * self.K].reshape(-1, self.K, 28, 28)
+        self._errors = self.errors_for(wire_dtype)
+        self._choices: dict[tuple, Choice] = {}
+        self.best_case = self.choice(range(N))  # every worker answered: the smallest bound this plan can reach
+        if self.policy == "bound" and not byzantine and self.best_case.bound > self.tolerance:
+            raise ConfigError(self._refusal())
 
     @property
     def K(self) -> int:
@@ -61,6 +134,48 @@ class CodedPlan:
     @property
     def R(self) -> int:
         return self.scheme.R
+
+    def errors(self) -> np.ndarray:
+        """(N,) bound on each worker's result error in logits: HEADROOM × the largest error measured."""
+        return self._errors
+
+    def errors_for(self, wire: str, points=None) -> np.ndarray:
+        pts = self.alphas if points is None else points
+        return HEADROOM * result_errors(self.model, self.scheme, self.arrays, pts, self._calibration, wire,
+                                        self.placement, self.encode_precision)
+
+    def choice(self, workers) -> Choice:
+        """Best decode weights over `workers` with the current error bounds (cached per worker set)."""
+        key = tuple(sorted(int(w) for w in workers))
+        got = self._choices.get(key)
+        if got is None:
+            if len(self._choices) > 4096:
+                self._choices.clear()
+            e = self.errors()
+            got = choose(self.alphas, self.decoder.betas, self.R, key, e[list(key)])
+            self._choices[key] = got
+        return got
+
+    def _refusal(self) -> str:
+        """The error for a configuration no set of results can decode within tolerance: its numbers and what would."""
+        worst = worst_subset(self.alphas, self.decoder.betas, self.R)[0] if math.comb(self.N, self.R) <= 200_000 else None
+        msg = (f"{self.scheme.label()} on N={self.N} workers with {self.wire_dtype} results cannot decode within the "
+               f"tolerance: even from all {self.N} results the decoded logits may be off by {self.best_case.bound:.3g} "
+               f"(tolerance {self.tolerance:g}; per-result error up to {self.errors().max():.3g} logits"
+               + (f", worst {self.R}-subset amplification {worst:.3g}" if worst else "") + ")")
+        hints = []
+        if self.wire_dtype != "f4":
+            b4 = choose(self.alphas, self.decoder.betas, self.R, range(self.N), self.errors_for("f4")).bound
+            hints.append(f"--wire-dtype f4 (bound {b4:.3g})")
+        fewer = None  # the largest N that decodes within tolerance, scanning up from R (it fails fast when none does)
+        for n in range(self.R, self.N):
+            pts = chosen_alphas(n, self.R, tuple(self.decoder.betas))
+            if choose(pts, self.decoder.betas, self.R, range(n), self.errors_for(self.wire_dtype, pts)).bound > self.tolerance:
+                break
+            fewer = n
+        hints.append(f"at most N={fewer} workers" if fewer else f"no N >= R={self.R} works with {self.wire_dtype} results")
+        hints.append("a larger tolerance if the model's logit margins allow it")
+        return msg + "; use " + ", or ".join(hints)
 
     @torch.inference_mode()
     def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
@@ -76,41 +191,69 @@ class CodedPlan:
         return [{"x": pack_array(xt[:, n], self.wire_dtype), **extra} for n in range(self.N)]
 
     def complete(self, answered) -> bool:
-        return len(answered) >= self.R + 2 * self.byzantine
+        """R results (R + 2E with liars); under the "bound" policy, only once some weights over them decode
+        within the tolerance, or every worker has answered (decode then fails with the bound)."""
+        n = len(answered)
+        if self.byzantine or self.policy == "first-r":
+            return n >= self.R + 2 * self.byzantine
+        return n >= self.R and (n >= self.N or self.choice(answered).bound <= self.tolerance)
 
     def reachable(self, possible) -> bool:
         """Can workers `possible` (answered or still expected) still complete a request?"""
-        return len(possible) >= self.R + 2 * self.byzantine
+        if len(possible) < self.R + 2 * self.byzantine:
+            return False
+        return self.byzantine > 0 or self.policy == "first-r" or self.choice(possible).bound <= self.tolerance
 
     @property
     def need(self) -> str:
-        return f"R={self.R}" if not self.byzantine else f"R + 2E = {self.R + 2 * self.byzantine} (E={self.byzantine})"
+        if self.byzantine:
+            return f"R + 2E = {self.R + 2 * self.byzantine} (E={self.byzantine})"
+        if self.policy == "first-r":
+            return f"R={self.R}"
+        return f"R={self.R} results decoding within {self.tolerance:g} logits"
 
     def oracle(self, delays: dict[int, float | None]) -> float | None:
-        """Best possible latency given each worker's injected delay: the R-th fastest answer."""
-        return kth_fastest(delays, self.R)
+        """Best possible latency given each worker's injected delay: the R-th fastest answer (the first answer
+        at which the bound is met, under the "bound" policy)."""
+        if self.byzantine or self.policy == "first-r":
+            return kth_fastest(delays, self.R)
+        order = sorted((d, n) for n, d in delays.items() if d is not None)
+        for i in range(self.R, len(order) + 1):
+            if self.choice([n for _, n in order[:i]]).bound <= self.tolerance:
+                return order[i - 1][0]
+        return None
 
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, K, 10) float64 logits from any R of {worker index: (B, 10)} (R + 2E with liars)."""
+        """(B, K, 10) float64 logits from {worker index: (B, 10)} (R + 2E with liars)."""
         return self.decoded(results)[0]
 
     def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """(logits, report): report names the workers decoded from, the decoded-logit error bound and how many
-        results beyond the threshold were waited for."""
+        """(logits, report). The report names the workers decoded from ("subset"), the decoded-logit error bound,
+        the tolerance, the results used beyond the threshold ("waited_extra") and how the weights were chosen.
+        Under the "bound" policy a bound above the tolerance raises DecodeError instead of returning logits."""
         need = self.R + 2 * self.byzantine
+        if len(results) < need:
+            raise DecodeError(f"cannot decode: {len(results)} result(s) received, need {self.need}")
+        Y = np.stack([np.asarray(results[w], dtype=np.float64) for w in sorted(results)])  # (n, B, V)
         if self.byzantine:
-            res = robust_decode(self.alphas, self.scheme.betas(), self.R, self.byzantine, results)
+            res = robust_decode(self.alphas, self.decoder.betas, self.R, self.byzantine, results)
             for row, w in enumerate(res.workers):
                 self.suspect_groups[w] += int(res.suspects[row].sum())
             return res.logits, {"subset": sorted(int(w) for w in res.workers), "bound": None,
                                 "waited_extra": max(0, len(results) - need)}
-        workers = sorted(results)[: self.R]
-        W = self.decoder.weights(workers)
-        eps = {"f4": 2.0**-24, "f2": 2.0**-11}.get(self.wire_dtype, 2.0**-24)
-        err = np.array([eps * float(np.abs(results[w]).max()) for w in workers])
-        bound = float((np.abs(W) @ err).max())
-        return self.decoder.decode(results), {"subset": workers, "bound": bound,
-                                              "waited_extra": max(0, len(results) - need)}
+        if not np.all(np.isfinite(Y)):
+            raise DecodeError("worker results contain NaN or Inf")
+        if self.policy == "first-r":
+            c = self.choice(list(results)[: self.R])  # the first R to arrive, as before conditioning-aware decoding
+        else:
+            c = self.choice(results)
+        report = {"subset": c.used, "bound": c.bound, "tolerance": self.tolerance,
+                  "waited_extra": len(results) - self.R if self.policy == "bound" else 0, "method": c.method}
+        if self.policy == "bound" and c.bound > self.tolerance:
+            raise DecodeError(f"all {len(results)} results in hand decode with an error bound of {c.bound:.3g} logits, "
+                              f"above the tolerance {self.tolerance:g}: refusing to return logits that may be wrong")
+        cols = [sorted(results).index(w) for w in c.workers]
+        return np.einsum("kr,rbv->bkv", c.W, Y[cols]), report
 
 
 class _PlainWorkers:
