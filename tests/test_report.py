@@ -84,8 +84,9 @@ def test_usage_over_time_and_by_phase():
                            "peak_mbit_to_worker": 9.5, "peak_mbit_from_worker": 0.4,
                            "events_applied": [{"worker": 1, "kind": "down", "rate_mbit": None, "at_s": 1.0,
                                                "applied_at_s": 1.003}] if i == 1 else []} for i in range(3)]}
-    md = links_markdown([None, link, None], {"aicc": measured}, {"aicc": recs})
-    assert "| aicc | 1 | 20 | down @1s (applied 1.00s) | 4.000 / 0.200 | 9.500 / 0.400 | 2.00 / 0.10 |" in md
+    md = links_markdown([None, link, None], {"aicc": measured}, {"aicc": recs}, {"aicc": [1, 2]})
+    assert "| aicc | 1 | 20 | down @1s (applied 1.00s) | 4.000 / 0.200 | 9.500 / 0.400 | 2.00 / 0.10 | 2 |" in md
+    assert "| 2.00 / 0.10 | — |" in md  # worker 2: no master link (a scheme using fewer workers)
     assert "| aicc | 0 | unshaped |" in md
     assert "| scheme | 0-1 s | 1-3 s | 3-inf s |" in md and "| aicc | 1/2 | 0/1 | 1/1 |" in md
 

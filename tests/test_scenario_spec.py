@@ -219,7 +219,7 @@ def test_shipped_scenarios_say_what_they_promise():
 
 
 def test_bandwidth_mbit_is_refused_with_the_link_table_to_use(tmp_path):
-    with pytest.raises(ConfigError, match=r"workers\[0\]\.bandwidth_mbit: is no longer read .*link = \{ rate_mbit = 10 \}"):
+    with pytest.raises(ConfigError, match=r"workers\[0\]\.bandwidth_mbit: is not enforced by anything; .*link = \{ rate_mbit = 10 \}"):
         load_scenario(write(tmp_path, "[[workers]]\nbandwidth_mbit = 10\n"))
 
 

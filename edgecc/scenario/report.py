@@ -245,25 +245,30 @@ def phase_usage(records: Sequence[Record], worker: int, bounds: Sequence[float])
 
 
 def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[str, Mapping[str, Any] | None],
-                   results: Results) -> str:
-    """Markdown for a scenario with real links: each link as configured and as measured per scheme,
-    and, for links with events, how often each scheme decoded from that worker before, during and after."""
+                   results: Results, connects: Mapping[str, Sequence[int]] | None = None) -> str:
+    """Markdown for a scenario with real links: each link as configured and as measured per scheme
+    (with how often the master connected to that worker, when `connects` gives it), and, for links
+    with events, how often each scheme decoded from that worker before, during and after."""
     rows = ["", "## Links", "",
             "Configured: tc tbf rate both ways. Measured: the master-side veth's byte counters (includes TCP/IP headers "
-            "and acks), mean over the scheme's run and the busiest 1 s.", "",
+            "and acks), mean over the scheme's run and the busiest 1 s. Connects: connections the master made to "
+            "the worker (1 = never dropped).", "",
             "| scheme | worker | configured Mbit/s | events | mean to / from Mbit/s | peak 1 s to / from Mbit/s "
-            "| MB to / from |", "|---|---|---|---|---|---|---|"]
+            "| MB to / from | connects |", "|---|---|---|---|---|---|---|---|"]
     for name, m in measured.items():
         if not m:
             continue
+        counts = list((connects or {}).get(name) or [])
         for link in m["links"]:
+            w = link["worker"]
+            n_conn = str(counts[w]) if w < len(counts) else "—"  # uncoded talks to only K of the N
             cfg = link["configured"]
             events = ", ".join(f"{e['kind']}{' ' + format(e['rate_mbit'], 'g') if e.get('rate_mbit') else ''} "
                                f"@{e['at_s']:g}s (applied {e['applied_at_s']:.2f}s)" for e in link["events_applied"])
             rows.append(f"| {name} | {link['worker']} | {'unshaped' if cfg is None else format(cfg['rate_mbit'], 'g')} "
                         f"| {events or '—'} | {link['mean_mbit_to_worker']:.3f} / {link['mean_mbit_from_worker']:.3f} "
                         f"| {link['peak_mbit_to_worker']:.3f} / {link['peak_mbit_from_worker']:.3f} "
-                        f"| {link['bytes_to_worker'] / 1e6:.2f} / {link['bytes_from_worker'] / 1e6:.2f} |")
+                        f"| {link['bytes_to_worker'] / 1e6:.2f} / {link['bytes_from_worker'] / 1e6:.2f} | {n_conn} |")
     with_events = [(i, cfg) for i, cfg in enumerate(links) if cfg and cfg["events"]]
     for i, cfg in with_events:
         bounds = sorted({e["at_s"] for e in cfg["events"]})

@@ -231,7 +231,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     if links_meta is not None:
         meta["links"] = {**links_meta, "measured": measured}
     summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta,
-                             extra_markdown=links_markdown([w["link"] for w in meta["workers"]], measured, results)
+                             extra_markdown=links_markdown([w["link"] for w in meta["workers"]], measured, results,
+                                                            {name: st.get("connects") for name, st in stats.items()})
                              if links_meta else "")
     from ..modelfile import atomic_write
 

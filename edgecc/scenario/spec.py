@@ -44,8 +44,8 @@ the model, the images, the request stream, and how each of the N workers behaves
 A scenario with a `link` on any worker runs every worker in its own network namespace behind a
 veth pair (edgecc.scenario.links): real TCP, shaped by the kernel. Workers without a link get an
 unshaped veth. Such a scenario needs root and iproute2 and is refused otherwise; scenarios without
-links run on loopback, unprivileged. The old `bandwidth_mbit` key (never enforced) is refused
-with the `link` table to use instead.
+links run on loopback, unprivileged. A `bandwidth_mbit` key (found in older scenario files; it
+shaped nothing) is refused with the `link` table to write instead.
 
 Relative paths (model, images, trace files) are relative to the scenario file. Unknown keys and
 bad values raise `ConfigError("<file>:<line>: <field path>: <reason>")`, e.g. the field path
@@ -228,7 +228,7 @@ def _parse_worker(d: Any, base_dir: Path | None) -> dict[str, Any]:
     if "slowdown" in d:
         out["slowdown"] = as_number(d["slowdown"], "slowdown", above=0)
     if "bandwidth_mbit" in d:  # it never shaped anything; say so rather than ignore it
-        raise FieldError("bandwidth_mbit", "is no longer read (it was never enforced); to shape a real link "
+        raise FieldError("bandwidth_mbit", "is not enforced by anything; to shape a real link "
                                            f"write `link = {{ rate_mbit = {d['bandwidth_mbit']!r} }}` (needs root and iproute2)")
     if "link" in d:
         out["link"] = _in_section("link", _parse_link, d["link"])
