@@ -28,7 +28,7 @@ import numpy as np
 from . import costs
 from .config import SECTIONS, BenchConfig, jsonable, loadavg, log, timeit
 from .end_to_end import bench_end_to_end
-from .machine import bench_machine, bench_matmul, bench_training
+from .machine import bench_machine, bench_matmul, bench_precisions, bench_training  # noqa: F401  (bench_precisions: for tests)
 from .markdown import render_markdown
 from .memory import bench_memory
 from .models import CollapseMemo, load_bench_models
