@@ -251,11 +251,19 @@ def test_stale_namespaces_of_dead_runs_are_swept():
     stale, live = f"edgecc-{dead.pid}-abcdef-w0", f"edgecc-{os.getpid()}-abcdef-w0"
     for name in (stale, live):
         subprocess.run(["ip", "netns", "add", name], check=True)
+    orphan = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "60"])  # a worker whose runner was SIGKILLed
     try:
+        deadline = time.monotonic() + 5
+        while not subprocess.run(["ip", "netns", "pids", stale], capture_output=True, text=True).stdout.strip():
+            assert time.monotonic() < deadline, "the orphan never entered the namespace"
+            time.sleep(0.05)
         assert stale in sweep_stale()
+        assert orphan.wait(5) == -signal.SIGKILL
         names = _ours()[0]
         assert stale not in names and live in names
     finally:
+        if orphan.poll() is None:
+            orphan.kill()
         for name in (stale, live):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 

@@ -105,9 +105,19 @@ def sweep_stale() -> list[str]:
         name = line.split()[0] if line.split() else ""
         m = _NETNS_NAME.match(name)
         if m and not _pid_alive(int(m.group(1))):
+            _kill_inside(name)  # orphaned workers would keep the namespace and its veth alive
             if _run("ip", "netns", "del", name, check=False).returncode == 0:
                 removed.append(name)
     return removed
+
+
+def _kill_inside(netns: str) -> None:
+    """SIGKILL every process still in `netns` (`ip netns pids`)."""
+    for pid in _run("ip", "netns", "pids", netns, check=False).stdout.split():
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 @dataclass(frozen=True)
@@ -174,8 +184,10 @@ class LinkSet:
                 self.endpoints.append(ep)
 
     def close(self) -> None:
-        """Remove every namespace (and with it its veth pair); safe to call twice, never raises."""
+        """Remove every namespace (and with it its veth pair); safe to call twice, never raises.
+        A process left inside (a worker that outlived its stop) is killed: it would keep both alive."""
         for ns in self._namespaces:
+            _kill_inside(ns)
             _run("ip", "netns", "del", ns, check=False)
         for ep in self.endpoints:  # normally gone with the namespace; a veth moved elsewhere is not
             if Path("/sys/class/net", ep.host_if).exists():
