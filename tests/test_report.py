@@ -147,3 +147,12 @@ def test_all_fast_comparison():
     assert "| aicc | 150.0 | 75.0 | 199.0 | 99.5 | 2.00 | 29.8 |" in md  # 199 - (1.5 * 99.5 + 20)
     assert "| uncoded |" not in md  # no twin
     assert all_fast_markdown({"aicc": slow}) == ""
+
+
+def test_usage_plot_written_when_meta_gives_N(tmp_path):
+    recs = [RequestRecord(i, 5.0, 1, 1, t_s=i * 0.3, workers=[0, 1] if i < 5 else [0, 2]) for i in range(10)]
+    link = {"rate_mbit": 20.0, "burst": 25000, "queue_ms": 100.0, "events": [{"at_s": 1.5, "kind": "down"}]}
+    write_report({"aicc": recs}, tmp_path, meta={"N": 3, "workers": [{"link": None}, {"link": link}, {"link": None}]})
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["usage"]["aicc"]["used_by_worker"][1] == [4, 1, 0]  # worker 1 answers stop at 1.5 s
+    assert (tmp_path / "usage_over_time.png").read_bytes()[:8] == PNG_MAGIC

@@ -1,5 +1,8 @@
 """Scenario reports: per-request records in; report.json, report.md and two PNG plots out.
 
+report.json also holds each scheme's per-worker usage over time (which workers each decode used),
+plotted in usage_over_time.png, when `meta` gives N.
+
 Input: for each scheme name, a list of per-request records (`RequestRecord` or a plain dict
 with the same keys):
 
@@ -282,6 +285,35 @@ def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[
     return "\n".join(rows) + "\n"
 
 
+def plot_usage(usage: Mapping[str, Mapping[str, Any]], path: Path, events: Sequence[tuple[float, str]] = ()) -> None:
+    """One panel per scheme: per worker, the fraction of each bin's decoded requests that used its
+    answer, over arrival time; dashed lines at the link events (seconds, label)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 2.2 * len(usage) + 0.6))
+    FigureCanvasAgg(fig)
+    for row, (name, u) in enumerate(usage.items()):
+        ax = fig.add_subplot(len(usage), 1, row + 1)
+        decoded = np.array(u["decoded"], dtype=float)
+        xs = (np.arange(len(decoded)) + 0.5) * u["bin_s"]
+        for w, used in enumerate(u["used_by_worker"]):
+            frac = np.divide(np.array(used, dtype=float), decoded, out=np.full(len(decoded), np.nan), where=decoded > 0)
+            if np.nansum(frac) > 0:
+                ax.plot(xs, frac, marker=".", label=f"worker {w}")
+        for at, label in events:
+            ax.axvline(at, color="k", linestyle="--", alpha=0.5)
+            ax.annotate(label, (at, 1.02), fontsize=7, ha="center")
+        ax.set_ylim(-0.02, 1.1)
+        ax.set_ylabel(f"{name}\nshare of decodes")
+        ax.grid(True, alpha=0.3)
+        if row == 0:
+            ax.legend(fontsize=7, ncol=5, loc="lower left")
+    ax.set_xlabel("request arrival (s from the workers' start)")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
 def all_fast_markdown(summaries: Mapping[str, SchemeSummary]) -> str:
     """For each scheme run both on the scenario's links and as "<scheme>@all-fast": p50 and p99 side by
     side, and the p99 ratio; "" when no scheme has an all-fast twin."""
@@ -315,6 +347,10 @@ def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenari
            "schemes": {name: asdict(s) for name, s in summaries.items()}}
     if meta and "N" in meta:
         doc["usage"] = {name: usage_timeline(recs, int(meta["N"])) for name, recs in results.items()}
+        events = sorted({(e["at_s"], f"w{i} {e['kind']}") for i, w in enumerate(meta.get("workers") or [])
+                         if isinstance(w, Mapping) and w.get("link") for e in w["link"]["events"]})
+        if any(u["decoded"] for u in doc["usage"].values()):
+            plot_usage(doc["usage"], out / "usage_over_time.png", events)
     # allow_nan=False: the file must stay valid JSON for any reader.
     _atomic_write(out / "report.json",
                   (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
