@@ -211,7 +211,9 @@ def test_scenario_on_shaped_links_decodes_and_reports_links(tmp_path):
     assert sum(doc["usage"]["aicc"]["decoded"]) == 24
     rows = json.loads((tmp_path / "linked" / "requests.json").read_text())["aicc"]
     assert all(len(x["workers"]) == 2 and x["bytes_sent"] > 0 for x in rows)
-    assert "## Links" in (tmp_path / "linked" / "report.md").read_text()
+    md = (tmp_path / "linked" / "report.md").read_text()
+    assert "## Links" in md and "Shaped in the kernel: rate (tc tbf, both directions)" in md
+    assert f"netem {'available' if links['kernel']['netem'] else 'missing'}" in md
     assert _ours() == before
 
 

@@ -84,7 +84,9 @@ def test_usage_over_time_and_by_phase():
                            "peak_mbit_to_worker": 9.5, "peak_mbit_from_worker": 0.4,
                            "events_applied": [{"worker": 1, "kind": "down", "rate_mbit": None, "at_s": 1.0,
                                                "applied_at_s": 1.003}] if i == 1 else []} for i in range(3)]}
-    md = links_markdown([None, link, None], {"aicc": measured}, {"aicc": recs}, {"aicc": [1, 2]})
+    md = links_markdown([None, link, None], {"aicc": measured}, {"aicc": recs}, {"aicc": [1, 2]},
+                        ["Shaped in the kernel: rate."])
+    assert "\n- Shaped in the kernel: rate.\n" in md
     assert "| aicc | 1 | 20 | down @1s (applied 1.00s) | 4.000 / 0.200 | 9.500 / 0.400 | 2.00 / 0.10 | 2 |" in md
     assert "| 2.00 / 0.10 | — |" in md  # worker 2: no master link (a scheme using fewer workers)
     assert "| aicc | 0 | unshaped |" in md

@@ -248,11 +248,13 @@ def phase_usage(records: Sequence[Record], worker: int, bounds: Sequence[float])
 
 
 def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[str, Mapping[str, Any] | None],
-                   results: Results, connects: Mapping[str, Sequence[int]] | None = None) -> str:
-    """Markdown for a scenario with real links: each link as configured and as measured per scheme
-    (with how often the master connected to that worker, when `connects` gives it), and, for links
-    with events, how often each scheme decoded from that worker before, during and after."""
-    rows = ["", "## Links", "",
+                   results: Results, connects: Mapping[str, Sequence[int]] | None = None,
+                   notes: Sequence[str] = ()) -> str:
+    """Markdown for a scenario with real links: `notes` (e.g. what is shaped in the kernel and what is
+    injected), each link as configured and as measured per scheme (with how often the master connected
+    to that worker, when `connects` gives it), and, for links with events, how often each scheme
+    decoded from that worker before, during and after."""
+    rows = ["", "## Links", "", *(f"- {n}" for n in notes), *([""] if notes else []),
             "Configured: tc tbf rate both ways. Measured: the master-side veth's byte counters (includes TCP/IP headers "
             "and acks), mean over the scheme's run and the busiest 1 s. Connects: connections the master made to "
             "the worker (1 = never dropped).", "",

@@ -232,13 +232,23 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
         meta["links"] = {**links_meta, "measured": measured}
     summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta,
                              extra_markdown=links_markdown([w["link"] for w in meta["workers"]], measured, results,
-                                                            {name: st.get("connects") for name, st in stats.items()})
+                                                            {name: st.get("connects") for name, st in stats.items()},
+                                                            _link_notes(links_meta))
                              if links_meta else "")
     from ..modelfile import atomic_write
 
     per_request = {name: [r.__dict__ for r in recs] for name, recs in results.items()}
     atomic_write(out / "requests.json", json.dumps(per_request).encode())
     return {name: s.__dict__ for name, s in summaries.items()}
+
+
+def _link_notes(links_meta: dict[str, Any]) -> list[str]:
+    """What was real and what was not, in words for report.md."""
+    k = links_meta["kernel"]
+    return [f"Transport: {links_meta['transport']}; TCP congestion control {links_meta['tcp_congestion_control'] or 'unknown'}.",
+            "Shaped in the kernel: " + "; ".join(links_meta["shaped_in_kernel"]) + ".",
+            "Injected in the worker process: " + "; ".join(links_meta["injected_in_worker"]) + ".",
+            f"Kernel qdiscs: tbf {'available' if k['tbf'] else 'missing'}, netem {'available' if k['netem'] else 'missing'}."]
 
 
 def _machine() -> dict[str, Any]:
