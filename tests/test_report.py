@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgecc.scenario.report import (
-    RequestRecord, accuracy_p99_points, all_fast_markdown, cdf_points, links_markdown, phase_usage, render_markdown, summarize,
+    RequestRecord, accuracy_p99_points, all_fast_markdown, cdf_points, links_markdown, phase_usage, render_markdown, stages_markdown, summarize,
     usage_timeline, write_report,
 )
 
@@ -67,6 +67,16 @@ def test_shed_requests_are_counted_apart_from_failures():
     s = summarize(recs)
     assert (s.requests, s.failed, s.shed, s.decoded_fraction) == (4, 1, 2, 0.25)
     assert "| x | 4 | 25.0% | 1 | 2 |" in render_markdown({"x": s})
+
+
+def test_stages_summarised_per_scheme():
+    recs = [RequestRecord(i, 10.0, 1, 1, stages_ms={"encode": float(i), "workers": 5.0}) for i in range(1, 6)]
+    recs.append(RequestRecord(9, None, 0, 1))
+    s = summarize(recs)
+    assert s.stages_ms == {"encode": {"p50": 3.0, "p99": pytest.approx(4.96)}, "workers": {"p50": 5.0, "p99": 5.0}}
+    md = stages_markdown({"aicc": s, "old": summarize([RequestRecord(0, 1.0, 1, 1)])})
+    assert "| scheme | encode | workers |" in md and "| aicc | 3.0 / 5.0 | 5.0 / 5.0 |" in md and "| old | — | — |" in md
+    assert stages_markdown({"old": summarize([RequestRecord(0, 1.0, 1, 1)])}) == ""
 
 
 def test_usage_over_time_and_by_phase():
@@ -130,7 +140,7 @@ def test_write_report_files(tmp_path):
     assert doc["scenario"] == {"name": "demo", "seed": 7}
     aicc = doc["schemes"]["aicc"]
     assert set(aicc) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "accuracy", "decoded_fraction",
-                         "bytes_sent", "oracle_p50_ms", "oracle_p99_ms", "requests", "failed", "shed"}
+                         "bytes_sent", "oracle_p50_ms", "oracle_p99_ms", "requests", "failed", "shed", "stages_ms"}
     assert aicc["p50_ms"] == pytest.approx(25.0) and aicc["requests"] == 5
     assert doc["schemes"]["replication"]["p99_ms"] is None
     assert "usage" not in doc  # no N in meta: no per-worker usage

@@ -13,7 +13,8 @@ with the same keys):
      "bytes_sent": 3136,       # bytes the master sent for this request (its own frames only)
      "outcome": "decoded",     # optional: "decoded", "failed", or "shed" (refused by an overloaded master)
      "t_s": 4.2,               # optional: when it arrived, seconds from the first worker's start
-     "workers": [0, 2]}        # optional: the workers its answer was decoded from
+     "workers": [0, 2],        # optional: the workers its answer was decoded from
+     "stages_ms": {"queue": 0.1, "encode": 3.2, "workers": 6.0, "decode": 0.2}}   # optional
 
 Percentiles use numpy's default (linear interpolation between order statistics). Latency and
 accuracy statistics cover decoded requests only; `decoded_fraction` says how many those are.
@@ -49,6 +50,7 @@ class RequestRecord:
     outcome: str | None = None  # None: "decoded" when latency_ms is set, else "failed"
     t_s: float | None = None
     workers: list[int] | None = None
+    stages_ms: dict[str, float] | None = None  # where the time went at the master, e.g. {"queue": 0.1, "encode": 3.2}
 
     def __post_init__(self) -> None:
         if self.outcome is None:
@@ -91,6 +93,7 @@ class SchemeSummary:
     bytes_sent: int  # total over all requests, failed ones included
     oracle_p50_ms: float | None
     oracle_p99_ms: float | None
+    stages_ms: dict[str, dict[str, float]] | None = None  # stage -> {"p50", "p99"} over decoded requests
 
 
 def as_records(records: Sequence[Record]) -> list[RequestRecord]:
@@ -121,6 +124,7 @@ def summarize(records: Sequence[Record]) -> SchemeSummary:
         bytes_sent=sum(r.bytes_sent for r in recs),
         oracle_p50_ms=percentile(oracle, 50),
         oracle_p99_ms=percentile(oracle, 99),
+        stages_ms=_stages(decoded),
     )
 
 
@@ -144,6 +148,32 @@ def accuracy_p99_points(summaries: Mapping[str, SchemeSummary]) -> list[tuple[st
 
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _stages(decoded: Sequence[RequestRecord]) -> dict[str, dict[str, float]] | None:
+    names = sorted({k for r in decoded if r.stages_ms for k in r.stages_ms})
+    out = {}
+    for k in names:
+        v = [r.stages_ms[k] for r in decoded if r.stages_ms and k in r.stages_ms]
+        out[k] = {"p50": percentile(v, 50), "p99": percentile(v, 99)}
+    return out or None
+
+
+def stages_markdown(summaries: Mapping[str, SchemeSummary]) -> str:
+    """Where decoded requests spent their time at the master (p50 / p99 per stage); "" without data."""
+    names = [k for k in ("queue", "encode", "workers", "decode")
+             if any(s.stages_ms and k in s.stages_ms for s in summaries.values())]
+    if not names:
+        return ""
+    rows = ["", "## Where the time went (decoded requests, p50 / p99 ms)", "",
+            "queue: waiting for the master to take it; encode: the master's encoding; workers: from the first "
+            "send until enough answers were in; decode: the master's decoding.", "",
+            "| scheme | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, s in summaries.items():
+        cells = [f"{_fmt(s.stages_ms[k]['p50'])} / {_fmt(s.stages_ms[k]['p99'])}" if s.stages_ms and k in s.stages_ms
+                 else "—" for k in names]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def render_markdown(summaries: Mapping[str, SchemeSummary], title: str = "Scenario report") -> str:
@@ -357,7 +387,7 @@ def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenari
     _atomic_write(out / "report.json",
                   (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
     _atomic_write(out / "report.md", (render_markdown(summaries, title) + all_fast_markdown(summaries)
-                                      + extra_markdown).encode())
+                                      + stages_markdown(summaries) + extra_markdown).encode())
     plot_latency_cdf(results, out / "latency_cdf.png")
     plot_accuracy_vs_p99(summaries, out / "accuracy_vs_p99.png")
     return summaries

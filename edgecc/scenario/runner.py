@@ -34,6 +34,7 @@ from .report import RequestRecord, links_markdown, write_report
 from .spec import Scenario
 
 BASELINE = "default-mlp"  # the shipped centralized MLP the comparators' workers run
+STAGES = ("queue", "encode", "workers", "decode")  # Master.infer's info timings, "<stage>_ms"
 WARMUP_ID = 2**40  # request id of the unmeasured warm-up request (outside every scenario's range)
 
 
@@ -118,9 +119,11 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
             latency_ms = (time.perf_counter() - t) * 1000
             correct = int((logits.argmax(-1) == glabels[idx]).sum())
         subset = info.get("decode", {}).get("subset") if outcome == "decoded" else None
+        stages = {k: round(float(info[f"{k}_ms"]), 3) for k in STAGES if f"{k}_ms" in info} if outcome == "decoded" else {}
         records.append(RequestRecord(r, latency_ms, correct, gpr * K, oracle_ms, int(info.get("bytes_sent", 0)),
                                      outcome=outcome, t_s=round(now - t_first, 4),
-                                     workers=None if subset is None else [int(w) for w in subset]))
+                                     workers=None if subset is None else [int(w) for w in subset],
+                                     stages_ms=stages or None))
         if progress:
             progress(1)
 
