@@ -98,16 +98,26 @@ def _images(source: str, data_dir: str | None, limit: int | None):
 @click.option("--max-subsets", type=int, default=200, show_default=True, help="sample this many R-subsets when there are more (the worst-conditioned is always included)")
 @click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32", show_default=True,
               help="the encoder's precision: fp32 (the reference results/ reports), bf16, or auto (what the master uses)")
+@click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True,
+              help="round worker inputs and results as `edgecc master --wire-dtype` sends them")
+@click.option("--points", type=click.Choice(["chosen", "uniform"]), default="chosen", show_default=True,
+              help="evaluation points: chosen for N (the master's) or n/(N+1)")
+@click.option("--tolerance", type=float, default=None, help="decoded-logit error bound a request may decode with "
+              "[default: the master's, 0.01]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, as_json):
-    """Test accuracy of MODEL: D(β_k) directly and decoded from every R-subset of N workers."""
+def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, wire_dtype, points, tolerance, as_json):
+    """Test accuracy of MODEL: D(β_k) directly, decoded from every R-subset of N workers, and decoded as the
+    master decodes when the worst-conditioned R answer first; flags configurations the master refuses."""
     from .evaluate import evaluate, evaluate_centralized, evaluate_learned_code
     from .modelfile import load_model, resolve
 
     net, info = load_model(model)
     x, y = _images(images, data_dir, limit)
     if info["kind"] == "aicc":
-        res = evaluate(net, info, x, y, N, max_subsets, encode_precision)
+        from .coding.conditioning import DEFAULT_TOLERANCE
+
+        res = evaluate(net, info, x, y, N, max_subsets, encode_precision, wire_dtype, points,
+                       DEFAULT_TOLERANCE if tolerance is None else tolerance)
     elif info["kind"] == "learned-code":
         res = evaluate_learned_code(net, info, x, y)
     else:
@@ -116,8 +126,13 @@ def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, a
     if as_json:
         click.echo(json.dumps(res))
         return
+    refused = res.pop("refused", None)
+    res.pop("alphas", None)
     for k, v in res.items():
-        click.echo(f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
+        click.echo(f"{k:28s} {v:.3g}" if isinstance(v, float) and abs(v) < 0.01 else
+                   f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
+    if refused:
+        click.echo(f"REFUSED: the master would not start this configuration: {refused}", err=True)
 
 
 @main.command()

@@ -1,21 +1,32 @@
 """Test-set accuracy of a trained model, directly and through the real decode path.
 
-Direct: argmax of D(β_k) = H(E(β_k)). Decoded: the N workers' outputs H(E(α_n)), interpolated from
-every R-subset of workers (or a sample of subsets that always includes the worst-conditioned one)
-with the cached float64 Lagrange matrices of edgecc.coding, exactly as the master decodes.
+Direct: argmax of D(β_k) = H(E(β_k)). Decoded: the N workers' outputs H(E(α_n)), made as the runtime
+makes them (inputs and results rounded to the wire dtype, fp32 worker arithmetic), then
+  - interpolated from every R-subset of workers (or a sample that always includes the worst-conditioned
+    one) with float64 Lagrange matrices: what decoding the first R results to arrive returns;
+  - decoded as the master decodes (runtime/plan.CodedPlan, coding/conditioning): results arrive in an
+    order (the worst-conditioned R first, then seeded random orders), the request completes once the
+    results in hand decode within the tolerance, and the report counts the results waited for beyond R.
+A configuration the master would refuse at start is reported as refused, with the first-R numbers
+showing what it would have returned.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from typing import Any
 
 import numpy as np
 import torch
 
+from .coding.conditioning import DEFAULT_TOLERANCE, worst_subset
 from .coding.lagrange import Decoder
 from .coding.schemes import Scheme, check_workers, default_alphas
+from .errors import ConfigError
+
+_NP_WIRE = {"f4": np.float32, "f2": np.float16}
 
 
 def group(images: np.ndarray, labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -26,23 +37,29 @@ def group(images: np.ndarray, labels: np.ndarray, K: int) -> tuple[np.ndarray, n
 
 @torch.inference_mode()
 def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float], batch: int = 256,
-                 encode_precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+                 encode_precision: str = "fp32", wire_dtype: str = "f4") -> tuple[np.ndarray, np.ndarray]:
     """(direct logits (G, K, 10), worker outputs (G, N, 10)) in float32 for grouped images x.
 
-    Worker outputs are computed exactly as workers do: E(α_n) (and V_p) by the torch encoder, then
-    the collapsed affine map of edgecc.runtime.compute; `encode_precision` as the master's CodedPlan."""
+    Worker outputs are computed exactly as workers do: E(α_n) (and V_p) by the torch encoder, rounded to
+    `wire_dtype` as frames.pack_array sends them, then the collapsed affine map of edgecc.runtime.compute,
+    and the result rounded to `wire_dtype` again; `encode_precision` as the master's CodedPlan."""
     from .export import worker_arrays
     from .runtime.compute import EncodedCompute
 
     scheme = Scheme.from_dict(info["scheme"])
     worker = EncodedCompute(scheme, worker_arrays(model, info, "encoded"))
+    wire = _NP_WIRE[wire_dtype]
+
+    def sent(a: np.ndarray) -> np.ndarray:  # what arrives: the wire dtype, widened to float32 by the worker
+        return a.astype(wire).astype(np.float32)
+
     direct, workers = [], []
     for i in range(0, x.shape[0], batch):
         xb = torch.from_numpy(x[i : i + batch])
         direct.append(model(xb).numpy())
-        xt = model.encode(xb, alphas, encode_precision).numpy()  # (b, N, 28, 28)
-        v = model.lambdas(xb, encode_precision).numpy() if scheme.computation == "hs" else None
-        workers.append(np.stack([worker(xt[:, n], v) for n in range(len(alphas))], axis=1))
+        xt = sent(model.encode(xb, alphas, encode_precision).numpy())  # (b, N, 28, 28)
+        v = sent(model.lambdas(xb, encode_precision).numpy()) if scheme.computation == "hs" else None
+        workers.append(np.stack([sent(worker(xt[:, n], v)) for n in range(len(alphas))], axis=1))
     return np.concatenate(direct), np.concatenate(workers)
 
 
@@ -57,21 +74,32 @@ def subsets(N: int, R: int, max_subsets: int | None, decoder: Decoder, seed: int
 
 
 def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray, N: int,
-             max_subsets: int | None = 200, encode_precision: str = "fp32") -> dict[str, Any]:
-    """Accuracy (percent) of an AICC model directly and decoded from R-subsets of N workers.
+             max_subsets: int | None = 200, encode_precision: str = "fp32", wire_dtype: str = "f4",
+             points: str = "chosen", tolerance: float = DEFAULT_TOLERANCE, orders: int = 20) -> dict[str, Any]:
+    """Accuracy (percent) of an AICC model directly, decoded from R-subsets of N workers, and decoded as the
+    master decodes (conditioning-aware) for the worst-conditioned R answering first and `orders` random orders.
 
-    `encode_precision`: "fp32" (the reference, what results/ report), "bf16" or "auto" (the master's default)."""
+    `encode_precision`: "fp32" (the reference, what results/ report), "bf16" or "auto" (the master's default);
+    `points`: "chosen" (the master's default, coding/conditioning.chosen_alphas) or "uniform" (n/(N+1))."""
     from .data import to_float
+    from .nets import encode_precision as resolve_precision
+    from .runtime.plan import CodedPlan
 
     scheme = Scheme.from_dict(info["scheme"])
     check_workers(scheme, N)
     K, R = scheme.K, scheme.R
-    x, y = group(to_float(images), labels.astype(np.int64), K)
-    alphas = default_alphas(N)
-    from .nets import encode_precision as resolve_precision
-
     precision = resolve_precision(encode_precision)
-    direct, worker_out = aicc_outputs(model, info, x, alphas, encode_precision=precision)
+    refused = None
+    try:
+        plan = CodedPlan(model, info, N, wire_dtype=wire_dtype, encode_precision=precision, tolerance=tolerance,
+                         points=points)
+    except ConfigError as e:  # the master would refuse to start: say so, and show what first-R decoding returns
+        refused = str(e)
+        plan = CodedPlan(model, info, N, wire_dtype=wire_dtype, encode_precision=precision, tolerance=tolerance,
+                         points=points, policy="first-r")
+    x, y = group(to_float(images), labels.astype(np.int64), K)
+    alphas = plan.alphas
+    direct, worker_out = aicc_outputs(model, info, x, alphas, encode_precision=precision, wire_dtype=wire_dtype)
     decoder = Decoder(alphas, scheme.betas(), R)
     accs, worst_err, worst_amp = [], 0.0, 0.0
     for s in subsets(N, R, max_subsets, decoder):
@@ -80,7 +108,9 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
         accs.append(100.0 * float((logits.argmax(-1) == y).mean()))
         worst_err = max(worst_err, float(np.abs(logits - direct).max()))
         worst_amp = max(worst_amp, float(np.abs(W).sum(axis=1).max()))
-    return {
+    betas = scheme.betas()
+    enumerable = math.comb(N, R) <= 200_000
+    res = {
         "accuracy_direct": 100.0 * float((direct.argmax(-1) == y).mean()),
         "accuracy_decoded_min": min(accs),
         "accuracy_decoded_max": max(accs),
@@ -88,12 +118,54 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
         "subsets_evaluated": len(accs),
         "max_abs_logit_error": worst_err,
         "worst_decode_amplification": worst_amp,
-        "R": R, "N": N, "K": K, "G": scheme.G, "P": scheme.P,
-        "scheme": scheme.label(),
-        "encode_precision": precision,
-        "images": int(y.size),
-        "params": sum(p.numel() for p in model.parameters()),
+        "amplification_uniform_points": worst_subset(default_alphas(N), betas, R)[0] if enumerable else None,
+        "amplification_chosen_points": worst_subset(list(plan.alphas), betas, R)[0] if enumerable else None,
+        "points": points, "alphas": [float(a) for a in alphas],
+        "wire_dtype": wire_dtype, "tolerance": tolerance,
+        "refused": refused,
+        "best_case_bound": plan.best_case.bound,
+        "max_result_error_bound": float(plan.errors().max()),
     }
+    if refused is None:
+        res.update(_aware(plan, worker_out, direct, y, orders))
+    return {**res,
+            "R": R, "N": N, "K": K, "G": scheme.G, "P": scheme.P,
+            "scheme": scheme.label(),
+            "encode_precision": precision,
+            "images": int(y.size),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _aware(plan, worker_out: np.ndarray, direct: np.ndarray, y: np.ndarray, orders: int, seed: int = 0) -> dict[str, Any]:
+    """Decode as the master does for arrival orders: the worst-conditioned R first (the rest by index), then
+    seeded random orders. Each order completes at the first prefix plan.complete accepts."""
+    N, R = plan.N, plan.R
+    worst = list(worst_subset(plan.alphas, plan.decoder.betas, R)[1]) if math.comb(N, R) <= 200_000 else list(range(R))
+    rng = np.random.default_rng(seed)
+    arrivals = [worst + [n for n in range(N) if n not in worst]] + [rng.permutation(N).tolist() for _ in range(orders)]
+    accs, extras, errs, failed, first = [], [], [], 0, {}
+    for j, order in enumerate(arrivals):
+        for i in range(R, N + 1):
+            if plan.complete(dict.fromkeys(order[:i])):
+                break
+        c = plan.choice(order[:i])
+        if c.bound > plan.tolerance:
+            failed += 1  # the master fails this request with the bound in its reason
+            continue
+        cols = [worker_out[:, w].astype(np.float64) for w in c.workers]
+        logits = np.einsum("kr,rgv->gkv", c.W, np.stack(cols))
+        accs.append(100.0 * float((logits.argmax(-1) == y).mean()))
+        extras.append(i - R)
+        errs.append(float(np.abs(logits - direct).max()))
+        if j == 0:
+            first = {"accuracy": accs[-1], "extra": extras[-1]}
+    return {"aware_orders": len(arrivals), "aware_failed_orders": failed,
+            "accuracy_aware_worst_first": first.get("accuracy"),
+            "accuracy_aware_min": min(accs) if accs else None,
+            "waited_extra_worst_first": first.get("extra"),
+            "waited_extra_max": max(extras) if extras else None,
+            "waited_extra_mean": float(np.mean(extras)) if extras else None,
+            "max_abs_logit_error_aware": max(errs) if errs else None}
 
 
 @torch.inference_mode()
