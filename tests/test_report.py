@@ -90,6 +90,7 @@ def test_usage_over_time_and_by_phase():
     link = {"rate_mbit": 20.0, "burst": 25000, "queue_ms": 100.0,
             "events": [{"at_s": 1.0, "kind": "down"}, {"at_s": 3.0, "kind": "up"}]}
     measured = {"links": [{"worker": i, "configured": link if i == 1 else None, "bytes_to_worker": 2_000_000,
+                           "started_at_s": 0.1 * i,
                            "bytes_from_worker": 100_000, "mean_mbit_to_worker": 4.0, "mean_mbit_from_worker": 0.2,
                            "peak_mbit_to_worker": 9.5, "peak_mbit_from_worker": 0.4,
                            "events_applied": [{"worker": 1, "kind": "down", "rate_mbit": None, "at_s": 1.0,
@@ -100,7 +101,9 @@ def test_usage_over_time_and_by_phase():
     assert "| aicc | 1 | 20 | down @1s (applied 1.00s) | 4.000 / 0.200 | 9.500 / 0.400 | 2.00 / 0.10 | 2 |" in md
     assert "| 2.00 / 0.10 | — |" in md  # worker 2: no master link (a scheme using fewer workers)
     assert "| aicc | 0 | unshaped |" in md
-    assert "| scheme | 0-1 s | 1-3 s | 3-inf s |" in md and "| aicc | 1/2 | 0/1 | 1/1 |" in md
+    # worker 1 started 0.1 s after the first: its phases are 0-1.1 s, 1.1-3.1 s, after 3.1 s
+    assert "| scheme | worker started at s | before down | down to up | after up |" in md
+    assert "| aicc | 0.10 | 1/2 | 0/1 | 1/1 |" in md
 
 
 def test_cdf_points_level_off_at_decoded_fraction():

@@ -299,8 +299,10 @@ class LinkTimeline:
                         self.links.set_rate(i, e.rate_mbit, self.specs[i])
                     else:
                         self.links.set_up(i, e.kind == "up")
+                    done = time.monotonic()
                     self.applied.append({"worker": i, "kind": e.kind, "rate_mbit": e.rate_mbit, "at_s": e.at_s,
-                                         "applied_at_s": round(time.monotonic() - self.started_at[i], 4)})
+                                         "applied_at_s": round(done - self.started_at[i], 4),  # on worker i's clock
+                                         "applied_t_s": round(done - self.t0, 4)})  # on the requests' clock (t_s)
                 self._sample()
                 wait = self.sample_s if not pending else min(self.sample_s, max(0.0, pending[0][0] - time.monotonic()))
                 self._stop.wait(wait)
@@ -317,7 +319,9 @@ class LinkTimeline:
 
     def measured(self, bin_s: float = 1.0) -> dict[str, Any]:
         """Per link: bytes each way, mean and peak rate (over `bin_s` windows), a per-bin timeline,
-        and the events as applied. Times are seconds from the first worker's start."""
+        and the events as applied. Times are seconds from the first worker's start (the clock of the
+        requests' t_s), except each event's at_s and applied_at_s, which count from its own worker's
+        start (workers start one after the other: started_at_s says when)."""
         out = []
         t_first, c_first = self.samples[0]
         t_last, c_last = self.samples[-1]
@@ -328,6 +332,7 @@ class LinkTimeline:
             tl_to, tl_from = _binned(self.samples, i, t_first, bin_s)
             out.append({
                 "worker": i, "address": ep.worker_ip, "configured": self.specs[i].to_dict() if self.specs[i] else None,
+                "started_at_s": round(self.started_at[i] - self.t0, 4),  # its events' clock starts here
                 "bytes_to_worker": to_w, "bytes_from_worker": from_w,
                 "mean_mbit_to_worker": to_w * 8 / span / 1e6, "mean_mbit_from_worker": from_w * 8 / span / 1e6,
                 "peak_mbit_to_worker": max(tl_to, default=0.0), "peak_mbit_from_worker": max(tl_from, default=0.0),

@@ -306,20 +306,34 @@ def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[
                         f"| {link['bytes_to_worker'] / 1e6:.2f} / {link['bytes_from_worker'] / 1e6:.2f} | {n_conn} |")
     with_events = [(i, cfg) for i, cfg in enumerate(links) if cfg and cfg["events"]]
     for i, cfg in with_events:
-        bounds = sorted({e["at_s"] for e in cfg["events"]})
+        times = sorted({e["at_s"] for e in cfg["events"]})
+        at = {t: " + ".join(e["kind"] for e in cfg["events"] if e["at_s"] == t) for t in times}
+        labels = ([f"before {at[times[0]]}"] + [f"{at[a]} to {at[b]}" for a, b in zip(times, times[1:])]
+                  + [f"after {at[times[-1]]}"])
         rows += ["", f"### Worker {i}: decodes that used it, by arrival time (events: "
-                 + ", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in cfg["events"]) + ")", "",
-                 "| scheme | " + " | ".join(f"{a:g}-{b:g} s" for a, b in zip([0.0, *bounds], [*bounds, math.inf]))
-                 + " |", "|---|" + "---|" * (len(bounds) + 1)]
+                 + ", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in cfg["events"]) + " after its start)", "",
+                 "Phases on the worker's own clock: its events' times plus when it started (workers start one after "
+                 "another).", "",
+                 "| scheme | worker started at s | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
         for name, recs in results.items():
-            cells = [f"{used}/{n}" for _, _, n, used in phase_usage(recs, i, bounds)]
-            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            offset = _started_at(measured.get(name), i)
+            cells = [f"{used}/{n}" for _, _, n, used in phase_usage(recs, i, [t + offset for t in times])]
+            rows.append(f"| {name} | {offset:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
-def plot_usage(usage: Mapping[str, Mapping[str, Any]], path: Path, events: Sequence[tuple[float, str]] = ()) -> None:
+def _started_at(measured: Mapping[str, Any] | None, worker: int) -> float:
+    """When `worker` started, in seconds from the first worker's start (0 when not measured)."""
+    for link in (measured or {}).get("links", []):
+        if link["worker"] == worker:
+            return float(link.get("started_at_s", 0.0))
+    return 0.0
+
+
+def plot_usage(usage: Mapping[str, Mapping[str, Any]], path: Path,
+               events: Mapping[str, Sequence[tuple[float, str]]] | None = None) -> None:
     """One panel per scheme: per worker, the fraction of each bin's decoded requests that used its
-    answer, over arrival time; dashed lines at the link events (seconds, label)."""
+    answer, over arrival time; dashed lines at that scheme's link events (seconds, label)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -333,7 +347,7 @@ def plot_usage(usage: Mapping[str, Mapping[str, Any]], path: Path, events: Seque
             frac = np.divide(np.array(used, dtype=float), decoded, out=np.full(len(decoded), np.nan), where=decoded > 0)
             if np.nansum(frac) > 0:
                 ax.plot(xs, frac, marker=".", label=f"worker {w}")
-        for at, label in events:
+        for at, label in (events or {}).get(name, ()):
             ax.axvline(at, color="k", linestyle="--", alpha=0.5)
             ax.annotate(label, (at, 1.02), fontsize=7, ha="center")
         ax.set_ylim(-0.02, 1.1)
@@ -364,6 +378,21 @@ def all_fast_markdown(summaries: Mapping[str, SchemeSummary]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _plot_events(meta: Mapping[str, Any], names: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
+    """Per scheme, (time on the requests' clock, label) of each link event: as applied where the run
+    measured its links, else as configured."""
+    measured = (meta.get("links") or {}).get("measured") or {}
+    out = {}
+    for name in names:
+        if measured.get(name):
+            out[name] = [(e["applied_t_s"], f"w{link['worker']} {e['kind']}") for link in measured[name]["links"]
+                         for e in link["events_applied"] if "applied_t_s" in e]
+        else:
+            out[name] = sorted({(e["at_s"], f"w{i} {e['kind']}") for i, w in enumerate(meta.get("workers") or [])
+                                if isinstance(w, Mapping) and w.get("link") for e in w["link"]["events"]})
+    return out
+
+
 def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenario report",
                  meta: Mapping[str, Any] | None = None, extra_markdown: str = "") -> dict[str, SchemeSummary]:
     """Write report.json, report.md, latency_cdf.png and accuracy_vs_p99.png into `out_dir`.
@@ -379,10 +408,8 @@ def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenari
            "schemes": {name: asdict(s) for name, s in summaries.items()}}
     if meta and "N" in meta:
         doc["usage"] = {name: usage_timeline(recs, int(meta["N"])) for name, recs in results.items()}
-        events = sorted({(e["at_s"], f"w{i} {e['kind']}") for i, w in enumerate(meta.get("workers") or [])
-                         if isinstance(w, Mapping) and w.get("link") for e in w["link"]["events"]})
         if any(u["decoded"] for u in doc["usage"].values()):
-            plot_usage(doc["usage"], out / "usage_over_time.png", events)
+            plot_usage(doc["usage"], out / "usage_over_time.png", _plot_events(meta, list(results)))
     # allow_nan=False: the file must stay valid JSON for any reader.
     _atomic_write(out / "report.json",
                   (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
