@@ -43,6 +43,14 @@ UNIT = "/etc/systemd/system/edgecc-worker.service"
 BUILD_HINT = "`sudo ./run.sh pi-test` builds it once (about 5 min) and runs these tests"
 
 
+def pi_tests_skipped() -> str | None:
+    """The reason the default test run leaves these tests out: minutes of emulated arm64 and image builds."""
+    if os.environ.get("EDGECC_PI_TESTS") == "1":
+        return None
+    return ("the emulated-arm64 board and container tests take minutes (qemu-user, podman builds): run them with "
+            "`sudo ./run.sh pi-test`, which builds the stand-ins once (about 6 min) and sets EDGECC_PI_TESTS=1")
+
+
 def unavailable() -> str | None:
     """Why the arm64 stand-in board cannot run here, or None when it can (binfmt is registered on the way)."""
     if os.geteuid() != 0:

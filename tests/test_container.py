@@ -10,7 +10,7 @@ x86 master in the test process decodes through them. The build must also refuse 
 Python has torch.
 
 Needs root, podman and buildah, and the base image (`sudo ./run.sh pi-test` makes it); skips with
-that reason otherwise (EDGECC_PI_REQUIRED=1 turns the skip into a failure).
+that reason otherwise (EDGECC_PI_TESTS=1 runs them and turns a skip into a failure).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .pi_board import free_port, wait_port
+from .pi_board import free_port, pi_tests_skipped, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = os.environ.get("EDGECC_CONTAINER_BASE", "localhost/edgecc-base:bookworm")
@@ -46,9 +46,9 @@ def _unavailable() -> str | None:
     return None
 
 
-_why = _unavailable()
-if _why and os.environ.get("EDGECC_PI_REQUIRED") == "1":
-    raise RuntimeError(f"EDGECC_PI_REQUIRED=1 but the container test cannot run: {_why}")
+_why = pi_tests_skipped() or _unavailable()
+if _why and os.environ.get("EDGECC_PI_TESTS") == "1":
+    raise RuntimeError(f"EDGECC_PI_TESTS=1 but the container test cannot run: {_why}")
 pytestmark = [pytest.mark.skipif(_why is not None, reason=_why or ""), pytest.mark.slow]
 
 
