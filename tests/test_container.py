@@ -67,8 +67,12 @@ def image(tmp_path_factory) -> str:
     ctx = tmp_path_factory.mktemp("container-context")
     shutil.copy(REPO / "pyproject.toml", ctx / "pyproject.toml")
     shutil.copytree(REPO / "edgecc", ctx / "edgecc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    before = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE], capture_output=True, text=True)
     r = podman_build(ctx, IMAGE, BASE)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    if before.returncode == 0 and before.stdout.strip() != inspect(IMAGE)["Id"]:
+        # the tag moved to the new build: drop the old image rather than leave it behind untagged
+        subprocess.run(["podman", "rmi", before.stdout.strip()], capture_output=True, timeout=120)
     return IMAGE
 
 

@@ -8,12 +8,14 @@
 #                       them from piwheels/PyPI)
 #   CACHE/amd64-root/   (x86root, only for benchmarks/pi_standin.py) the same Debian 12 packages
 #                       on amd64: the x86 side of the emulated-arm64 timings, same versions
+#   CACHE/base-arm64.tar  (base-arm64, for the multi-arch build) the same minbase for arm64, imported
+#                       as localhost/edgecc-base:bookworm-arm64
 #   CACHE/base-amd64.tar  a Debian 12 minbase with python3, imported into podman as
 #                       localhost/edgecc-base:bookworm: the container base where no registry is reachable
 # CACHE is $EDGECC_PI_CACHE, default /var/cache/edgecc. Needs root, mmdebstrap, qemu-user-static
 # (and podman for the base image). A part already built is kept; --rebuild starts over.
 #
-# usage: sudo workers/pi-standin.sh [--rebuild] [--check] [root|base|binfmt|x86root|all]
+# usage: sudo workers/pi-standin.sh [--rebuild] [--check] [root|base|base-arm64|binfmt|x86root|all]
 #   all: binfmt, root and base (what ./run.sh pi-test needs)
 #   --check   build nothing: exit 0 when the requested parts are ready, else 1 with the reason
 set -euo pipefail
@@ -40,8 +42,8 @@ while (($#)); do
     case $1 in
         --rebuild) REBUILD=1 ;;
         --check) CHECK=1 ;;
-        root|base|binfmt|x86root|all) WHAT=$1 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        root|base|base-arm64|binfmt|x86root|all) WHAT=$1 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
@@ -147,10 +149,24 @@ build_base() {
     say "imported $BASE_IMAGE ($(du -h "$BASE_TAR" | cut -f1) tar)"
 }
 
+build_base_arm64() {
+    local image=localhost/edgecc-base:bookworm-arm64 tar=$CACHE/base-arm64.tar
+    if ((!REBUILD)) && podman image exists "$image" 2>/dev/null; then say "container base ready: $image"; return 0; fi
+    ((CHECK)) && die "no container base image $image (sudo $0 base-arm64)"
+    mkdir -p "$CACHE"
+    say "building a Debian $SUITE arm64 minbase with python3 as $image (package scripts run under qemu)"
+    nice -n 10 mmdebstrap --mode=root --architectures=arm64 --variant=minbase --include=python3,python3-venv,passwd \
+        "$SUITE" "$CACHE/base-arm64.partial.tar"
+    mv "$CACHE/base-arm64.partial.tar" "$tar"
+    podman import --arch arm64 --variant v8 "$tar" "$image" >/dev/null
+    say "imported $image ($(du -h "$tar" | cut -f1) tar)"
+}
+
 case $WHAT in
     binfmt) ensure_binfmt ;;
     root) ensure_binfmt; build_root ;;
     base) build_base ;;
+    base-arm64) ensure_binfmt; build_base_arm64 ;;
     x86root) build_x86root ;;
     all) ensure_binfmt; build_root; build_base ;;
 esac
