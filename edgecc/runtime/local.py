@@ -37,6 +37,11 @@ class LocalWorker:
         self.log = self.log_dir / f"{name}.log"
 
     def start(self, timeout: float = 60.0) -> "LocalWorker":
+        """Launch the process and wait until it listens (its port file is written)."""
+        return self.launch().wait_started(timeout)
+
+    def launch(self) -> "LocalWorker":
+        """Start the process without waiting: several workers then boot in parallel (see wait_started)."""
         port_file = self.log_dir / f"{self.name}.port"
         port_file.unlink(missing_ok=True)
         env = {**(os.environ if self.base_env is None else self.base_env), **self.env}
@@ -47,6 +52,11 @@ class LocalWorker:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.log_dir, stdout=subprocess.DEVNULL, stderr=log)
+        return self
+
+    def wait_started(self, timeout: float = 60.0) -> "LocalWorker":
+        """Wait until the launched process listens; its port is then in `port`."""
+        port_file = self.log_dir / f"{self.name}.port"
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text()):
             if self.proc.poll() is not None:

@@ -321,7 +321,7 @@ class LinkTimeline:
         """Per link: bytes each way, mean and peak rate (over `bin_s` windows), a per-bin timeline,
         and the events as applied. Times are seconds from the first worker's start (the clock of the
         requests' t_s), except each event's at_s and applied_at_s, which count from its own worker's
-        start (workers start one after the other: started_at_s says when)."""
+        start (started_at_s says when that was)."""
         out = []
         t_first, c_first = self.samples[0]
         t_last, c_last = self.samples[-1]

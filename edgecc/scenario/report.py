@@ -312,8 +312,8 @@ def links_markdown(links: Sequence[Mapping[str, Any] | None], measured: Mapping[
                   + [f"after {at[times[-1]]}"])
         rows += ["", f"### Worker {i}: decodes that used it, by arrival time (events: "
                  + ", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in cfg["events"]) + " after its start)", "",
-                 "Phases on the worker's own clock: its events' times plus when it started (workers start one after "
-                 "another).", "",
+                 "Phases on the worker's own clock: its events' times plus when it started (when the runner saw it "
+                 "listening).", "",
                  "| scheme | worker started at s | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
         for name, recs in results.items():
             offset = _started_at(measured.get(name), i)

@@ -55,9 +55,13 @@ class LocalWorkers:
         return [w.address for w in self.workers]
 
     def start(self) -> None:
+        """Launch all, then wait for each: they boot in parallel. A worker's start (the zero of its
+        time-based failures and link events) is when the runner sees it listening."""
         try:
             for w in self.workers:
-                w.start()
+                w.launch()
+            for w in self.workers:
+                w.wait_started()
                 self.started_at.append(time.monotonic())
         except EdgeccError:
             self.stop()
