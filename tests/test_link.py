@@ -42,6 +42,25 @@ class StalledWorker(Worker):
         comm.writer.transport.pause_reading()
 
 
+class SlowReaderWorker(Worker):
+    """Reads its socket in short bursts (5 ms every 100 ms): a slow link whose backlog at the master
+    grows while requests keep coming, but never stops draining."""
+
+    async def _serve(self, reader, writer) -> None:
+        async def trickle() -> None:
+            while True:
+                writer.transport.pause_reading()
+                await asyncio.sleep(0.095)
+                writer.transport.resume_reading()
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(trickle())
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            t.cancel()
+
+
 class OldWorker(Worker):
     """A worker of protocol minor version 0: offers no proto_minor, so it must never get a cancel."""
 
@@ -109,6 +128,25 @@ async def test_frames_of_decoded_requests_never_reach_a_backed_up_link(default_m
         assert link.queued_bytes == 0 and not link.queue
         assert link.stats["frames_dropped"] > 0
         assert m.stats["bytes_sent"] == sum(l.stats["bytes_sent"] for l in m.links)
+    finally:
+        await m.close()
+        await linked.close()
+
+
+async def test_a_slow_link_that_keeps_draining_is_never_dropped(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    # heartbeats every 0.1 s: a link is declared dead after 0.3 s without progress
+    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), SlowReaderWorker(TOKEN)], heartbeat_s=0.1,
+                              max_queued_bytes=1 << 30)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:  # 16-group requests, far more than the slow reader takes
+            await asyncio.gather(*(m.infer(x[i * 16:(i + 1) * 16]) for i in range(4)))
+        assert m.links[2].stats["bytes_sent"] > 0
+        assert m.links[2].connects == 1, m.links[2].last_error  # slow, not dead
+        assert linked.connections == [1, 1, 1]
     finally:
         await m.close()
         await linked.close()

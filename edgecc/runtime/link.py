@@ -8,8 +8,8 @@ link's queue, and the link's writer task sends it when the peer takes bytes. A f
 has been decoded or has failed meanwhile is discarded before it reaches the socket. Control frames
 (pings, cancels) jump the queue. A link whose queue exceeds its bound is *lagging*: new requests
 leave it out while others can serve them, but it is not torn down for being slow. Only a link that
-makes no progress at all (nothing received and its send backlog not shrinking for three heartbeat
-periods) is declared dead and reconnected.
+makes no progress (no queued byte taken by the peer, or nothing received while nothing is queued,
+for three heartbeat periods) is declared dead and reconnected.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ class WorkerLink:
         self.ready = asyncio.Event()
         self.minor = 0  # the worker's protocol minor version (1: understands cancel)
         self.last_seen = 0.0  # last frame received
-        self.last_progress = 0.0  # last time the send backlog shrank (or was empty)
-        self._last_backlog: int | None = None
+        self.last_progress = 0.0  # last time the peer took bytes we had queued (see _heartbeat)
+        self._delivered = 0  # bytes written to this connection that left the send backlog
         self.connects = 0
         self.last_error = ""
         self.task: asyncio.Task | None = None
@@ -85,7 +85,7 @@ class WorkerLink:
                     await self._handshake(comm)
                     now = time.monotonic()
                     self.comm, self.last_seen, self.last_progress, backoff = comm, now, now, 0.05
-                    self._last_backlog = None
+                    self._delivered = 0
                     self.connects += 1
                     self.ready.set()
                     log.info("worker %d (%s) ready", self.index, self.address)
@@ -145,16 +145,20 @@ class WorkerLink:
                 raise RemoteProtocolError(f"unexpected {msg.TYPE} from worker")
 
     async def _heartbeat(self, comm: Comm) -> None:
-        """Ping every period; drop the link after MISSED_BEATS periods with nothing received *and* no
-        send progress (a paused or partitioned worker). A slow link keeps draining, so it stays."""
+        """Ping every period; drop the link after MISSED_BEATS periods in which the peer took none of the
+        bytes waiting for it, or, with nothing waiting, sent nothing (a paused or partitioned worker).
+        A slow link keeps taking bytes, so it stays."""
         period, seq = self.master.heartbeat_s, 0
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             backlog = comm.write_buffer_size + (comm.kernel_backlog() or 0)
-            if backlog and (not self._last_backlog or backlog < self._last_backlog):
-                self.last_progress = now  # a backlog began, or it shrank: bytes are moving
-            self._last_backlog = backlog
+            # Bytes that left the backlog: what was written minus what still waits. Its growth is
+            # progress even while the backlog itself grows (new frames arriving faster than they drain).
+            delivered = comm.bytes_sent - backlog
+            if delivered > self._delivered or not backlog:
+                self.last_progress = now
+            self._delivered = delivered
             limit = MISSED_BEATS * period
             moving = bool(backlog) and now - self.last_progress <= limit
             if backlog and not moving:  # the peer takes no bytes, whatever it sends
