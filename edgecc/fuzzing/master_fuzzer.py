@@ -438,6 +438,7 @@ async def fuzz_master(frames: int = 10_000, seed: int = 0, *, in_flight: int = 4
             leaked_pending = len(master.pending)
             honest_reconnects = [l.connects for l in master.links if l.index != fake_index]
             stats = dict(master.stats)
+            link_stats = [dict(l.stats, connects=l.connects) for l in master.links]
             fake_connects = master.links[fake_index].connects
         finally:
             await master.close()
@@ -459,7 +460,7 @@ async def fuzz_master(frames: int = 10_000, seed: int = 0, *, in_flight: int = 4
         "link_crashes": link_crashes, "stalled": stalled, "leaked_pending": leaked_pending, "honest_connects": honest_reconnects,
         "fake_index": fake_index, "fake_connects": fake_connects, "fake_sessions": fake.sessions,
         "actions": dict(sorted(fake.actions.items())), "handshakes": dict(sorted(fake.handshakes.items())),
-        "findings": dict(fake.findings.counts), "finding_examples": fake.findings.examples, "master_stats": stats,
+        "findings": dict(fake.findings.counts), "finding_examples": fake.findings.examples, "master_stats": stats, "link_stats": link_stats,
         "correct_after": bool(correct_after),
         "all_correct": set(outcomes) <= {"correct"},
         "latency_s": {"max": round(max(lat), 3) if lat else None, "mean": round(float(np.mean(lat)), 4) if lat else None},
