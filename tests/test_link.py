@@ -243,3 +243,29 @@ async def test_overload_is_shed_and_no_request_outlives_its_deadline(default_mod
     finally:
         await m.close()
         await linked.close()
+
+
+async def test_a_lagging_link_left_out_of_a_request_takes_it_when_another_worker_fails(default_model, groups):
+    model, info = default_model
+    plan = CodedPlan(model, info, 3)
+    x, _ = groups
+    # worker 0 would answer request 1 after 2 s; worker 2 is healthy but its link counts as lagging
+    m, linked = await _master(plan, [_delay_worker({1: 2.0}), Worker(TOKEN), Worker(TOKEN)], max_queued_bytes=1)
+    try:
+        m.links[2].queue[999] = b"x" * 10  # a queued frame of a request that is gone: the link lags
+        m.links[2].queued_bytes = 10
+        answered = {}
+        task = asyncio.create_task(m.infer(x[:2], req_id=1, info=answered))
+        for _ in range(200):
+            if 1 in m.pending and m.pending[1].results:
+                break
+            await asyncio.sleep(0.005)
+        p = m.pending[1]
+        assert p.skipped == {2} and set(p.results) == {1} and p.outstanding == {0}
+        m.links[0].comm.abort()  # worker 0 is lost: R = 2 now needs the lagging link
+        logits = await asyncio.wait_for(task, 5)
+        assert answered["answered"] == [1, 2] and logits.shape == (2, 2, 10)
+        assert m.links[2].stats["frames_dropped"] >= 1  # the stale queued frame never reached the socket
+    finally:
+        await m.close()
+        await linked.close()

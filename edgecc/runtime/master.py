@@ -57,6 +57,8 @@ class Pending:
     decode_ms: float = 0.0
     done_at: float = 0.0
     finished: bool = False  # queued frames discarded and cancels sent
+    frames: list[bytes] = field(default_factory=list)  # per worker, kept to offer to a skipped link later
+    skipped: set[int] = field(default_factory=set)  # live workers left out (lagging, or not taking it)
 
 class Master:
     """Talks to N workers through a plan (CodedPlan, ReplicatedPlan, LearnedCodePlan).
@@ -217,22 +219,17 @@ class Master:
         if not self.plan.reachable({l.index for l in live}):
             raise RequestFailed(f"request {req_id}: only {len(live)} of {self.plan.N} workers connected, "
                                 f"{self.plan.need} unreachable")
-        p = Pending(req_id, groups, loop.create_future(), set())
+        p = Pending(req_id, groups, loop.create_future(), set(), frames=frames)
         self.pending[req_id] = p
         sent_at = time.monotonic()
         try:
             # Offered back to back, none awaited: idle links write at once, busy ones queue. Lagging links
-            # are left out when the others can complete the request without them.
+            # are left out when the others can complete the request without them (and offered the
+            # request later if those fail it: see _widen).
             force = not self.plan.reachable({l.index for l in live if not l.lagging})
             for link in live:
-                p.outstanding.add(link.index)
-                try:
-                    offered = link.offer(req_id, frames[link.index], force)
-                except CommClosedError:
-                    offered = False
-                if not offered:
-                    p.outstanding.discard(link.index)
-            if not self.plan.reachable(p.outstanding) and not p.future.done():
+                self._offer(p, link, force)
+            if not self.plan.reachable(p.outstanding) and not self._widen(p) and not p.future.done():
                 self._fail(p, f"only workers {sorted(p.outstanding)} could take it, {self.plan.need} unreachable")
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
@@ -275,6 +272,26 @@ class Master:
         fut.add_done_callback(self.encoding.discard)
         return fut
 
+    def _offer(self, p: Pending, link: WorkerLink, force: bool) -> bool:
+        p.outstanding.add(link.index)
+        try:
+            offered = link.offer(p.id, p.frames[link.index], force)
+        except CommClosedError:
+            offered = False
+        if not offered:
+            p.outstanding.discard(link.index)
+            p.skipped.add(link.index)
+        return offered
+
+    def _widen(self, p: Pending) -> bool:
+        """Offer p to the live workers it skipped; True if R (or the plan's condition) is reachable again."""
+        skipped, p.skipped = p.skipped, set()
+        for index in sorted(skipped):
+            if self.links[index].ready.is_set():
+                self._offer(p, self.links[index], force=True)
+        p.skipped.clear()  # each gets one such offer: a link that refuses it now is not connected
+        return self.plan.reachable(set(p.results) | p.outstanding)
+
     def _frames(self, req_id: int, images: np.ndarray) -> list[bytes]:
         """One encoded Compute frame per worker (encode + msgpack, in the encode pool)."""
         packed: dict[int, bytes] = {}  # the shared placement sends every worker the same payload: pack it once
@@ -312,7 +329,7 @@ class Master:
         p.outstanding.discard(index)
         p.results[index] = y
         if not self.plan.complete(p.results):
-            if not self.plan.reachable(set(p.results) | p.outstanding):
+            if not self.plan.reachable(set(p.results) | p.outstanding) and not self._widen(p):
                 self._fail(p, f"{len(p.results)} result(s) in and none to come cannot satisfy {self.plan.need}")
             return
         t = time.perf_counter()
@@ -341,9 +358,10 @@ class Master:
     def _drop_worker(self, p: Pending, index: int, why: str) -> None:
         """Worker `index` will not answer request p; fail p at once if R is now out of reach."""
         p.outstanding.discard(index)
-        if not self.plan.reachable(set(p.results) | p.outstanding) and not p.future.done():
-            self._fail(p, f"{len(p.results)} result(s) and {len(p.outstanding)} live worker(s) left, "
-                          f"{self.plan.need} unreachable (worker {index}: {why})")
+        if p.future.done() or self.plan.reachable(set(p.results) | p.outstanding) or self._widen(p):
+            return
+        self._fail(p, f"{len(p.results)} result(s) and {len(p.outstanding)} live worker(s) left, "
+                      f"{self.plan.need} unreachable (worker {index}: {why})")
 
     def _fail(self, p: Pending, why: str) -> None:
         if not p.future.done():
