@@ -6,7 +6,8 @@
 
 Two fresh boards from workers/pi-standin.sh: the Debian 12 arm64 root (run under qemu-user, so every
 arm64 time here is EMULATED, not a Pi's) and a Debian 12 amd64 root with the same packages (numpy
-1.24, msgpack 1.0.3, click 8.1.3, uvloop 0.17 from Debian; safetensors and edgecc from wheels).
+1.24, msgpack 1.0.3, click 8.1.3, threadpoolctl 3.1 from Debian; safetensors 0.4.0, uvloop 0.18.0
+and edgecc from wheels).
 On both, workers/setup-pi.sh installs the same wheel and bundle, and the installed unit's ExecStart
 is started directly (tests/pi_board.py). Measured on each, side by side in one run:
   - setup-pi.sh wall time (first install, then a rerun with nothing changed);
@@ -67,12 +68,17 @@ def prepare(board: Board, wheel: Path, bundle: Path, token: Path, x86: bool) -> 
         shutil.copy(REPO / "workers" / f, stage / f)
     for f in (wheel, bundle, token):
         shutil.copy(f, stage / f.name)
-    if x86:  # the amd64 root gets what pi-standin.sh gives the arm64 one: an offline safetensors wheel
+    if x86:  # the amd64 root gets what pi-standin.sh gives the arm64 one: offline wheels of the same versions
         wheels = board.path("/srv/wheels")
         wheels.mkdir(parents=True, exist_ok=True)
+        # into a plain folder first: pip resolves the /proc/PID/root path to the host's view, outside the board
+        dl = Path(sh(["mktemp", "-d"]).stdout.strip())
         sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--platform",
-            "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp", "-d", str(wheels),
-            "safetensors>=0.4"], timeout=300)
+            "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp", "-d", str(dl),
+            "safetensors==0.4.0", "uvloop==0.18.0"], timeout=300)  # the versions the arm64 board has
+        for w in dl.glob("*.whl"):
+            shutil.copy(w, wheels / w.name)
+        shutil.rmtree(dl)
         board.path("/etc/pip.conf").write_text("[global]\nno-index = true\nfind-links = /srv/wheels\n")
     args = ["bash", "/root/deploy/setup-pi.sh", "--no-restart", "--bundle", f"/root/deploy/{bundle.name}",
             "--token-file", f"/root/deploy/{token.name}", f"/root/deploy/{wheel.name}"]
@@ -213,7 +219,7 @@ def main() -> None:
         token = tmp / "token"
         token.write_text(os.urandom(32).hex())
         token.chmod(0o600)
-        qemu = sh(["qemu-aarch64-static", "--version"]).stdout.split("\n")[0].split()[-1]
+        qemu = sh(["qemu-aarch64-static", "--version"]).stdout.split("\n")[0].split("version", 1)[-1].strip()
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), platform.processor())
         res = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "qemu": qemu},
