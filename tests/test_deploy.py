@@ -122,6 +122,18 @@ def test_deploy_port_option_reaches_setup_and_ping(sandbox):
     assert lines[-1].endswith("edgecc ping board1:7801")
 
 
+def test_deploy_ssh_config_reaches_every_ssh_and_scp(sandbox):
+    cfg = sandbox.tmp / "fleet_ssh_config"
+    cfg.write_text("Host board1\n  Port 2222\n")
+    sandbox.env["EDGECC_SSH_CONFIG"] = str(cfg)
+    r = run_sh(sandbox, "deploy", "pi@board1", "--bundle", str(sandbox.bundle), "--wheel", str(sandbox.wheel), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    remote = [line for line in step_lines(r.stdout) if line.startswith(("+ ssh ", "+ scp "))]
+    assert len(remote) == 8, remote
+    assert all(line.split()[2:4] == ["-F", str(cfg)] for line in remote), remote
+    assert not sandbox.calls.exists()
+
+
 def test_deploy_never_prints_a_token_from_the_environment(sandbox):
     secret = "deadbeef" * 8
     sandbox.env["EDGECC_TOKEN"] = secret
