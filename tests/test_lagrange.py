@@ -82,3 +82,19 @@ def test_scheme_from_dict_rejects_unknown_fields():
     with pytest.raises(ConfigError, match="unknown scheme fields"):
         Scheme.from_dict({"K": 2, "Q": 1})
     assert Scheme.from_dict(Scheme(K=4, G=2).to_dict()) == Scheme(K=4, G=2)
+
+
+@pytest.mark.parametrize("K,R,N", [(2, 2, 3), (4, 5, 20), (2, 3, 30)])
+def test_decode_is_exact_at_the_points_chosen_for_N(K, R, N):
+    from edgecc.coding.conditioning import chosen_alphas
+
+    rng = np.random.default_rng(N)
+    coef = rng.normal(size=(R, 3, 10))
+    poly = lambda t: sum(c * t**i for i, c in enumerate(coef))  # noqa: E731
+    betas = default_betas(K)
+    alphas = chosen_alphas(N, R, tuple(betas))
+    dec = Decoder(alphas, betas, R)
+    want = np.stack([poly(b) for b in betas], axis=1)
+    for subset in itertools.islice(itertools.combinations(range(N), R), 0, None, max(1, N // 3)):
+        got = dec.decode({i: poly(alphas[i]) for i in subset})
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

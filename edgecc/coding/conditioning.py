@@ -1,21 +1,14 @@
 """How wrong can a decoded logit be, and which results should decode it. Numpy only.
 
 Decoding evaluates at β_k the degree-(R-1) polynomial through the workers' results y_i = D(α_i).
-In exact arithmetic any R results give D(β_k); in floating point each y_i carries a rounding error
-|δ_i| <= e_i and the decoded value Σ_i w_ki y_i is off by at most Σ_i |w_ki| e_i. This module bounds
-e_i piece by piece (what rounds where between the master's encoder and the decode), picks for each
-β_k the weights over the results in hand that minimise that sum, and chooses evaluation points for
-N workers whose worst R-subset amplifies the least.
+In exact arithmetic any R results give D(β_k); in floating point each y_i carries an error |δ_i| <= e_i
+(the master's fp32 evaluation of E(α_i), the wire rounding of the worker's inputs and of its result, the
+worker's fp32 arithmetic), and the decoded value Σ_i w_ki y_i is off by at most Σ_i |w_ki| e_i.
 
-The pieces of e_i for worker i, in logits (A, b: the worker's collapsed affine map, y = A·s + b):
-  input   ρ_in · (|A|·t_i)   the encoded input (and V_p for H_S) rounded to the wire dtype, the
-                             master's fp32 evaluation of the α-polynomial and the worker's fp32 Horner
-                             sum perturb every element of s relatively; t_i = |s_i| (H_B) or
-                             Σ_p |V_p| |X̃_i|^p (H_S) bounds the perturbed terms
-  compute γ_n · (|A|·t_i)    the worker's fp32 dot products of length n = 784 (Higham's γ_n = nu/(1-nu))
-  output  u_out · |y_i|      the result rounded to the wire dtype (round to nearest: relative 2^-11 for
-                             f2, 2^-24 for f4), with |y_i| <= |A|·t_i + |b|
-Every piece is a worst-case bound, not an estimate: the decoded error can only be smaller.
+The per-result bounds e_i come from the plan (runtime/plan.result_errors: measured as the runtime
+computes, against float64, with headroom). Here: the weights for many subsets at once, the worst
+subset's amplification, the choice of weights over the results in hand that minimises each β_k's
+bound, and evaluation points for N workers whose worst R-subset amplifies the least.
 """
 
 from __future__ import annotations
@@ -30,58 +23,10 @@ import numpy as np
 
 from ..errors import ConfigError, DecodeError
 
-# unit roundoff (half an ulp at 1, relative error of round-to-nearest) per format
-UNIT_ROUNDOFF = {"f8": 2.0**-53, "f4": 2.0**-24, "fp32": 2.0**-24, "f2": 2.0**-11, "bf16": 2.0**-8}
-F2_SUBNORMAL_STEP = 2.0**-24  # below 2^-14 float16 keeps an absolute spacing: half of it bounds the rounding
-DOT_LENGTH = 784  # the worker's dot products: 28×28 inputs per logit
-
 # Default tolerance on the decoded logits. A prediction can only change when some logit moves by half
-# the gap between the top two; results/numerics.md measures, per Table 3 checkpoint, the share of test
-# images whose gap is below 2 × this tolerance (the most accuracy a bound this size could cost).
+# the gap between the top two; results/numerics.md gives, per Table 3 checkpoint, the share of test
+# images whose gap is below 2 × this tolerance (the most accuracy a decode within it could change).
 DEFAULT_TOLERANCE = 0.01
-
-
-def unit_roundoff(dtype: str) -> float:
-    try:
-        return UNIT_ROUNDOFF[dtype]
-    except KeyError:
-        raise ConfigError(f"no rounding model for dtype {dtype!r}; known: {sorted(UNIT_ROUNDOFF)}") from None
-
-
-def gamma(n: int, u: float = UNIT_ROUNDOFF["fp32"]) -> float:
-    """Higham's γ_n = n·u / (1 − n·u): the relative error bound of an n-term floating-point dot product."""
-    if n * u >= 1.0:
-        raise ConfigError(f"γ_{n} is unbounded at unit roundoff {u}")
-    return n * u / (1.0 - n * u)
-
-
-def input_relative_error(wire: str, computation: str, G: int, P: int) -> float:
-    """Relative error of each term of the worker's s, from the wire rounding of its inputs and fp32 arithmetic.
-
-    H_B: s = X̃, rounded once (u_wire) after the master's fp32 evaluation of Σ_g C_g α^g (G+1 terms: γ_{G+1}).
-    H_S: s = Σ_p V_p X̃^p; term p multiplies V_p (rounded once) by p copies of X̃ (each rounded once, each
-    carrying the encoder's γ_{G+1}) and Horner's rule adds 2P fp32 roundings."""
-    u, u32 = unit_roundoff(wire), UNIT_ROUNDOFF["fp32"]
-    enc = gamma(G + 1, u32)
-    if computation == "hb":
-        return (1 + u) * (1 + enc) - 1
-    return (1 + u) ** (P + 1) * (1 + enc) ** P * (1 + u32) ** (2 * P) - 1
-
-
-def result_error(t_scale: np.ndarray, bias_max: float, wire: str, computation: str, G: int, P: int,
-                 input_wire: str | None = None) -> np.ndarray:
-    """Per-worker absolute error bound e_i of a result, in logits, from t_scale_i = max_v (|A|·t_i)_v.
-
-    `wire`: the results' dtype; `input_wire`: how the worker's inputs reach it (default: the same; "fp32"
-    for workers that encode themselves)."""
-    t = np.asarray(t_scale, dtype=np.float64)
-    rel_in = input_relative_error(input_wire or wire, computation, G, P)
-    compute = gamma(DOT_LENGTH + 1)  # 784 products plus the bias
-    s_err = (rel_in + compute + rel_in * compute) * t  # |fl(A·fl(s)) + b − (A·s + b)|
-    y_max = t + bias_max + s_err
-    u_out = unit_roundoff(wire)
-    out = u_out * y_max + (F2_SUBNORMAL_STEP / 2 if wire == "f2" else 0.0)
-    return s_err + out
 
 
 def weights_many(alphas: np.ndarray, betas: np.ndarray, subsets: np.ndarray) -> np.ndarray:
