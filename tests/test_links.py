@@ -214,6 +214,7 @@ def test_scenario_on_shaped_links_decodes_and_reports_links(tmp_path):
     md = (tmp_path / "linked" / "report.md").read_text()
     assert "## Links" in md and "Shaped in the kernel: rate (tc tbf, both directions)" in md
     assert f"netem {'available' if links['kernel']['netem'] else 'missing'}" in md
+    assert "Not modelled: propagation delay and packet loss" in md
     assert _ours() == before
 
 

@@ -8,12 +8,12 @@ master's end loses carrier and drops what it sends, a silent cut as on a dead ra
 connection reset).
 
 What is real and what is not: rate, burst, queueing and cuts happen in the kernel on real TCP.
-This kernel has no `netem`, so propagation delay and loss are not shaped; a worker's latency
-distribution is still injected by the worker process itself. `kernel_features()` says which
-shaping the kernel offers, and the report records it.
+Propagation delay and loss are not shaped (that takes `netem`, which many kernels lack, this
+project's test VM's included); a worker's latency distribution is injected by the worker process
+itself. `kernel_features()` says which qdiscs the kernel offers, and the report records it.
 
-Everything needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and iproute2; `missing_requirements()` names what is
-absent, and a scenario with links is refused rather than run unshaped. Namespaces are removed on
+Everything needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and iproute2; `missing_requirements()` names
+what is absent, and a scenario with links is refused rather than run unshaped. Namespaces are removed on
 every exit path (deleting a namespace deletes its veth pair); those left by a killed run are
 swept at the next start (their names carry the owner's pid).
 """

@@ -220,8 +220,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
                 "kernel": features,
                 "shaped_in_kernel": ["rate (tc tbf, both directions)", "burst", "queueing (tbf latency bound)",
                                      "link down/up (carrier off: silent loss)", "rate changes"],
-                "injected_in_worker": ["latency (the worker sleeps before answering)", "failures"]
-                + ([] if features["netem"] else ["propagation delay and loss are not modelled: this kernel has no netem"]),
+                "injected_in_worker": ["latency (the worker sleeps before answering)", "failures"],
+                "not_modelled": ["propagation delay and packet loss (netem "
+                                 + ("available but not used)" if features["netem"] else "missing from this kernel)")],
                 "transport": "TCP from the root namespace to one network namespace per worker over a veth pair",
                 "tcp_congestion_control": tcp_congestion_control(),
             }
@@ -255,6 +256,7 @@ def _link_notes(links_meta: dict[str, Any]) -> list[str]:
     return [f"Transport: {links_meta['transport']}; TCP congestion control {links_meta['tcp_congestion_control'] or 'unknown'}.",
             "Shaped in the kernel: " + "; ".join(links_meta["shaped_in_kernel"]) + ".",
             "Injected in the worker process: " + "; ".join(links_meta["injected_in_worker"]) + ".",
+            "Not modelled: " + "; ".join(links_meta["not_modelled"]) + ".",
             f"Kernel qdiscs: tbf {'available' if k['tbf'] else 'missing'}, netem {'available' if k['netem'] else 'missing'}."]
 
 
