@@ -33,8 +33,9 @@ the model, the images, the request stream, and how each of the N workers behaves
 
     [workers.link]             # the same as an inline table; every key but rate_mbit optional
     rate_mbit = 2.0            # tc tbf rate, both directions (master -> worker and back)
-    burst = 32768              # bytes the link may send at line rate before the rate applies
-    queue_ms = 100.0           # how long a packet may wait in the shaper before it is dropped
+    burst = 32768              # bytes sent at line rate before the rate applies; default: 10 ms at
+                               # the link's fastest rate, at least 3028 (two full frames)
+    queue_ms = 100.0           # how long a packet may wait in the shaper before it is dropped (default 100)
     down_at_s = [6.0]          # the link goes down (a silent cut: no carrier, packets lost) at these
     up_at_s = [12.0]           # ...and up again at these; both seconds from the worker's start
     rate_changes = [{ at_s = 4.0, rate_mbit = 0.5 }]   # the rate from at_s on
