@@ -4,6 +4,7 @@ browser (Debian's chromium driven by Playwright; skipped with the reason where e
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -41,7 +42,8 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, tmp: Path, workers, *args: str):
+    def __init__(self, tmp: Path, workers, *args: str, ssl_ctx=None):
+        self.ctx = ssl_ctx
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "client.token").write_text(CLIENT_TOKEN + "\n")
         port_file = tmp / "serve.port"
@@ -56,8 +58,8 @@ class ServeProcess:
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
-        while call(self.url + "/readyz")[0] != 200:
+        self.url = f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{int(port_file.read_text())}"
+        while call(self.url + "/readyz", context=ssl_ctx)[0] != 200:
             assert time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.05)
 
@@ -73,7 +75,7 @@ class ServeProcess:
 
 
 def call(url: str, body: bytes | None = None, ctype: str | None = None, token: str | None = CLIENT_TOKEN,
-         headers: dict | None = None, method: str | None = None, timeout: float = 30) -> tuple[int, dict, dict]:
+         headers: dict | None = None, method: str | None = None, timeout: float = 30, context=None) -> tuple[int, dict, dict]:
     """(status, JSON body or {}, headers) of one HTTP request."""
     h = dict(headers or {})
     if ctype:
@@ -82,7 +84,7 @@ def call(url: str, body: bytes | None = None, ctype: str | None = None, token: s
         h["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=body, headers=h, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             status, raw, hdrs = r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         status, raw, hdrs = e.code, e.read(), dict(e.headers)
@@ -112,6 +114,7 @@ def sample():
 
 
 def classify(svc, images: np.ndarray, fmt: str = "raw", **kw):
+    kw.setdefault("context", svc.ctx)
     if fmt == "png":
         return call(svc.url + "/v1/classify", encode_png(images[0]), "image/png", **kw)
     if fmt == "json":
@@ -209,7 +212,7 @@ def test_metrics_parse_with_prometheus_client(cluster, sample):
     assert lat[0].value >= 1
     decoded = {s.labels["worker"]: s.value for s in fams["edgecc_serve_worker_decoded"].samples if s.name.endswith("_total")}
     assert sum(decoded.values()) >= 2
-    for name in ("edgecc_serve_queue_depth", "edgecc_serve_late_results", "edgecc_serve_worker_ready",
+    for name in ("edgecc_serve_queue_depth", "edgecc_serve_master_late_results", "edgecc_serve_worker_ready",
                  "edgecc_serve_decode_error_bound", "edgecc_serve_stage_seconds"):
         assert name in fams, name
     # each worker's own endpoint
@@ -284,13 +287,26 @@ def test_worker_killed_under_load_loses_no_request(cluster, sample):
     assert status == 200 and doc["workers_ready"] == [0, 1]
 
 
-def test_sigterm_drains_queued_requests(cluster, sample, tmp_path):
-    """A service with a 3 s window holds a lone image; SIGTERM sends it at once and answers it."""
-    workers = [w for w in cluster["workers"] if w.running()]
-    svc = ServeProcess(tmp_path, workers[:2] + [cluster["workers"][2]], "--window-ms", "3000")
+def test_full_queue_pushes_back_and_sigterm_drains(cluster, sample, tmp_path):
+    """Over HTTPS: a service with a 3 s window and room for 2 queued images holds a lone image: two
+    more do not fit (503 + Retry-After); SIGTERM sends the queued one at once and answers it."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    svc = ServeProcess(tmp_path, cluster["workers"], "--window-ms", "3000", "--max-queue", "2", "--tls-cert",
+                       str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "cert.pem"), ssl_ctx=ctx)
+    with pytest.raises((OSError, http.client.HTTPException)):  # no plain HTTP on the TLS port
+        urllib.request.urlopen(svc.url.replace("https", "http") + "/healthz", timeout=5)
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(classify, svc, sample[0][:1])
         time.sleep(0.5)
+        status, doc, headers = classify(svc, sample[0][1:3])
+        assert status == 503 and "queue full" in doc["error"] and int(headers["Retry-After"]) >= 1, doc
         t = time.monotonic()
         rc = svc.stop()
         status, doc, _ = fut.result()

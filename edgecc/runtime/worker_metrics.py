@@ -13,6 +13,7 @@ COUNTERS = {  # Worker.stats key -> (metric name, help)
     "refused": ("edgecc_worker_refused", "peers refused during the handshake"),
     "requests": ("edgecc_worker_requests", "compute requests received"),
     "errors": ("edgecc_worker_errors", "error answers sent"),
+    "cancelled": ("edgecc_worker_cancelled", "requests the master cancelled before they were answered"),
 }
 
 

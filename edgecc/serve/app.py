@@ -1,9 +1,24 @@
 """The HTTP service: POST /v1/classify in front of a Master, with /metrics, /healthz, /readyz, the
 dashboard at / and its data at /v1/stats.
 
-Clients authenticate with `Authorization: Bearer <token>` when a client token is configured; the
-dashboard page and the health probes are open (the page asks for the token and keeps it in the
-browser's session storage).
+POST /v1/classify, one or more images per request (at most --max-images):
+  Content-Type: image/png                 one 28x28 PNG (any colour mode; converted to grayscale)
+  Content-Type: application/octet-stream  n*784 bytes, row-major uint8
+  Content-Type: application/json          {"images": [...]} or a bare array; each image 784 integers
+                                          0..255 or 28 rows of 28
+  X-Deadline-Ms: 250 (or ?deadline_ms=250) optional: answer within 250 ms of arrival or not at all
+200: {"results": [{"label", "class", "scores" (softmax), "logits", "decoded_by" (worker indices),
+      "error_bound", "latency_ms": {"queue_wait", "master_queue", "encode", "workers", "decode", "infer"},
+      "group": {"request", "groups", "padding_slots", "padding_cost"}}], "latency_ms": {"total", ...}}
+Errors are JSON {"error": message, "status": code}:
+  400 malformed body or deadline; 401 missing/wrong bearer token (WWW-Authenticate: Bearer);
+  404/405 wrong route or method; 413 too many images or body too large; 415 unsupported
+  Content-Type; 422 a PNG that is not 28x28; 502 the workers could not decode it;
+  503 + Retry-After: queue full, deadline cannot be met, workers overloaded, or shutting down.
+
+Clients authenticate with `Authorization: Bearer <token>` when a client token is configured
+(/v1/*, /metrics); the dashboard page and the health probes are open (the page takes the token
+from /#token=... and keeps it in the tab's session storage).
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ log = logging.getLogger("edgecc.serve")
 STATIC = {"index.html": "text/html", "dashboard.js": "text/javascript", "plot.js": "text/javascript",
           "style.css": "text/css"}
 MAX_DEADLINE_MS = 600_000
-DEFAULT_WINDOW_MS = 10.0  # batching window; chosen by benchmarks/serve_sweep.py (results/serve-sweep.md)
+DEFAULT_WINDOW_MS = 2.0  # batching window: the sweep in results/serve-sweep.md (benchmarks/serve_sweep.py) chose it
 
 
 def build_plan(scheme: str, model: str, N: int, encode_precision: str = "auto", wire_dtype: str = "f4"):
@@ -225,8 +240,7 @@ class Service:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        task = self.batcher._loop_task
-        if task is None or (task.done() and not self.batcher.closing):
+        if not self.batcher.running:
             return _error(503, "the grouping loop is not running")
         return web.json_response({"status": "ok"})
 

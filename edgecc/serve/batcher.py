@@ -63,14 +63,14 @@ class Batcher:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
-        # recent service times (dispatch to decoded) for deadline admission; seeded with a guess that
-        # the first measurements replace
-        self._service = collections.deque([0.2], maxlen=200)
+        # recent service times (dispatch to decoded) for deadline admission; until the first answer
+        # every deadline is admitted (and fails at its deadline if it was too short)
+        self._service: collections.deque[float] = collections.deque(maxlen=200)
 
     # -- admission ------------------------------------------------------------------------------
     def service_estimate(self) -> float:
-        """Median of recent dispatch-to-decoded times (s)."""
-        return float(np.median(self._service))
+        """Median of recent dispatch-to-decoded times (s); 0 before the first answer."""
+        return float(np.median(self._service)) if self._service else 0.0
 
     def expected_wait(self) -> float:
         """Seconds a new image may wait for a free request slot (0 while one is free)."""
@@ -102,6 +102,11 @@ class Batcher:
     # -- the grouping loop -------------------------------------------------------------------------
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run())
+
+    @property
+    def running(self) -> bool:
+        """The grouping loop is alive (it ends only after a drain)."""
+        return self._loop_task is not None and (not self._loop_task.done() or self.closing)
 
     def _changed(self) -> None:
         self._wake.set()
@@ -145,11 +150,14 @@ class Batcher:
         return min(ds) if ds else None
 
     def _expire(self, now: float) -> None:
-        """Fail queued images whose deadline has passed: they would only waste a slot."""
-        if not any(it.deadline is not None and it.deadline <= now for it in self.queue):
+        """Drop queued images that would only waste a slot: past their deadline (they fail), or given up
+        by their client (the HTTP handler was cancelled, and with it their futures)."""
+        if not any(it.future.done() or (it.deadline is not None and it.deadline <= now) for it in self.queue):
             return
         keep = collections.deque()
         for it in self.queue:
+            if it.future.done():
+                continue
             if it.deadline is not None and it.deadline <= now:
                 if not it.future.done():
                     it.future.set_exception(Rejected(503, "deadline passed while queued", retry_after=1))

@@ -93,7 +93,8 @@ class ServiceMetrics:
         hist = [b for b in self.history if b["t"] > now - HISTORY_S]
         series = [{"t": b["t"], "images": b["images"], "errors": b["errors"], "p50_ms": _pct(b["latency_ms"], 50),
                    "p99_ms": _pct(b["latency_ms"], 99), "queue_p50_ms": _pct(b["queue_ms"], 50),
-                   "worker_p50_ms": [_pct(w, 50) for w in b["worker_ms"]]} for b in hist]
+                   "worker_p50_ms": [_pct(w, 50) for w in b["worker_ms"]], "requests": b["requests"],
+                   "decoded": b["decoded"]} for b in hist]
         recent = [b for b in hist if b["t"] > now - STRAGGLER_WINDOW_S]
         reqs = sum(b["requests"] for b in recent)
         workers = []
@@ -142,18 +143,11 @@ class _MasterCollector:
 
     def collect(self):
         m = self.master
-        late = CounterMetricFamily("edgecc_serve_late_results", "worker results that arrived after their request was decoded or failed")
-        late.add_metric([], m.stats.get("late_results", 0))
-        yield late
-        bad = CounterMetricFamily("edgecc_serve_bad_results", "worker results that failed validation")
-        bad.add_metric([], m.stats.get("bad_results", 0))
-        yield bad
-        errs = CounterMetricFamily("edgecc_serve_worker_errors", "error answers from workers")
-        errs.add_metric([], m.stats.get("worker_errors", 0))
-        yield errs
-        sent = CounterMetricFamily("edgecc_serve_bytes_sent", "bytes sent to workers")
-        sent.add_metric([], m.stats.get("bytes_sent", 0))
-        yield sent
+        for key, value in sorted(m.stats.items()):  # late_results, bad_results, bytes_sent, shed, ...
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                c = CounterMetricFamily(f"edgecc_serve_master_{key}", f"the master's {key.replace('_', ' ')} counter")
+                c.add_metric([], value)
+                yield c
         ready = GaugeMetricFamily("edgecc_serve_worker_ready", "1 while the worker link is up", labels=["worker", "address"])
         conns = CounterMetricFamily("edgecc_serve_worker_connects", "successful (re)connections", labels=["worker", "address"])
         for link in m.links:

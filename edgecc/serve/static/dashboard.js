@@ -47,7 +47,14 @@ function render(s) {
     { name: "p99", values: s.series.map(b => b.p99_ms) },
     { name: "batching wait", values: s.series.map(b => b.queue_p50_ms), color: "#999" },
   ]);
-  lineChart($("worker-chart"), xs, s.workers.map(w => ({ name: `worker ${w.index}`, values: s.series.map(b => b.worker_p50_ms[w.index]) })));
+  // per-worker result times when the master reports them, else how often each worker was among the first R
+  const timed = s.series.some(b => b.worker_p50_ms.some(v => v != null));
+  $("worker-caption").textContent = timed ? "Result latency per worker, p50 per second (ms)"
+                                          : "Share of requests each worker was among the first R answers (%)";
+  lineChart($("worker-chart"), xs, s.workers.map(w => ({
+    name: `worker ${w.index}`,
+    values: s.series.map(b => timed ? b.worker_p50_ms[w.index] : (b.requests ? 100 * b.decoded[w.index] / b.requests : null)),
+  })));
   lineChart($("throughput-chart"), xs, [{ name: "images/s", values: s.series.map(b => b.images) }]);
   $("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
 }
