@@ -90,7 +90,12 @@ class ServiceMetrics:
     # -- the dashboard's view ------------------------------------------------------------------------
     def snapshot(self, links, window_s: float) -> dict[str, Any]:
         now = int(time.time())
-        hist = [b for b in self.history if b["t"] > now - HISTORY_S]
+        by_t = {b["t"]: b for b in self.history if b["t"] > now - HISTORY_S}
+        # every second from the first with traffic to now, so that idle seconds plot as 0 images/s and gaps
+        start = min(by_t, default=now)
+        hist = [by_t.get(t) or {"t": t, "images": 0, "latency_ms": [], "queue_ms": [], "errors": 0, "requests": 0,
+                                "worker_ms": [[] for _ in range(self.N)], "decoded": [0] * self.N}
+                for t in range(start, now + 1)]
         series = [{"t": b["t"], "images": b["images"], "errors": b["errors"], "p50_ms": _pct(b["latency_ms"], 50),
                    "p99_ms": _pct(b["latency_ms"], 99), "queue_p50_ms": _pct(b["queue_ms"], 50),
                    "worker_p50_ms": [_pct(w, 50) for w in b["worker_ms"]], "requests": b["requests"],
