@@ -207,7 +207,8 @@ async def test_info_reports_this_requests_bytes_under_concurrency(default_model,
         per_frame = len(plan.payloads(x[:2])[0]["x"]["data"])  # the 2-group encoded image per worker
         for i in infos:
             assert 3 * per_frame < i["bytes_sent"] < 3 * per_frame + 3 * 200  # three frames, headers included
-            assert set(i) >= {"queue_ms", "encode_ms", "workers_ms", "decode_ms", "answered", "decode"}
+            assert set(i) >= {"queue_ms", "encode_ms", "workers_ms", "decode_ms", "answered", "decode", "result_ms"}
+            assert set(i["result_ms"]) == set(i["answered"]) and all(0 < v < i["workers_ms"] + 1e-6 for v in i["result_ms"].values())
         assert sum(i["bytes_sent"] for i in infos) == m.stats["bytes_sent"]  # no request counts another's bytes
     finally:
         await m.close()
@@ -269,3 +270,18 @@ async def test_a_lagging_link_left_out_of_a_request_takes_it_when_another_worker
     finally:
         await m.close()
         await linked.close()
+
+
+def test_admission_plans_with_the_median_encode_time_so_one_stall_sheds_nothing(default_model):
+    model, info = default_model
+    m = Master(CodedPlan(model, info, 3), InProcessWorkers.addresses(3), TOKEN, encode_threads=2)
+    assert m.encode_s_per_group == 0.0  # nothing measured: admit everything
+    m._encode_samples.extend([0.003] * 20 + [0.100])  # one request stalled 100 ms per group by a CPU spike
+    assert m.encode_s_per_group == pytest.approx(0.003)
+    now = time.monotonic()
+    m.queued_groups = 90
+    m._admit(1, 1, True, now, now + 0.5)  # 91 groups x 3 ms on one encode thread: 0.27 s, within 0.5 s
+    with pytest.raises(Overloaded, match="past capacity"):
+        m._admit(2, 1, True, now, now + 0.2)
+    assert m.stats["shed"] == 1
+    m.encode_pool.shutdown()

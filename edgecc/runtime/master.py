@@ -9,8 +9,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import statistics
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -32,6 +34,7 @@ log = logging.getLogger("edgecc.master")
 
 
 SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_encodes)
+ENCODE_SAMPLES = 32  # recent requests whose encode time per group admission control takes the median of
 
 
 class RequestFailed(EdgeccError):
@@ -58,6 +61,7 @@ class Pending:
     done_at: float = 0.0
     finished: bool = False  # queued frames discarded and cancels sent
     frames: list[bytes] = field(default_factory=list)  # per worker, kept to offer to a skipped link later
+    result_at: dict[int, float] = field(default_factory=dict)  # worker -> when its result arrived
     skipped: set[int] = field(default_factory=set)  # live workers left out (lagging, or not taking it)
 
 class Master:
@@ -107,7 +111,9 @@ class Master:
         self.encoding: set[asyncio.Future] = set()  # requests whose frames are being made in the pool
         # admission: groups waiting for or in encoding, and the measured encode cost per group (EWMA)
         self.queued_groups = 0
-        self.encode_s_per_group = 0.0
+        # the median of recent requests' encode time per group: one request stalled by a CPU spike must
+        # not make admission shed everything behind it (an average would jump by that request's stall)
+        self._encode_samples: deque[float] = deque(maxlen=ENCODE_SAMPLES)
         self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0,
                       "shed": 0, "deadline_failures": 0, "waited_extra": 0}
 
@@ -180,6 +186,11 @@ class Master:
         finally:
             self.admitted.discard(req_id)
 
+    @property
+    def encode_s_per_group(self) -> float:
+        """Encode seconds per group the admission control plans with (0 until a request was encoded)."""
+        return statistics.median(self._encode_samples) if self._encode_samples else 0.0
+
     def _admit(self, req_id: int, groups: int, small: bool, now: float, deadline: float) -> None:
         """Shed the request now if, behind the groups already waiting, it cannot be encoded before
         its deadline (the measured encode cost per group, spread over the encode threads)."""
@@ -204,7 +215,7 @@ class Master:
                     phase, started = "encoding", time.monotonic()
                     frames = await self._encode(req_id, images, deadline)
             encoded = time.monotonic()
-            self.encode_s_per_group += 0.2 * ((encoded - started) / groups - self.encode_s_per_group)
+            self._encode_samples.append((encoded - started) / groups)
             return frames, started, encoded
         except TimeoutError:
             self.stats["deadline_failures"] += 1
@@ -240,7 +251,8 @@ class Master:
                                     f"{self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
             if info is not None:
                 info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.done_at - sent_at) * 1000,
-                            decode_ms=p.decode_ms, answered=list(p.results), decode=p.report)
+                            decode_ms=p.decode_ms, answered=list(p.results), decode=p.report,
+                            result_ms={i: (t - sent_at) * 1000 for i, t in p.result_at.items()})
             return logits
         finally:
             if info is not None:
@@ -328,6 +340,7 @@ class Master:
             return
         p.outstanding.discard(index)
         p.results[index] = y
+        p.result_at[index] = time.monotonic()
         if not self.plan.complete(p.results):
             if not self.plan.reachable(set(p.results) | p.outstanding) and not self._widen(p):
                 self._fail(p, f"{len(p.results)} result(s) in and none to come cannot satisfy {self.plan.need}")
