@@ -66,6 +66,14 @@ def unavailable() -> str | None:
     return None
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL if the process (thread) that started it dies, so an interrupted
+    test leaves no sshd or worker behind (the kernel clears this when a child changes its uid)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,7 +186,8 @@ class Board:
             f"  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
             "  ConnectTimeout 20\n  LogLevel ERROR\n")
         self.sshd = subprocess.Popen(self.nsenter(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")]),
-                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "logs" / "sshd.log", "ab"))
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "logs" / "sshd.log", "ab"),
+                                     preexec_fn=die_with_parent)
         wait_port(port, 30, self.sshd, "sshd")
         return {"port": port, "config": d / "ssh_config", "target": "root@127.0.0.1"}
 
@@ -302,7 +311,7 @@ class ServiceRunner:
             log = open(self.board.dir / "logs" / "edgecc-worker.log", "ab")
             log.write(f"-- start {self.starts} --\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
             log.close()
 
     def stop(self) -> None:
