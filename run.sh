@@ -100,6 +100,17 @@ ensure_dataset() {
     fi
 }
 
+# The dashboard's browser test drives Debian's chromium (Playwright cannot download its own here).
+# Installed when we can (root with apt); otherwise that one test skips and says why.
+ensure_browser() {
+    command -v chromium >/dev/null && return 0
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing the Debian package chromium (for the dashboard's browser test)"
+        apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null 2>&1; } \
+            || say "could not install chromium: the dashboard's browser test will skip"
+    fi
+}
+
 # demo: the main job on the built-in default: the shipped model and images, N=3 workers with one straggler.
 cmd_demo() {
     cmd_setup
@@ -111,6 +122,7 @@ cmd_demo() {
 cmd_test() {
     cmd_setup
     ensure_dataset
+    ensure_browser
     cd "$ROOT" && "$ROOT/.venv/bin/python" -m pytest -q "$@"
 }
 

@@ -8,10 +8,9 @@
   fresh boards, whose `+` steps equal its --dry-run's; the master decodes through them; a redeploy
   with a new token reaches a board and the old token stops working there.
 
-The workers use Debian 12's own python3-numpy 1.24, python3-msgpack 1.0.3, python3-click 8.1.3 and
-python3-threadpoolctl 3.1.0,
-with uvloop 0.18.0 and safetensors 0.4.0 from wheels: the oldest versions pyproject.toml allows,
-checked here.
+The workers use Debian 12's own python3-numpy 1.24, python3-msgpack 1.0.3, python3-click 8.1.3,
+python3-threadpoolctl 3.1.0 and python3-uvloop 0.17, with safetensors 0.4.0 from a wheel: the
+oldest versions pyproject.toml allows, checked here.
 
 They take minutes under emulation, so the default test run skips them, saying so; `sudo ./run.sh
 pi-test` builds the board once (about 6 min, cached) and runs them with EDGECC_PI_TESTS=1, under
@@ -38,10 +37,9 @@ from .pi_board import Board, free_port, pi_tests_skipped, unavailable, wait_port
 REPO = Path(__file__).resolve().parent.parent
 EDGECC = [sys.executable, "-m", "edgecc.cli"]
 # The oldest versions the worker supports, which the board runs: Debian 12's packages (bookworm,
-# arm64) and, for what Debian lacks or has too old, the wheels pi-standin.sh puts in the board's
-# wheelhouse (uvloop 0.17 has no uvloop.run)
-DEBIAN_12 = {"numpy": "1.24", "msgpack": "1.0.3", "click": "8.1.3", "threadpoolctl": "3.1"}
-FROM_PIP = {"uvloop": "0.18.0", "safetensors": "0.4.0"}
+# arm64) and, for what Debian lacks, the wheel pi-standin.sh puts in the board's wheelhouse
+DEBIAN_12 = {"numpy": "1.24", "msgpack": "1.0.3", "click": "8.1.3", "threadpoolctl": "3.1", "uvloop": "0.17"}
+FROM_PIP = {"safetensors": "0.4.0"}
 
 _why = pi_tests_skipped() or unavailable()
 if _why and os.environ.get("EDGECC_PI_TESTS") == "1":

@@ -2,10 +2,9 @@
 # Build (once, then reuse) the stand-ins that `./run.sh pi-test` deploys into:
 #   CACHE/arm64-root/   a Debian 12 (bookworm) arm64 root: the same base as Raspberry Pi OS 12,
 #                       run under qemu-user through binfmt_misc. It plays the board.
-#   CACHE/wheels/       aarch64 wheels of what Debian 12 lacks: safetensors (not packaged) and
-#                       uvloop 0.18.0 (Debian has 0.17, which lacks uvloop.run), the oldest versions
-#                       pyproject allows, so setup-pi.sh's `pip install` runs offline (a Pi gets
-#                       them from piwheels/PyPI)
+#   CACHE/wheels/       aarch64 wheels of what Debian 12 lacks: safetensors (not packaged), the
+#                       oldest version pyproject allows, so setup-pi.sh's `pip install` runs
+#                       offline (a Pi gets it from piwheels/PyPI)
 #   CACHE/amd64-root/   (x86root, only for benchmarks/pi_standin.py) the same Debian 12 packages
 #                       on amd64: the x86 side of the emulated-arm64 timings, same versions
 #   CACHE/base-arm64.tar  (base-arm64, for the multi-arch build) the same minbase for arm64, imported
@@ -102,7 +101,7 @@ provision_root() {
     # sudo's secure_path puts /usr/local/sbin first, so setup-pi.sh and run.sh deploy reach it.
     install -m 0755 "$HERE/standin-systemctl" "$ROOTFS/usr/local/sbin/systemctl"
     local req name
-    for req in 'safetensors==0.4.0' 'uvloop==0.18.0'; do
+    for req in 'safetensors==0.4.0'; do
         name=${req%%=*}
         compgen -G "$WHEELS/$name-*aarch64*.whl" >/dev/null && continue
         say "downloading the aarch64 wheel $req into $WHEELS"

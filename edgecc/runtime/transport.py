@@ -211,4 +211,6 @@ def run(coro) -> Any:
         import uvloop
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)
+    # not uvloop.run: it appeared in 0.18, and Debian 12 (Raspberry Pi OS) ships 0.17
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
