@@ -51,6 +51,9 @@ async def test_decodes_over_real_workers_as_in_process_from_any_K_and_with_a_kil
     groups = images[:64].reshape(-1, 2, 28, 28)
     outs = in_process(plan, groups)
     want = {s: plan.code.decode({n: outs[n] for n in s}) for s in itertools.combinations(range(4), 2)}
+    # float32 workers may round differently from this process (batching); decoding amplifies it, and the
+    # subsets' decodes differ by far more (> 10 in the logits)
+    tol = 1e-5 * max(np.abs(w).max() for w in want.values())
     workers = spawn_workers(4)
     m = await started(plan, workers)
     try:
@@ -59,8 +62,8 @@ async def test_decodes_over_real_workers_as_in_process_from_any_K_and_with_a_kil
             got = await m.infer(groups, info=info_)
             subset = tuple(info_["decode"]["subset"])  # the plan's report: the workers it decoded from
             assert len(subset) == 2 and sorted(info_["answered"]) == list(subset)
-            np.testing.assert_allclose(got, want[subset], rtol=1e-6, atol=1e-6)
-            assert sum(np.allclose(got, w, rtol=1e-6, atol=1e-6) for w in want.values()) == 1  # and no other subset's
+            np.testing.assert_allclose(got, want[subset], rtol=0, atol=tol)
+            assert sum(np.allclose(got, w, rtol=0, atol=tol) for w in want.values()) == 1  # and no other subset's
         workers[0].kill()
         workers[2].kill()
         await until_lost(m, 0)
@@ -68,7 +71,7 @@ async def test_decodes_over_real_workers_as_in_process_from_any_K_and_with_a_kil
         info_ = {}
         got = await m.infer(groups, info=info_)  # the only two left decode, as in process
         assert info_["decode"]["subset"] == [1, 3]
-        np.testing.assert_allclose(got, want[(1, 3)], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got, want[(1, 3)], rtol=0, atol=tol)
     finally:
         await m.close()
 
@@ -152,8 +155,8 @@ async def test_cnn_base_over_tcp_with_the_plain_compute_hook(monkeypatch):
         await m.start(wait_ready=20)
         info_ = {}
         got = await m.infer(groups, info=info_)
-        subset = info_["decode"]["subset"]
-        np.testing.assert_allclose(got, plan.code.decode({n: outs[n] for n in subset}), rtol=1e-5, atol=1e-5)
+        want = plan.code.decode({n: outs[n] for n in info_["decode"]["subset"]})
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     finally:
         await m.close()
         for w, t in zip(workers, serving):
