@@ -87,7 +87,7 @@ def test_one_liar_among_2K_plus_1_is_located_and_dropped(kind):
 
     Noise and class-flipping lies are far beyond Berrut's approximation error and are always found. The
     sign-flip lie (−2y) is small where the liar's own logits are small: it must be named in >= 70% of
-    groups (79% over the first 400 test images), and where it is missed it is within the approximation error, so predictions still match."""
+    groups, and where it is missed it is within the approximation error, so predictions still match."""
     code = BerrutCode(2, 5)
     out, _ = mlp_outputs(code)
     found = []
