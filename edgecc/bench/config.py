@@ -29,7 +29,7 @@ class BenchConfig:
     train_k4: bool = False  # also time K=4 G=1 P=4 H_S CL (slow: ~3 s a step)
     batch: int = 64  # groups per batch for master/worker costs (and the e2e requests)
     models: tuple[str, ...] = ("cnn", "mlp")  # 'cnn': shipped default (CNN encoder); 'mlp': MLP+MLP H_B
-    e2e_images: int = 2000  # images streamed per end-to-end run (fewer and startup dominates the ratio)
+    e2e_images: int = 8000  # images streamed per end-to-end run (fewer and the pipeline's fill and drain weigh in)
     e2e_repeats: int = 2
     e2e_Ns: tuple[int, ...] = (3, 10)
     in_flight: int = 4
@@ -43,7 +43,7 @@ class BenchConfig:
         if quick:
             return cls()
         return cls(quick=False, repeats=7, min_time=0.05, matmul_n=2048, train_steps=5, train_k4=True,
-                   e2e_images=4000, e2e_repeats=3, latency_requests=200, memory_requests=256)
+                   e2e_images=10000, e2e_repeats=3, latency_requests=200, memory_requests=256)
 
 
 def log(msg: str) -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger("edgecc.master")
 
 
 SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_encodes)
+CANCEL_DELAY_S = 0.005  # how long after a request ends its unanswered workers get `cancel` (see _finish)
 ENCODE_SAMPLES = 32  # recent requests whose encode time per group admission control takes the median of
 
 
@@ -91,6 +92,7 @@ class Master:
         self.connector = connector or self._tcp
         self.links = [WorkerLink(self, i, h, p, max_queued_bytes) for i, (h, p) in enumerate(addresses)]
         self.pending: dict[int, Pending] = {}
+        self._cancel_after: dict[int, set[int]] = {}  # request id -> workers to cancel it on, shortly
         self.admitted: set[int] = set()  # request ids between arrival and their end (pending or encoding)
         self.next_id = 0
         # Requests encode in parallel, one per thread, each op single-threaded: measured on 2 cores under
@@ -237,7 +239,7 @@ class Master:
             # Offered back to back, none awaited: idle links write at once, busy ones queue. Lagging links
             # are left out when the others can complete the request without them (and offered the
             # request later if those fail it: see _widen).
-            force = not self.plan.reachable({l.index for l in live if not l.lagging})
+            force = any(l.lagging for l in live) and not self.plan.reachable({l.index for l in live if not l.lagging})
             for link in live:
                 self._offer(p, link, force)
             if not self.plan.reachable(p.outstanding) and not self._widen(p) and not p.future.done():
@@ -331,6 +333,7 @@ class Master:
         p = self.pending.get(msg.id)
         if p is None or p.future.done() or index not in p.outstanding:
             self.stats["late_results"] += 1  # decoded, failed or duplicate: nothing waits for it
+            self._cancel_after.get(msg.id, set()).discard(index)  # answered: nothing left to cancel
             return
         try:
             y = unpack_array(msg.y, "y", shape=(p.groups, 10))
@@ -359,6 +362,7 @@ class Master:
 
     def _on_request_error(self, index: int, req_id: int, why: str) -> None:
         self.stats["worker_errors"] += 1
+        self._cancel_after.get(req_id, set()).discard(index)
         p = self.pending.get(req_id)
         if p is not None:
             self._drop_worker(p, index, why)
@@ -387,10 +391,17 @@ class Master:
         if p.finished:
             return
         p.finished = True
-        for index in p.outstanding:
-            link = self.links[index]
-            if not link.discard(p.id) and index in p.sent_to:
-                link.cancel(p.id)
+        to_cancel = {i for i in p.outstanding if not self.links[i].discard(p.id) and i in p.sent_to}
+        if to_cancel and not self.closing:
+            # Not at once: a worker that computes as soon as the frame arrives answers within a few ms,
+            # and a cancel would only cost it (and us) a frame. Whoever has not answered by then is
+            # waiting or queued, and the cancel spares it the work.
+            self._cancel_after[p.id] = to_cancel
+            asyncio.get_running_loop().call_later(CANCEL_DELAY_S, self._send_cancels, p.id)
+
+    def _send_cancels(self, req_id: int) -> None:
+        for index in self._cancel_after.pop(req_id, ()):
+            self.links[index].cancel(req_id)
 
     def link_stats(self) -> list[dict[str, Any]]:
         """Per worker: connects, whether ready or lagging now, and its outbound counters."""
