@@ -27,11 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import random
-import re
 import sys
-import time
 
 
 from edgecc.fileio import atomic_write

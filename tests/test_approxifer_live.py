@@ -135,13 +135,12 @@ def test_cnn_worker_compute_is_the_centralized_cnn(tmp_path):
         PlainCNNCompute({"cnn.stack.head.weight": np.zeros((1, 1), np.float32)})
 
 
-async def test_cnn_base_over_tcp_with_the_plain_compute_hook(monkeypatch):
-    """The CNN base over real TCP, workers in this process: worker.py's plain placement routed through
-    runtime/plain_cnn.plain_compute (the hook; the MLP keeps the numpy PlainCompute) decodes as in process."""
+async def test_cnn_base_over_tcp():
+    """The CNN base over real TCP, workers in this process: worker.py's plain placement goes through
+    runtime/plain_cnn.plain_compute (the MLP keeps the numpy PlainCompute) and decodes as in process."""
     from edgecc.runtime import worker as wm
     from edgecc.schemes_table import CNN_BASE
 
-    monkeypatch.setattr(wm, "PlainCompute", plain_compute, raising=False)
     net, info = load_model(CNN_BASE)
     plan = ApproxIFERPlan(net, info, K=2, N=3)
     images, _ = load_sample()

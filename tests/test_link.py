@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 
 from edgecc.data import load_sample

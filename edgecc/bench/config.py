@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import costs
 
 
 SECTIONS = ("machine", "matmul", "training", "master", "worker", "end_to_end", "latency", "memory", "costs")

@@ -23,7 +23,6 @@ from typing import Any
 
 from ..runtime.local import memory_status
 from .config import BenchConfig
-from .config import BenchConfig
 
 
 def bench_memory(cfg: BenchConfig, tmp: Path, token: str, N: int = 3, timeout: float = 900.0) -> dict[str, Any]:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 
-import msgpack
 import numpy as np
 
 from ..protocol import auth

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 
-from ..protocol.messages import Error
 from ..runtime.local import memory_status
 
 

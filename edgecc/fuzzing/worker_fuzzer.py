@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from ..bundle import digest as array_digest
-from ..protocol import auth
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, encode_frame, pack_array, unpack_array
 from ..protocol.messages import Compute, Configure, Configured, Error, Hello, Ping, Pong, Result
 from ..protocol.handshake import ClientHandshake, HandshakeError

@@ -179,9 +179,11 @@ class CodedPlan:
             if choose(pts, self.decoder.betas, self.R, range(n), self.errors_for(self.wire_dtype, pts)).bound > self.tolerance:
                 break
             fewer = n
-        hints.append(f"at most N={fewer} workers" if fewer else f"no N >= R={self.R} works with {self.wire_dtype} results")
+        if fewer:
+            hints.append(f"at most N={fewer} workers")
         hints.append("a larger tolerance if the model's logit margins allow it")
-        return msg + "; use " + ", or ".join(hints)
+        return (msg + "; use " + ", or ".join(hints)
+                + ("" if fewer else f" (with {self.wire_dtype} results no N >= R={self.R} decodes within it)"))
 
     @torch.inference_mode()
     def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:

@@ -24,7 +24,8 @@ from ..protocol.frames import FatalProtocolError, RemoteProtocolError, pack_arra
 from ..protocol.messages import (PROTOCOL_MINOR, PROTOCOL_VERSION, Auth, Cancel, Compute, Configure, Configured, Error,
                                  Hello, Ping, Pong, Result, Welcome)
 from .blas import single_threaded_blas
-from .compute import EncodedCompute, PlainCompute
+from .compute import EncodedCompute
+from .plain_cnn import plain_compute
 from .limits import Limits
 from .transport import Comm, CommClosedError
 
@@ -249,8 +250,8 @@ class Worker:
                 if msg.dataset not in SHARED_DATASETS:  # names only: a master must not pick files on the worker
                     raise EdgeccError(f"dataset must be one of {SHARED_DATASETS}, got {msg.dataset!r}")
                 dataset = self._dataset(msg.dataset)
-        elif msg.placement == "plain":
-            compute = PlainCompute(arrays)
+        elif msg.placement == "plain":  # the centralized MLP in numpy, or the CNN where torch is installed
+            compute = plain_compute(arrays)
         else:
             compute = EncodedCompute(scheme, arrays)
         return WorkerState(scheme, msg.placement, float(msg.alpha), msg.wire_dtype, compute, dataset)

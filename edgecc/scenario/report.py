@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+
+from ..fileio import atomic_write
 
 
 OUTCOMES = ("decoded", "failed", "shed")
@@ -188,24 +188,12 @@ def render_markdown(summaries: Mapping[str, SchemeSummary], title: str = "Scenar
     return "\n".join(rows) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Temp file then rename: an interrupted run never leaves a half-written report behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _save_figure(fig: Any, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def plot_latency_cdf(results: Results, path: Path) -> None:
@@ -411,9 +399,9 @@ def write_report(results: Results, out_dir: str | Path, *, title: str = "Scenari
         if any(u["decoded"] for u in doc["usage"].values()):
             plot_usage(doc["usage"], out / "usage_over_time.png", _plot_events(meta, list(results)))
     # allow_nan=False: the file must stay valid JSON for any reader.
-    _atomic_write(out / "report.json",
+    atomic_write(out / "report.json",
                   (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
-    _atomic_write(out / "report.md", (render_markdown(summaries, title) + all_fast_markdown(summaries)
+    atomic_write(out / "report.md", (render_markdown(summaries, title) + all_fast_markdown(summaries)
                                       + stages_markdown(summaries) + extra_markdown).encode())
     plot_latency_cdf(results, out / "latency_cdf.png")
     plot_accuracy_vs_p99(summaries, out / "accuracy_vs_p99.png")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..modelfile import atomic_write
+from ..fileio import atomic_write
 from .spec import Arrival, Scenario
 
 SATURATION_FACTOR = 10.0  # p99 above this multiple of the unloaded p99 counts as saturated

@@ -1,0 +1,301 @@
+"""Commands on models: train, eval, export, reproduce (the paper's tables), compare (schemes side by side)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import main
+from .options import ARCH, PRECISION, RECIPES, _arch, _images
+
+
+@main.command()
+@click.option("--kind", type=click.Choice(["aicc", "centralized-mlp", "centralized-cnn"]), default="aicc", show_default=True)
+@click.option("--K", "K", type=int, default=2, show_default=True, help="images per group")
+@click.option("--G", "G", type=int, default=1, show_default=True, help="encoder degree")
+@click.option("--P", "P", type=int, default=1, show_default=True, help="H_S degree (1 for H_B)")
+@click.option("--computation", type=click.Choice(["hb", "hs"]), default="hb", show_default=True)
+@click.option("--encoder", type=ARCH, default="cnn", show_default=True, help="architecture of Γ_g")
+@click.option("--compute", "compute_arch", type=ARCH, default="cnn", show_default=True, help="architecture of Λ_p / H_B")
+@click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
+              help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips "
+              "(edgecc.train.BEST); anneal: 10 more epochs of warmup + cosine from --init")
+@click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="model file to start from (same kind and scheme; the anneal recipe needs one)")
+@click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
+@click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
+@click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@PRECISION
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--limit", type=int, default=None, help="train on the first LIMIT images only")
+@click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="model file to write (.safetensors)")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
+@click.option("--resume", is_flag=True, help="continue from the last epoch checkpoint")
+@click.option("--quiet", is_flag=True)
+def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, batch, lr, seed, precision, device,
+          threads, limit, data_dir, out, run_dir, resume, quiet):
+    """Train a model by the paper's protocol and save it as one safetensors file."""
+    from ..coding.schemes import Scheme
+    from ..train import TrainConfig, train as run_training
+
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=_arch(encoder), compute_arch=_arch(compute_arch)) if kind == "aicc" else None
+    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
+                                 threads=threads, limit=limit, data_dir=data_dir, init=init)
+
+    def progress(epoch: int, step: int, text: str) -> None:
+        if quiet:
+            return
+        click.echo(f"\r{text}".ljust(100), nl=step == 0, err=True)  # step 0: an epoch's summary line
+
+    info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
+    last = info["training"]["history"][-1]
+    click.echo(json.dumps({"out": out, "epochs": len(info["training"]["history"]), "test_accuracy_direct": last["test_accuracy_direct"],
+                           "test_precision": last.get("test_precision", "fp32"), "train_seconds": info["training"]["train_seconds"]}))
+
+
+@main.command("eval")
+@click.argument("model", default="default")
+@click.option("--N", "N", type=int, default=3, show_default=True, help="number of workers")
+@click.option("--images", default="test", show_default=True, help="'test', 'train', 'sample' (shipped) or an .npz")
+@click.option("--data-dir", default=None)
+@click.option("--limit", type=int, default=None, help="first LIMIT images only")
+@click.option("--max-subsets", type=int, default=200, show_default=True, help="sample this many R-subsets when there are more (the worst-conditioned is always included)")
+@click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32", show_default=True,
+              help="the encoder's precision: fp32 (the reference results/ reports), bf16, or auto (what the master uses)")
+@click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True,
+              help="round worker inputs and results as `edgecc master --wire-dtype` sends them")
+@click.option("--points", type=click.Choice(["chosen", "uniform"]), default="chosen", show_default=True,
+              help="evaluation points: chosen for N (the master's) or n/(N+1)")
+@click.option("--tolerance", type=float, default=None, help="decoded-logit error bound a request may decode with "
+              "[default: the master's, 0.01]")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, wire_dtype, points, tolerance, as_json):
+    """Test accuracy of MODEL: D(β_k) directly, decoded from every R-subset of N workers, and decoded as the
+    master decodes when the worst-conditioned R answer first; flags configurations the master refuses."""
+    from ..evaluate import evaluate, evaluate_centralized, evaluate_learned_code
+    from ..modelfile import load_model, resolve
+
+    net, info = load_model(model)
+    x, y = _images(images, data_dir, limit)
+    if info["kind"] == "aicc":
+        from .coding.conditioning import DEFAULT_TOLERANCE
+
+        res = evaluate(net, info, x, y, N, max_subsets, encode_precision, wire_dtype, points,
+                       DEFAULT_TOLERANCE if tolerance is None else tolerance)
+    elif info["kind"] == "learned-code":
+        res = evaluate_learned_code(net, info, x, y)
+    else:
+        res = evaluate_centralized(net, x, y)
+    res = {"model": str(resolve(model)), "kind": info["kind"], **res}
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    refused = res.pop("refused", None)
+    res.pop("alphas", None)
+    for k, v in res.items():
+        click.echo(f"{k:28s} {v:.3g}" if isinstance(v, float) and abs(v) < 0.01 else
+                   f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
+    if refused:
+        click.echo(f"REFUSED: the master would not start this configuration: {refused}", err=True)
+
+
+@main.command()
+@click.argument("model", default="default")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="bundle file to write")
+@click.option("--placement", type=click.Choice(["encoded", "shared"]), default="encoded", show_default=True)
+def export(model, out, placement):
+    """Write what a worker needs for PLACEMENT as plain arrays with a checksum (H_B collapsed to one matrix)."""
+    from ..bundle import save_bundle
+    from ..export import bundle_info, worker_arrays
+    from ..modelfile import load_model
+
+    net, info = load_model(model)
+    if info["kind"] != "aicc":
+        raise click.UsageError("only AICC models are distributed to workers")
+    arrays = worker_arrays(net, info, placement)
+    d = save_bundle(out, bundle_info(info, placement), arrays)
+    click.echo(json.dumps({"out": out, "placement": placement, "sha256": d, "arrays": {k: list(v.shape) for k, v in arrays.items()}}))
+
+
+class _ReproduceGroup(click.Group):
+    """`edgecc reproduce` took its actions as flags; those flags now name the subcommand to use instead."""
+
+    MOVED = {"--check": "check", "--estimate": "estimate", "--status": "status", "--readme": "render"}
+
+    def parse_args(self, ctx, args):
+        if args and args[0].startswith("--") and args[0] != "--help":
+            sub, rest = "run", list(args)
+            for flag, name in self.MOVED.items():
+                if flag in rest:
+                    i = rest.index(flag)
+                    sub, rest = name, rest[:i] + rest[i + 1:]
+                    if name == "render" and i < len(rest):  # --readme FILE: FILE is render's argument
+                        sub = f"render {rest.pop(i)}"
+                    break
+            raise click.UsageError(f"the actions of `edgecc reproduce` are subcommands: `edgecc reproduce {sub} "
+                                   f"{' '.join(rest)}` (subcommands: {', '.join(self.commands)})", ctx)
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ReproduceGroup)
+def reproduce() -> None:
+    """The paper's Tables 2 and 3: train each cell (resumable per cell and epoch), check, estimate, render."""
+
+
+def _table(f):
+    return click.option("--table", type=click.Choice(["2", "3"]), required=True, help="the paper's table")(f)
+
+
+def _only(f):
+    return click.option("--only", multiple=True, help="cell name(s) (default: every cell of the table)")(f)
+
+
+def _recipe(f):
+    return click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
+                        help="an improved recipe has its own results/table{2,3}-RECIPE.json, its own column "
+                        "(anneal continues the cell's committed paper-protocol model)")(f)
+
+
+def _training(f):
+    for opt in reversed([
+        click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        PRECISION,
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda"),
+        click.option("--threads", type=int, default=None, help="torch CPU threads"),
+        click.option("--limit", type=int, default=None,
+                     help="train on the first LIMIT images only (smoke runs; rows record train_images)"),
+    ]):
+        f = opt(f)
+    return f
+
+
+_RESULTS_DIR = click.option("--results-dir", default="results", show_default=True)
+_RUNS_DIR = click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
+
+
+def _config(recipe, epochs, seed, precision, device, threads, limit):
+    from ..train import TrainConfig
+
+    return TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads,
+                                  limit=limit)
+
+
+@reproduce.command("run")
+@_table
+@_only
+@_recipe
+@_training
+@_RESULTS_DIR
+@_RUNS_DIR
+def reproduce_run(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir):
+    """Train and evaluate cells (resumable); rows merge into results/ as each cell finishes, then print the table."""
+    from ..reproduce import render_markdown, reproduce as run_cells
+
+    def progress(cell, text):
+        click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)
+
+    cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
+    run_cells(int(table), list(only) or None, cfg, results_dir, runs_dir, progress)
+    click.echo(render_markdown(int(table), results_dir))
+
+
+@reproduce.command("check")
+@_table
+@_only
+@_recipe
+@_RESULTS_DIR
+def reproduce_check(table, only, recipe, results_dir):
+    """Re-evaluate committed checkpoints against their rows (±0.05); exit 1 on a mismatch. Trains nothing."""
+    from ..reproduce import check
+
+    rows = check(int(table), results_dir, list(only) or None, recipe)
+    for r in rows:
+        click.echo(f"{r['cell']:20s} recorded {r['recorded']:.2f} measured {r['measured']:.2f} {'ok' if r['ok'] else 'MISMATCH'}")
+    if not all(r["ok"] for r in rows):
+        sys.exit(1)
+
+
+@reproduce.command("estimate")
+@_table
+@_only
+@_recipe
+@_training
+def reproduce_estimate(table, only, recipe, epochs, seed, precision, device, threads, limit):
+    """Time a few training steps of each cell on this device; print what each run would take. Trains nothing."""
+    from ..reproduce import estimate
+
+    cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
+    rows = estimate(int(table), list(only) or None, cfg)
+    click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {cfg.precision}, "
+               f"{cfg.epochs} epochs; an epoch's test pass is extra")
+    for r in rows:
+        click.echo(f"{r['cell']:20s} batch {r['batch']:3d}  step {1e3 * r['step_seconds']:8.1f} ms  "
+                   f"epoch {r['epoch_seconds'] / 60:7.2f} min  run {r['run_seconds'] / 3600:6.2f} h")
+    click.echo(f"{'all':20s} {'':40s} run {sum(r['run_seconds'] for r in rows) / 3600:6.2f} h")
+
+
+@reproduce.command("status")
+@_table
+@_recipe
+@_RESULTS_DIR
+@_RUNS_DIR
+def reproduce_status(table, recipe, results_dir, runs_dir):
+    """Which cells have rows, which are partly trained in --runs-dir (epochs, time left), which not started."""
+    from ..reproduce import status
+
+    span = lambda m: f"{m:.0f} min" if m >= 1 else f"{60 * m:.0f} s"
+    for r in status(int(table), recipe, results_dir, runs_dir):
+        if r["state"] == "done":
+            what = (f"done     {r['accuracy']:6.2f} ({r['delta']:+.2f} vs {r['paper']}), {r['epochs']} epochs; "
+                    f"this recipe's training took {span(r['minutes'])}")
+        elif r["state"] == "partial":
+            what = (f"partial  epoch {r['epochs']}/{r['of']}, test accuracy {r['last_accuracy']:.2f}, {span(r['minutes'])} of "
+                    f"training so far, about {span(r['minutes_left'])} left at this pace (test passes not counted)")
+        else:
+            what = "not started"
+        click.echo(f"{r['cell']:20s} {what}")
+
+
+@reproduce.command("render")
+@click.argument("file", default="docs/results.md", type=click.Path(exists=True, dir_okay=False))
+@click.option("--table", "tables", type=click.Choice(["2", "3"]), multiple=True,
+              help="only this table (default: every table whose marker line FILE has)")
+@_RESULTS_DIR
+def reproduce_render(file, tables, results_dir):
+    """Re-render Tables 2 and 3 from results/ under their marker lines in FILE (docs/results.md)."""
+    from ..reproduce import render_into
+
+    try:
+        changed = render_into(file, [int(t) for t in tables] or None, results_dir)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for table, c in changed.items():
+        click.echo(f"{file}: table {table} {'re-rendered' if c else 'already matches ' + results_dir}")
+
+
+@main.command()
+@click.option("--images", default="test", show_default=True, help="'test' (10,000 images), 'sample' or an .npz")
+@click.option("--limit", type=int, default=None, help="first LIMIT images only (smoke runs; the table records the count)")
+@click.option("--only", multiple=True, help="cell id prefix(es) to run, e.g. approxifer-cnn-K8 (default: every cell)")
+@click.option("--points", type=click.Choice(["n", "n-1"]), default="n", show_default=True,
+              help="ApproxIFER worker point set the table's main column shows: cos(iπ/N) or cos(iπ/(N−1))")
+@click.option("--runs-dir", default="runs/schemes", show_default=True, help="one JSON per finished cell (resumable)")
+@click.option("--results-dir", default="results", show_default=True)
+@click.option("--cached-only", is_flag=True, help="compute nothing: write the table from the cells already in --runs-dir")
+def compare(images, limit, only, points, runs_dir, results_dir, cached_only):
+    """ApproxIFER, AICC, the learned code, replication and uncoded side by side: writes results/schemes.{json,md}."""
+    from . import schemes_table as st
+
+    rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True), cached_only=cached_only)
+    measured = st.measured_worker_seconds(st.base_computes())
+    table = st.assemble(rows, measured, max((r["images"] for r in rows), default=0))
+    table["main_points"] = points
+    j, m = st.write(table, results_dir)
+    click.echo(st.markdown(table, points))
+    click.echo(f"wrote {j} and {m}", err=True)

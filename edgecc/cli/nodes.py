@@ -1,0 +1,211 @@
+"""Commands that run nodes: worker, master, ping, token."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import EdgeccError
+from . import main
+from .options import _images, _limits, _logging, limit_options
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:7700", show_default=True, help="HOST:PORT (port 0 picks a free one)")
+@click.option("--token-file", default=None, help="file holding the shared token [default: $EDGECC_TOKEN_FILE or $EDGECC_TOKEN]")
+@click.option("--bundle", default=None, type=click.Path(dir_okay=False), help="preloaded worker bundle (edgecc export)")
+@click.option("--tls-cert", default=None, help="certificate file (enables TLS)")
+@click.option("--tls-key", default=None, help="private key file for --tls-cert")
+@click.option("--data-dir", default=None, help="dataset folder for shared-dataset placement")
+@click.option("--behaviour", default=None, help="JSON straggler behaviour (scenarios): latency/failure model")
+@click.option("--seed", type=int, default=0, help="seed of the behaviour's delays")
+@click.option("--index", type=int, default=0, help="this worker's index in the scenario (seeds its delays)")
+@click.option("--port-file", default=None, help="write the bound port here once listening")
+@click.option("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (same host as --listen; 0 picks one)")
+@click.option("--lie", type=click.Choice(["random", "scale", "adversarial"]), default=None,
+              help="TESTING ONLY: return wrong results (Byzantine worker)")
+@click.option("--log-level", default="info", show_default=True)
+@limit_options
+def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, metrics_port, lie,
+           log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+    """Serve computations for a master (needs no torch for the encoded-only placement)."""
+    import os
+
+    # A worker's matmuls are small: BLAS threads only fight other processes for the cores (measured
+    # 34x slower per group with 2 OpenBLAS threads on a loaded 2-core host). Must precede numpy's import.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import asyncio
+
+    from ..protocol.auth import load_token
+    from ..runtime.transport import parse_address, run, server_ssl_context
+    from ..runtime.worker import Worker
+
+    _logging(log_level)
+    host, port = parse_address(listen)
+    loaded = None
+    if bundle:
+        from .bundle import load_bundle
+
+        loaded = load_bundle(bundle)
+    beh = None
+    if behaviour:
+        from .scenario.latency import WorkerBehaviour
+
+        beh = WorkerBehaviour.from_dict(json.loads(behaviour), seed, index).delay
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    w = Worker(load_token(token_file), _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
+               loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}", lie=lie)
+    if metrics_port is not None:
+        from .runtime.worker_metrics import start_metrics_server
+
+        _, mport = start_metrics_server(w, host, metrics_port)
+        click.echo(f"edgecc worker metrics on http://{host}:{mport}/metrics", err=True)
+
+    async def serve() -> None:
+        bound = await w.start(host, port)
+        if port_file:
+            from pathlib import Path
+
+            Path(port_file).write_text(str(bound))
+        click.echo(f"edgecc worker listening on {host}:{bound}", err=True)
+        try:
+            await w.serve_forever()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await w.close()
+
+    try:
+        run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--workers", required=True, help="comma-separated HOST:PORT of the N workers, in α order")
+@click.option("--model", default="default", show_default=True, help="model file, or 'default' (shipped)")
+@click.option("--images", default="sample", show_default=True, help="'sample' (shipped), 'test', 'train' or an .npz")
+@click.option("--data-dir", default=None)
+@click.option("--limit", type=int, default=None, help="first LIMIT images only")
+@click.option("--placement", type=click.Choice(["encoded", "shared"]), default="encoded", show_default=True)
+@click.option("--worker-dataset", default=None, help="shared placement: name of the dataset the workers hold ('sample', 'test'); the master then sends indices... (images are sent when unset)")
+@click.option("--groups-per-request", type=int, default=64, show_default=True)
+@click.option("--in-flight", type=int, default=8, show_default=True, help="requests in flight")
+@click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="per-request deadline (s)")
+@click.option("--wait", type=float, default=10.0, show_default=True, help="seconds to wait for R workers at start")
+@click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True)
+@click.option("--byzantine", type=int, default=0, show_default=True, help="E: wait for R+2E results, decode around up to E lying workers and name them")
+@click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="encoder precision at the master; auto = bf16 for CNN encoders on CPUs with native bf16, else fp32")
+@click.option("--tolerance", type=float, default=None,
+              help="AICC: the decoded-logit error bound a request may decode with; requests wait for better-conditioned "
+                   "results until it holds, and a configuration that cannot reach it is refused at start [default: 0.01]")
+@click.option("--scheme", type=click.Choice(["auto", "approxifer"]), default="auto", show_default=True,
+              help="auto: the model's own scheme (AICC, learned code); approxifer: Berrut-coded ApproxIFER over a "
+              "centralized model (--model default-mlp, or a centralized CNN with torch on the workers), K = --k")
+@click.option("--k", "approx_k", type=int, default=2, show_default=True, help="approxifer: images per group")
+@click.option("--points", type=click.Choice(["n", "n-1"]), default="n", show_default=True,
+              help="approxifer: worker nodes cos(iπ/N) or cos(iπ/(N−1))")
+@click.option("--token-file", default=None)
+@click.option("--tls-ca", default=None, help="CA file: connect with TLS and verify workers against it")
+@click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="write the JSON summary here")
+@click.option("--predictions-out", default=None, type=click.Path(dir_okay=False), help="write predictions (.npy, -1 = failed)")
+@click.option("--quiet", is_flag=True)
+@click.option("--log-level", default="warning", show_default=True)
+@limit_options
+def master(workers, model, images, data_dir, limit, placement, worker_dataset, groups_per_request, in_flight, request_timeout,
+           wait, wire_dtype, byzantine, encode_precision, tolerance, scheme, approx_k, points, token_file, tls_ca, json_out,
+           predictions_out, quiet, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+    """Stream images through N workers, decoding each request from the first R answers."""
+    import numpy as np
+
+    from ..modelfile import load_model
+    from ..protocol.auth import load_token
+    from ..runtime.master import Master, run_stream
+    from ..runtime.plan import CodedPlan, LearnedCodePlan
+    from ..runtime.transport import client_ssl_context, parse_address, run
+
+    _logging(log_level)
+    addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
+    net, info = load_model(model)
+    if scheme == "approxifer":  # any K of the N workers, each running the centralized model on a Berrut combination
+        from .runtime.approxifer import ApproxIFERPlan
+
+        if placement != "encoded":
+            raise click.UsageError("ApproxIFER's workers run the centralized model on what the master sends: no --placement")
+        try:
+            plan = ApproxIFERPlan(net, info, approx_k, len(addresses), points, wire_dtype, byzantine)
+        except EdgeccError as e:
+            raise click.UsageError(str(e)) from None
+    elif info["kind"] == "learned-code":  # the baseline [10]: k data workers + 1 parity worker, all plain
+        if len(addresses) != info["code"]["k"] + 1 or byzantine or placement != "encoded":
+            raise click.UsageError(f"a learned-code model runs on exactly k+1 = {info['code']['k'] + 1} workers, "
+                                   "without --byzantine or --placement")
+        plan = LearnedCodePlan(net, info, wire_dtype)
+    elif info["kind"] == "aicc":
+        extra = {} if tolerance is None else {"tolerance": tolerance}
+        plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision, **extra)
+    else:
+        raise click.UsageError(f"the master distributes AICC or learned-code models, not {info['kind']!r} (a centralized model: --scheme approxifer)")
+    x, y = _images(images, data_dir, limit)
+    token = load_token(token_file)
+    limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
+
+    async def go():
+        m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout,
+                   ssl_context=client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None)
+        try:
+            await m.start(wait_ready=wait)
+            await m.wait_all_ready(min(wait, 2.0))
+            if quiet:
+                return await run_stream(m, x, y, groups_per_request, in_flight)
+            with click.progressbar(length=x.shape[0] - x.shape[0] % plan.K, label="images", file=click.get_text_stream("stderr")) as bar:
+                return await run_stream(m, x, y, groups_per_request, in_flight, progress=bar.update)
+        finally:
+            await m.close()
+
+    summary, preds = run(go())
+    summary["model"] = model
+    if json_out:
+        from .modelfile import atomic_write
+
+        atomic_write(json_out, json.dumps(summary, indent=2).encode())
+    if predictions_out:
+        np.save(predictions_out, preds)
+    click.echo(json.dumps(summary))
+    if summary["requests_failed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("address")
+@click.option("--token-file", default=None)
+@click.option("--tls-ca", default=None)
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def ping(address, token_file, tls_ca, timeout):
+    """Check that a worker answers the authenticated handshake (exit 0 on success)."""
+    from ..protocol.auth import load_token
+    from ..runtime.probe import probe
+    from ..runtime.transport import client_ssl_context, parse_address, run
+
+    host, port = parse_address(address)
+    ctx = client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None
+    info = run(probe(host, port, load_token(token_file), timeout, ctx))
+    click.echo(json.dumps(info))
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write the token to (mode 0600)")
+def token(out):
+    """Generate a random shared token into a file readable only by its owner."""
+    import os
+    import secrets
+
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    click.echo(f"wrote a new token to {out}", err=True)

@@ -1,0 +1,49 @@
+"""Options and helpers more than one group of commands uses."""
+
+from __future__ import annotations
+
+import click
+
+ARCH = click.Choice(["mlp", "cnn", "cl"])
+RECIPES = ("paper", "best", "augment", "anneal")  # edgecc.train.RECIPES, spelled out so the CLI starts without torch
+PRECISION = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+                         help="training arithmetic: auto = bf16 autocast where the device runs bf16 natively, else fp32")
+
+
+def _arch(name: str) -> str:
+    return "cl" if name in ("cnn", "cl") else "mlp"
+
+
+def _images(source: str, data_dir: str | None, limit: int | None):
+    from ..data import load_images
+
+    images, labels = load_images(source, data_dir)
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+    from ..runtime.limits import Limits
+
+    return Limits(max_frame=max_frame, max_batch=max_batch, max_in_flight=max_in_flight,
+                  handshake_timeout=handshake_timeout, idle_timeout=idle_timeout)
+
+
+def limit_options(f):
+    from ..runtime.limits import Limits
+
+    d = Limits()
+    for opt in reversed([
+        click.option("--max-frame", type=int, default=d.max_frame, show_default=True, help="bytes per frame"),
+        click.option("--max-batch", type=int, default=d.max_batch, show_default=True, help="groups per request"),
+        click.option("--max-in-flight", type=int, default=d.max_in_flight, show_default=True),
+        click.option("--handshake-timeout", type=float, default=d.handshake_timeout, show_default=True),
+        click.option("--idle-timeout", type=float, default=d.idle_timeout, show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s")
