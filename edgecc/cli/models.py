@@ -83,7 +83,7 @@ def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, w
     net, info = load_model(model)
     x, y = _images(images, data_dir, limit)
     if info["kind"] == "aicc":
-        from .coding.conditioning import DEFAULT_TOLERANCE
+        from ..coding.conditioning import DEFAULT_TOLERANCE
 
         res = evaluate(net, info, x, y, N, max_subsets, encode_precision, wire_dtype, points,
                        DEFAULT_TOLERANCE if tolerance is None else tolerance)

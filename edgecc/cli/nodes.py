@@ -47,12 +47,12 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     host, port = parse_address(listen)
     loaded = None
     if bundle:
-        from .bundle import load_bundle
+        from ..bundle import load_bundle
 
         loaded = load_bundle(bundle)
     beh = None
     if behaviour:
-        from .scenario.latency import WorkerBehaviour
+        from ..scenario.latency import WorkerBehaviour
 
         beh = WorkerBehaviour.from_dict(json.loads(behaviour), seed, index).delay
     if bool(tls_cert) != bool(tls_key):
@@ -60,7 +60,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     w = Worker(load_token(token_file), _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
                loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}", lie=lie)
     if metrics_port is not None:
-        from .runtime.worker_metrics import start_metrics_server
+        from ..runtime.worker_metrics import start_metrics_server
 
         _, mport = start_metrics_server(w, host, metrics_port)
         click.echo(f"edgecc worker metrics on http://{host}:{mport}/metrics", err=True)
@@ -133,7 +133,7 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
     net, info = load_model(model)
     if scheme == "approxifer":  # any K of the N workers, each running the centralized model on a Berrut combination
-        from .runtime.approxifer import ApproxIFERPlan
+        from ..runtime.approxifer import ApproxIFERPlan
 
         if placement != "encoded":
             raise click.UsageError("ApproxIFER's workers run the centralized model on what the master sends: no --placement")
@@ -171,7 +171,7 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     summary, preds = run(go())
     summary["model"] = model
     if json_out:
-        from .modelfile import atomic_write
+        from ..modelfile import atomic_write
 
         atomic_write(json_out, json.dumps(summary, indent=2).encode())
     if predictions_out:

@@ -101,7 +101,7 @@ def load(url, rate, duration, warmup, images_per_request, fmt, deadline_ms, clie
         raise click.UsageError(str(e)) from None
     summary["url"] = url
     if json_out:
-        from .modelfile import atomic_write
+        from ..modelfile import atomic_write
 
         atomic_write(json_out, json.dumps(summary, indent=2).encode())
     click.echo(json.dumps(summary))
