@@ -8,6 +8,7 @@ writes stall forever — without relying on timing of a real network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -80,20 +81,26 @@ class OldWorker(Worker):
             comm.write = caps_write
 
 
-async def _master(plan, workers, **kw) -> tuple[Master, InProcessWorkers]:
+@contextlib.asynccontextmanager
+async def linked_master(default_model, workers, **kw):
+    """A started Master of the default model's plan over in-process `workers`; closed on exit."""
+    model, info = default_model
     linked = InProcessWorkers(workers)
-    m = Master(plan, linked.addresses(len(workers)), TOKEN, connector=linked.connector, **kw)
-    await m.start(wait_ready=20)
-    assert await m.wait_all_ready(20)
-    return m, linked
+    m = Master(CodedPlan(model, info, len(workers)), linked.addresses(len(workers)), TOKEN,
+               connector=linked.connector, **kw)
+    try:
+        await m.start(wait_ready=20)
+        assert await m.wait_all_ready(20)
+        yield m, linked
+    finally:
+        await m.close()
+        await linked.close()
 
 
 async def test_a_link_whose_writes_stall_forever_delays_no_request(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, y = groups
-    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), StalledWorker(TOKEN)], request_timeout=10.0)
-    try:
+    async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), StalledWorker(TOKEN)],
+                             request_timeout=10.0) as (m, linked):
         latencies, correct = [], 0
         # 16-group requests (~50 kB per worker frame) until far more than a socket buffer has been
         # offered to the stalled link: its writes back up, the other two answer every request
@@ -108,18 +115,13 @@ async def test_a_link_whose_writes_stall_forever_delays_no_request(default_model
         assert correct / (60 * 32) > 0.8
         # no request waited for the stalled link's socket (a heartbeat period is 1 s)
         assert max(latencies) < 0.5, latencies
-    finally:
-        await m.close()
-        await linked.close()
 
 
 async def test_frames_of_decoded_requests_never_reach_a_backed_up_link(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
-    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), StalledWorker(TOKEN)], request_timeout=10.0,
-                              max_queued_bytes=1 << 30)  # never lagging: every frame is queued for the stalled link
-    try:
+    # never lagging: every frame is queued for the stalled link
+    async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), StalledWorker(TOKEN)], request_timeout=10.0,
+                             max_queued_bytes=1 << 30) as (m, linked):
         results = await asyncio.gather(*(m.infer(x[i * 8:(i + 1) * 8]) for i in range(40)))
         assert len(results) == 40
         link = m.links[2]
@@ -127,28 +129,19 @@ async def test_frames_of_decoded_requests_never_reach_a_backed_up_link(default_m
         assert link.queued_bytes == 0 and not link.queue
         assert link.stats["frames_dropped"] > 0
         assert m.stats["bytes_sent"] == sum(l.stats["bytes_sent"] for l in m.links)
-    finally:
-        await m.close()
-        await linked.close()
 
 
 async def test_a_slow_link_that_keeps_draining_is_never_dropped(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
     # heartbeats every 0.1 s: a link is declared dead after 0.3 s without progress
-    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), SlowReaderWorker(TOKEN)], heartbeat_s=0.1,
-                              max_queued_bytes=1 << 30)
-    try:
+    async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), SlowReaderWorker(TOKEN)], heartbeat_s=0.1,
+                             max_queued_bytes=1 << 30) as (m, linked):
         t0 = time.monotonic()
         while time.monotonic() - t0 < 2.0:  # 16-group requests, far more than the slow reader takes
             await asyncio.gather(*(m.infer(x[i * 16:(i + 1) * 16]) for i in range(4)))
         assert m.links[2].stats["bytes_sent"] > 0
         assert m.links[2].connects == 1, m.links[2].last_error  # slow, not dead
         assert linked.connections == [1, 1, 1]
-    finally:
-        await m.close()
-        await linked.close()
 
 
 def _delay_worker(delays: dict[int, float]) -> Worker:
@@ -156,12 +149,9 @@ def _delay_worker(delays: dict[int, float]) -> Worker:
 
 
 async def test_cancel_skips_queued_work_on_a_current_worker(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
     slow = _delay_worker({0: 3.0})
-    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), slow])
-    try:
+    async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), slow]) as (m, linked):
         await m.infer(x[:4], req_id=0)
         assert m.links[2].stats["cancels_sent"] == 0  # not at once: a worker that computes at once would just answer
         await asyncio.sleep(0.05)
@@ -173,18 +163,12 @@ async def test_cancel_skips_queued_work_on_a_current_worker(default_model, group
         assert slow.stats["cancelled"] == 1
         await asyncio.sleep(3.2)
         assert m.stats["late_results"] == 0  # the skipped request never answered
-    finally:
-        await m.close()
-        await linked.close()
 
 
 async def test_an_old_worker_gets_no_cancel_and_still_serves(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
     old = OldWorker(TOKEN, behaviour=lambda req, t: 0.5 if req == 0 else 0.0)
-    m, linked = await _master(plan, [Worker(TOKEN), Worker(TOKEN), old])
-    try:
+    async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), old]) as (m, linked):
         assert m.links[2].minor == 0 and m.links[0].minor == 1
         await m.infer(x[:4], req_id=0)
         assert m.links[2].stats["cancels_sent"] == 0
@@ -192,36 +176,24 @@ async def test_an_old_worker_gets_no_cancel_and_still_serves(default_model, grou
         assert m.stats["late_results"] == 1 and old.stats["cancelled"] == 0
         logits = await m.infer(x[:4], req_id=1, info=(info_ := {}))
         assert logits.shape == (4, 2, 10) and len(info_["answered"]) >= 2
-    finally:
-        await m.close()
-        await linked.close()
 
 
 async def test_info_reports_this_requests_bytes_under_concurrency(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
-    m, linked = await _master(plan, [Worker(TOKEN) for _ in range(3)])
-    try:
+    async with linked_master(default_model, [Worker(TOKEN) for _ in range(3)]) as (m, linked):
         infos = [{} for _ in range(20)]
         await asyncio.gather(*(m.infer(x[i:i + 2], info=infos[i]) for i in range(20)))
-        per_frame = len(plan.payloads(x[:2])[0]["x"]["data"])  # the 2-group encoded image per worker
+        per_frame = len(m.plan.payloads(x[:2])[0]["x"]["data"])  # the 2-group encoded image per worker
         for i in infos:
             assert 3 * per_frame < i["bytes_sent"] < 3 * per_frame + 3 * 200  # three frames, headers included
             assert set(i) >= {"queue_ms", "encode_ms", "workers_ms", "decode_ms", "answered", "decode", "result_ms"}
             assert set(i["result_ms"]) == set(i["answered"]) and all(0 < v < i["workers_ms"] + 1e-6 for v in i["result_ms"].values())
         assert sum(i["bytes_sent"] for i in infos) == m.stats["bytes_sent"]  # no request counts another's bytes
-    finally:
-        await m.close()
-        await linked.close()
 
 
 async def test_overload_is_shed_and_no_request_outlives_its_deadline(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
-    m, linked = await _master(plan, [Worker(TOKEN) for _ in range(3)], request_timeout=5.0)
-    try:
+    async with linked_master(default_model, [Worker(TOKEN) for _ in range(3)], request_timeout=5.0) as (m, linked):
         for i in range(5):  # measures the encode cost the admission control works from
             await m.infer(x[i:i + 1])
         budget = 0.25
@@ -242,18 +214,12 @@ async def test_overload_is_shed_and_no_request_outlives_its_deadline(default_mod
         assert outcomes["shed"] > 0 and outcomes["ok"] > 0, outcomes
         assert m.stats["shed"] == outcomes["shed"]
         assert max(overshoot) < 0.1, (max(overshoot), outcomes)  # ended by its deadline, give or take a loop turn
-    finally:
-        await m.close()
-        await linked.close()
 
 
 async def test_a_lagging_link_left_out_of_a_request_takes_it_when_another_worker_fails(default_model, groups):
-    model, info = default_model
-    plan = CodedPlan(model, info, 3)
     x, _ = groups
     # worker 0 would answer request 1 after 2 s; worker 2 is healthy but its link counts as lagging
-    m, linked = await _master(plan, [_delay_worker({1: 2.0}), Worker(TOKEN), Worker(TOKEN)], max_queued_bytes=1)
-    try:
+    async with linked_master(default_model, [_delay_worker({1: 2.0}), Worker(TOKEN), Worker(TOKEN)], max_queued_bytes=1) as (m, linked):
         m.links[2].queue[999] = b"x" * 10  # a queued frame of a request that is gone: the link lags
         m.links[2].queued_bytes = 10
         answered = {}
@@ -268,9 +234,6 @@ async def test_a_lagging_link_left_out_of_a_request_takes_it_when_another_worker
         logits = await asyncio.wait_for(task, 5)
         assert answered["answered"] == [1, 2] and logits.shape == (2, 2, 10)
         assert m.links[2].stats["frames_dropped"] >= 1  # the stale queued frame never reached the socket
-    finally:
-        await m.close()
-        await linked.close()
 
 
 def test_admission_plans_with_the_median_encode_time_so_one_stall_sheds_nothing(default_model):
