@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, DecodeError
+from .lagrange import interpolation_points
 from .robust import RobustResult
 
 WORKER_POINT_SETS = ("n", "n-1")  # cos(iπ/N) (the published workstation scripts), cos(iπ/(N−1)) (their AWS script)
@@ -54,12 +55,7 @@ def berrut_weights(nodes: Sequence[float], targets: Sequence[float]) -> np.ndarr
 
     Signs alternate in the nodes' sorted order (what keeps r pole-free), whatever order they are given
     in; a target equal to a node takes that node's value exactly."""
-    x = np.asarray(nodes, dtype=np.float64)
-    t = np.asarray(targets, dtype=np.float64)
-    if x.ndim != 1 or t.ndim != 1 or x.size == 0:
-        raise DecodeError("nodes and targets must be non-empty 1-D sequences")
-    if np.unique(x).size != x.size:
-        raise DecodeError(f"interpolation nodes must be distinct, got {list(x)}")
+    x, t = interpolation_points(nodes, targets)
     sign = np.empty(x.size)
     sign[np.argsort(x)] = (-1.0) ** np.arange(x.size)
     diff = t[:, None] - x[None, :]  # (T, n)

@@ -17,14 +17,20 @@ import numpy as np
 from ..errors import DecodeError
 
 
-def decode_weights(alphas: Sequence[float], betas: Sequence[float]) -> np.ndarray:
-    """K×R Lagrange weights mapping values at `alphas` to values at `betas` (float64)."""
-    a = np.asarray(alphas, dtype=np.float64)
-    b = np.asarray(betas, dtype=np.float64)
+def interpolation_points(nodes: Sequence[float], targets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (nodes, targets) for an interpolation, or DecodeError: non-empty 1-D, distinct nodes."""
+    a = np.asarray(nodes, dtype=np.float64)
+    b = np.asarray(targets, dtype=np.float64)
     if a.ndim != 1 or b.ndim != 1 or a.size == 0:
-        raise DecodeError("alphas and betas must be non-empty 1-D sequences")
+        raise DecodeError("evaluation points and targets must be non-empty 1-D sequences")
     if np.unique(a).size != a.size:
         raise DecodeError(f"evaluation points must be distinct, got {list(a)}")
+    return a, b
+
+
+def decode_weights(alphas: Sequence[float], betas: Sequence[float]) -> np.ndarray:
+    """K×R Lagrange weights mapping values at `alphas` to values at `betas` (float64)."""
+    a, b = interpolation_points(alphas, betas)
     R = a.size
     W = np.ones((b.size, R), dtype=np.float64)
     for i in range(R):
