@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import main
-from .options import ARCH, PRECISION, RECIPES, _arch, _images
+from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 
 
 @main.command()
@@ -43,7 +43,7 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epoch
     from ..coding.schemes import Scheme
     from ..train import TrainConfig, train as run_training
 
-    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=_arch(encoder), compute_arch=_arch(compute_arch)) if kind == "aicc" else None
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
                                  threads=threads, limit=limit, data_dir=data_dir, init=init)
 
@@ -81,7 +81,7 @@ def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, w
     from ..modelfile import load_model, resolve
 
     net, info = load_model(model)
-    x, y = _images(images, data_dir, limit)
+    x, y = images_from(images, data_dir, limit)
     if info["kind"] == "aicc":
         from ..coding.conditioning import DEFAULT_TOLERANCE
 

@@ -9,7 +9,7 @@ import click
 
 from ..errors import EdgeccError
 from . import main
-from .options import _images, _limits, _logging, limit_options
+from .options import images_from, limit_options, make_limits, setup_logging
 
 
 @main.command()
@@ -43,7 +43,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     from ..runtime.transport import parse_address, run, server_ssl_context
     from ..runtime.worker import Worker
 
-    _logging(log_level)
+    setup_logging(log_level)
     host, port = parse_address(listen)
     loaded = None
     if bundle:
@@ -57,7 +57,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
         beh = WorkerBehaviour.from_dict(json.loads(behaviour), seed, index).delay
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    w = Worker(load_token(token_file), _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
+    w = Worker(load_token(token_file), make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
                loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}", lie=lie)
     if metrics_port is not None:
         from ..runtime.worker_metrics import start_metrics_server
@@ -129,7 +129,7 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     from ..runtime.plan import CodedPlan, LearnedCodePlan
     from ..runtime.transport import client_ssl_context, parse_address, run
 
-    _logging(log_level)
+    setup_logging(log_level)
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
     net, info = load_model(model)
     if scheme == "approxifer":  # any K of the N workers, each running the centralized model on a Berrut combination
@@ -151,9 +151,9 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
         plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision, **extra)
     else:
         raise click.UsageError(f"the master distributes AICC or learned-code models, not {info['kind']!r} (a centralized model: --scheme approxifer)")
-    x, y = _images(images, data_dir, limit)
+    x, y = images_from(images, data_dir, limit)
     token = load_token(token_file)
-    limits = _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
+    limits = make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
 
     async def go():
         m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout,

@@ -10,18 +10,18 @@ PRECISION = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32
                          help="training arithmetic: auto = bf16 autocast where the device runs bf16 natively, else fp32")
 
 
-def _arch(name: str) -> str:
+def arch_family(name: str) -> str:
     return "cl" if name in ("cnn", "cl") else "mlp"
 
 
-def _images(source: str, data_dir: str | None, limit: int | None):
+def images_from(source: str, data_dir: str | None, limit: int | None):
     from ..data import load_images
 
     images, labels = load_images(source, data_dir)
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 
-def _limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+def make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     from ..runtime.limits import Limits
 
     return Limits(max_frame=max_frame, max_batch=max_batch, max_in_flight=max_in_flight,
@@ -43,7 +43,7 @@ def limit_options(f):
     return f
 
 
-def _logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     import logging
 
     logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import main
-from .options import _logging
+from .options import setup_logging
 
 
 @main.command()
@@ -42,7 +42,7 @@ def serve(workers, listen, model, scheme, window_ms, max_queue, max_groups, max_
     from ..runtime.transport import client_ssl_context, parse_address, run, server_ssl_context
     from ..serve.app import DEFAULT_WINDOW_MS, Service, build_plan, run_until_signalled
 
-    _logging(log_level)
+    setup_logging(log_level)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
