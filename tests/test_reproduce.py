@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgecc import cli, reproduce as reproduce_module
+from edgecc.cli import options as cli_options
 from edgecc.coding.schemes import Scheme
 from edgecc.modelfile import load_model, read_header, save_model
 from edgecc.nets import AICC
@@ -124,7 +125,7 @@ def test_the_old_flags_name_the_subcommand_that_replaced_them():
 
 
 def test_the_cli_offers_every_recipe():
-    assert cli.RECIPES == RECIPES
+    assert cli_options.RECIPES == RECIPES
 
 
 def test_training_from_a_model_of_another_scheme_is_refused(tmp_path):
