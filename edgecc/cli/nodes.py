@@ -9,6 +9,7 @@ import click
 
 from ..errors import EdgeccError
 from . import main
+from ..runtime.schemes import SCHEMES
 from .options import images_from, limit_options, make_limits, setup_logging
 
 
@@ -104,10 +105,11 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--tolerance", type=float, default=None,
               help="AICC: the decoded-logit error bound a request may decode with; requests wait for better-conditioned "
                    "results until it holds, and a configuration that cannot reach it is refused at start [default: 0.01]")
-@click.option("--scheme", type=click.Choice(["auto", "approxifer"]), default="auto", show_default=True,
+@click.option("--scheme", type=click.Choice(["auto", *SCHEMES]), default="auto", show_default=True,
               help="auto: the model's own scheme (AICC, learned code); approxifer: Berrut-coded ApproxIFER over a "
-              "centralized model (--model default-mlp, or a centralized CNN with torch on the workers), K = --k")
-@click.option("--k", "approx_k", type=int, default=2, show_default=True, help="approxifer: images per group")
+              "centralized model (--model default-mlp, or a centralized CNN with torch on the workers); uncoded and "
+              "replication run the centralized MLP; K = the AICC model's, else --k")
+@click.option("--k", "approx_k", type=int, default=2, show_default=True, help="images per group when --model is not an AICC model")
 @click.option("--points", type=click.Choice(["n", "n-1"]), default="n", show_default=True,
               help="approxifer: worker nodes cos(iπ/N) or cos(iπ/(N−1))")
 @click.option("--token-file", default=None)
@@ -126,31 +128,34 @@ def master(workers, model, images, data_dir, limit, placement, worker_dataset, g
     from ..modelfile import load_model
     from ..protocol.auth import load_token
     from ..runtime.master import Master, run_stream
-    from ..runtime.plan import CodedPlan, LearnedCodePlan
+    from ..runtime.schemes import BASELINE, PlanRequest, build_plan
     from ..runtime.transport import client_ssl_context, parse_address, run
 
     setup_logging(log_level)
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
     net, info = load_model(model)
-    if scheme == "approxifer":  # any K of the N workers, each running the centralized model on a Berrut combination
-        from ..runtime.approxifer import ApproxIFERPlan
-
-        if placement != "encoded":
-            raise click.UsageError("ApproxIFER's workers run the centralized model on what the master sends: no --placement")
-        try:
-            plan = ApproxIFERPlan(net, info, approx_k, len(addresses), points, wire_dtype, byzantine)
-        except EdgeccError as e:
-            raise click.UsageError(str(e)) from None
-    elif info["kind"] == "learned-code":  # the baseline [10]: k data workers + 1 parity worker, all plain
-        if len(addresses) != info["code"]["k"] + 1 or byzantine or placement != "encoded":
-            raise click.UsageError(f"a learned-code model runs on exactly k+1 = {info['code']['k'] + 1} workers, "
-                                   "without --byzantine or --placement")
-        plan = LearnedCodePlan(net, info, wire_dtype)
-    elif info["kind"] == "aicc":
-        extra = {} if tolerance is None else {"tolerance": tolerance}
-        plan = CodedPlan(net, info, len(addresses), placement, wire_dtype, byzantine, encode_precision, **extra)
-    else:
-        raise click.UsageError(f"the master distributes AICC or learned-code models, not {info['kind']!r} (a centralized model: --scheme approxifer)")
+    if scheme == "auto":  # the model's own scheme
+        if info["kind"] not in ("aicc", "learned-code"):
+            raise click.UsageError(f"--scheme auto distributes AICC or learned-code models, not {info['kind']!r} "
+                                   f"(a centralized model: --scheme approxifer, uncoded or replication)")
+        scheme = info["kind"]
+    if scheme == "learned-code" and info["kind"] == "learned-code" and (
+            len(addresses) != info["code"]["k"] + 1 or byzantine or placement != "encoded"):
+        raise click.UsageError(f"a learned-code model runs on exactly k+1 = {info['code']['k'] + 1} workers, "
+                               "without --byzantine or --placement")
+    if scheme != "aicc" and placement != "encoded":
+        raise click.UsageError(f"{scheme}'s workers compute on what the master sends: no --placement")
+    aicc = info["kind"] == "aicc"
+    request = PlanRequest(len(addresses), net if aicc else None, info if aicc else None, K=None if aicc else approx_k,
+                          placement=placement, wire_dtype=wire_dtype, encode_precision=encode_precision,
+                          byzantine=byzantine, tolerance=tolerance, points=points,
+                          baseline=model if info["kind"].startswith("centralized") else BASELINE,
+                          learned_code_model=model if info["kind"] == "learned-code" else "learned-code")
+    try:
+        plan = build_plan(scheme, request)
+    except (EdgeccError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    addresses = addresses[: plan.N]  # uncoded (and the learned code) use the first of the workers given
     x, y = images_from(images, data_dir, limit)
     token = load_token(token_file)
     limits = make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)

@@ -33,7 +33,6 @@ from .links import LinkSet, LinkTimeline, kernel_features, require, tcp_congesti
 from .report import RequestRecord, links_markdown, write_report
 from .spec import Scenario
 
-BASELINE = "default-mlp"  # the shipped centralized MLP the comparators' workers run
 STAGES = ("queue", "encode", "workers", "decode")  # Master.infer's info timings, "<stage>_ms"
 WARMUP_ID = 2**40  # request id of the unmeasured warm-up request (outside every scenario's range)
 
@@ -72,23 +71,13 @@ class LocalWorkers:
             w.stop()
 
 
-def _plan(scheme: str, scenario: Scenario, model, info, baseline):
-    from ..runtime.plan import CodedPlan, LearnedCodePlan, ReplicatedPlan
+def _plan(scheme: str, scenario: Scenario, model, info):
+    """The scheme's plan from the registry (runtime/schemes.py), on the scenario's N workers."""
+    from ..runtime.schemes import PlanRequest, build_plan
 
-    K = info["scheme"]["K"]
-    if scheme == "aicc":
-        return CodedPlan(model, info, scenario.N, scenario.placement, encode_precision=scenario.encode_precision)
-    if scheme == "learned-code":  # its k+1 workers are the scenario's first k+1
-        plan = LearnedCodePlan(*load_model(scenario.learned_code_model))
-        if plan.N > scenario.N:
-            raise EdgeccError(f"the learned code needs {plan.N} workers, the scenario has {scenario.N}")
-        return plan
-    if scheme == "approxifer":  # the centralized baseline on Berrut combinations; any K of the scenario's N
-        from ..runtime.approxifer import ApproxIFERPlan
-
-        return ApproxIFERPlan(*baseline, K, scenario.N)
-    bnet, binfo = baseline
-    return ReplicatedPlan(bnet, binfo, K, K if scheme == "uncoded" else scenario.N)
+    return build_plan(scheme, PlanRequest(scenario.N, model, info, placement=scenario.placement,
+                                          encode_precision=scenario.encode_precision,
+                                          learned_code_model=scenario.learned_code_model))
 
 
 async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: np.ndarray, started_at: list[float],
@@ -151,11 +140,11 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
     return sorted(records, key=lambda rec: rec.request)
 
 
-async def _run_scheme(scheme: str, scenario: Scenario, model, info, baseline, images, labels, log_dir: Path,
+async def _run_scheme(scheme: str, scenario: Scenario, model, info, images, labels, log_dir: Path,
                       progress, links: LinkSet | None) -> tuple[list[RequestRecord], dict[str, Any], dict[str, Any] | None]:
     from ..runtime.master import Master
 
-    plan = _plan(scheme, scenario, model, info, baseline)
+    plan = _plan(scheme, scenario, model, info)
     token = secrets.token_hex(32)
     specs = [w.link for w in scenario.workers]
     if links is not None:  # every scheme starts from the links' initial state, like it starts fresh workers
@@ -207,7 +196,6 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     model, info = load_model(scenario.model)
     if info["kind"] != "aicc":
         raise EdgeccError(f"{scenario.model}: a scenario's model must be an AICC model")
-    baseline = load_model(BASELINE) if {"uncoded", "replication", "approxifer"} & set(scenario.schemes) else None
     images, labels = load_images(scenario.images)
     results, stats, measured = {}, {}, {}
     links_meta = None
@@ -232,7 +220,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
                 name = scheme + suffix
                 progress = progress_factory(name) if progress_factory else None
                 results[name], stats[name], measured[name] = run(_run_scheme(
-                    scheme, variant, model, info, baseline, images, labels, Path(logs), progress, links))
+                    scheme, variant, model, info, images, labels, Path(logs), progress, links))
         if links is not None:
             links_meta["qdiscs"] = [links.shaped(i) for i in range(scenario.N)]  # the last scheme's final state
     meta = {**scenario.to_dict(), "machine": _machine(), "master_stats": stats}

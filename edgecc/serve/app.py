@@ -48,23 +48,16 @@ DEFAULT_WINDOW_MS = 2.0  # batching window: the sweep in results/serve-sweep.md 
 
 
 def build_plan(scheme: str, model: str, N: int, encode_precision: str = "auto", wire_dtype: str = "f4"):
-    """The plan `edgecc master` would use: AICC from the model file, or the centralized-MLP baseline
-    for uncoded (the first K workers) and replication (all N)."""
+    """The plan for `scheme` from the registry (runtime/schemes.py); the AICC `model` fixes K for every
+    scheme, and is what the aicc scheme runs."""
     from ..errors import EdgeccError
     from ..modelfile import load_model
-    from ..runtime.plan import CodedPlan, ReplicatedPlan
-    from ..scenario.runner import BASELINE
+    from ..runtime.schemes import PlanRequest, build_plan as registry_plan
 
     net, info = load_model(model)
     if info["kind"] != "aicc":
         raise EdgeccError(f"{model}: serve needs an AICC model (it sets K), not {info['kind']!r}")
-    if scheme == "aicc":
-        return CodedPlan(net, info, N, "encoded", wire_dtype, 0, encode_precision)
-    K = info["scheme"]["K"]
-    bnet, binfo = load_model(BASELINE)
-    if scheme == "uncoded":
-        return ReplicatedPlan(bnet, binfo, K, K, wire_dtype)
-    return ReplicatedPlan(bnet, binfo, K, N, wire_dtype)
+    return registry_plan(scheme, PlanRequest(N, net, info, wire_dtype=wire_dtype, encode_precision=encode_precision))
 
 
 class Service:
