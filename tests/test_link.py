@@ -249,3 +249,17 @@ def test_admission_plans_with_the_median_encode_time_so_one_stall_sheds_nothing(
         m._admit(2, 1, True, now, now + 0.2)
     assert m.stats["shed"] == 1
     m.encode_pool.shutdown()
+
+
+def test_admission_counts_the_workers_recent_time_and_forgets_it(default_model):
+    model, info = default_model
+    m = Master(CodedPlan(model, info, 3), InProcessWorkers.addresses(3), TOKEN, encode_threads=2)
+    now = time.monotonic()
+    m._service_samples.extend([(now - 1.0, 0.300)] * 5 + [(now - 60.0, 9.0)] * 20)  # 20 stale, 5 recent
+    assert m.workers_s(now) == pytest.approx(0.300)
+    m._admit(1, 1, True, now, now + 0.5)  # 0.3 s at the workers fits in 0.5 s
+    with pytest.raises(Overloaded, match="~300 ms at the workers"):
+        m._admit(2, 1, True, now, now + 0.2)
+    assert m.workers_s(now + 10.0) == 0.0  # nothing decoded lately: admit again and measure anew
+    m._admit(3, 1, True, now + 10.0, now + 10.2)
+    m.encode_pool.shutdown()

@@ -35,7 +35,8 @@ log = logging.getLogger("edgecc.master")
 
 SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_encodes)
 CANCEL_DELAY_S = 0.005  # how long after a request ends its unanswered workers get `cancel` (see _finish)
-ENCODE_SAMPLES = 32  # recent requests whose encode time per group admission control takes the median of
+ENCODE_SAMPLES = 32
+SERVICE_WINDOW_S = 5.0  # how far back admission looks at the workers' time per request  # recent requests whose encode time per group admission control takes the median of
 
 
 class RequestFailed(EdgeccError):
@@ -59,6 +60,7 @@ class Pending:
     bytes_sent: int = 0  # this request's frames as written to sockets (dropped frames excluded)
     report: dict[str, Any] = field(default_factory=dict)  # the plan's decode report
     decode_ms: float = 0.0
+    sent_at: float = 0.0  # when its frames were offered to the links
     done_at: float = 0.0
     finished: bool = False  # queued frames discarded and cancels sent
     frames: list[bytes] = field(default_factory=list)  # per worker, kept to offer to a skipped link later
@@ -116,6 +118,8 @@ class Master:
         # the median of recent requests' encode time per group: one request stalled by a CPU spike must
         # not make admission shed everything behind it (an average would jump by that request's stall)
         self._encode_samples: deque[float] = deque(maxlen=ENCODE_SAMPLES)
+        # (when, seconds from send to decode) of recent decoded requests: the workers' side of admission
+        self._service_samples: deque[tuple[float, float]] = deque(maxlen=ENCODE_SAMPLES)
         self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0,
                       "shed": 0, "deadline_failures": 0, "waited_extra": 0}
 
@@ -194,17 +198,27 @@ class Master:
         return statistics.median(self._encode_samples) if self._encode_samples else 0.0
 
     def _admit(self, req_id: int, groups: int, small: bool, now: float, deadline: float) -> None:
-        """Shed the request now if, behind the groups already waiting, it cannot be encoded before
-        its deadline (the measured encode cost per group, spread over the encode threads)."""
+        """Shed the request now if, behind the groups already waiting, it cannot be encoded and answered
+        before its deadline: the median encode cost per group, spread over the encode threads, plus the
+        median time the workers took for recent requests."""
         if len(self.admitted) >= self.max_queue:
             self.stats["shed"] += 1
             raise Overloaded(f"request {req_id}: shed, {len(self.admitted)} requests already queued (max_queue)")
         parallel = self.small_parallel if small else self.encode_threads
         wait = (self.queued_groups + groups) * self.encode_s_per_group / max(1, parallel)
-        if now + wait > deadline:
+        service = self.workers_s(now)
+        if now + wait + service > deadline:
             self.stats["shed"] += 1
             raise Overloaded(f"request {req_id}: shed, the master is past capacity ({self.queued_groups} groups "
-                             f"queued, ~{wait * 1000:.0f} ms to encode, {max(0.0, deadline - now) * 1000:.0f} ms left)")
+                             f"queued, ~{wait * 1000:.0f} ms to encode, ~{service * 1000:.0f} ms at the workers, "
+                             f"{max(0.0, deadline - now) * 1000:.0f} ms left)")
+
+    def workers_s(self, now: float) -> float:
+        """The median time from sending a request to its decode over the last SERVICE_WINDOW_S (0 when
+        none decoded then). Only recent requests count: while everything is shed no new ones finish,
+        and the master must try again once the window has passed rather than shed forever."""
+        recent = [s for t, s in self._service_samples if now - t <= SERVICE_WINDOW_S]
+        return statistics.median(recent) if recent else 0.0
 
     async def _encode_by(self, req_id: int, images: np.ndarray, small: bool, deadline: float):
         """(frames, encode start, encode end), or RequestFailed once the deadline passes first."""
@@ -234,7 +248,7 @@ class Master:
                                 f"{self.plan.need} unreachable")
         p = Pending(req_id, groups, loop.create_future(), set(), frames=frames)
         self.pending[req_id] = p
-        sent_at = time.monotonic()
+        sent_at = p.sent_at = time.monotonic()
         try:
             # Offered back to back, none awaited: idle links write at once, busy ones queue. Lagging links
             # are left out when the others can complete the request without them (and offered the
@@ -355,6 +369,7 @@ class Master:
             self._fail(p, str(e))
             return
         p.decode_ms, p.done_at, p.report = (time.perf_counter() - t) * 1000, time.monotonic(), report
+        self._service_samples.append((p.done_at, p.done_at - p.sent_at))
         if report.get("waited_extra"):
             self.stats["waited_extra"] += 1
         p.future.set_result(logits)
