@@ -190,7 +190,7 @@ class WorkerLink:
         comm = self.comm
         if comm is None or comm.closed:
             raise CommClosedError("not connected")
-        if not self.queue and not self.control and not comm.backed_up:
+        if self._idle(comm):
             self._put(comm, req_id, frame)  # idle link: straight to the socket, no task hop
             return True
         if self.lagging and not force:
@@ -200,6 +200,10 @@ class WorkerLink:
         self.queued_bytes += len(frame)
         self._wakeup.set()
         return True
+
+    def _idle(self, comm: Comm) -> bool:
+        """Nothing waits before a new frame: it may go straight to the socket, no task hop."""
+        return not self.queue and not self.control and not comm.backed_up
 
     def _put(self, comm: Comm, req_id: int, frame: bytes) -> None:
         if not self.master._wants(req_id, self.index):  # decoded or failed meanwhile: never sent
@@ -229,7 +233,7 @@ class WorkerLink:
         comm = self.comm
         if comm is None or comm.closed:
             return
-        if not self.queue and not self.control and not comm.backed_up:
+        if self._idle(comm):
             try:
                 comm.send(frame)
             except CommClosedError:

@@ -248,7 +248,7 @@ class Master:
                                 f"{self.plan.need} unreachable")
         p = Pending(req_id, groups, loop.create_future(), set(), frames=frames)
         self.pending[req_id] = p
-        sent_at = p.sent_at = time.monotonic()
+        p.sent_at = time.monotonic()
         try:
             # Offered back to back, none awaited: idle links write at once, busy ones queue. Lagging links
             # are left out when the others can complete the request without them (and offered the
@@ -256,7 +256,7 @@ class Master:
             force = any(l.lagging for l in live) and not self.plan.reachable({l.index for l in live if not l.lagging})
             for link in live:
                 self._offer(p, link, force)
-            if not self.plan.reachable(p.outstanding) and not self._widen(p) and not p.future.done():
+            if not p.future.done() and not self._reachable(p):
                 self._fail(p, f"only workers {sorted(p.outstanding)} could take it, {self.plan.need} unreachable")
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
@@ -266,9 +266,9 @@ class Master:
                 raise RequestFailed(f"request {req_id}: {len(p.results)} result(s) by its deadline, not enough for "
                                     f"{self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
             if info is not None:
-                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.done_at - sent_at) * 1000,
+                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.done_at - p.sent_at) * 1000,
                             decode_ms=p.decode_ms, answered=list(p.results), decode=p.report,
-                            result_ms={i: (t - sent_at) * 1000 for i, t in p.result_at.items()})
+                            result_ms={i: (t - p.sent_at) * 1000 for i, t in p.result_at.items()})
             return logits
         finally:
             if info is not None:
@@ -313,12 +313,15 @@ class Master:
 
     def _widen(self, p: Pending) -> bool:
         """Offer p to the live workers it skipped; True if R (or the plan's condition) is reachable again."""
-        skipped, p.skipped = p.skipped, set()
-        for index in sorted(skipped):
+        for index in sorted(p.skipped):
             if self.links[index].ready.is_set():
                 self._offer(p, self.links[index], force=True)
         p.skipped.clear()  # each gets one such offer: a link that refuses it now is not connected
         return self.plan.reachable(set(p.results) | p.outstanding)
+
+    def _reachable(self, p: Pending) -> bool:
+        """Can p still complete: from the workers it holds or expects, else after offering it to skipped ones."""
+        return self.plan.reachable(set(p.results) | p.outstanding) or self._widen(p)
 
     def _frames(self, req_id: int, images: np.ndarray) -> list[bytes]:
         """One encoded Compute frame per worker (encode + msgpack, in the encode pool)."""
@@ -359,7 +362,7 @@ class Master:
         p.results[index] = y
         p.result_at[index] = time.monotonic()
         if not self.plan.complete(p.results):
-            if not self.plan.reachable(set(p.results) | p.outstanding) and not self._widen(p):
+            if not self._reachable(p):
                 self._fail(p, f"{len(p.results)} result(s) in and none to come cannot satisfy {self.plan.need}")
             return
         t = time.perf_counter()
@@ -390,7 +393,7 @@ class Master:
     def _drop_worker(self, p: Pending, index: int, why: str) -> None:
         """Worker `index` will not answer request p; fail p at once if R is now out of reach."""
         p.outstanding.discard(index)
-        if p.future.done() or self.plan.reachable(set(p.results) | p.outstanding) or self._widen(p):
+        if p.future.done() or self._reachable(p):
             return
         self._fail(p, f"{len(p.results)} result(s) and {len(p.outstanding)} live worker(s) left, "
                       f"{self.plan.need} unreachable (worker {index}: {why})")

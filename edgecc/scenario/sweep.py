@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from ..errors import ConfigError
 from ..fileio import atomic_write
+from .report import percentile
 from .spec import Arrival, Scenario
 
 SATURATION_FACTOR = 10.0  # p99 above this multiple of the unloaded p99 counts as saturated
@@ -36,14 +36,14 @@ def rate_scenario(scenario: Scenario, rate: float, duration_s: float | None) -> 
 
 def latency_row(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """p50/p99/p99.9 of the decoded requests, and the outcome counts, from requests.json records."""
-    lat = np.array([r["latency_ms"] for r in records if r["latency_ms"] is not None], dtype=np.float64)
+    lat = [r["latency_ms"] for r in records if r["latency_ms"] is not None]
     outcomes: dict[str, int] = {}
     for r in records:
         kind = r.get("outcome") or ("decoded" if r["latency_ms"] is not None else "failed")
         outcomes[kind] = outcomes.get(kind, 0) + 1
-    q = (lambda p: float(np.percentile(lat, p))) if lat.size else (lambda p: None)
-    return {"requests": len(records), "decoded": int(lat.size), "decoded_fraction": lat.size / max(1, len(records)),
-            "outcomes": outcomes, "p50_ms": q(50), "p99_ms": q(99), "p999_ms": q(99.9)}
+    return {"requests": len(records), "decoded": len(lat), "decoded_fraction": len(lat) / max(1, len(records)),
+            "outcomes": outcomes, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+            "p999_ms": percentile(lat, 99.9)}
 
 
 def saturation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
