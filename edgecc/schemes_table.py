@@ -5,7 +5,11 @@ Every row is evaluated through the decode path a master uses, worst case over wh
 - ApproxIFER (coding/berrut.py) over the centralized MLP and CNN, K ∈ {2, 4, 8, 12}, S ∈ {1, 2, 3},
   N = K + S, both published worker point sets. Workers' outputs are computed once per group; every
   one of the C(N, S) straggler sets is then decoded from the other K workers (at most C(15, 3) = 455).
-- AICC: every trained cell of Tables 2-3 (K = 2, 4), decoded from every R-subset (edgecc.evaluate).
+- AICC: every trained cell of Tables 2-3 (K = 2, 4), decoded from every R-subset (edgecc.evaluate); and the
+  K = 8 cells of `edgecc reproduce --table k8` at the cell's N = 9 and at N = R + S for S = 1, 2, 3 (beside
+  ApproxIFER's K = 8 rows). A K = 8 cell not trained to the end by the paper protocol shows as "not trained" or,
+  from its run's last per-epoch checkpoint, as a row labelled "partial (epoch e of 20)", evaluated the same way;
+  never as the protocol's result.
 - The learned code [10] (shipped `learned-code`, k = 2): each data worker erased in turn.
 - Replication (worker n runs image n mod K) and uncoded (N workers, N images) at the same N: a slot
   whose every copy straggles has no answer at the request deadline and counts as wrong.
@@ -35,7 +39,8 @@ from .modelfile import atomic_write
 KS = (2, 4, 8, 12)
 SS = (1, 2, 3)
 CNN_BASE = "results/checkpoints/table2/baseline-cnn.safetensors"
-AICC_TABLES = ("results/table2.json", "results/table3.json")
+AICC_TABLES = ("table2", "table3", "table-k8", "table-k8-anneal")  # results/<name>.json with AICC rows
+TRAIN_RUNS = "runs/reproduce"  # where `edgecc reproduce run` keeps each cell's per-epoch checkpoint
 # ApproxIFER's plotted Fashion-MNIST degraded-mode accuracy (ResNet-18 base at 0.97; SPEC §4), by (K, S).
 # The S=2 and S=3 figures are shown beside K=8, the operating point of the paper's straggler sweep.
 PAPER = {(8, 1): 0.74, (10, 1): 0.73, (12, 1): 0.72, (8, 2): 0.655, (8, 3): 0.64}
@@ -96,38 +101,98 @@ def approxifer_cell(compute: Callable, base: str, K: int, S: int, points: str, x
             "up_bytes_per_image": N * PIX_BYTES / K, "down_bytes_per_image": N * OUT_BYTES / K}
 
 
-def aicc_cells() -> list[tuple[str, str, int, int, float]]:
-    """(cell id, checkpoint, N, K, recorded accuracy) for every trained AICC cell of Tables 2-3."""
+def aicc_cells(results_dir: str | Path = "results") -> list[tuple[str, str, int, int, float]]:
+    """(cell id, checkpoint, N, K, recorded accuracy) for every trained AICC cell of Tables 2-3 and table k8; a K = 8
+    cell also at N = R + S for each S in SS (ApproxIFER's K = 8 operating points)."""
     cells = []
-    for table in AICC_TABLES:
-        if not Path(table).exists():
+    for name in AICC_TABLES:
+        f = Path(results_dir) / f"{name}.json"
+        if not f.exists():
             continue
-        t = json.loads(Path(table).read_text())
+        t = json.loads(f.read_text())
         for r in t["rows"]:
-            if r.get("kind") == "aicc" and Path(r.get("checkpoint", "")).exists():
-                cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], int(r["N"]), int(r["scheme"]["K"]),
-                              float(r["accuracy"])))
+            if r.get("kind") != "aicc" or not Path(r.get("checkpoint", "")).exists():
+                continue
+            K, N, R = int(r["scheme"]["K"]), int(r["N"]), int(r["R"])
+            if t["table"] != "k8":  # (ids as before table k8 existed: runs/schemes caches stay valid)
+                cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], N, K, float(r["accuracy"])))
+                continue
+            cid = f"aicc-{r['cell']}" + ("" if t.get("recipe", "paper") == "paper" else f"-{t['recipe']}")
+            for n in sorted({N} | {R + S for S in SS}):
+                cells.append((cid + ("" if n == N else f"-N{n}"), r["checkpoint"], n, K, float(r["accuracy"])))
     return cells
 
 
-def aicc_cell(path: str, N: int, x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _aicc_costs(s, N: int) -> dict[str, Any]:
+    """What an AICC scheme costs per classified image at N workers (from the scheme alone, trained or not)."""
+    worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
+    up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
+    return {"scheme": "aicc", "base": s.label(), "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
+            "worker_flops": worker, "worker_calls_per_image": N / s.K,
+            "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
+            "up_bytes_per_image": N * up / s.K, "down_bytes_per_image": N * OUT_BYTES / s.K}
+
+
+def aicc_cell(path: str, N: int, x_u8: np.ndarray, y: np.ndarray, model_info: tuple | None = None) -> dict[str, Any]:
+    """A trained AICC model file at N workers (or `model_info` = (model, info) already loaded)."""
     from .coding.schemes import Scheme
     from .evaluate import evaluate
     from .modelfile import load_model
 
-    model, info = load_model(path)
+    model, info = model_info or load_model(path)
     s = Scheme.from_dict(info["scheme"])
     ev = evaluate(model, info, x_u8, y, N, max_subsets=None, encode_precision="fp32")
-    worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
-    up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
-    return {"scheme": "aicc", "base": s.label(), "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
+    recipe = info.get("training", {}).get("recipe", "paper")
+    return {**_aicc_costs(s, N), **({"status": f"{recipe} recipe"} if recipe != "paper" else {}),
             "overall_worst": ev["accuracy_decoded_min"] / 100, "degraded_worst": ev["accuracy_decoded_min"] / 100,
             "overall_mean": ev["accuracy_decoded_mean"] / 100, "best_subset": ev["accuracy_decoded_max"] / 100,
             "no_straggler": ev["accuracy_direct"] / 100,  # any R answers decode the same polynomial
-            "straggler_sets": ev["subsets_evaluated"], "images": ev["images"],
-            "checkpoint": path, "worker_flops": worker, "worker_calls_per_image": N / s.K,
-            "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
-            "up_bytes_per_image": N * up / s.K, "down_bytes_per_image": N * OUT_BYTES / s.K}
+            "straggler_sets": ev["subsets_evaluated"], "images": ev["images"], "checkpoint": path}
+
+
+def k8_progress(results_dir: str | Path = "results", train_runs: str | Path = TRAIN_RUNS) -> list[dict[str, Any]]:
+    """Each paper-protocol K = 8 cell without a trained model here: {cell, scheme, N, state, epoch, of, run_dir};
+    state as edgecc.reproduce.status says, "done" only where the row's checkpoint is missing here; epoch 0 where
+    the training has not checkpointed an epoch."""
+    from .reproduce import TABLE_K8, checkpoint_path, results_name, status
+
+    out = []
+    for st, cell in zip(status("k8", "paper", results_dir, train_runs), TABLE_K8):
+        if st["state"] == "done" and checkpoint_path(results_dir, "k8", "paper", cell.name).is_file():
+            continue  # aicc_cells evaluates it
+        out.append({"cell": cell.name, "scheme": cell.scheme, "N": cell.N, "state": st["state"],
+                    "epoch": st.get("epochs", 0) if st["state"] == "partial" else 0, "of": st.get("of", 20),
+                    "last_accuracy": st.get("last_accuracy"),
+                    "run_dir": Path(train_runs) / results_name("k8", "paper") / cell.name})
+    return out
+
+
+def k8_status_row(p: dict[str, Any]) -> dict[str, Any]:
+    """A K = 8 cell's row with its costs and no accuracy columns: "not trained", "training, epoch e/20" (with the
+    direct test accuracy the training measured after that epoch, not decoded), or trained elsewhere (a row in
+    results/table-k8.json whose checkpoint is not here)."""
+    status = ("trained, checkpoint not here" if p["state"] == "done" else
+              f"training, epoch {p['epoch']}/{p['of']}; direct accuracy then {p['last_accuracy']:.2f}, not decoded"
+              if p["epoch"] else "not trained")
+    return {**_aicc_costs(p["scheme"], p["N"]), "cell": f"aicc-{p['cell']}", "status": status, "overall_worst": None,
+            "degraded_worst": None, "overall_mean": None, "no_straggler": None, "images": 0}
+
+
+def k8_partial_row(p: dict[str, Any], x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The K = 8 cell's model at its run's last checkpointed epoch, evaluated as a trained cell is, labelled
+    as partial: it is not the paper protocol's 20-epoch result."""
+    import torch
+
+    from .modelfile import build_model
+
+    ck = torch.load(Path(p["run_dir"]) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = build_model(ck["info"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    row = aicc_cell(str(Path(p["run_dir"]) / "checkpoint.pt"), p["N"], x_u8, y, (model, ck["info"]))
+    row.update(status=f"partial (epoch {ck['epoch']} of {p['of']}; not the paper protocol's result)",
+               epoch=int(ck["epoch"]))
+    return row
 
 
 def learned_code_cell(x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -206,7 +271,7 @@ def measured_worker_seconds(computes: dict[str, Any], n: int = 512) -> dict[str,
 
 
 # -- the run --------------------------------------------------------------------------------------
-def plan_cells() -> list[str]:
+def plan_cells(results_dir: str | Path = "results") -> list[str]:
     """Cell ids in the order they run, cheapest and most telling first: the copies and MLP-base cells, the
     CNN-base K=8, S=1 row with both point sets, the best AICC cell of each operating point, then the rest."""
     ids = ["base-mlp", "base-cnn", "learned-code"]
@@ -217,7 +282,7 @@ def plan_cells() -> list[str]:
     for points in WORKER_POINT_SETS:
         ids += [f"approxifer-mlp-K{K}-S{S}-{points}" for S in SS for K in KS]
     ids += [f"approxifer-cnn-K8-S1-{points}" for points in WORKER_POINT_SETS]
-    aicc = aicc_cells()
+    aicc = aicc_cells(results_dir)
     best: dict[tuple[int, int], tuple[float, str]] = {}
     for cid, _, N, K, acc in aicc:
         best[(K, N)] = max(best.get((K, N), (-1.0, "")), (acc, cid))
@@ -229,8 +294,11 @@ def plan_cells() -> list[str]:
 
 
 def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None, only: tuple[str, ...] = (),
-        log: Callable[[str], None] = print, cached_only: bool = False) -> list[dict[str, Any]]:
-    """Every cell's row, computed or read back from RUNS_DIR (`cached_only`: read back only, compute nothing)."""
+        log: Callable[[str], None] = print, cached_only: bool = False, results_dir: str | Path = "results",
+        train_runs: str | Path = TRAIN_RUNS, partial: bool = False) -> list[dict[str, Any]]:
+    """Every cell's row, computed or read back from RUNS_DIR (`cached_only`: read back only, compute nothing), then a
+    row for each K = 8 cell still training: its status, or with `partial` its last epoch's checkpoint evaluated
+    (minutes of CPU per epoch for the width-160 encoders: opt-in; cached per epoch)."""
     from .data import load_images, to_float
 
     runs = Path(runs_dir)
@@ -241,11 +309,11 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     y = y.astype(np.int64)
     x = to_float(x_u8)
     computes = base_computes()
-    aicc = {c: (p, N) for c, p, N, *_ in aicc_cells()}
+    aicc = {c: (p, N) for c, p, N, *_ in aicc_cells(results_dir)}
     tag = f"{images}-{len(y)}"
     base_correct: dict[str, np.ndarray] = {}
     rows = []
-    for cid in plan_cells():
+    for cid in plan_cells(results_dir):
         if only and not any(cid.startswith(o) for o in only):
             continue
         path = runs / f"{cid}@{tag}.json"
@@ -276,6 +344,22 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         atomic_write(path, json.dumps(row, indent=1).encode())
         log(f"{cid}: overall {row['overall_worst']:.4f} ({row['seconds']:.0f} s)")
         rows.append(row)
+    for p in k8_progress(results_dir, train_runs):
+        cid = f"aicc-{p['cell']}"
+        if only and not any(cid.startswith(o) for o in only):
+            continue
+        path = runs / f"{cid}-partial-e{p['epoch']}@{tag}.json"
+        if p["epoch"] and partial and path.exists():
+            rows.append(json.loads(path.read_text()))
+        elif p["epoch"] and partial and not cached_only:
+            t = time.perf_counter()
+            row = k8_partial_row(p, x_u8, y)
+            row["cell"], row["seconds"] = f"{cid}-partial-e{p['epoch']}", round(time.perf_counter() - t, 1)
+            atomic_write(path, json.dumps(row, indent=1).encode())
+            log(f"{cid}: {row['status']}: overall {row['overall_worst']:.4f} ({row['seconds']:.0f} s)")
+            rows.append(row)
+        else:
+            rows.append(k8_status_row(p))
     return rows
 
 
@@ -325,7 +409,7 @@ def markdown(table: dict[str, Any], points: str = "n") -> str:
         o = other.get((r["base"], r["K"], r["S"])) if r["scheme"] == "approxifer" else None
         paper = f"{100 * r['paper']:.1f} ({r['paper_relative_to_base']:.2f})" if r.get("paper") else "—"
         flops = r["worker_flops"] * r.get("worker_calls_per_image", 1)
-        name = r["scheme"] + ("" if r.get("tolerates", True) else " ✗")
+        name = r["scheme"] + ("" if r.get("tolerates", True) else " ✗") + (f" ({r['status']})" if r.get("status") else "")
         rel = "—" if r.get("relative_to_base") is None else f"{r['relative_to_base']:.3f}"
         out.append(f"| {name} | {r['base']} | {r['K']} | {r['S']} | {r['N']} | {_pct(r.get('degraded_worst'))} | "
                    f"{_pct(r['overall_worst'])} | {_pct(r.get('overall_mean'))} | {rel} | "
@@ -333,7 +417,10 @@ def markdown(table: dict[str, Any], points: str = "n") -> str:
                    f"{_num(r.get('up_bytes_per_image'))} |")
     out += ["", "✗: cannot tolerate S stragglers: the worst straggler set leaves a slot unanswered at the deadline "
             "(counted wrong; degraded = that slot); uncoded sends N images to N workers per round. Worker FLOPs/img = one worker call × worker calls per image (N/K). "
-            "Up bytes/img: f4 payload per classified image (no framing)."]
+            "Up bytes/img: f4 payload per classified image (no framing).",
+            "AICC at K=8 (`edgecc reproduce run --table k8`): each trained cell at its N=9 and at N = R + S, S = 1-3. "
+            "'not trained' and 'training, epoch e/20' rows have no accuracy yet; a 'partial (epoch e of 20)' row is "
+            "that run's last per-epoch checkpoint evaluated the same way, not the paper protocol's 20-epoch result."]
     out.append("ApproxIFER's published Fashion-MNIST figures (ResNet-18 base, 97% clean): "
                + "; ".join(f"K={k}, S={s_}: {100 * v:.1f}" for (k, s_), v in PAPER.items())
                + " (the S=2, 3 figures are shown beside K=8). Its point sets measured side by side: 'other points'.")

@@ -81,7 +81,7 @@ def test_status_tells_done_partial_and_unstarted_cells_apart(tmp_path):
 
 def test_the_tables_in_docs_results_are_what_the_committed_results_render():
     text = open(RESULTS_DOC).read()
-    for table in (2, 3):
+    for table in reproduce_module.TABLES:
         assert f"{marker(table)}\n{render_markdown(table)}\n\n" in text, \
             f"{RESULTS_DOC}'s Table {table} is stale: run `edgecc reproduce render {RESULTS_DOC}`"
 
@@ -183,3 +183,78 @@ def test_estimate_times_each_cells_training_without_training(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "k2-r3-hs-g1p2        batch  64" in r.stdout and r.stdout.splitlines()[-1].startswith("all")
     assert list(tmp_path.iterdir()) == []
+
+
+def write_idx_dir(folder, images, labels, test_images, test_labels):
+    """A Fashion-MNIST folder of real images in the dataset's own IDX format (a few of them: fast training)."""
+    import numpy as np
+
+    folder.mkdir()
+    for stem, arr in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels),
+                      ("t10k-images-idx3-ubyte", test_images), ("t10k-labels-idx1-ubyte", test_labels)):
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (folder / stem).write_bytes(head + arr.tobytes())
+    return folder
+
+
+def cl_params(c_in, width):
+    """SPEC §2's CL stack: 3x3 c_in->C, five 3x3 C->C, a 1x1 C->1, each with a bias."""
+    return (9 * c_in * width + width) + 5 * (9 * width * width + width) + (width + 1)
+
+
+def test_table_k8_names_its_cells_and_estimates_them_at_the_papers_batch_rule():
+    """K=8 cells: CL networks of width 20·K = 160 (SPEC §2), batch 128 // K = 16 groups, N = 9 workers."""
+    from click.testing import CliRunner
+
+    from edgecc.cli.models import TABLE_NAMES
+
+    assert [str(t) for t in reproduce_module.TABLES] == TABLE_NAMES  # the CLI offers every table
+    assert reproduce_module.table_key("k8") == "k8" and reproduce_module.table_key("3") == 3
+    with pytest.raises(ValueError, match="unknown table"):
+        reproduce_module.table_key("k9")
+    cells = reproduce_module.select("k8", None)
+    assert [(c.name, c.scheme.K, c.scheme.R, c.N, c.paper) for c in cells] == [
+        ("k8-r4-hb-g3p1", 8, 4, 9, None), ("k8-r8-hb-g7p1", 8, 8, 9, None)]  # the cheaper low-R cell trains first
+    assert reproduce_module.results_name("k8", "paper") == "table-k8"
+    assert reproduce_module.checkpoint_path("results", "k8", "anneal", "k8-r8-hb-g7p1").as_posix() == \
+        "results/checkpoints/table-k8-anneal/k8-r8-hb-g7p1.safetensors"
+    assert TrainConfig().batch_for(8) == 16
+
+    # one real optimizer step of the R=4 model (batch 1 keeps it short; the run's batch is 16)
+    (row,) = reproduce_module.estimate("k8", ["k8-r4-hb-g3p1"], TrainConfig(batch=1, threads=1), steps=1)
+    assert (row["K"], row["batch"], row["steps_per_epoch"]) == (8, 1, 60_000 // 8)
+    base_mlp = 784 * 200 + 200 + 200 * 100 + 100 + 100 * 10 + 10
+    assert row["params"] == 4 * cl_params(8, 160) + cl_params(1, 160) + base_mlp == 5_991_235  # Γ_0..Γ_3 + H_B
+    assert row["step_seconds"] > 0 and row["run_seconds"] == pytest.approx(row["step_seconds"] * 7500 * 20)
+
+    out = CliRunner().invoke(cli.main, ["reproduce", "estimate", "--table", "k8", "--only", "k2-r3-hb-g2p1"])
+    assert out.exit_code == 2 and "k8-r8-hb-g7p1" in out.output  # the cells table k8 does have
+
+
+def test_table_k8_status_and_rows_without_a_paper_figure(tmp_path):
+    """A K=8 cell killed after one of its 20 epochs is partial (real training, a few real images); a finished
+    row has no paper figure to compare with, and renders and reports so."""
+    from click.testing import CliRunner
+
+    from edgecc.data import load_sample
+
+    images, labels = load_sample()
+    data = write_idx_dir(tmp_path / "data", images[:64], labels[:64], images[64:80], labels[64:80])
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    cell = reproduce_module.TABLE_K8[0]
+    train(cell.kind, cell.scheme, TrainConfig(epochs=1, threads=1, data_dir=str(data)), tmp_path / "p.safetensors",
+          run_dir=runs / "table-k8" / cell.name, resume=True)
+    st = {r["cell"]: r for r in reproduce_module.status("k8", "paper", results, runs)}
+    assert st[cell.name]["state"] == "partial" and (st[cell.name]["epochs"], st[cell.name]["of"]) == (1, 20)
+    assert st["k8-r8-hb-g7p1"] == {"cell": "k8-r8-hb-g7p1", "paper": None, "state": "not started"}
+
+    reproduce_module.merge_row(results / "table-k8.json", "k8", "paper",
+                               {"cell": "k8-r8-hb-g7p1", "accuracy": 70.5, "delta": None, "params": 10_649_799,
+                                "epochs": 20, "train_seconds": 3600.0})
+    assert reproduce_module.render_markdown("k8", results).splitlines()[2] == "| k8-r8-hb-g7p1 | – | 70.50 | – | 10,649,799 | 20 |"
+    out = CliRunner().invoke(cli.main, ["reproduce", "status", "--table", "k8", "--results-dir", str(results),
+                                        "--runs-dir", str(runs)])
+    assert out.exit_code == 0, out.output
+    assert "k8-r4-hb-g3p1        partial  epoch 1/20" in out.output
+    assert "k8-r8-hb-g7p1        done      70.50 (no paper figure), 20 epochs" in out.output

@@ -144,11 +144,22 @@ class _ReproduceGroup(click.Group):
 
 @main.group(cls=_ReproduceGroup)
 def reproduce() -> None:
-    """The paper's Tables 2 and 3: train each cell (resumable per cell and epoch), check, estimate, render."""
+    """The paper's Tables 2 and 3, and AICC at K=8 (table k8): train each cell (resumable per cell and epoch),
+    check, estimate, render."""
 
 
 def _table(f):
-    return click.option("--table", type=click.Choice(["2", "3"]), required=True, help="the paper's table")(f)
+    return click.option("--table", type=click.Choice(TABLE_NAMES), required=True,
+                        help="the paper's table 2 or 3, or k8 (AICC at ApproxIFER's K=8, N=9)")(f)
+
+
+TABLE_NAMES = ["2", "3", "k8"]  # edgecc.reproduce.TABLES, as the CLI names them (test_reproduce checks they match)
+
+
+def _key(table):
+    from ..reproduce import table_key
+
+    return table_key(table)
 
 
 def _only(f):
@@ -201,8 +212,11 @@ def reproduce_run(table, only, recipe, epochs, seed, precision, device, threads,
         click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)
 
     cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
-    run_cells(int(table), list(only) or None, cfg, results_dir, runs_dir, progress)
-    click.echo(render_markdown(int(table), results_dir))
+    try:
+        run_cells(_key(table), list(only) or None, cfg, results_dir, runs_dir, progress)
+    except ValueError as e:  # an unknown cell, a run dir of another configuration, anneal without its model
+        raise click.UsageError(str(e)) from None
+    click.echo(render_markdown(_key(table), results_dir))
 
 
 @reproduce.command("check")
@@ -214,7 +228,7 @@ def reproduce_check(table, only, recipe, results_dir):
     """Re-evaluate committed checkpoints against their rows (±0.05); exit 1 on a mismatch. Trains nothing."""
     from ..reproduce import check
 
-    rows = check(int(table), results_dir, list(only) or None, recipe)
+    rows = check(_key(table), results_dir, list(only) or None, recipe)
     for r in rows:
         click.echo(f"{r['cell']:20s} recorded {r['recorded']:.2f} measured {r['measured']:.2f} {'ok' if r['ok'] else 'MISMATCH'}")
     if not all(r["ok"] for r in rows):
@@ -231,7 +245,10 @@ def reproduce_estimate(table, only, recipe, epochs, seed, precision, device, thr
     from ..reproduce import estimate
 
     cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
-    rows = estimate(int(table), list(only) or None, cfg)
+    try:
+        rows = estimate(_key(table), list(only) or None, cfg)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     click.echo(f"training steps only (median of 3 after a warm-up), {device}, {rows[0]['threads']} thread(s), {cfg.precision}, "
                f"{cfg.epochs} epochs; an epoch's test pass is extra")
     for r in rows:
@@ -250,9 +267,10 @@ def reproduce_status(table, recipe, results_dir, runs_dir):
     from ..reproduce import status
 
     span = lambda m: f"{m:.0f} min" if m >= 1 else f"{60 * m:.0f} s"
-    for r in status(int(table), recipe, results_dir, runs_dir):
+    for r in status(_key(table), recipe, results_dir, runs_dir):
         if r["state"] == "done":
-            what = (f"done     {r['accuracy']:6.2f} ({r['delta']:+.2f} vs {r['paper']}), {r['epochs']} epochs; "
+            vs = "no paper figure" if r["paper"] is None else f"{r['delta']:+.2f} vs {r['paper']}"
+            what = (f"done     {r['accuracy']:6.2f} ({vs}), {r['epochs']} epochs; "
                     f"this recipe's training took {span(r['minutes'])}")
         elif r["state"] == "partial":
             what = (f"partial  epoch {r['epochs']}/{r['of']}, test accuracy {r['last_accuracy']:.2f}, {span(r['minutes'])} of "
@@ -264,15 +282,15 @@ def reproduce_status(table, recipe, results_dir, runs_dir):
 
 @reproduce.command("render")
 @click.argument("file", default="docs/results.md", type=click.Path(exists=True, dir_okay=False))
-@click.option("--table", "tables", type=click.Choice(["2", "3"]), multiple=True,
+@click.option("--table", "tables", type=click.Choice(TABLE_NAMES), multiple=True,
               help="only this table (default: every table whose marker line FILE has)")
 @_RESULTS_DIR
 def reproduce_render(file, tables, results_dir):
-    """Re-render Tables 2 and 3 from results/ under their marker lines in FILE (docs/results.md)."""
+    """Re-render Tables 2, 3 and k8 from results/ under their marker lines in FILE (docs/results.md)."""
     from ..reproduce import render_into
 
     try:
-        changed = render_into(file, [int(t) for t in tables] or None, results_dir)
+        changed = render_into(file, [_key(t) for t in tables] or None, results_dir)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for table, c in changed.items():
@@ -288,11 +306,15 @@ def reproduce_render(file, tables, results_dir):
 @click.option("--runs-dir", default="runs/schemes", show_default=True, help="one JSON per finished cell (resumable)")
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--cached-only", is_flag=True, help="compute nothing: write the table from the cells already in --runs-dir")
-def compare(images, limit, only, points, runs_dir, results_dir, cached_only):
+@click.option("--partial", is_flag=True, help="evaluate each K=8 cell still training from its last epoch's checkpoint "
+              "(a row labelled partial; minutes of CPU per cell)")
+@click.option("--train-runs", default="runs/reproduce", show_default=True, help="`edgecc reproduce run`'s --runs-dir")
+def compare(images, limit, only, points, runs_dir, results_dir, cached_only, partial, train_runs):
     """ApproxIFER, AICC, the learned code, replication and uncoded side by side: writes results/schemes.{json,md}."""
-    from . import schemes_table as st
+    from .. import schemes_table as st
 
-    rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True), cached_only=cached_only)
+    rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True), cached_only=cached_only,
+                  results_dir=results_dir, train_runs=train_runs, partial=partial)
     measured = st.measured_worker_seconds(st.base_computes())
     table = st.assemble(rows, measured, max((r["images"] for r in rows), default=0))
     table["main_points"] = points
