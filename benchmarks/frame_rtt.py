@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from edgecc.bundle import digest
+from edgecc.protocol import compute_spec
 from edgecc.protocol.frames import encode_frame, pack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Result
@@ -29,7 +30,6 @@ from edgecc.runtime.client_handshake import client_handshake
 from edgecc.runtime.local import LocalWorker
 from edgecc.runtime.transport import connect, run
 
-SCHEME = {"K": 2, "G": 1, "P": 1, "computation": "hb", "encoder": "cl", "compute_arch": "cl"}
 
 
 async def round_trips(port: int, token: bytes, groups: list[int], requests: int) -> dict[int, list[float]]:
@@ -37,7 +37,8 @@ async def round_trips(port: int, token: bytes, groups: list[int], requests: int)
     arrays = {"affine.weight": rng.random((10, 784), dtype=np.float32), "affine.bias": np.zeros(10, np.float32)}
 
     def configure(hello):
-        return Configure(0, 0.5, SCHEME, "encoded", "f4", digest(arrays), {k: pack_array(v) for k, v in arrays.items()}, None)
+        return Configure(0, "aicc", {"K": 2, "alpha": 0.5}, compute_spec.affine().to_wire(), "f4", digest(arrays),
+                         {k: pack_array(v) for k, v in arrays.items()}, None)
 
     comm = await connect("127.0.0.1", port)
     try:

@@ -6,7 +6,7 @@ import pytest
 from edgecc.coding.berrut import (BerrutCode, berrut_weights, needed_results, query_points, worker_points,
                                   workers_for)
 from edgecc.errors import ConfigError, DecodeError
-from edgecc.runtime.worker import LIES, lie
+from edgecc.runtime.faults import LIES, lie
 
 
 def test_point_sets_are_the_published_ones():

@@ -27,10 +27,10 @@ from edgecc.bundle import digest as array_digest
 from edgecc.protocol import auth
 from edgecc.protocol.frames import HEADER, FrameDecoder, encode_frame, pack_array, unpack_array
 from edgecc.protocol.handshake import ClientHandshake
-from edgecc.protocol.messages import Configured, Error, Hello, Message, Pong, Result, Welcome, parse
+from edgecc.protocol.messages import PROTOCOL_VERSION, Configured, Error, Hello, Message, Pong, Result, Welcome, parse
 from edgecc.runtime.local import LocalWorker
 
-from .conftest import TOKEN
+from .conftest import REPO, TOKEN
 
 DELAY = 0.6  # seconds the worker holds every valid compute
 HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_IN_FLIGHT, MAX_BATCH, MAX_FRAME = 1.0, 3.0, 2, 4, 1 << 20
@@ -42,7 +42,9 @@ A = RNG.normal(size=(10, 784)).astype(np.float32)
 B = RNG.normal(size=10).astype(np.float32)
 ARRAYS = {"affine.weight": A, "affine.bias": B}
 SCHEME = {"K": 2, "G": 1, "P": 1, "computation": "hb", "encoder": "cl", "compute_arch": "cl"}
-
+AFFINE = {"kind": "affine", "in_shape": [28, 28], "out": 10}
+SHARED = {"kind": "aicc-shared", "in_shape": [28, 28], "out": 10, **SCHEME, "alpha": 0.5}
+V1_SCHEME = SCHEME  # the version 1 configure's "scheme" field
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
@@ -117,8 +119,8 @@ def compute(i: Any, x: Any = None, **fields: Any) -> dict:
 
 def configure(arrays: dict[str, np.ndarray] | None = None, **fields: Any) -> dict:
     arrays = ARRAYS if arrays is None else arrays
-    msg = {"t": "configure", "index": 0, "alpha": 0.5, "scheme": SCHEME, "placement": "encoded", "wire_dtype": "f4",
-           "digest": array_digest(arrays), "arrays": {k: f4(v) for k, v in arrays.items()}, "dataset": None}
+    msg = {"t": "configure", "index": 0, "scheme": "aicc", "params": {**SCHEME, "alpha": 0.5}, "compute": AFFINE,
+           "wire_dtype": "f4", "digest": array_digest(arrays), "arrays": {k: f4(v) for k, v in arrays.items()}, "dataset": None}
     msg.update(fields)
     return msg
 
@@ -144,7 +146,7 @@ def open_conn(port: int, state: str) -> tuple[Conn, Hello]:
 
 def good_auth(hello: Hello, **fields: Any) -> dict:
     nonce = auth.new_nonce()
-    msg = {"t": "auth", "proto": 1, "nonce": nonce, "mac": auth.master_mac(TOKEN.encode(), hello.nonce, nonce)}
+    msg = {"t": "auth", "proto": PROTOCOL_VERSION, "nonce": nonce, "mac": auth.master_mac(TOKEN.encode(), hello.nonce, nonce)}
     msg.update(fields)
     return msg
 
@@ -162,6 +164,20 @@ class Row:
     within: float = 5.0  # seconds the reply may take
     then: Callable[[Conn], None] | None = None  # further checks before the liveness ping
     log: str | None = None  # a line the worker must log for this row (the reason it closed)
+    then_reply: str | None = None  # text the reply's message must contain
+
+
+def version_message(master_version: int) -> str:
+    """§9, §11: the worker's `error version` names both versions and what to upgrade."""
+    upgrade = "the master" if master_version < PROTOCOL_VERSION else "this worker"
+    return (f"this worker speaks protocol version {PROTOCOL_VERSION}, the master speaks version {master_version}: "
+            f"upgrade {upgrade} to an edgecc release that speaks protocol {max(master_version, PROTOCOL_VERSION)}")
+
+
+def send_hs_without_v(c: Conn, h: Hello) -> None:
+    c.send(configure(compute={"kind": "affine-hs", "in_shape": [28, 28], "out": 10, "P": 2}))
+    assert c.recv() == Configured(array_digest(ARRAYS))
+    c.send(compute(47))
 
 
 def x_rowmajor() -> np.ndarray:
@@ -230,8 +246,11 @@ GOOD_X = f4(RNG.random((1, 28, 28)))
 ROWS = [
     # before authentication (§3, §6, §8 AWAIT_AUTH, §9)
     Row("correct auth gets welcome with the worker's MAC", "§6", "preauth", send_correct_auth, "welcome"),
-    Row("auth of another protocol version", "§6.3, §9 version", "preauth", lambda c, h: c.send(good_auth(h, proto=2)),
-        "error:version", closed=True),
+    Row("auth of protocol version 1 (an old master)", "§6.3, §9 version, §11", "preauth",
+        lambda c, h: c.send(good_auth(h, proto=1)), "error:version", closed=True, then_reply=version_message(1),
+        log="unsupported protocol version"),
+    Row("auth of protocol version 3 (a newer master)", "§6.3, §9 version, §11", "preauth",
+        lambda c, h: c.send(good_auth(h, proto=3)), "error:version", closed=True, then_reply=version_message(3)),
     Row("auth with a wrong MAC", "§6.3, §9 auth", "preauth", lambda c, h: c.send(good_auth(h, mac=bytes(32))), "error:auth",
         closed=True),
     Row("auth with the nonces swapped", "§6", "preauth",
@@ -254,7 +273,7 @@ ROWS = [
     Row("compute before configure", "§7.3, §9 not_configured", "ready", lambda c, h: c.send(compute(21)),
         "error:not_configured", id=21),
     Row("a message a master may not send (hello)", "§8, §9", "ready",
-        lambda c, h: c.send({"t": "hello", "proto": 1, "nonce": bytes(32), "caps": {}, "bundle": None}), "error:bad_request"),
+        lambda c, h: c.send({"t": "hello", "proto": PROTOCOL_VERSION, "nonce": bytes(32), "caps": {}, "bundle": None}), "error:bad_request"),
     Row("a result from the master", "§8", "ready", lambda c, h: c.send({"t": "result", "id": 1, "y": f4(np.zeros((1, 10)))}),
         "error:bad_request"),
     Row("an error from the master", "§9", "ready", lambda c, h: c.send({"t": "error", "code": "auth", "message": "", "id": None}),
@@ -278,10 +297,27 @@ ROWS = [
         lambda c, h: c.send({**configure(), "arrays": {**configure()["arrays"],
                                                        "big": {"dtype": "f4", "shape": [2**25 + 1], "data": bytes(4)}}}),
         "error:bad_request"),
-    Row("configure with an unknown scheme key", "§5.4", "ready", lambda c, h: c.send(configure(scheme={**SCHEME, "Q": 1})),
+    Row("configure with an unknown compute kind", "§5.4", "ready",
+        lambda c, h: c.send(configure(compute={**AFFINE, "kind": "sideways"})), "error:bad_request"),
+    Row("configure with an unknown compute spec key", "§5.4", "ready",
+        lambda c, h: c.send(configure(compute={**AFFINE, "Q": 1})), "error:bad_request"),
+    Row("configure whose compute in_shape does not fit the affine map", "§5.4, §7.2", "ready",
+        lambda c, h: c.send(configure(compute={**AFFINE, "in_shape": [28, 27]})), "error:bad_request"),
+    Row("configure of the mlp kind with the affine arrays", "§5.4, §7.2", "ready",
+        lambda c, h: c.send(configure(compute={"kind": "mlp", "in_shape": [28, 28], "hidden": [200, 100], "out": 10})),
         "error:bad_request"),
-    Row("configure with an unknown placement", "§5.4", "ready", lambda c, h: c.send(configure(placement="sideways")),
-        "error:bad_request"),
+    Row("configure of aicc-shared without the network's weights", "§5.4, §7.2", "ready",
+        lambda c, h: c.send(configure(compute=SHARED)), "error:bad_request"),
+    Row("configure with a nested scheme parameter", "§5.4", "ready",
+        lambda c, h: c.send(configure(params={"alpha": {"x": 1}})), "error:bad_request"),
+    Row("configure with a dataset for the affine kind", "§5.4", "ready",
+        lambda c, h: c.send(configure(dataset="sample")), "error:bad_request"),
+    Row("a version 1 configure (alpha, scheme map, placement)", "§5.4, §11", "ready",
+        lambda c, h: c.send({"t": "configure", "index": 0, "alpha": 0.5, "scheme": V1_SCHEME, "placement": "encoded",
+                             "wire_dtype": "f4", "digest": array_digest(ARRAYS), "arrays": {k: f4(v) for k, v in ARRAYS.items()},
+                             "dataset": None}), "error:bad_request"),
+    Row("configure with an affine-hs map, then compute without v", "§7.3", "ready", send_hs_without_v,
+        "error:bad_request", id=47),
     Row("configure with extra arrays is accepted", "§5.4", "ready",
         lambda c, h: c.send(configure({**ARRAYS, "notes.extra": np.ones(3, np.float32)})), "configured"),
     Row("cancel of an id the worker does not hold", "§5.6a", "ready", lambda c, h: c.send({"t": "cancel", "id": 99}), None),
@@ -317,9 +353,9 @@ ROWS = [
     Row("compute x over the 2^26 element limit", "§4.1", "configured",
         lambda c, h: c.send(compute(46, {"dtype": "f4", "shape": [2**26 // 784 + 1, 28, 28], "data": bytes(4)})),
         "error:bad_request", id=46),
-    Row("compute with images in the encoded placement", "§7.3", "configured",
+    Row("compute with images for the affine kind", "§7.3", "configured",
         lambda c, h: c.send(compute(42, images=pack_array(np.zeros((1, 2, 28, 28)), "u1"))), "error:bad_request", id=42),
-    Row("compute with v for H_B", "§7.3", "configured",
+    Row("compute with v for the affine kind (H_B)", "§7.3", "configured",
         lambda c, h: c.send(compute(43, v=f4(np.zeros((1, 2, 28, 28))))), "error:bad_request", id=43),
     Row("compute with B > max_batch", "§7.3, §10", "configured",
         lambda c, h: c.send(compute(44, f4(np.zeros((MAX_BATCH + 1, 28, 28))))), "error:bad_request", id=44),
@@ -350,6 +386,7 @@ def test_documented_reply(worker, row: Row):
             elif row.reply.startswith("error:"):
                 assert isinstance(got, Error) and got.code == row.reply[6:], got
                 assert got.id == row.id, f"error id {got.id}, documented {row.id}"
+                assert row.then_reply is None or row.then_reply in got.message, got.message
             else:
                 assert isinstance(got, Message) and got.TYPE == row.reply, got
                 if isinstance(got, Result):
@@ -380,11 +417,12 @@ def test_documented_reply(worker, row: Row):
 def test_hello_announces_the_documented_capabilities(worker):
     c, hello = open_conn(worker.port, "preauth")
     c.close()
-    assert hello.proto == 1 and len(hello.nonce) == 32 and hello.bundle is None
+    assert hello.proto == 2 and len(hello.nonce) == 32 and hello.bundle is None
     caps = hello.caps
     assert set(caps["placements"]) >= {"encoded", "plain"} and caps["wire_dtypes"] == ["f4", "f2"]
     assert (caps["max_frame"], caps["max_batch"], caps["max_in_flight"]) == (MAX_FRAME, MAX_BATCH, MAX_IN_FLIGHT)
     assert caps["proto_minor"] == 1 and isinstance(caps["torch"], bool)
+    assert caps["computes"] == (["affine", "affine-hs", "mlp", "cnn", "aicc-shared"] if caps["torch"] else ["affine", "affine-hs", "mlp"])
 
 
 def test_the_digest_escapes_del_and_non_ascii_as_documented():
@@ -436,3 +474,43 @@ async def test_a_silent_peer_fails_the_client_handshake_after_handshake_timeout(
         assert time.monotonic() - t0 < 3
     finally:
         server.close()
+
+
+# -- the document's own examples -------------------------------------------------------------------
+DOC = (REPO / "docs" / "protocol.md").read_text()
+
+
+def test_the_documented_configure_bytes_are_what_the_reference_encodes():
+    """§5.4.1's hex example decodes to the configure it describes, and encodes back to the same bytes."""
+    import re
+
+    from edgecc.protocol.messages import Configure
+
+    hexes = re.findall(r"i\.e\. `(000000c5[0-9a-f]+)`", DOC)
+    assert len(hexes) == 1
+    want = Configure(0, "aicc", {"alpha": 0.5}, AFFINE, "f4", "71008d97918ed4b5f7f8a5950d3cfaaa60ce3f7a6d83925566e635352e088d55",
+                     None, None)
+    assert encode_frame(want.to_wire()).hex() == hexes[0]
+    dec = FrameDecoder()
+    dec.feed(bytes.fromhex(hexes[0]))
+    assert parse(dec.next()) == want
+
+
+def test_the_documented_python_master_configures_and_computes(worker):
+    """§12.2's two code blocks, run as written (no edgecc import) against the worker: y = A·x + b."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", DOC[DOC.index("### 12.2"):], re.S)
+    assert len(blocks) == 2
+    env: dict[str, Any] = {"__name__": "protocol_doc"}
+    exec(blocks[0], env)  # noqa: S102 — the document's own example
+    sock = socket.create_connection(("127.0.0.1", worker.port), timeout=DELAY + 5)
+    try:
+        hello = env["handshake"](sock, TOKEN.encode())
+        assert hello["proto"] == 2
+        env.update(sock=sock, A=[float(v) for v in A.ravel()], b=[float(v) for v in B])
+        exec(blocks[1], env)  # noqa: S102
+        want = np.full((1, 784), 0.5, np.float32) @ A.T + B
+        np.testing.assert_allclose(np.array(env["y"]), want[0], rtol=1e-4, atol=1e-3)
+    finally:
+        sock.close()

@@ -417,8 +417,9 @@ def _valid_frames() -> list[bytes]:
     from edgecc.protocol.messages import (Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong, Result,
                                           Welcome)
     arr = pack_array(np.ones((2, 28, 28), np.float32))
-    msgs = [Hello(1, b"n" * 32, {"placements": ["encoded"], "max_batch": 4}, None), Auth(1, b"m" * 32, b"c" * 32),
-            Welcome(b"w" * 32), Configure(0, 0.5, {"K": 2}, "encoded", "f4", "ab" * 32, {"w": pack_array(np.ones(3))}, None),
+    msgs = [Hello(2, b"n" * 32, {"placements": ["encoded"], "max_batch": 4}, None), Auth(2, b"m" * 32, b"c" * 32),
+            Welcome(b"w" * 32), Configure(0, "aicc", {"K": 2}, {"kind": "affine", "in_shape": [28, 28], "out": 10}, "f4", "ab" * 32,
+                                         {"w": pack_array(np.ones(3))}, None),
             Configured("ab" * 32), Compute(1, arr, None, None, None), Result(1, pack_array(np.ones((2, 10)))),
             Error("busy", "m", 3), Ping(1), Pong(2)]
     return [encode_frame(m.to_wire()) for m in msgs]

@@ -10,8 +10,8 @@ import pytest
 from edgecc.protocol import auth
 from edgecc.protocol.frames import FrameDecoder, LocalProtocolError, encode_frame
 from edgecc.protocol.handshake import (AWAIT_CONFIGURED, AWAIT_HELLO, AWAIT_WELCOME, DONE, FAILED, ClientHandshake,
-                                       HandshakeAuthError, HandshakeError)
-from edgecc.protocol.messages import Auth, Configure, Configured, Error, Hello, Message, Ping, Welcome, parse
+                                       HandshakeAuthError, HandshakeError, ProtocolVersionError)
+from edgecc.protocol.messages import PROTOCOL_VERSION, Auth, Configure, Configured, Error, Hello, Message, Ping, Welcome, parse
 from edgecc.runtime.client_handshake import client_handshake
 
 TOKEN = b"0123456789abcdef0123456789abcdef"
@@ -28,7 +28,7 @@ def wire(msg: Message) -> Message:
     return parse(dec.next())
 
 
-def hello(proto: int = 1, caps: dict | None = None, bundle: str | None = None) -> Hello:
+def hello(proto: int = PROTOCOL_VERSION, caps: dict | None = None, bundle: str | None = None) -> Hello:
     return wire(Hello(proto, W_NONCE, CAPS if caps is None else caps, bundle))
 
 
@@ -36,15 +36,16 @@ def welcome(token: bytes = TOKEN) -> Welcome:
     return wire(Welcome(auth.worker_mac(token, M_NONCE, W_NONCE)))
 
 
-def configure(h: Hello) -> Configure:
-    return Configure(0, 0.5, {"K": 2}, "encoded", "f4", DIGEST, None if h.bundle == DIGEST else {}, None)
+def configure(h: Hello, kind: str = "affine") -> Configure:
+    spec = {"kind": kind, "in_shape": [28, 28], "out": 10} if kind in ("affine", "cnn") else {"kind": kind}
+    return Configure(0, "aicc", {"K": 2}, spec, "f4", DIGEST, None if h.bundle == DIGEST else {}, None)
 
 
 def test_auth_answers_hello_with_the_spec_test_vector():
     hs = ClientHandshake(TOKEN, nonce=M_NONCE)
     assert hs.state == AWAIT_HELLO
     [a] = hs.receive(hello())
-    assert isinstance(a, Auth) and a.proto == 1 and a.nonce == M_NONCE
+    assert isinstance(a, Auth) and a.proto == PROTOCOL_VERSION == 2 and a.nonce == M_NONCE
     assert a.mac.hex() == "7c92210e162d1eeb468214552e711ea16c63a0a914c35ccc6a3057b6b0a3aeed"  # docs/protocol.md §6
     assert hs.state == AWAIT_WELCOME
     assert hs.receive(welcome()) == [] and hs.done and hs.minor == 1
@@ -70,9 +71,12 @@ def test_a_reflected_master_mac_is_not_a_welcome():
 @pytest.mark.parametrize("msg, err, match", [
     (Error("auth", "authentication failed", None), HandshakeAuthError, "refused"),
     (Ping(1), HandshakeError, "expected hello, got ping"),
-    (Hello(2, W_NONCE, CAPS, None), HandshakeError, "protocol 2"),
-    (Hello(1, W_NONCE, {"placements": ["plain"]}, None), HandshakeError, "'encoded' placement"),
-    (Hello(1, W_NONCE, {}, None), HandshakeError, "'encoded' placement"),
+    (Hello(1, W_NONCE, CAPS, None), ProtocolVersionError,
+     "this master speaks protocol version 2, the worker speaks version 1: upgrade the worker to an edgecc release that speaks protocol 2"),
+    (Hello(3, W_NONCE, CAPS, None), ProtocolVersionError,
+     "the worker speaks version 3: upgrade this master to an edgecc release that speaks protocol 3"),
+    (Hello(2, W_NONCE, {"placements": ["plain"]}, None), HandshakeError, "'encoded' placement"),
+    (Hello(2, W_NONCE, {}, None), HandshakeError, "'encoded' placement"),
 ])
 def test_hello_refusals(msg, err, match):
     hs = ClientHandshake(TOKEN, placement="encoded")
@@ -88,6 +92,24 @@ def test_anything_but_welcome_after_auth_is_an_authentication_failure(msg):
     hs.receive(hello())
     with pytest.raises(HandshakeAuthError):
         hs.receive(wire(msg))
+
+
+def test_a_version_error_after_auth_is_a_protocol_version_error():
+    hs = ClientHandshake(TOKEN, nonce=M_NONCE)
+    hs.receive(hello())
+    with pytest.raises(ProtocolVersionError, match="version: this worker speaks protocol version 3"):
+        hs.receive(wire(Error("version", "this worker speaks protocol version 3, the master speaks version 2: ...", None)))
+
+
+def test_a_compute_kind_the_worker_does_not_offer_is_refused_before_configure():
+    hs = ClientHandshake(TOKEN, nonce=M_NONCE, configure=lambda h: configure(h, "cnn"))
+    hs.receive(hello(caps={**CAPS, "torch": False, "computes": ["affine", "affine-hs", "mlp"]}))
+    with pytest.raises(HandshakeError, match="cannot run the 'cnn' compute .* needs torch"):
+        hs.receive(welcome())
+    assert hs.state == FAILED and hs.configure_sent is not None  # built, never sent: the driver sends only what receive returns
+    ok = ClientHandshake(TOKEN, nonce=M_NONCE, configure=configure)  # a worker that does not say (no "computes") is asked
+    ok.receive(hello())
+    assert [m.TYPE for m in ok.receive(welcome())] == ["configure"]
 
 
 def test_configure_step_sends_arrays_unless_the_worker_holds_the_bundle():

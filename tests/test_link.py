@@ -18,6 +18,7 @@ from edgecc.modelfile import load_model
 from edgecc.runtime.inprocess import InProcessWorkers
 from edgecc.runtime.master import Master, Overloaded, RequestFailed
 from edgecc.runtime.plan import CodedPlan
+from edgecc.runtime.faults import Faults
 from edgecc.runtime.worker import Worker
 
 TOKEN = b"t" * 32
@@ -38,7 +39,7 @@ class StalledWorker(Worker):
     """Authenticates and configures, then stops reading its socket at the first request: every
     byte the master writes to it afterwards stays in the link, forever."""
 
-    async def _compute(self, comm, state, msg) -> None:
+    async def _request(self, comm, state, msg) -> None:
         comm.writer.transport.pause_reading()
 
 
@@ -145,7 +146,7 @@ async def test_a_slow_link_that_keeps_draining_is_never_dropped(default_model, g
 
 
 def _delay_worker(delays: dict[int, float]) -> Worker:
-    return Worker(TOKEN, behaviour=lambda req, t: delays.get(req, 0.0))
+    return Worker(TOKEN, faults=Faults(delay=lambda req, t: delays.get(req, 0.0)))
 
 
 async def test_cancel_skips_queued_work_on_a_current_worker(default_model, groups):
@@ -167,7 +168,7 @@ async def test_cancel_skips_queued_work_on_a_current_worker(default_model, group
 
 async def test_an_old_worker_gets_no_cancel_and_still_serves(default_model, groups):
     x, _ = groups
-    old = OldWorker(TOKEN, behaviour=lambda req, t: 0.5 if req == 0 else 0.0)
+    old = OldWorker(TOKEN, faults=Faults(delay=lambda req, t: 0.5 if req == 0 else 0.0))
     async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), old]) as (m, linked):
         assert m.links[2].minor == 0 and m.links[0].minor == 1
         await m.infer(x[:4], req_id=0)

@@ -51,15 +51,20 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
         from ..bundle import load_bundle
 
         loaded = load_bundle(bundle)
-    beh = None
-    if behaviour:
-        from ..scenario.latency import WorkerBehaviour
+    faults = None
+    if behaviour or lie:
+        from ..runtime.faults import Faults
 
-        beh = WorkerBehaviour.from_dict(json.loads(behaviour), seed, index).delay
+        delay = None
+        if behaviour:
+            from ..scenario.latency import WorkerBehaviour
+
+            delay = WorkerBehaviour.from_dict(json.loads(behaviour), seed, index).delay
+        faults = Faults(delay=delay, lie=lie)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     w = Worker(load_token(token_file), make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
-               loaded, beh, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}", lie=lie)
+               loaded, faults, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}")
     if metrics_port is not None:
         from ..runtime.worker_metrics import start_metrics_server
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..bundle import digest as array_digest
 from ..protocol import auth
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, encode_frame, pack_array, unpack_array
-from ..protocol.messages import Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong, Result, Welcome
+from ..protocol.messages import PROTOCOL_VERSION, Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong, Result, Welcome
 from . import payloads
 from .payloads import deep_list, payload_frame, random_msgpack, raw_frame, special_payloads
 from .peer import Findings
@@ -42,7 +42,7 @@ class FakeWorker:
                "error_nil": 3, "array_map_bad": 3, "deep_dtype": 1, "deep_t": 1, "error_bad_code": 1, "result_extra_field": 1,
                "y_not_map": 1, "garbage_frame": 1, "special_payload": 1, "oversized": 1, "truncated": 1, "unexpected_type": 1,
                "random_msgpack": 1, "unsolicited_pong": 2}
-    HANDSHAKES = {"good": 60, "good_extra_caps": 6, "hello_proto2": 2, "hello_no_placement": 2, "hello_bad_caps": 2,
+    HANDSHAKES = {"good": 60, "good_extra_caps": 6, "hello_old_proto": 2, "hello_no_placement": 2, "hello_bad_caps": 2,
                   "hello_short_nonce": 2, "hello_garbage": 2, "hello_error": 2, "hello_deep_t": 1, "welcome_bad_mac": 3,
                   "welcome_replayed": 2, "welcome_master_prefix": 2, "welcome_error": 2, "welcome_extra_field": 1,
                   "configured_wrong_digest": 2, "configured_error": 2, "configured_garbage": 1}
@@ -99,12 +99,12 @@ class FakeWorker:
         nonce_w = auth.new_nonce()
         caps = {"placements": ["encoded"], "wire_dtypes": ["f4", "f2"], "torch": False, "max_frame": DEFAULT_MAX_FRAME,
                 "max_batch": 4096, "max_in_flight": 256}
-        hello = Hello(1, nonce_w, caps, None).to_wire()
+        hello = Hello(PROTOCOL_VERSION, nonce_w, caps, None).to_wire()
         if mode == "good_extra_caps":
             hello["caps"] = {**caps, "future_cap": {"x": [1, 2]}, "gpu": True}
             hello["bundle"] = secrets.token_hex(32)
-        elif mode == "hello_proto2":
-            hello["proto"] = 2
+        elif mode == "hello_old_proto":  # a worker of the previous version: refused before auth
+            hello["proto"] = PROTOCOL_VERSION - 1
         elif mode == "hello_no_placement":
             hello["caps"] = {**caps, "placements": ["shared"]}
         elif mode == "hello_bad_caps":
@@ -129,7 +129,7 @@ class FakeWorker:
         if not expect_auth:
             self.findings.add("MASTER_ACCEPTED_BAD_HELLO", mode=mode, got=a.TYPE)
             return
-        if not isinstance(a, Auth) or a.proto != 1:
+        if not isinstance(a, Auth) or a.proto != PROTOCOL_VERSION:
             self.findings.add("master_bad_auth", got=a.TYPE)
             return
         if not auth.verify(auth.master_mac(self.token, nonce_w, a.nonce), a.mac):
@@ -314,8 +314,8 @@ class FakeWorker:
         if action == "truncated":
             return [(honest[:rng.randint(1, len(honest) - 1)], 1)]  # the rest never comes; the master's heartbeat drops us
         if action == "unexpected_type":
-            msg = rng.choice([Ping(1), Hello(1, auth.new_nonce(), {}, None), Welcome(b"\x00" * 32), Configured("0" * 64),
-                              Auth(1, auth.new_nonce(), b"\x00" * 32), Compute(i, None, None, None, None)])
+            msg = rng.choice([Ping(1), Hello(PROTOCOL_VERSION, auth.new_nonce(), {}, None), Welcome(b"\x00" * 32), Configured("0" * 64),
+                              Auth(PROTOCOL_VERSION, auth.new_nonce(), b"\x00" * 32), Compute(i, None, None, None, None)])
             return [(encode_frame(msg.to_wire()), 1)]
         if action == "random_msgpack":
             return [(raw_frame(random_msgpack(rng)), 1)]

@@ -124,11 +124,11 @@ def compute(i: Any, x: Any = None, v: Any = None, images: Any = None, indices: A
     return {"t": "compute", "id": i, "x": x, "v": v, "images": images, "indices": indices}
 
 
-def configure_with_raw_scheme_value(d: dict) -> bytes:
+def configure_with_deep_value(d: dict, field: str) -> bytes:
+    """The configure `d` with `field` holding a map whose value nests deeper than Python's recursion limit."""
     d = dict(d)
-    d["scheme"] = {"K": 0}
+    d[field] = {"K": 0}
     body = msgpack.packb(d, use_bin_type=True)
     marker = msgpack.packb({"K": 0}, use_bin_type=True)
     i = body.index(marker)
     return payload_frame(body[:i] + b"\x81\xa1K" + deep_list() + body[i + len(marker):])
-

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..protocol import auth
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, encode_frame, pack_array
-from ..protocol.messages import Auth, Compute, Configured, Error, Hello, Ping, Pong, Result, Welcome
+from ..protocol.messages import PROTOCOL_VERSION, Auth, Compute, Configured, Error, Hello, Ping, Pong, Result, Welcome
 from ..protocol.handshake import ClientHandshake, HandshakeError
 from ..runtime.worker import PREAUTH_MAX_FRAME
 from .payloads import MB, flip, lenient_equal, payload_frame, random_msgpack, raw_frame, special_payloads
@@ -66,7 +66,7 @@ class PreauthCases:
                 data, expect = full[:rng.randint(1, len(full) - 1)], "open"
             elif kind == "wrong_type":
                 msg = rng.choice([Ping(1), Pong(1), Compute(1, None, None, None, None), Welcome(good_mac), Configured(self.digest),
-                                  Hello(1, nonce, {}, None), Error("auth", "x", None), Result(1, pack_array(np.zeros((1, 10))))])
+                                  Hello(PROTOCOL_VERSION, nonce, {}, None), Error("auth", "x", None), Result(1, pack_array(np.zeros((1, 10))))])
                 data, expect = encode_frame(msg.to_wire()), "refused"
                 if isinstance(msg, Configured):
                     data = self.configure_frame()
@@ -77,7 +77,7 @@ class PreauthCases:
                 kind = f"special_{name}"
                 data, expect = payload_frame(p), "refused"
             elif kind == "version":
-                proto = rng.choice([0, 2, -1, 255, 2**32, 2**63 - 1, -2**63])
+                proto = rng.choice([0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, -1, 255, 2**32, 2**63 - 1, -2**63])
                 data, expect = encode_frame({"t": "auth", "proto": proto, "nonce": nonce, "mac": good_mac}), "version"
             elif kind == "version_bool":
                 data, expect = encode_frame({"t": "auth", "proto": True, "nonce": nonce, "mac": good_mac}), "refused"
@@ -86,21 +86,21 @@ class PreauthCases:
                                   auth.master_mac(b"another-token-0123456789abcdef", hello.nonce, nonce),
                                   auth.master_mac(self.token, nonce, hello.nonce),  # nonces swapped
                                   auth.worker_mac(self.token, hello.nonce, nonce)])  # the worker's prefix
-                data, expect = encode_frame({"t": "auth", "proto": 1, "nonce": nonce, "mac": mac}), "auth"
+                data, expect = encode_frame({"t": "auth", "proto": PROTOCOL_VERSION, "nonce": nonce, "mac": mac}), "auth"
             elif kind == "replay":
                 if not self.replayable:
                     return
                 n_old, mac_old = rng.choice(self.replayable)
-                data, expect = encode_frame(Auth(1, n_old, mac_old).to_wire()), "auth"
+                data, expect = encode_frame(Auth(PROTOCOL_VERSION, n_old, mac_old).to_wire()), "auth"
             elif kind == "reflect":
                 if not self.welcome_macs:
                     return
-                data, expect = encode_frame(Auth(1, nonce, rng.choice(self.welcome_macs)).to_wire()), "auth"
+                data, expect = encode_frame(Auth(PROTOCOL_VERSION, nonce, rng.choice(self.welcome_macs)).to_wire()), "auth"
             elif kind == "bad_nonce":
                 n2 = rng.choice([nonce[:31], nonce + b"\x01", b"", nonce * 2])
-                data, expect = encode_frame({"t": "auth", "proto": 1, "nonce": n2, "mac": auth.master_mac(self.token, hello.nonce, n2)}), "refused"
+                data, expect = encode_frame({"t": "auth", "proto": PROTOCOL_VERSION, "nonce": n2, "mac": auth.master_mac(self.token, hello.nonce, n2)}), "refused"
             elif kind == "fields":
-                msg = {"t": "auth", "proto": 1, "nonce": nonce, "mac": good_mac}
+                msg = {"t": "auth", "proto": PROTOCOL_VERSION, "nonce": nonce, "mac": good_mac}
                 if rng.random() < 0.5:
                     msg["extra"] = rng.choice([0, None, "x"])
                 else:

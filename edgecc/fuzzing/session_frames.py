@@ -12,9 +12,9 @@ import numpy as np
 from ..bundle import digest as array_digest
 from ..protocol import auth
 from ..protocol.frames import encode_frame, pack_array
-from ..protocol.messages import Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong, Result, Welcome
+from ..protocol.messages import PROTOCOL_VERSION, Auth, Compute, Configured, Error, Hello, Ping, Pong, Result, Welcome
 from . import payloads
-from .payloads import RawValue, compute, configure_with_raw_scheme_value, deep_list, flip, payload_frame, random_msgpack, raw_frame, rng_array, special_payloads
+from .payloads import RawValue, compute, configure_with_deep_value, deep_list, flip, payload_frame, random_msgpack, raw_frame, rng_array, special_payloads
 
 
 class SessionFrames:
@@ -85,7 +85,7 @@ class SessionFrames:
                 d["t"] = 3
             return f"msg_{name}", raw_frame(d), ("nil",)
         if r < 0.62:  # message types a master may not send
-            msg = rng.choice([Hello(1, auth.new_nonce(), {}, None), Auth(1, auth.new_nonce(), b"\x00" * 32), Welcome(b"\x00" * 32),
+            msg = rng.choice([Hello(PROTOCOL_VERSION, auth.new_nonce(), {}, None), Auth(PROTOCOL_VERSION, auth.new_nonce(), b"\x00" * 32), Welcome(b"\x00" * 32),
                               Configured(self.digest), Result(1, pack_array(np.zeros((1, 10)))), Error("internal", "x", 3),
                               Error("busy", "x", None), Pong(4)])
             return f"type_{msg.TYPE}", encode_frame(msg.to_wire()), ("nil",)
@@ -189,14 +189,17 @@ class SessionFrames:
         return name, a
 
     def bad_configure(self, rng: random.Random, wire_dtype: str) -> tuple[str, bytes, tuple]:
-        base = Configure(0, 0.5, {"K": 2, "G": 1, "P": 1, "computation": "hb", "encoder": "cl", "compute_arch": "cl"}, "encoded",
-                         wire_dtype, self.digest, self.wire_arrays, None).to_wire()
-        name = rng.choice(["wrong_digest", "nan_array", "wrong_shape", "missing_array", "extra_array_bad_digest", "scheme_unknown_key",
-                           "scheme_bad_K", "scheme_hb_P2", "scheme_not_map", "alpha_zero", "alpha_nan", "alpha_huge", "placement_bad",
-                           "placement_plain", "placement_shared", "wire_f8", "arrays_nil", "dataset_path", "array_f8",
-                           "array_too_many_elements", "digest_not_hex"] + (["deep_scheme"] if payloads.DEEP else []))
+        base = self.configure_message(wire_dtype).to_wire()
+        name = rng.choice(["wrong_digest", "nan_array", "wrong_shape", "missing_array", "extra_array_bad_digest", "spec_unknown_key",
+                           "spec_bad_out", "spec_bad_in_shape", "spec_hs_without_P", "spec_shared_hb_P2", "spec_not_map", "kind_bad",
+                           "kind_mlp", "kind_shared", "kind_cnn_wrong_shape", "params_nested", "params_too_many", "scheme_empty",
+                           "index_negative", "wire_f8", "arrays_nil", "dataset_path", "dataset_not_shared", "array_f8",
+                           "array_too_many_elements", "digest_not_hex"] + (["deep_compute"] if payloads.DEEP else []))
         d = dict(base)
         arrays = dict(self.wire_arrays)
+        spec = base["compute"]
+        shared = {"kind": "aicc-shared", "in_shape": [28, 28], "out": 10, "K": 2, "G": 1, "P": 1, "computation": "hb",
+                  "encoder": "cl", "compute_arch": "cl", "alpha": 0.5}
         exp: tuple = ("nil",)
         if name == "wrong_digest":
             d["digest"] = secrets.token_hex(32)
@@ -214,41 +217,51 @@ class SessionFrames:
         elif name == "extra_array_bad_digest":
             arrays["zzz"] = pack_array(np.zeros(3))
             d["arrays"] = arrays
-        elif name == "scheme_unknown_key":
-            d["scheme"] = {**base["scheme"], "Q": 1}
-        elif name == "scheme_bad_K":
-            d["scheme"] = {**base["scheme"], "K": rng.choice([0, -1, "2", True, None, 2.0])}
-        elif name == "scheme_hb_P2":
-            d["scheme"] = {**base["scheme"], "P": 2}
-        elif name == "scheme_not_map":
-            d["scheme"] = [2, 1]
-        elif name == "alpha_zero":
-            d["alpha"] = 0
-        elif name == "alpha_nan":
-            d["alpha"] = rng.choice([float("nan"), float("inf"), -1.0])
-        elif name == "alpha_huge":
-            d["alpha"] = 2**63
-        elif name == "placement_bad":
-            d["placement"] = "everywhere"
-        elif name == "placement_plain":  # plain needs the MLP arrays: refused
-            d["placement"] = "plain"
-        elif name == "placement_shared":  # shared needs model.* weights (and torch): refused
-            d["placement"] = "shared"
+        elif name == "spec_unknown_key":
+            d["compute"] = {**spec, "Q": 1}
+        elif name == "spec_bad_out":
+            d["compute"] = {**spec, "out": rng.choice([0, -1, "10", True, None, 10.0, 11])}
+        elif name == "spec_bad_in_shape":  # invalid, or valid but not the affine map's 784 columns
+            d["compute"] = {**spec, "in_shape": rng.choice([[], [0], [28, 27], [5000], [1, 1, 1, 1], "28x28", [28, -28]])}
+        elif name == "spec_hs_without_P":
+            d["compute"] = {**spec, "kind": "affine-hs"}
+        elif name == "spec_shared_hb_P2":
+            d["compute"] = {**shared, "P": 2}
+        elif name == "spec_not_map":
+            d["compute"] = rng.choice([[2, 1], "affine", None, 7])
+        elif name == "kind_bad":
+            d["compute"] = {**spec, "kind": rng.choice(["everywhere", "", "AFFINE", 1])}
+        elif name == "kind_mlp":  # the MLP needs mlp.* arrays: refused
+            d["compute"] = {"kind": "mlp", "in_shape": [28, 28], "hidden": [200, 100], "out": 10}
+        elif name == "kind_shared":  # needs model.* weights (and torch): refused
+            d["compute"] = shared
+        elif name == "kind_cnn_wrong_shape":
+            d["compute"] = {"kind": "cnn", "in_shape": [32, 32], "out": 10}
+        elif name == "params_nested":
+            d["params"] = {"alpha": {"deep": [1, {"x": 2}]}}
+        elif name == "params_too_many":
+            d["params"] = {f"p{i}": i for i in range(65)}
+        elif name == "scheme_empty":
+            d["scheme"] = rng.choice(["", "x" * 65])
+        elif name == "index_negative":
+            d["index"] = -1
         elif name == "wire_f8":
             d["wire_dtype"] = "f8"
         elif name == "arrays_nil":  # no bundle on this worker: refused
             d["arrays"] = None
         elif name == "dataset_path":
             d["dataset"] = rng.choice(["/etc/passwd", "../sample", "sample\x00"])
-            d["placement"] = "shared"
+            d["compute"] = shared
+        elif name == "dataset_not_shared":
+            d["dataset"] = "sample"
         elif name == "array_f8":
             arrays["affine.bias"] = pack_array(self.b, "f8")
             d["arrays"] = arrays
         elif name == "array_too_many_elements":
             arrays["affine.bias"] = {"dtype": "f4", "shape": [2**25 + 1], "data": b""}
             d["arrays"] = arrays
-        elif name == "deep_scheme":  # the scheme's value repr overflows the recursion limit
-            frame = configure_with_raw_scheme_value(d)
+        elif name == "deep_compute":  # a value whose repr overflows the recursion limit
+            frame = configure_with_deep_value(d, "compute")
             return name, frame, exp
         else:
             d["digest"] = "Z" * 64

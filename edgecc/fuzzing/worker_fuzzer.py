@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import digest as array_digest
+from ..protocol import compute_spec
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, encode_frame, pack_array, unpack_array
 from ..protocol.messages import Compute, Configure, Configured, Error, Hello, Ping, Pong, Result
 from ..protocol.handshake import ClientHandshake, HandshakeError
@@ -101,9 +102,13 @@ class WorkerFuzzer(PreauthCases, SessionFrames):
         except OSError:
             return False
 
+    def configure_message(self, wire_dtype: str = "f4") -> Configure:
+        """An honest configure of the fuzzer's affine map (H_B)."""
+        return Configure(0, "aicc", {"K": 2, "G": 1, "P": 1, "alpha": 0.5}, compute_spec.affine().to_wire(), wire_dtype,
+                         self.digest, self.wire_arrays, None)
+
     def configure_frame(self, wire_dtype: str = "f4", **override: Any) -> bytes:
-        msg = Configure(0, 0.5, {"K": 2, "G": 1, "P": 1, "computation": "hb", "encoder": "cl", "compute_arch": "cl"},
-                        "encoded", wire_dtype, self.digest, self.wire_arrays, None).to_wire()
+        msg = self.configure_message(wire_dtype).to_wire()
         msg.update(override)
         return raw_frame(msg)
 
@@ -393,14 +398,15 @@ async def fuzz_worker(frames: int = 100_000, seed: int = 0, *, check_every: int 
         try:
             fz = WorkerFuzzer(w.port, w.pid, token.encode(), seed, frames, check_every=check_every, concurrency=concurrency,
                               handshake_timeout=handshake_timeout)
-            # warm up: a refused shared-placement configure makes the worker import torch once, so that the
-            # RSS baseline includes it
+            # warm up: a refused aicc-shared configure (no model.* weights) makes the worker import torch once,
+            # so that the RSS baseline includes it
             await fz.health_check("start")
             peer = await Peer.open(w.port, fz.findings)
             _, ok = await fz.handshake(peer)
             if ok:
-                fz.count("configure_placement_shared")
-                await peer.send(fz.configure_frame(placement="shared"))
+                fz.count("configure_aicc_shared")
+                shared = compute_spec.aicc_shared({"K": 2, "G": 1, "P": 1, "computation": "hb", "encoder": "cl", "compute_arch": "cl"}, 0.5)
+                await peer.send(fz.configure_frame(compute=shared.to_wire()))
                 await peer.recv(60)
             peer.abort()
             await fz.health_check("baseline")

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Callable
 
 from . import auth
+from .compute_spec import NEEDS_TORCH
 from .frames import LocalProtocolError, RemoteProtocolError
-from .messages import PROTOCOL_VERSION, Auth, Configure, Configured, Error, Hello, Message, Welcome
+from .messages import PROTOCOL_VERSION, Auth, Configure, Configured, Error, Hello, Message, Welcome, version_mismatch
 
 AWAIT_HELLO, AWAIT_WELCOME, AWAIT_CONFIGURED, DONE, FAILED = "await_hello", "await_welcome", "await_configured", "done", "failed"
 HANDSHAKE_TIMEOUT = 5.0  # s for hello, and again for welcome (§10)
@@ -28,12 +29,17 @@ CONFIGURE_TIMEOUT = 60.0  # s to send configure and to receive configured: a con
 
 class HandshakeError(RemoteProtocolError):
     """The worker's answer ends the set-up: not an edgecc worker, another protocol version, the
-    placement not offered, the configuration refused, or silence."""
+    placement or compute kind not offered, the configuration refused, or silence."""
 
 
 class HandshakeAuthError(HandshakeError):
     """Authentication failed: the worker refused our proof (wrong token or version on one side), or
     did not prove that it holds the token."""
+
+
+class ProtocolVersionError(HandshakeAuthError):
+    """The worker speaks another protocol version (its hello says so, or it refused our auth with
+    `error version`). Permanent until one side is upgraded; the message names both versions."""
 
 
 class ClientHandshake:
@@ -93,11 +99,11 @@ class ClientHandshake:
 
     def _on_hello(self, msg: Message) -> list[Message]:
         if isinstance(msg, Error):
-            raise self._fail(HandshakeAuthError(f"worker refused: {msg.code}: {msg.message}"))
+            raise self._fail(self._refused("worker refused", msg))
         if not isinstance(msg, Hello):
             raise self._fail(HandshakeError(f"not an edgecc worker: expected hello, got {msg.TYPE}"))
-        if msg.proto != PROTOCOL_VERSION:
-            raise self._fail(HandshakeError(f"worker speaks protocol {msg.proto}, master speaks {PROTOCOL_VERSION}"))
+        if msg.proto != PROTOCOL_VERSION:  # no auth: a worker of another version would not read this one's configure
+            raise self._fail(ProtocolVersionError(version_mismatch("master", "worker", msg.proto)))
         offered = msg.caps.get("placements", [])
         if self.placement is not None and self.placement not in offered:
             raise self._fail(HandshakeError(f"worker cannot serve the {self.placement!r} placement (it offers {offered})"))
@@ -109,7 +115,7 @@ class ClientHandshake:
     def _on_welcome(self, msg: Message) -> list[Message]:
         assert self.hello is not None
         if isinstance(msg, Error):
-            raise self._fail(HandshakeAuthError(f"worker refused the handshake: {msg.code}: {msg.message}"))
+            raise self._fail(self._refused("worker refused the handshake", msg))
         if not isinstance(msg, Welcome) or not auth.verify(auth.worker_mac(self.token, self.nonce, self.hello.nonce), msg.mac):
             raise self._fail(HandshakeAuthError("worker failed to prove the shared token"))
         self.welcome = msg
@@ -117,6 +123,10 @@ class ClientHandshake:
             self.state = DONE
             return []
         self.configure_sent = self.configure(self.hello)
+        kind, offered = self.configure_sent.compute.get("kind"), self.hello.caps.get("computes")
+        if offered is not None and kind not in offered:  # e.g. a torch-free worker asked for the CNN
+            hint = "; it needs torch on the worker: pip install 'edgecc[ml]'" if kind in NEEDS_TORCH else ""
+            raise self._fail(HandshakeError(f"worker cannot run the {kind!r} compute (it offers {offered}{hint})"))
         self.state = AWAIT_CONFIGURED
         return [self.configure_sent]
 
@@ -128,6 +138,11 @@ class ClientHandshake:
             raise self._fail(HandshakeError("worker did not confirm the configuration"))
         self.state = DONE
         return []
+
+    @staticmethod
+    def _refused(what: str, msg: Error) -> HandshakeAuthError:
+        cls = ProtocolVersionError if msg.code == "version" else HandshakeAuthError
+        return cls(f"{what}: {msg.code}: {msg.message}")
 
     def _fail(self, e: HandshakeError) -> HandshakeError:
         self.state, self.error = FAILED, e

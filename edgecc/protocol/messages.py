@@ -10,15 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from .compute_spec import ComputeSpec
 from .frames import RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+# 2: `configure` carries a compute spec and the scheme's own parameters (1: AICC's Scheme, alpha, placement).
+PROTOCOL_VERSION = 2
 # Minor versions add messages an old peer can do without; each side learns the other's from the
 # handshake (a worker offers caps["proto_minor"], a master sends newer messages only to workers that
-# offer them). 1: `cancel` (master -> worker: skip a request whose result nobody needs).
+# offer them). 1: `cancel` (master -> worker: skip a request whose result nobody needs). A major
+# version keeps the minor numbers of the one before: minor 1 means `cancel` in version 2 as in 1.
 PROTOCOL_MINOR = 1
 NONCE_BYTES = 32
-PLACEMENTS = ("encoded", "shared", "plain")  # plain: the uncoded/replication comparators' base classifier
+MAX_PARAMS = 64  # configure.params entries
 ERROR_CODES = ("version", "auth", "bad_request", "not_configured", "busy", "limit", "internal")
 
 
@@ -50,6 +53,15 @@ class Message:
         """Per-type semantic checks beyond field types."""
 
 
+def version_mismatch(local: str, peer: str, peer_version: Any) -> str:
+    """The one text for a protocol version mismatch, from either side: both versions and what to upgrade."""
+    if isinstance(peer_version, int) and not isinstance(peer_version, bool) and peer_version > PROTOCOL_VERSION:
+        fix = f"upgrade this {local} to an edgecc release that speaks protocol {peer_version}"
+    else:
+        fix = f"upgrade the {peer} to an edgecc release that speaks protocol {PROTOCOL_VERSION}"
+    return f"this {local} speaks protocol version {PROTOCOL_VERSION}, the {peer} speaks version {peer_version!r}: {fix}"
+
+
 def _nonce(name: str, v: bytes) -> None:
     if len(v) != NONCE_BYTES:
         raise RemoteProtocolError(f"{name} must be {NONCE_BYTES} bytes, got {len(v)}")
@@ -70,7 +82,8 @@ class Hello(Message):
         # known capabilities must have their types (a master does `placement in caps["placements"]`
         # before authenticating the worker); unknown capabilities are ignored
         for key, ok in (("placements", _str_list), ("wire_dtypes", _str_list), ("torch", _is_bool),
-                        ("max_frame", _count), ("max_batch", _count), ("max_in_flight", _count), ("proto_minor", _count)):
+                        ("max_frame", _count), ("max_batch", _count), ("max_in_flight", _count), ("proto_minor", _count),
+                        ("computes", _str_list)):
             if key in self.caps and not ok(self.caps[key]):
                 raise RemoteProtocolError(f"hello.caps.{key}: unexpected value of type {type(self.caps[key]).__name__}")
 
@@ -110,26 +123,46 @@ class Welcome(Message):
 
 @dataclass(frozen=True)
 class Configure(Message):
-    """Master -> worker: role of this worker. `arrays` may be nil when the worker holds `digest`."""
+    """Master -> worker: this worker's role. `compute` is the compute spec (protocol/compute_spec.py):
+    what the worker runs and what each request carries; `scheme` and `params` name the scheme and its
+    own parameters for this worker (α_n, K, ...), which the worker logs but never computes from.
+    `arrays` may be nil when the worker holds `digest`."""
     TYPE = "configure"
-    TYPES = {"index": (int,), "alpha": (float, int), "scheme": (dict,), "placement": (str,), "wire_dtype": (str,),
+    TYPES = {"index": (int,), "scheme": (str,), "params": (dict,), "compute": (dict,), "wire_dtype": (str,),
              "digest": (str,), "arrays": (dict, None), "dataset": (str, None)}
     index: int
-    alpha: float
-    scheme: dict
-    placement: str
+    scheme: str
+    params: dict
+    compute: dict
     wire_dtype: str
     digest: str
     arrays: dict | None
     dataset: str | None
 
     def check(self) -> None:
-        if self.placement not in PLACEMENTS:
-            raise RemoteProtocolError(f"configure.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.index < 0:
+            raise RemoteProtocolError(f"configure.index must be >= 0, got {self.index}")
+        if not 1 <= len(self.scheme) <= 64:
+            raise RemoteProtocolError("configure.scheme must be a name of 1 to 64 characters")
+        if len(self.params) > MAX_PARAMS or not all(_param(v) for v in self.params.values()):
+            raise RemoteProtocolError(f"configure.params: at most {MAX_PARAMS} entries, each a number, string, "
+                                      "boolean, nil or a list of at most 256 of those")
+        spec = self.spec()
         if self.wire_dtype not in ("f4", "f2"):
             raise RemoteProtocolError(f"configure.wire_dtype must be 'f4' or 'f2', got {self.wire_dtype!r}")
-        if not 0.0 < float(self.alpha) < 1.0e6:
-            raise RemoteProtocolError(f"configure.alpha out of range: {self.alpha!r}")
+        if self.dataset is not None and spec.kind != "aicc-shared":
+            raise RemoteProtocolError(f"configure.dataset is for the 'aicc-shared' compute only, not {spec.kind!r}")
+
+    def spec(self) -> ComputeSpec:
+        return ComputeSpec.from_wire(self.compute)
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str)) and not (isinstance(v, str) and len(v) > 256)
+
+
+def _param(v: Any) -> bool:
+    return _scalar(v) or (isinstance(v, list) and len(v) <= 256 and all(_scalar(x) for x in v))
 
 
 @dataclass(frozen=True)
@@ -141,8 +174,9 @@ class Configured(Message):
 
 @dataclass(frozen=True)
 class Compute(Message):
-    """Master -> worker: one request of B groups. Exactly the inputs the placement needs are set:
-    encoded: x (B, 28, 28) [+ v (B, P+1, 28, 28) for H_S]; shared: images (B, K, 28, 28) u1 or indices (B, K) i4."""
+    """Master -> worker: one request of B groups. Exactly the inputs the configured compute spec names
+    are set (compute_spec.ComputeSpec.inputs): x (B, *in_shape) [+ v (B, P+1, *in_shape) for affine-hs],
+    or, for aicc-shared, images (B, K, 28, 28) u1 or indices (B, K) i4."""
     TYPE = "compute"
     TYPES = {"id": (int,), "x": (dict, None), "v": (dict, None), "images": (dict, None), "indices": (dict, None)}
     id: int

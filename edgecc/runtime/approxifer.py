@@ -6,8 +6,8 @@ combination u(z_n) of the K images of each group. The master decodes from whiche
 first (N = K + S tolerates S stragglers); with `byzantine` = E it waits for 2K + 2E − 1 answers and
 decodes around up to E wrong ones, naming them (N = 2K + S + 2E − 1).
 
-The protocol's per-worker `alpha` must be positive, and plain workers do not read it: alphas are the
-workers' 1-based indices; the Berrut nodes are `points`.
+Workers get the "mlp" or "cnn" compute spec (protocol/compute_spec.py); the Berrut node z_n of
+worker n travels in its configure's scheme parameters, for the worker's log: the code lives here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import numpy as np
 
 from ..bundle import digest
 from ..coding.berrut import WORKER_POINT_SETS, BerrutCode, needed_results
-from ..coding.schemes import Scheme
 from ..errors import ConfigError
+from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
+from .plain_cnn import plain_spec
 from .plan import kth_fastest
 
 BASE_KINDS = ("centralized-mlp", "centralized-cnn")
@@ -41,6 +42,7 @@ class ApproxIFERPlan:
     """K images per group on N workers; any K answers decode (2K + 2E − 1 with E liars)."""
 
     placement = "plain"
+    name = "approxifer"
 
     def __init__(self, model, info: dict[str, Any], K: int, N: int, points: str = "n", wire_dtype: str = "f4",
                  byzantine: int = 0):
@@ -56,12 +58,19 @@ class ApproxIFERPlan:
         self.K, self.N, self.byzantine, self.wire_dtype = K, N, byzantine, wire_dtype
         self.code = BerrutCode(K, N, points)
         self.points = [float(z) for z in self.code.z]
-        self.scheme = Scheme(K=K, G=1)  # tells plain workers K; the Berrut code lives at the master
-        self.alphas = [float(n + 1) for n in range(N)]
+        self.point_set = points
+        self.alphas = [float(n + 1) for n in range(N)]  # worker labels in the master's stats; the nodes are `points`
         self.arrays = base_arrays(model, info)
+        self.spec = plain_spec(self.arrays)
         self.digest = digest(self.arrays)
         self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
         self.suspect_groups = [0] * N  # per worker: groups where its result was located as a lie
+
+    def compute_spec(self, index: int) -> ComputeSpec:
+        return self.spec  # every worker runs the unmodified centralized model
+
+    def scheme_params(self, index: int) -> dict[str, Any]:
+        return {"K": self.K, "N": self.N, "E": self.byzantine, "points": self.point_set, "z": self.points[index]}
 
     @property
     def need(self) -> str:

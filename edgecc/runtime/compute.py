@@ -1,61 +1,102 @@
 """What a worker computes, numpy only: importing this never imports torch.
 
-Encoded-only placement: the worker receives X̃_n = E(α_n) (and, for H_S, V_0..V_P) and applies
-the collapsed affine map. Shared-dataset placement needs the encoder networks and lives in
-`shared_compute.py`, which is the only worker module that loads torch.
+`AffineCompute` runs the "affine" and "affine-hs" compute kinds (protocol/compute_spec.py): AICC's
+encoded placement, where the worker receives X̃_n = E(α_n) (and, for H_S, V_0..V_P) and applies the
+collapsed affine map. `PlainCompute` runs the "mlp" kind: a centralized MLP on whatever image it is
+sent (the uncoded/replication comparators, the learned code, ApproxIFER's MLP base). The kinds that
+need torch live in `plain_cnn.py` ("cnn") and `shared_compute.py` ("aicc-shared").
+
+Every compute class has `from_spec(spec, arrays)` (the worker's configure step) and is called with
+the request's validated inputs in the order of `spec.inputs()`, returning (B, out) float32.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..coding.schemes import Scheme
 from ..errors import ConfigError
+from ..protocol import compute_spec
+from ..protocol.compute_spec import ComputeSpec
 
 
-class EncodedCompute:
-    """y = A·vec(S) + b with S = X̃ (H_B) or S = Σ_p V_p ⊙ X̃^p (H_S)."""
+class AffineCompute:
+    """y = A·vec(S) + b with S = x ("affine": H_B) or S = Σ_p V_p ⊙ x^p ("affine-hs": H_S, degree P)."""
 
-    def __init__(self, scheme: Scheme, arrays: dict[str, np.ndarray]):
+    def __init__(self, spec: ComputeSpec, arrays: dict[str, np.ndarray]):
+        if spec.kind not in ("affine", "affine-hs"):
+            raise ConfigError(f"AffineCompute runs the affine kinds, not {spec.kind!r}")
         try:
             A, b = arrays["affine.weight"], arrays["affine.bias"]
         except KeyError as e:
             raise ConfigError(f"worker arrays lack {e}") from None
-        if A.shape != (10, 784) or b.shape != (10,):
-            raise ConfigError(f"affine map has shapes {A.shape}/{b.shape}, expected (10, 784)/(10,)")
-        self.scheme = scheme
-        self.At = np.ascontiguousarray(A.T, dtype=np.float32)  # (784, 10): x @ At is one GEMM
+        self.n, out = math.prod(spec.in_shape), spec.out
+        if A.shape != (out, self.n) or b.shape != (out,):
+            raise ConfigError(f"affine map has shapes {A.shape}/{b.shape}, expected {(out, self.n)}/{(out,)}")
+        self.P = spec["P"] if spec.kind == "affine-hs" else None
+        self.At = np.ascontiguousarray(A.T, dtype=np.float32)  # (n, out): x @ At is one GEMM
         self.b = b.astype(np.float32)
 
+    @classmethod
+    def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "AffineCompute":
+        return cls(spec, arrays)
+
     def __call__(self, xt: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
-        """xt (B, 28, 28) float32, v (B, P+1, 28, 28) for H_S -> (B, 10) float32."""
-        if self.scheme.computation == "hs":
+        """xt (B, *in_shape) float32, v (B, P+1, *in_shape) for H_S -> (B, out) float32."""
+        if self.P is not None:
             if v is None:
                 raise ConfigError("H_S needs V_p with every request")
             s = v[:, -1]
-            for p in range(self.scheme.P - 1, -1, -1):  # Horner's rule, as in nets/aicc.py
+            for p in range(self.P - 1, -1, -1):  # Horner's rule, as in nets/aicc.py
                 s = s * xt + v[:, p]
             xt = s
-        return xt.reshape(xt.shape[0], 784) @ self.At + self.b
+        return xt.reshape(xt.shape[0], self.n) @ self.At + self.b
+
+
+class EncodedCompute(AffineCompute):
+    """AICC's encoded-placement worker for an AICC `Scheme` (anything with `computation` and `P`): the
+    master's calibration, evaluation and the benchmarks build the worker's map this way."""
+
+    def __init__(self, scheme, arrays: dict[str, np.ndarray]):
+        super().__init__(compute_spec.affine(P=scheme.P if scheme.computation == "hs" else None), arrays)
 
 
 class PlainCompute:
-    """The comparators' worker: the centralized MLP (784-200-100-10, ReLU) on raw images."""
+    """The "mlp" kind: a centralized MLP (ReLU between layers) on raw images; arrays
+    mlp.mlp.fc{1..L}.{weight,bias}. Without `widths` the layers are read from the arrays."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], widths: list[int] | None = None):
+        count = len(widths) - 1 if widths is not None else sum(1 for i in range(1, 10) if f"mlp.mlp.fc{i}.weight" in arrays)
         try:
             self.layers = [(arrays[f"mlp.mlp.fc{i}.weight"].T.astype(np.float32), arrays[f"mlp.mlp.fc{i}.bias"].astype(np.float32))
-                           for i in (1, 2, 3)]
+                           for i in range(1, count + 1)]
         except KeyError as e:
             raise ConfigError(f"plain worker arrays lack {e}") from None
+        if not self.layers:
+            raise ConfigError("plain worker arrays hold no MLP layer (mlp.mlp.fc1.weight)")
         shapes = [w.shape for w, _ in self.layers]
-        if shapes != [(784, 200), (200, 100), (100, 10)]:
-            raise ConfigError(f"plain worker MLP has shapes {shapes}")
+        want = widths or [shapes[0][0], *(s[1] for s in shapes)]
+        if shapes != list(zip(want[:-1], want[1:])) or any(b.shape != (w.shape[1],) for w, b in self.layers):
+            raise ConfigError(f"plain worker MLP has shapes {shapes}, expected widths {want}")
+        self.n = want[0]
+
+    @classmethod
+    def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "PlainCompute":
+        return cls(arrays, [math.prod(spec.in_shape), *spec["hidden"], spec.out])
 
     def __call__(self, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
-        h = x.reshape(x.shape[0], 784)
+        h = x.reshape(x.shape[0], self.n)
         for i, (w, b) in enumerate(self.layers):
             h = h @ w + b
-            if i < 2:
+            if i < len(self.layers) - 1:
                 h = np.maximum(h, 0.0)
         return h
+
+
+def mlp_spec(arrays: dict[str, np.ndarray]) -> ComputeSpec:
+    """The "mlp" compute spec of these arrays (a plan sends it with them): widths read from the weights."""
+    shapes = [arrays[f"mlp.mlp.fc{i}.weight"].shape for i in range(1, 10) if f"mlp.mlp.fc{i}.weight" in arrays]
+    if not shapes or shapes[0][1] != 784:
+        raise ConfigError(f"an MLP of 28 x 28 images needs mlp.mlp.fc1.weight of shape (h, 784), got {shapes[:1]}")
+    return compute_spec.mlp([s[0] for s in shapes[:-1]], shapes[-1][0])

@@ -26,6 +26,7 @@ from ..protocol.frames import RemoteProtocolError, encode_frame
 from ..protocol.handshake import ClientHandshake, HandshakeAuthError
 from ..protocol.messages import Cancel, Configure, Error, Hello, Ping, Pong, Result
 from .client_handshake import client_handshake
+from .schemes import configure_message
 from .transport import Comm, CommClosedError
 
 if TYPE_CHECKING:
@@ -118,8 +119,7 @@ class WorkerLink:
 
         def configure(hello: Hello) -> Configure:  # arrays nil iff the worker preloaded this bundle
             arrays = None if hello.bundle == plan.digest else plan.wire_arrays
-            return Configure(self.index, plan.alphas[self.index], plan.scheme.to_dict(), plan.placement,
-                             plan.wire_dtype, plan.digest, arrays, master.dataset)
+            return configure_message(plan, self.index, arrays, master.dataset)
 
         hs = ClientHandshake(master.token, placement=plan.placement, configure=configure,
                              handshake_timeout=master.limits.handshake_timeout)

@@ -3,7 +3,7 @@
 ApproxIFER's workers run the unmodified centralized model on a Berrut combination of images; with
 the CNN base that model needs convolutions, so this compute loads torch (only when a master sends
 CNN weights: the MLP plain worker stays numpy-only). Arrays: the CentralizedCNN state dict under
-the prefix "cnn.".
+the prefix "cnn.". This is the "cnn" compute kind (protocol/compute_spec.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..protocol import compute_spec
+from ..protocol.compute_spec import ComputeSpec
 
 PREFIX = "cnn."
 
@@ -26,6 +28,15 @@ def plain_compute(arrays: dict[str, np.ndarray]):
     from .compute import PlainCompute
 
     return PlainCompute(arrays)
+
+
+def plain_spec(arrays: dict[str, np.ndarray]) -> ComputeSpec:
+    """The compute spec a plan sends with a centralized model's arrays: "cnn", or "mlp" with its widths."""
+    if is_cnn(arrays):
+        return compute_spec.cnn()
+    from .compute import mlp_spec
+
+    return mlp_spec(arrays)
 
 
 class PlainCNNCompute:
@@ -46,6 +57,10 @@ class PlainCNNCompute:
             self.model.load_state_dict(state)
         except RuntimeError as e:
             raise ConfigError(f"CNN worker weights do not fit the centralized CNN: {str(e)[:300]}") from None
+
+    @classmethod
+    def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "PlainCNNCompute":
+        return cls(arrays)  # the spec's shapes are the CNN's own (compute_spec checks in_shape [28, 28], out 10)
 
     def __call__(self, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
         if v is not None:

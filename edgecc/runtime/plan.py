@@ -26,6 +26,8 @@ from ..coding.robust import robust_decode
 from ..coding.schemes import Scheme, check_workers, default_alphas
 from ..export import PLACEMENTS, worker_arrays
 from ..nets import encode_precision as resolve_precision
+from ..protocol import compute_spec
+from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
 
 
@@ -141,6 +143,18 @@ class CodedPlan:
     @property
     def R(self) -> int:
         return self.scheme.R
+
+    name = "aicc"  # the registry's name (runtime/schemes.py), sent in configure.scheme
+
+    def compute_spec(self, index: int) -> ComputeSpec:
+        """What worker `index` runs: the collapsed affine map (encoded), or E(α_index) and H (shared)."""
+        if self.placement == "shared":
+            return compute_spec.aicc_shared(self.scheme.to_dict(), self.alphas[index])
+        return compute_spec.affine(P=self.scheme.P if self.scheme.computation == "hs" else None)
+
+    def scheme_params(self, index: int) -> dict[str, Any]:
+        """AICC's own parameters for worker `index` (configure.params: logged by the worker)."""
+        return {**self.scheme.to_dict(), "N": self.N, "alpha": float(self.alphas[index])}
 
     def errors(self) -> np.ndarray:
         """(N,) bound on each worker's result error in logits: HEADROOM × the largest error measured."""
@@ -270,12 +284,20 @@ class _PlainWorkers:
     placement = "plain"
 
     def _configure_plain(self, mlp, K: int, N: int, wire_dtype: str) -> None:
+        from .compute import mlp_spec
+
         self.K, self.N, self.wire_dtype = K, N, wire_dtype
-        self.scheme = Scheme(K=K, G=1)  # tells plain workers K; no polynomial coding happens
-        self.alphas = [float(n + 1) for n in range(N)]  # unused by plain workers, distinct for the protocol
+        self.alphas = [float(n + 1) for n in range(N)]  # worker labels in the master's stats; workers never see them
         self.arrays = {f"mlp.{k}": v.detach().float().numpy() for k, v in mlp.state_dict().items()}
+        self.spec = mlp_spec(self.arrays)
         self.digest = digest(self.arrays)
         self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+
+    def compute_spec(self, index: int) -> ComputeSpec:
+        return self.spec  # every worker runs the same MLP
+
+    def scheme_params(self, index: int) -> dict[str, Any]:
+        return {"K": self.K, "N": self.N}
 
     def reachable(self, possible) -> bool:
         return self.complete(possible)
@@ -290,6 +312,7 @@ class ReplicatedPlan(_PlainWorkers):
         if N < K:
             raise ValueError(f"{N} workers cannot hold one copy of each of K={K} images")
         self.model, self.info = model.eval(), info
+        self.name = "uncoded" if N == K else "replication"
         self._configure_plain(model, K, N, wire_dtype)
         self.copies = [[n for n in range(N) if n % K == k] for k in range(K)]
 
@@ -328,6 +351,8 @@ class LearnedCodePlan(_PlainWorkers):
     image n of each group, worker k on the parity image the learned encoder makes from all k. Any k
     answers decode: all data slots are the base model's own outputs; with one data slot missing, the
     learned decoder rebuilds it from the others and the parity output (degraded mode, approximate)."""
+
+    name = "learned-code"
 
     def __init__(self, model, info: dict[str, Any], wire_dtype: str = "f4"):
         if info["kind"] != "learned-code":

@@ -4,9 +4,11 @@
 A scheme is a name and a builder. A builder takes a `PlanRequest` — K (from the AICC model the run
 is about, or given), the number of workers N, and the run's options — and returns a plan: the
 master's side of the scheme (what to send each worker, when results suffice, how to decode; see
-runtime/plan.py). Adding a scheme is its plan module plus one line in SCHEMES. Builders import
-their plans lazily, so reading the registry (scenario files are validated against it) loads no
-torch.
+runtime/plan.py) and each worker's role: `name`, `compute_spec(index)` (what the worker runs, a
+protocol/compute_spec.py kind) and `scheme_params(index)` (the scheme's own parameters, for the
+worker's log), which `configure_message` puts on the wire. Adding a scheme is its plan module plus
+one line in SCHEMES. Builders import their plans lazily, so reading the registry (scenario files
+are validated against it) loads no torch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..protocol.messages import Configure
 
 BASELINE = "default-mlp"  # the shipped centralized MLP: what the comparators' workers run
 
@@ -97,3 +100,9 @@ def build_plan(scheme: str, request: PlanRequest):
     except KeyError:
         raise ConfigError(f"unknown scheme {scheme!r}; the schemes are {', '.join(SCHEMES)}") from None
     return builder(request)
+
+
+def configure_message(plan, index: int, arrays: dict | None, dataset: str | None = None) -> Configure:
+    """The `configure` of worker `index` of any plan; `arrays` nil when the worker preloaded the bundle."""
+    return Configure(index, plan.name, plan.scheme_params(index), plan.compute_spec(index).to_wire(), plan.wire_dtype,
+                     plan.digest, arrays, dataset)

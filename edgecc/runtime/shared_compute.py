@@ -1,4 +1,5 @@
-"""Shared-dataset placement (Remark 1): the worker holds the images and runs E(α_n) and H itself.
+"""Shared-dataset placement (Remark 1), the "aicc-shared" compute kind: the worker holds the images
+and runs E(α_n) and H itself.
 
 This is the only worker module that needs torch. The encoder (and Λ for H_S) runs in torch; H's
 affine part is the same collapsed map the encoded-only worker applies (1.6x fewer FLOPs than the
@@ -11,7 +12,11 @@ import numpy as np
 
 from ..coding.schemes import Scheme
 from ..errors import ConfigError
-from .compute import EncodedCompute
+from ..protocol import compute_spec
+from ..protocol.compute_spec import ComputeSpec
+from .compute import AffineCompute
+
+SCHEME_KEYS = ("K", "G", "P", "computation", "encoder", "compute_arch")  # the AICC Scheme inside the spec
 
 
 class SharedCompute:
@@ -29,7 +34,11 @@ class SharedCompute:
             self.model.load_state_dict(state)
         except RuntimeError as e:
             raise ConfigError(f"shared-dataset weights do not fit the scheme: {str(e)[:300]}") from None
-        self.affine = EncodedCompute(scheme, arrays)
+        self.affine = AffineCompute(compute_spec.affine(P=scheme.P if scheme.computation == "hs" else None), arrays)
+
+    @classmethod
+    def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "SharedCompute":
+        return cls(Scheme.from_dict({k: spec[k] for k in SCHEME_KEYS}), arrays, spec["alpha"])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """images (B, K, 28, 28) uint8 -> (B, 10) float32 = H(E(α_n))."""
@@ -39,3 +48,4 @@ class SharedCompute:
             xt = self.model.encode(x, [self.alpha])[:, 0].numpy()
             v = self.model.lambdas(x).numpy() if self.scheme.computation == "hs" else None
         return self.affine(xt, v)
+

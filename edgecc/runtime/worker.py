@@ -1,31 +1,33 @@
 """The worker: an asyncio server that authenticates a master, takes its role, and computes.
 
-Encoded-only placement imports numpy and msgpack only (no torch): the H_B map is one GEMM.
-Compute runs in a thread so the event loop keeps answering pings and reading frames.
-A scenario can attach a `behaviour` (delay per request, or no answer) to emulate stragglers.
+`configure` names a compute spec (protocol/compute_spec.py); COMPUTES maps its kind to the class
+that runs it, imported on use, so the torch-free kinds ("affine", "affine-hs", "mlp") never load
+torch: the H_B map is one GEMM. Requests are validated against the spec; large ones compute in a
+thread so the event loop keeps answering pings and reading frames. Scenarios and tests attach
+injected delays, failures and lies as `faults` (runtime/faults.py), around the computation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..bundle import digest as array_digest
-from ..coding.schemes import Scheme
 from ..errors import EdgeccError
 from ..protocol import auth
+from ..protocol.compute_spec import KINDS, NEEDS_TORCH, ComputeSpec
 from ..protocol.frames import FatalProtocolError, RemoteProtocolError, pack_array, unpack_array
 from ..protocol.messages import (PROTOCOL_MINOR, PROTOCOL_VERSION, Auth, Cancel, Compute, Configure, Configured, Error,
-                                 Hello, Ping, Pong, Result, Welcome)
+                                 Hello, Ping, Pong, Result, Welcome, version_mismatch)
 from .blas import single_threaded_blas
-from .compute import EncodedCompute
-from .plain_cnn import plain_compute
+from .faults import Faults
 from .limits import Limits
 from .transport import Comm, CommClosedError
 
@@ -35,8 +37,16 @@ SHARED_DATASETS = ("sample", "test", "train")
 PREAUTH_MAX_FRAME = 4096  # an auth frame is ~100 bytes
 INLINE_GROUPS = 256  # encoded/plain requests up to this many groups compute on the event loop
 
-# behaviour(request_id, seconds since the worker started) -> injected delay in seconds, or None = never answer
-Behaviour = Callable[[int, float], "float | None"]
+# compute kind (protocol/compute_spec.py) -> (module, class) that runs it; each class has
+# from_spec(spec, arrays). Imported on first use: the torch-free kinds never import torch.
+COMPUTES: dict[str, tuple[str, str]] = {
+    "affine": (".compute", "AffineCompute"),
+    "affine-hs": (".compute", "AffineCompute"),
+    "mlp": (".compute", "PlainCompute"),
+    "cnn": (".plain_cnn", "PlainCNNCompute"),
+    "aicc-shared": (".shared_compute", "SharedCompute"),
+}
+assert set(COMPUTES) == set(KINDS), "every compute kind needs its class"
 
 
 def torch_available() -> bool:
@@ -48,34 +58,19 @@ def torch_available() -> bool:
         return False
 
 
-LIES = ("random", "scale", "adversarial")
-
-
-def lie(kind: str, y: np.ndarray, req_id: int) -> np.ndarray:
-    """A Byzantine worker's answer (for testing detection): noise, a scaled copy, or logits pushed
-    towards another class by far more than the honest spread."""
-    rng = np.random.default_rng(req_id)
-    spread = float(np.abs(y).max()) + 1.0
-    if kind == "random":
-        return (rng.normal(size=y.shape) * 3 * spread).astype(np.float32)
-    if kind == "scale":
-        return (-2.0 * y).astype(np.float32)
-    top = y.argmax(axis=1)
-    push = np.zeros_like(y)
-    push[np.arange(len(y)), top] = -spread
-    push[np.arange(len(y)), (top + 1) % y.shape[1]] = spread
-    return (y + 4 * push).astype(np.float32)
-
-
 @dataclass
 class WorkerState:
     """What one master connection configured."""
-    scheme: Scheme
-    placement: str
-    alpha: float
+    spec: ComputeSpec
+    scheme: str  # the scheme's name and its parameters for this worker: for logs only
+    params: dict
     wire_dtype: str
     compute: Any
     dataset: np.ndarray | None = None
+
+    def label(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in list(self.params.items())[:8])
+        return f"{self.scheme} ({shown}), compute {self.spec.kind}"
 
 
 @dataclass
@@ -83,14 +78,15 @@ class Worker:
     token: bytes
     limits: Limits = field(default_factory=Limits)
     bundle: tuple[dict, dict[str, np.ndarray], str] | None = None  # (info, arrays, digest) from --bundle
-    behaviour: Behaviour | None = None
+    faults: Faults | None = None  # scenarios/tests only: injected delays, failures and lies (runtime/faults.py)
     data_dir: str | None = None
     ssl_context: Any = None
     name: str = "worker"
-    lie: str | None = None  # scenarios/tests only: "random", "scale" or "adversarial" wrong results
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
+        if self.faults is not None:  # injected delays count from the worker's start
+            self.faults.started = self.started
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecc-compute")
         self.server: asyncio.base_events.Server | None = None
         self.stats = {"connections": 0, "refused": 0, "requests": 0, "errors": 0, "cancelled": 0}
@@ -133,9 +129,11 @@ class Worker:
 
     async def _handshake(self, comm: Comm) -> bool:
         nonce = auth.new_nonce()
-        caps = {"placements": ["encoded", "plain", "shared"] if torch_available() else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
-                "torch": torch_available(), "max_frame": self.limits.max_frame, "max_batch": self.limits.max_batch,
-                "max_in_flight": self.limits.max_in_flight, "proto_minor": PROTOCOL_MINOR}
+        torch = torch_available()
+        caps = {"placements": ["encoded", "plain", "shared"] if torch else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
+                "torch": torch, "max_frame": self.limits.max_frame, "max_batch": self.limits.max_batch,
+                "max_in_flight": self.limits.max_in_flight, "proto_minor": PROTOCOL_MINOR,
+                "computes": [k for k in KINDS if torch or k not in NEEDS_TORCH]}
         await comm.write(Hello(PROTOCOL_VERSION, nonce, caps, self.bundle[2] if self.bundle else None))
         comm.decoder.max_frame = PREAUTH_MAX_FRAME  # an unauthenticated peer gets no big buffers
         try:
@@ -149,8 +147,9 @@ class Worker:
         if not isinstance(msg, Auth):
             return await self._refuse(comm, "auth", f"expected auth, got {msg.TYPE}")
         if msg.proto != PROTOCOL_VERSION:
-            await self._send_error(comm, "version", f"protocol version {msg.proto} not supported (worker speaks {PROTOCOL_VERSION})")
-            return await self._refuse(comm, None, f"unsupported protocol version {msg.proto}")
+            why = version_mismatch("worker", "master", msg.proto)
+            await self._send_error(comm, "version", why)
+            return await self._refuse(comm, None, f"unsupported protocol version: {why}")
         if not auth.verify(auth.master_mac(self.token, nonce, msg.nonce), msg.mac):
             await self._send_error(comm, "auth", "authentication failed")
             return await self._refuse(comm, None, "wrong token (HMAC mismatch)")
@@ -207,7 +206,7 @@ class Worker:
                         await self._send_error(comm, "bad_request", f"configure refused: {e}")
                         continue
                     await comm.write(Configured(msg.digest))
-                    log.info("configured by %s: %s, %s placement, alpha=%g", comm.peer, state.scheme.label(), state.placement, state.alpha)
+                    log.info("configured by %s: %s", comm.peer, state.label())
                 elif isinstance(msg, Compute):
                     if state is None:
                         await self._send_error(comm, "not_configured", "configure the worker before sending compute", msg.id)
@@ -216,9 +215,9 @@ class Worker:
                     elif len(tasks) >= self.limits.max_in_flight:
                         await self._send_error(comm, "busy", f"more than {self.limits.max_in_flight} requests in flight", msg.id)
                     elif self._runs_inline(state, msg):  # no sleep, no thread: a Task would only add loop turns
-                        await self._compute(comm, state, msg)
+                        await self._request(comm, state, msg)
                     else:
-                        task = asyncio.create_task(self._compute(comm, state, msg))
+                        task = asyncio.create_task(self._request(comm, state, msg))
                         tasks[msg.id] = task
                         task.add_done_callback(lambda t, i=msg.id: tasks.pop(i, None) if tasks.get(i) is t else None)
                 else:
@@ -229,7 +228,9 @@ class Worker:
 
     # -- configuration and compute -------------------------------------------------------------
     def _configure(self, msg: Configure) -> WorkerState:
-        scheme = Scheme.from_dict(msg.scheme)
+        spec = msg.spec()
+        if spec.needs_torch and not torch_available():
+            raise EdgeccError(f"the {spec.kind!r} compute needs torch on the worker (pip install 'edgecc[ml]')")
         if msg.arrays is None:
             if not self.bundle or self.bundle[2] != msg.digest:
                 raise EdgeccError(f"no arrays sent and this worker does not hold bundle {msg.digest[:12]}")
@@ -240,21 +241,13 @@ class Worker:
             if array_digest(arrays) != msg.digest:
                 raise EdgeccError("arrays do not match their digest")
         dataset = None
-        if msg.placement == "shared":
-            if not torch_available():
-                raise EdgeccError("shared-dataset placement needs torch on the worker (pip install 'edgecc[ml]')")
-            from .shared_compute import SharedCompute
-
-            compute = SharedCompute(scheme, arrays, msg.alpha)
-            if msg.dataset is not None:
-                if msg.dataset not in SHARED_DATASETS:  # names only: a master must not pick files on the worker
-                    raise EdgeccError(f"dataset must be one of {SHARED_DATASETS}, got {msg.dataset!r}")
-                dataset = self._dataset(msg.dataset)
-        elif msg.placement == "plain":  # the centralized MLP in numpy, or the CNN where torch is installed
-            compute = plain_compute(arrays)
-        else:
-            compute = EncodedCompute(scheme, arrays)
-        return WorkerState(scheme, msg.placement, float(msg.alpha), msg.wire_dtype, compute, dataset)
+        if msg.dataset is not None:  # aicc-shared only (Configure.check)
+            if msg.dataset not in SHARED_DATASETS:  # names only: a master must not pick files on the worker
+                raise EdgeccError(f"dataset must be one of {SHARED_DATASETS}, got {msg.dataset!r}")
+            dataset = self._dataset(msg.dataset)
+        module, name = COMPUTES[spec.kind]
+        compute = getattr(importlib.import_module(module, __package__), name).from_spec(spec, arrays)
+        return WorkerState(spec, msg.scheme, dict(msg.params), msg.wire_dtype, compute, dataset)
 
     def _dataset(self, name: str) -> np.ndarray:
         if name not in self._datasets:
@@ -264,49 +257,40 @@ class Worker:
         return self._datasets[name]
 
     def _inputs(self, state: WorkerState, msg: Compute) -> tuple:
-        """Validate the request's arrays against the configuration; returns the compute arguments."""
-        s, B = state.scheme, None
-        lim = self.limits.max_batch
-        if state.placement in ("encoded", "plain"):
-            if msg.x is None or msg.images is not None or msg.indices is not None:
-                raise RemoteProtocolError("encoded placement: send x (and v for H_S), not images or indices")
-            x = unpack_array(msg.x, "x", shape=(None, 28, 28))
-            B = x.shape[0]
-            v = None
-            if s.computation == "hs" and state.placement == "encoded":
-                if msg.v is None:
-                    raise RemoteProtocolError("H_S needs v (B, P+1, 28, 28)")
-                v = unpack_array(msg.v, "v", shape=(B, s.P + 1, 28, 28)).astype(np.float32, copy=False)
-            elif msg.v is not None:
-                raise RemoteProtocolError("only H_S in the encoded placement takes v")
-            args = (x.astype(np.float32, copy=False), v)
-        else:
-            if (msg.images is None) == (msg.indices is None) or msg.x is not None:
-                raise RemoteProtocolError("shared placement: send exactly one of images or indices")
-            if msg.images is not None:
-                images = unpack_array(msg.images, "images", dtypes=("u1",), shape=(None, s.K, 28, 28))
-            else:
+        """Validate the request's arrays against the compute spec; returns the compute arguments."""
+        spec, fields = state.spec, {"x": msg.x, "v": msg.v, "images": msg.images, "indices": msg.indices}
+        given = {k for k, v in fields.items() if v is not None}
+        alt = next((a for a in spec.inputs() if {i.name for i in a} == given), None)
+        if alt is None:
+            raise RemoteProtocolError(f"the {spec.kind!r} compute takes {spec.describe_inputs()}, "
+                                      f"got {', '.join(sorted(given)) or 'no input'}")
+        args, B = [], None
+        for inp in alt:
+            a = unpack_array(fields[inp.name], inp.name, dtypes=inp.dtypes, shape=(B, *inp.shape))
+            B = a.shape[0]
+            if inp.name == "indices":  # rows of the dataset this worker holds
                 if state.dataset is None:
                     raise RemoteProtocolError("indices sent but no dataset configured")
-                idx = unpack_array(msg.indices, "indices", dtypes=("i4",), shape=(None, s.K))
-                if idx.size and (idx.min() < 0 or idx.max() >= state.dataset.shape[0]):
+                if a.size and (a.min() < 0 or a.max() >= state.dataset.shape[0]):
                     raise RemoteProtocolError(f"indices out of range 0..{state.dataset.shape[0] - 1}")
-                images = state.dataset[idx]
-            B = images.shape[0]
-            args = (images,)
-        if B < 1 or B > lim:
-            raise RemoteProtocolError(f"batch of {B} groups outside 1..{lim}")
-        return args
+                a = state.dataset[a]
+            elif a.dtype.kind == "f":
+                a = a.astype(np.float32, copy=False)
+            args.append(a)
+        if B < 1 or B > self.limits.max_batch:
+            raise RemoteProtocolError(f"batch of {B} groups outside 1..{self.limits.max_batch}")
+        return tuple(args)
 
     def _runs_inline(self, state: WorkerState, msg: Compute) -> bool:
-        """Whether `_compute` finishes without waiting: small encoded/plain work and no injected delay."""
-        if self.behaviour is not None or state.placement == "shared":
+        """Whether a request finishes without waiting: small torch-free work and no injected delay."""
+        if (self.faults is not None and self.faults.waits) or state.spec.needs_torch:
             return False
         x = msg.x
         shape = x.get("shape") if isinstance(x, dict) else None
         return isinstance(shape, list) and bool(shape) and isinstance(shape[0], int) and shape[0] <= INLINE_GROUPS
 
-    async def _compute(self, comm: Comm, state: WorkerState, msg: Compute) -> None:
+    async def _request(self, comm: Comm, state: WorkerState, msg: Compute) -> None:
+        """One request's life: validate, let the faults hold it, compute, let them tamper, answer."""
         self.stats["requests"] += 1
         try:
             args = self._inputs(state, msg)
@@ -317,24 +301,23 @@ class Worker:
             log.exception("unexpected error validating request %d", msg.id)
             await self._send_error(comm, "bad_request", f"invalid request: {type(e).__name__}", msg.id)
             return
-        if self.behaviour is not None:
-            delay = self.behaviour(msg.id, time.monotonic() - self.started)
-            if delay is None:
-                return  # emulated failure: this request is never answered
-            if delay > 0:
-                await asyncio.sleep(delay)
+        if self.faults is not None and not await self.faults.hold(msg.id):
+            return  # an injected failure: this request is never answered
         try:
-            if state.placement == "shared" or args[0].shape[0] > INLINE_GROUPS:
-                y = await asyncio.get_running_loop().run_in_executor(self.pool, state.compute, *args)
-            else:  # a small GEMM (~4 µs per group) costs less than the thread hop (45 µs p50, ms at p99 under load)
-                y = state.compute(*args)
+            y = await self._compute(state, args)
         except Exception as e:
             log.exception("compute failed for request %d", msg.id)
             await self._send_error(comm, "internal", f"compute failed: {type(e).__name__}: {e}", msg.id)
             return
-        if self.lie:
-            y = lie(self.lie, y, msg.id)
+        if self.faults is not None:
+            y = self.faults.tamper(msg.id, y)
         try:
             await comm.write(Result(msg.id, pack_array(y, state.wire_dtype)))
         except CommClosedError:
             pass
+
+    async def _compute(self, state: WorkerState, args: tuple) -> np.ndarray:
+        """The configured computation on validated inputs: (B, out) float32."""
+        if state.spec.needs_torch or args[0].shape[0] > INLINE_GROUPS:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, state.compute, *args)
+        return state.compute(*args)  # a small GEMM (~4 µs per group) costs less than the thread hop (45 µs p50, ms at p99 under load)

@@ -1,0 +1,157 @@
+"""What a worker computes: the compute specs of `configure.compute` (docs/protocol.md §5.4, §7.1).
+
+A spec is a small map whose `kind` names one computation; its other keys size it. The spec says
+which arrays the configuration must carry and which inputs every `compute` request must set, with
+their shape per group, so a worker validates requests against the spec alone, whatever scheme the
+master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edgecc/runtime.
+
+  kind          placement  torch  arrays                                   inputs per group
+  affine        encoded    no     affine.weight (out, n), affine.bias      x: in_shape   (n = prod(in_shape))
+  affine-hs     encoded    no     affine.weight (out, n), affine.bias      x: in_shape, v: (P+1, *in_shape)
+  mlp           plain      no     mlp.mlp.fc{1..L}.{weight,bias}           x: in_shape   (widths n, *hidden, out)
+  cnn           plain      yes    cnn.* (the centralized CNN, Table 2)     x: (28, 28)
+  aicc-shared   shared     yes    model.* (the AICC network) + affine.*    images: (K, 28, 28) u1, or indices: (K,) i4
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .frames import RemoteProtocolError
+
+IMAGE = (28, 28)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One `compute` field a kind reads: its name, the shape of one group (B is prepended), its dtypes."""
+    name: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...] = ("f4", "f2")
+
+
+def _uint(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _shape(v: Any) -> bool:
+    return (isinstance(v, list) and 1 <= len(v) <= 3 and all(_uint(1, 4096)(d) for d in v)
+            and math.prod(v) <= 1 << 20)
+
+
+def _widths(v: Any) -> bool:
+    return isinstance(v, list) and len(v) <= 8 and all(_uint(1, 1 << 16)(d) for d in v)
+
+
+def _alpha(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < float(v) < 1.0e6
+
+
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v in names
+
+
+_OUT = _uint(1, 4096)
+# kind -> {key: check}; every key is required and no other key is allowed (as in messages, §4)
+KEYS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "affine": {"in_shape": _shape, "out": _OUT},
+    "affine-hs": {"in_shape": _shape, "out": _OUT, "P": _uint(1, 64)},
+    "mlp": {"in_shape": _shape, "hidden": _widths, "out": _OUT},
+    "cnn": {"in_shape": _shape, "out": _OUT},
+    "aicc-shared": {"in_shape": _shape, "out": _OUT, "K": _uint(1, 64), "G": _uint(1, 64), "P": _uint(1, 64),
+                    "computation": _one_of("hb", "hs"), "encoder": _one_of("mlp", "cl"),
+                    "compute_arch": _one_of("mlp", "cl"), "alpha": _alpha},
+}
+KINDS = tuple(KEYS)
+PLACEMENT = {"affine": "encoded", "affine-hs": "encoded", "mlp": "plain", "cnn": "plain", "aicc-shared": "shared"}
+NEEDS_TORCH = {"cnn", "aicc-shared"}
+FIXED_IMAGE = {"cnn", "aicc-shared"}  # networks built for 28 x 28 images and 10 classes
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """A validated `configure.compute` map."""
+    kind: str
+    fields: dict[str, Any]
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "ComputeSpec":
+        if not isinstance(d, dict):
+            raise RemoteProtocolError(f"configure.compute must be a map, got {type(d).__name__}")
+        kind = d.get("kind")
+        if not isinstance(kind, str) or kind not in KEYS:
+            raise RemoteProtocolError(f"configure.compute.kind must be one of {KINDS}, got {kind!r}")
+        keys = KEYS[kind]
+        given = set(d) - {"kind"}
+        if given != set(keys):
+            raise RemoteProtocolError(f"compute kind {kind!r}: missing keys {sorted(set(keys) - given)}, "
+                                      f"unknown keys {sorted(map(str, given - set(keys)))}")
+        for key, ok in keys.items():
+            if not ok(d[key]):
+                raise RemoteProtocolError(f"configure.compute.{key} of kind {kind!r}: invalid value {d[key]!r}")
+        if kind in FIXED_IMAGE and (list(d["in_shape"]) != list(IMAGE) or d["out"] != 10):
+            raise RemoteProtocolError(f"compute kind {kind!r} takes 28 x 28 images and gives 10 logits "
+                                      f"(in_shape [28, 28], out 10), got in_shape {d['in_shape']}, out {d['out']}")
+        if kind == "aicc-shared" and d["computation"] == "hb" and d["P"] != 1:
+            raise RemoteProtocolError("compute kind 'aicc-shared' with computation 'hb' needs P = 1")
+        return cls(kind, {k: d[k] for k in keys})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.fields}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    @property
+    def placement(self) -> str:
+        return PLACEMENT[self.kind]
+
+    @property
+    def needs_torch(self) -> bool:
+        return self.kind in NEEDS_TORCH
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.fields["in_shape"])
+
+    @property
+    def out(self) -> int:
+        return int(self.fields["out"])
+
+    def inputs(self) -> tuple[tuple[Input, ...], ...]:
+        """The sets of `compute` fields a request may set (exactly one set, every other field nil)."""
+        x = Input("x", self.in_shape)
+        if self.kind == "affine-hs":
+            return ((x, Input("v", (self.fields["P"] + 1, *self.in_shape))),)
+        if self.kind == "aicc-shared":
+            K = self.fields["K"]
+            return ((Input("images", (K, *self.in_shape), ("u1",)),), (Input("indices", (K,), ("i4",)),))
+        return ((x,),)
+
+    def describe_inputs(self) -> str:
+        """E.g. 'x (B, 28, 28) and v (B, 3, 28, 28)', for error messages."""
+        return " or ".join(" and ".join(f"{i.name} (B, {', '.join(map(str, i.shape))})" for i in alt) for alt in self.inputs())
+
+
+# -- the specs the plans send -----------------------------------------------------------------------
+def affine(in_shape: tuple[int, ...] = IMAGE, out: int = 10, P: int | None = None) -> ComputeSpec:
+    """The collapsed affine map H_B (P None) or H_S of degree P in the encoded input."""
+    if P is None:
+        return ComputeSpec.from_wire({"kind": "affine", "in_shape": list(in_shape), "out": out})
+    return ComputeSpec.from_wire({"kind": "affine-hs", "in_shape": list(in_shape), "out": out, "P": P})
+
+
+def mlp(hidden: list[int], out: int = 10, in_shape: tuple[int, ...] = IMAGE) -> ComputeSpec:
+    """A ReLU MLP of widths prod(in_shape), *hidden, out."""
+    return ComputeSpec.from_wire({"kind": "mlp", "in_shape": list(in_shape), "hidden": list(hidden), "out": out})
+
+
+def cnn() -> ComputeSpec:
+    return ComputeSpec.from_wire({"kind": "cnn", "in_shape": list(IMAGE), "out": 10})
+
+
+def aicc_shared(scheme: dict[str, Any], alpha: float) -> ComputeSpec:
+    """The AICC network's E(α) and H on raw images; `scheme` is AICC's K, G, P, computation, encoder, compute_arch."""
+    return ComputeSpec.from_wire({"kind": "aicc-shared", "in_shape": list(IMAGE), "out": 10, **scheme, "alpha": float(alpha)})
