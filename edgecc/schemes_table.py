@@ -270,6 +270,12 @@ def measured_worker_seconds(computes: dict[str, Any], n: int = 512) -> dict[str,
     return out
 
 
+def previous_worker_seconds(results_dir: str | Path = "results") -> dict[str, float] | None:
+    """The worker timings of the table last written to results_dir (what `compare --cached-only` keeps), if any."""
+    f = Path(results_dir) / "schemes.json"
+    return json.loads(f.read_text()).get("worker_seconds_per_image") if f.exists() else None
+
+
 # -- the run --------------------------------------------------------------------------------------
 def plan_cells(results_dir: str | Path = "results") -> list[str]:
     """Cell ids in the order they run, cheapest and most telling first: the copies and MLP-base cells, the

@@ -86,3 +86,8 @@ def test_k8_cells_show_their_training_state_and_never_an_unmeasured_accuracy(tmp
     assert [p["cell"] for p in st.k8_progress(results, train_runs)] == ["k8-r8-hb-g7p1"]  # the trained one has rows
     trained = st.aicc_cell(str(path), 5, images[:16], labels[:16].astype(np.int64))
     assert (trained["S"], trained["straggler_sets"]) == (1, 5) and "status" not in trained
+
+    # `compare --cached-only` keeps the worker timings of the table it rewrites instead of measuring them again
+    assert st.previous_worker_seconds(results) is None
+    st.write(st.assemble([trained], {"aicc-affine": 2e-7}, 16), results)
+    assert st.previous_worker_seconds(results) == {"aicc-affine": 2e-7}

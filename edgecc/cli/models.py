@@ -305,7 +305,8 @@ def reproduce_render(file, tables, results_dir):
               help="ApproxIFER worker point set the table's main column shows: cos(iπ/N) or cos(iπ/(N−1))")
 @click.option("--runs-dir", default="runs/schemes", show_default=True, help="one JSON per finished cell (resumable)")
 @click.option("--results-dir", default="results", show_default=True)
-@click.option("--cached-only", is_flag=True, help="compute nothing: write the table from the cells already in --runs-dir")
+@click.option("--cached-only", is_flag=True, help="compute nothing: write the table from the cells already in --runs-dir "
+              "(and the worker timings already in --results-dir's schemes.json, where it has them)")
 @click.option("--partial", is_flag=True, help="evaluate each K=8 cell still training from its last epoch's checkpoint "
               "(a row labelled partial; minutes of CPU per cell)")
 @click.option("--train-runs", default="runs/reproduce", show_default=True, help="`edgecc reproduce run`'s --runs-dir")
@@ -315,7 +316,7 @@ def compare(images, limit, only, points, runs_dir, results_dir, cached_only, par
 
     rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True), cached_only=cached_only,
                   results_dir=results_dir, train_runs=train_runs, partial=partial)
-    measured = st.measured_worker_seconds(st.base_computes())
+    measured = (st.previous_worker_seconds(results_dir) if cached_only else None) or st.measured_worker_seconds(st.base_computes())
     table = st.assemble(rows, measured, max((r["images"] for r in rows), default=0))
     table["main_points"] = points
     j, m = st.write(table, results_dir)
