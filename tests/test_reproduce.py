@@ -203,7 +203,7 @@ def cl_params(c_in, width):
     return (9 * c_in * width + width) + 5 * (9 * width * width + width) + (width + 1)
 
 
-def test_table_k8_names_its_cells_and_estimates_them_at_the_papers_batch_rule():
+def test_table_k8_names_its_cells_and_estimates_them_at_the_papers_batch_rule(tmp_path):
     """K=8 cells: CL networks of width 20·K = 160 (SPEC §2), batch 128 // K = 16 groups, N = 9 workers."""
     from click.testing import CliRunner
 
@@ -230,6 +230,8 @@ def test_table_k8_names_its_cells_and_estimates_them_at_the_papers_batch_rule():
 
     out = CliRunner().invoke(cli.main, ["reproduce", "estimate", "--table", "k8", "--only", "k2-r3-hb-g2p1"])
     assert out.exit_code == 2 and "k8-r8-hb-g7p1" in out.output  # the cells table k8 does have
+    out = CliRunner().invoke(cli.main, ["reproduce", "check", "--table", "k8", "--results-dir", str(tmp_path)])
+    assert out.exit_code == 1 and "no results for table k8" in out.output and "Traceback" not in out.output
 
 
 def test_table_k8_status_and_rows_without_a_paper_figure(tmp_path):

@@ -228,7 +228,10 @@ def reproduce_check(table, only, recipe, results_dir):
     """Re-evaluate committed checkpoints against their rows (±0.05); exit 1 on a mismatch. Trains nothing."""
     from ..reproduce import check
 
-    rows = check(_key(table), results_dir, list(only) or None, recipe)
+    try:
+        rows = check(_key(table), results_dir, list(only) or None, recipe)
+    except FileNotFoundError as e:  # no row of this table yet: nothing to check
+        raise click.ClickException(f"{e}; `edgecc reproduce status --table {table}` says where its cells stand") from None
     for r in rows:
         click.echo(f"{r['cell']:20s} recorded {r['recorded']:.2f} measured {r['measured']:.2f} {'ok' if r['ok'] else 'MISMATCH'}")
     if not all(r["ok"] for r in rows):
