@@ -20,6 +20,7 @@ from edgecc.runtime.client_handshake import client_handshake
 from edgecc.runtime.transport import connect
 
 from .conftest import TOKEN
+from .test_runtime import BLOCK_TORCH  # a sitecustomize that makes `import torch` fail
 
 RNG = np.random.default_rng(3)
 
@@ -82,17 +83,6 @@ async def test_affine_hs_kind_needs_v_of_the_declared_degree(spawn_workers):
         assert isinstance(r, Error) and r.id == 3 and r.code == "bad_request"
     finally:
         await comm.close()
-
-
-BLOCK_TORCH = '''
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-sys.meta_path.insert(0, _NoTorch())
-'''
 
 
 async def test_a_torch_free_worker_offers_only_the_numpy_kinds(spawn_workers, tmp_path):
