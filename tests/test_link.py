@@ -1,8 +1,8 @@
 """The master's links (edgecc.runtime.link): no head-of-line blocking, cancels, lagging, overload.
 
-The master runs against real Worker objects in this process, linked by socket pairs
-(runtime/inprocess.py), so a test can make one worker stop reading its socket — a link whose
-writes stall forever — without relying on timing of a real network.
+The master runs against real Worker objects in this process, linked by in-memory stream pairs
+(runtime/inprocess.py over runtime/memory_pipe.py: no sockets), so a test can make one worker stop
+reading its stream — a link whose writes stall forever — without relying on timing of a real network.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ async def test_cancel_skips_queued_work_on_a_current_worker(default_model, group
         assert m.links[2].stats["cancels_sent"] == 0  # not at once: a worker that computes at once would just answer
         await asyncio.sleep(0.05)
         assert m.links[2].stats["cancels_sent"] == 1 and m.links[0].stats["cancels_sent"] == 0
-        for _ in range(100):  # the cancel crosses the socket pair
+        for _ in range(100):  # the cancel crosses the stream pair
             if slow.stats["cancelled"]:
                 break
             await asyncio.sleep(0.01)

@@ -5,7 +5,7 @@ linear classifier. Worker n receives x̃_n = Σ_k C[n, k] x_k (each row of C sum
 passes through: A·x̃_n + b = Σ_k C[n, k] (A·x_k + b)), and any K answers decode by solving the
 K × K system. Its workers run the existing "affine" compute kind, so the worker, the protocol, the
 link and the master are used as they are: the test adds the plan and one SCHEMES entry, builds the
-plan through the registry, and decodes over real Worker objects linked by socket pairs.
+plan through the registry, and decodes over real Worker objects linked by in-memory stream pairs.
 """
 
 from __future__ import annotations

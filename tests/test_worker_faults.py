@@ -1,6 +1,6 @@
 """Injected faults (runtime/faults.py) around an honest worker: delays, requests never answered, lies.
 
-The worker below is the real Worker over a socket pair (runtime/inprocess.py) with a `Faults`
+The worker below is the real Worker over an in-memory stream pair (runtime/inprocess.py) with a `Faults`
 attached; its computation itself stays honest, which the last test checks by calling it directly.
 """
 

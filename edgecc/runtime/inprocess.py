@@ -1,22 +1,23 @@
-"""Workers in this process, linked to a master over socket pairs instead of TCP.
+"""Workers in this process, linked to a master over in-memory streams instead of TCP.
 
 The master and the workers run their real code (handshake, frames, queues, heartbeats); only the
-addressing differs. Tests use it to put the master against workers whose behaviour they control
-byte by byte (a worker that stops reading, an older protocol) without ports or processes.
+transport differs (`memory_pipe`: TCP's flow control, close and reset, no kernel queue). Tests use it
+to put the master against workers whose behaviour they control byte by byte (a worker that stops
+reading, an older protocol) without sockets, ports or processes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Sequence
 
+from .memory_pipe import memory_streams
 from .transport import READ_CHUNK, Comm
 from .worker import Worker
 
 
 class InProcessWorkers:
-    """`connector` for Master(connector=...): link i reaches workers[i] through a fresh socket pair."""
+    """`connector` for Master(connector=...): link i reaches workers[i] through a fresh stream pair."""
 
     def __init__(self, workers: Sequence[Worker]):
         self.workers = list(workers)
@@ -24,9 +25,7 @@ class InProcessWorkers:
         self.connections = [0] * len(self.workers)
 
     async def connector(self, index: int, host: str, port: int) -> Comm:
-        master_end, worker_end = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=master_end, limit=READ_CHUNK)
-        w_reader, w_writer = await asyncio.open_connection(sock=worker_end, limit=READ_CHUNK)
+        (reader, writer), (w_reader, w_writer) = memory_streams(limit=READ_CHUNK)
         task = asyncio.create_task(self.workers[index]._serve(w_reader, w_writer))
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
