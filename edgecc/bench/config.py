@@ -15,7 +15,7 @@ import numpy as np
 
 
 
-SECTIONS = ("machine", "matmul", "training", "master", "worker", "end_to_end", "latency", "memory", "costs")
+SECTIONS = ("machine", "matmul", "training", "master", "worker", "codec", "end_to_end", "latency", "memory", "costs")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -15,6 +17,20 @@ from .config import BenchConfig, in_thread, log, torch_threads
 
 
 MODEL_IMAGES = 2000  # images the uncollapsed in-process model runs on (its rate only)
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (0 when it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 # -- 6. end-to-end throughput -------------------------------------------------------------------
@@ -55,6 +71,8 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
             for N in cfg.e2e_Ns:
                 plan = CodedPlan(model, info, N, "encoded")
                 e2e, inp_model, inp_coll, agree = [], [], [], []
+                cpu: dict[str, list[float]] = {"inprocess_collapsed": [], "master_loop": [], "master_encode": [], "workers": []}
+                pids = [w.pid for w in workers.workers[:N]]
                 summary: dict[str, Any] = {}
                 with torch_threads(threads):
                     for collapsed in (False, True):  # warm-up
@@ -65,9 +83,10 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                         t0 = time.perf_counter()
                         ref = in_thread(_inprocess, model, s, plan, comp, groups[: MODEL_IMAGES // s.K], cfg.batch, False)
                         inp_model.append(ref.size / (time.perf_counter() - t0))
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), _self_cpu_s()
                         in_thread(_inprocess, model, s, plan, comp, groups, cfg.batch, True)
                         inp_coll.append(n / (time.perf_counter() - t0))
+                        cpu["inprocess_collapsed"].append(_self_cpu_s() - c0)
 
                     async def stream():
                         master = await connected_master(plan, workers.addresses(N), token.encode())
@@ -76,8 +95,15 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                             # first encode pays one-off library initialisation that a running master pays once
                             await master.infer(groups[: cfg.batch])  # request id 0; the stream's are 1, 2, ...
                             master.stats["bytes_sent"] = 0  # the bytes check counts the measured stream only
-                            return await run_stream(master, images[:n], labels[:n], groups_per_request=cfg.batch,
-                                                    in_flight=cfg.in_flight)
+                            # CPU of the run: this thread runs the event loop; the master's other busy threads encode
+                            w0, p0, l0 = sum(map(_cpu_s, pids)), _self_cpu_s(), _self_cpu_s(resource.RUSAGE_THREAD)
+                            got = await run_stream(master, images[:n], labels[:n], groups_per_request=cfg.batch,
+                                                   in_flight=cfg.in_flight)
+                            loop_s = _self_cpu_s(resource.RUSAGE_THREAD) - l0
+                            cpu["master_loop"].append(loop_s)
+                            cpu["master_encode"].append(_self_cpu_s() - p0 - loop_s)
+                            cpu["workers"].append(sum(map(_cpu_s, pids)) - w0)
+                            return got
                         finally:
                             await master.close()
 
@@ -100,8 +126,19 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                        "requests_failed": summary.get("requests_failed"), "latency_ms": summary.get("latency_ms"),
                        "bytes_sent": summary.get("bytes_sent"), "bytes_sent_expected": expected,
                        "bytes_sent_per_group_per_worker": summary.get("bytes_sent", 0) / (groups.shape[0] * N),
-                       "samples": {"e2e": e2e, "inprocess_model": inp_model, "inprocess_collapsed": inp_coll}}
+                       "cpu_ms": {k: statistics.median(v) * 1e3 for k, v in cpu.items()},
+                       "samples": {"e2e": e2e, "inprocess_model": inp_model, "inprocess_collapsed": inp_coll,
+                                   "cpu_s": cpu}}
+                # CPU per run, medians over the repeats: the distributed run's work (encode, event loop, workers)
+                # against the in-process run's. Spread over every core with none idle, that work could not take
+                # less wall time than distributed CPU / cores: the ceiling on e2e ÷ collapsed on this machine.
+                c = row["cpu_ms"]
+                c["distributed"] = c["master_loop"] + c["master_encode"] + c["workers"]
+                row["cores"] = os.cpu_count()
+                row["cpu_bound_ratio"] = (n / row["inprocess_collapsed_images_per_s"] * 1e3) / (c["distributed"] / row["cores"])
                 log(f"e2e {m['label']} N={N}: {row['e2e_images_per_s']:.0f} img/s vs in-process "
-                     f"{row['inprocess_collapsed_images_per_s']:.0f} (collapsed) / {row['inprocess_model_images_per_s']:.0f} (model)")
+                     f"{row['inprocess_collapsed_images_per_s']:.0f} (collapsed) / {row['inprocess_model_images_per_s']:.0f} (model); "
+                     f"CPU ms: encode {c['master_encode']:.0f}, loop {c['master_loop']:.0f}, workers {c['workers']:.0f}, "
+                     f"in-process {c['inprocess_collapsed']:.0f}; ceiling {row['cpu_bound_ratio']:.2f}")
                 rows.append(row)
     return rows

@@ -6,7 +6,7 @@ average is recorded before and after: on a 2-core box shared with a training job
 numbers move, the ratios much less.
 
 Sections (keys of the result), each in its own module: machine, matmul, training (`machine`);
-master, worker (`per_group_cost`); end_to_end; latency (`request_latency`); memory; costs (the
+master, worker (`per_group_cost`); codec; end_to_end; latency (`request_latency`); memory; costs (the
 analytic who-computes-what table, `costs`, tabulated here). This module runs them in order.
 """
 
@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import costs
+from .codec import bench_codec
 from .config import SECTIONS, BenchConfig, jsonable, loadavg, log, timeit
 from .end_to_end import bench_end_to_end
 from .machine import bench_machine, bench_matmul, bench_precisions, bench_training  # noqa: F401  (bench_precisions: for tests)
@@ -101,6 +102,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
         result["meta"]["collapse_affine"] = memo.seconds  # the real (first) call per network, as CodedPlan pays it
         section("master", lambda: bench_master(cfg, models, sample_x, threads=(threads0, 1)))
         section("worker", lambda: bench_worker(cfg, models, sample_x))
+        section("codec", lambda: bench_codec(cfg))
         if "end_to_end" in sections:
             x, y, src = sample_x, sample_y, "sample"
             if cfg.e2e_images > sample_x.shape[0]:

@@ -88,6 +88,15 @@ def render_markdown(result: dict[str, Any]) -> str:
                        for r in wk["compute"]]
                       + [[r["what"], "–", str(r["groups"]), _t(r["seconds_per_group"]), "–"] for r in wk.get("protocol", [])])
 
+    cd = result.get("codec")
+    if cd:
+        out += ["**Receiving a request frame** (Comm.read over loopback from a sender process: socket read, framing, msgpack, "
+                "validation; the receiver's CPU per frame) with glibc's default allocator settings and with freed frame "
+                f"memory kept, as every edgecc process runs (transport.keep_frame_memory{'' if cd.get('kept') else '; not in effect here'})", ""]
+        out += _table(["groups", "frame", "CPU/frame, defaults", "CPU/frame, memory kept", "of which system, kept"],
+                      [[str(d["groups"]), _si(d["frame_bytes"], "B"), _t(d["cpu_us_per_frame"] / 1e6), _t(k["cpu_us_per_frame"] / 1e6),
+                        _t(k["system_us_per_frame"] / 1e6)] for d, k in zip(cd["default_allocator"], cd["frame_memory_kept"])])
+
     e2e = result.get("end_to_end")
     if e2e:
         out += [f"**End-to-end throughput** over loopback ({e2e[0]['images']} images, {e2e[0]['groups_per_request']} groups/request, "
@@ -102,6 +111,14 @@ def render_markdown(result: dict[str, Any]) -> str:
                         f"{r['e2e_over_inprocess_collapsed']:.2f}",
                         "–" if not r.get("bytes_sent_expected") else f"{r['bytes_sent'] / r['bytes_sent_expected']:.4f}"]
                        for r in e2e])
+        if all("cpu_ms" in r for r in e2e):
+            out += [f"CPU per run (ms; medians over the repeats) and the ceiling it puts on e2e ÷ collapsed with every one of the "
+                    f"{e2e[0].get('cores', '–')} cores busy: in-process wall time ÷ (distributed CPU ÷ cores)", ""]
+            out += _table(["model", "N", "master encode", "master event loop", "workers", "distributed total", "in-process",
+                           "ceiling on e2e ÷ collapsed"],
+                          [[r["label"], str(r["N"]), f"{r['cpu_ms']['master_encode']:.0f}", f"{r['cpu_ms']['master_loop']:.0f}",
+                            f"{r['cpu_ms']['workers']:.0f}", f"{r['cpu_ms']['distributed']:.0f}",
+                            f"{r['cpu_ms']['inprocess_collapsed']:.0f}", f"{r['cpu_bound_ratio']:.2f}"] for r in e2e])
 
     lat = result.get("latency")
     if lat:

@@ -25,7 +25,7 @@ from ..protocol.messages import Compute, Result
 from .blas import single_threaded_blas
 from .limits import Limits
 from .link import MAX_QUEUED_BYTES, AuthError, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
-from .transport import Comm, CommClosedError, connect
+from .transport import Comm, CommClosedError, connect, keep_frame_memory
 
 # (worker index, host, port) -> a connected Comm
 Connector = Callable[[int, str, int], Awaitable[Comm]]
@@ -75,8 +75,8 @@ class Master:
     queued is shed on arrival (Overloaded) instead of joining an ever longer queue.
 
     Note: constructing a Master sets torch's intra-op threads (when torch is loaded) and numpy's BLAS
-    threads to 1 for the whole process; requests are encoded in parallel on `encode_threads` threads
-    instead."""
+    threads to 1 for the whole process (requests are encoded in parallel on `encode_threads` threads
+    instead), and keeps freed frame memory for reuse (transport.keep_frame_memory)."""
 
     def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
@@ -102,6 +102,7 @@ class Master:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
         single_threaded_blas()  # numpy's too (decoding): see runtime/blas.py
+        keep_frame_memory()  # N frames per request are allocated and freed: see runtime/transport.py
         self.encode_threads = encode_threads or os.cpu_count() or 1
         self.encode_pool = ThreadPoolExecutor(max_workers=self.encode_threads, thread_name_prefix="edgecc-encode")
         # Small requests encode on all cores but one, which stays with the event loop (sends, results, decode).
