@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -74,13 +74,18 @@ class Choice:
     bounds: np.ndarray  # (K,) Σ_i |w_ki| e_i
     method: str  # "subset": each row from its best R-subset; "lstsq": weighted least squares over all n
 
-    @property
+    # computed once: a plan caches its choices and asks for these on every result of every request
+    @cached_property
     def bound(self) -> float:
         return float(self.bounds.max())
 
+    @cached_property
+    def _used(self) -> tuple[int, ...]:
+        return tuple(w for w, col in zip(self.workers, np.abs(self.W).max(axis=0)) if col > 0)
+
     @property
     def used(self) -> list[int]:
-        return [w for w, col in zip(self.workers, np.abs(self.W).max(axis=0)) if col > 0]
+        return list(self._used)
 
 
 EXHAUSTIVE_LIMIT = 4096  # up to this many R-subsets per decision, try them all; beyond, a swap search

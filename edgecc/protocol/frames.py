@@ -7,7 +7,6 @@ bytes as they arrive and yields whole messages; it refuses a frame longer than `
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -128,35 +127,56 @@ def pack_array(a: np.ndarray, dtype: str = "f4") -> dict[str, Any]:
     return {"dtype": dtype, "shape": list(a.shape), "data": memoryview(a.reshape(-1)).cast("B")}
 
 
+_ARRAY_KEYS = frozenset(("dtype", "shape", "data"))
+_LE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in WIRE_DTYPES.items()}  # one lookup per array, not a new dtype
+
+
 def unpack_array(obj: Any, name: str, *, dtypes: tuple[str, ...] = ("f4", "f2"), shape: tuple[int | None, ...] | None = None,
                  max_elements: int = 1 << 26, finite: bool = True) -> np.ndarray:
     """Validate and view an array sent with `pack_array` (zero-copy, read-only).
 
     `shape` may hold None for free dimensions. NaN/Inf are refused when `finite`.
+    Every request and every result goes through here, so the checks are plain loops (no generators).
     """
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
-        raise RemoteProtocolError(f"{name}: an array must be a map with exactly dtype, shape and data")
+    if type(obj) is not dict or obj.keys() != _ARRAY_KEYS:
+        if not isinstance(obj, dict) or set(obj) != _ARRAY_KEYS:
+            raise RemoteProtocolError(f"{name}: an array must be a map with exactly dtype, shape and data")
     dt, shp, data = obj["dtype"], obj["shape"], obj["data"]
     if dt not in dtypes:
         raise RemoteProtocolError(f"{name}: dtype {dt!r} not accepted here (accepted: {', '.join(dtypes)})")
-    if not isinstance(shp, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shp):
+    if not isinstance(shp, list):
         raise RemoteProtocolError(f"{name}: shape must be a list of non-negative integers, got {shp!r}")
-    if shape is not None and (len(shp) != len(shape) or any(w is not None and w != s for w, s in zip(shape, shp))):
-        want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
-        raise RemoteProtocolError(f"{name}: shape {tuple(shp)} does not match {want}")
+    for d in shp:
+        if (type(d) is not int and (isinstance(d, bool) or not isinstance(d, int))) or d < 0:
+            raise RemoteProtocolError(f"{name}: shape must be a list of non-negative integers, got {shp!r}")
+    if shape is not None:
+        ok = len(shp) == len(shape)
+        if ok:
+            for w, d in zip(shape, shp):
+                if w is not None and w != d:
+                    ok = False
+                    break
+        if not ok:
+            want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+            raise RemoteProtocolError(f"{name}: shape {tuple(shp)} does not match {want}")
     if not isinstance(data, (bytes, bytearray)):
         raise RemoteProtocolError(f"{name}: data must be binary")
-    # Python integers (no int64 overflow); zero dimensions count as 1 so that numpy can never be
-    # asked for an impossible shape such as (2**62, 0)
-    if len(shp) > MAX_NDIM or math.prod(max(s, 1) for s in shp) > max_elements:
+    # Python integers (no int64 overflow); zero dimensions count as 1 in the limit so that numpy can
+    # never be asked for an impossible shape such as (2**62, 0)
+    n = bounded = 1
+    if len(shp) <= MAX_NDIM:
+        for d in shp:
+            n *= d
+            if d > 1:
+                bounded *= d
+    if len(shp) > MAX_NDIM or bounded > max_elements:
         raise RemoteProtocolError(f"{name}: shape {tuple(shp)} exceeds the limit of {max_elements} elements "
                                   f"(or {MAX_NDIM} dimensions)")
-    n = math.prod(shp)
-    np_dt = np.dtype(WIRE_DTYPES[dt]).newbyteorder("<")
+    np_dt = _LE_DTYPES[dt]
     if len(data) != n * np_dt.itemsize:
         raise RemoteProtocolError(f"{name}: {len(data)} bytes for shape {tuple(shp)} of {dt} (needs {n * np_dt.itemsize})")
     a = np.frombuffer(data, dtype=np_dt).reshape(shp)
-    if finite and a.dtype.kind == "f" and a.size and not _all_finite(a):
+    if finite and np_dt.kind == "f" and n and not _all_finite(a):
         raise RemoteProtocolError(f"{name}: contains NaN or Inf")
     return a
 
