@@ -220,6 +220,9 @@ def test_table_k8_names_its_cells_and_estimates_them_at_the_papers_batch_rule(tm
     assert reproduce_module.checkpoint_path("results", "k8", "anneal", "k8-r8-hb-g7p1").as_posix() == \
         "results/checkpoints/table-k8-anneal/k8-r8-hb-g7p1.safetensors"
     assert TrainConfig().batch_for(8) == 16
+    # Adam's lr: the protocol's 1e-3 collapses the width-160 encoders (benchmarks/k8_first_steps.py); K8_LR here only
+    assert [reproduce_module._cell_config(c, TrainConfig()).lr for c in cells] == [reproduce_module.K8_LR] * 2 == [1e-4] * 2
+    assert reproduce_module._cell_config(reproduce_module.TABLE3[0], TrainConfig()).lr == 1e-3
 
     # one real optimizer step of the R=4 model (batch 1 keeps it short; the run's batch is 16)
     (row,) = reproduce_module.estimate("k8", ["k8-r4-hb-g3p1"], TrainConfig(batch=1, threads=1), steps=1)
