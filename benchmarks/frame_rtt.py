@@ -2,7 +2,8 @@
 
 A client authenticates to one local `edgecc worker`, configures the encoded H_B placement, then sends
 one B-group compute request at a time and waits for its result, for each B. Prints and writes p50,
-p90, p99 and p99/p50 per B. With numpy's BLAS thread pool a 256-group request (an 800 kB frame) had
+p90, p99 and p99/p50 per B, and the worker process's CPU time per request (user + system, from
+/proc): what one request costs a worker that has a core to itself. With numpy's BLAS thread pool a 256-group request (an 800 kB frame) had
 a sharp 8 ms mode, the pool waking for a 0.5 ms product; workers now run BLAS on one thread
 (runtime/blas.py).
 
@@ -32,7 +33,17 @@ from edgecc.runtime.transport import connect, run
 
 
 
-async def round_trips(port: int, token: bytes, groups: list[int], requests: int) -> dict[int, list[float]]:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def round_trips(port: int, token: bytes, groups: list[int], requests: int,
+                      worker_pid: int) -> tuple[dict[int, list[float]], dict[int, float]]:
     rng = np.random.default_rng(0)
     arrays = {"affine.weight": rng.random((10, 784), dtype=np.float32), "affine.bias": np.zeros(10, np.float32)}
 
@@ -43,11 +54,13 @@ async def round_trips(port: int, token: bytes, groups: list[int], requests: int)
     comm = await connect("127.0.0.1", port)
     try:
         await client_handshake(comm, ClientHandshake(token, placement="encoded", configure=configure))
-        out = {}
+        out, cpu = {}, {}
         for B in groups:
             x = pack_array(rng.random((B, 28, 28), dtype=np.float32))
             times = []
             for i in range(requests + 20):  # the first 20 warm up
+                if i == 20:
+                    cpu0 = process_cpu_s(worker_pid)
                 frame = encode_frame(Compute(i, x, None, None, None).to_wire())
                 t = time.perf_counter()
                 comm.send(frame)
@@ -59,7 +72,8 @@ async def round_trips(port: int, token: bytes, groups: list[int], requests: int)
                 if i >= 20:
                     times.append((time.perf_counter() - t) * 1000)
             out[B] = times
-        return out
+            cpu[B] = (process_cpu_s(worker_pid) - cpu0) / requests
+        return out, cpu
     finally:
         await comm.close()
 
@@ -74,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         worker = LocalWorker(tmp, "rtt", ["--log-level", "warning"], token=token).start()
         try:
-            got = run(round_trips(worker.port, token.encode(), args.groups, args.requests))
+            got, cpu = run(round_trips(worker.port, token.encode(), args.groups, args.requests, worker.pid))
         finally:
             worker.stop()
     rows = []
@@ -82,8 +96,9 @@ def main() -> None:
         a = np.array(t)
         p50, p90, p99 = (float(np.percentile(a, q)) for q in (50, 90, 99))
         rows.append({"groups": B, "frame_bytes": B * 3136, "requests": len(t), "p50_ms": p50, "p90_ms": p90,
-                     "p99_ms": p99, "p99_over_p50": p99 / p50})
-        print(f"B={B:5d} ({B * 3136 / 1e3:7.0f} kB): p50 {p50:.3f} ms, p90 {p90:.3f}, p99 {p99:.3f}, p99/p50 {p99 / p50:.2f}")
+                     "p99_ms": p99, "p99_over_p50": p99 / p50, "worker_cpu_us_per_request": cpu[B] * 1e6})
+        print(f"B={B:5d} ({B * 3136 / 1e3:7.0f} kB): p50 {p50:.3f} ms, p90 {p90:.3f}, p99 {p99:.3f}, p99/p50 {p99 / p50:.2f}, "
+              f"worker CPU {cpu[B] * 1e6:.0f} µs/request")
     result = {"benchmark": "frame_rtt", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                    "loadavg": list(os.getloadavg())},
               "requests_per_size": args.requests, "rows": rows}
