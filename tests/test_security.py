@@ -13,6 +13,7 @@ import pytest
 from edgecc.data import load_sample
 from edgecc.errors import EdgeccError
 from edgecc.modelfile import load_model
+from edgecc.protocol.messages import PROTOCOL_VERSION
 from edgecc.runtime.master import Master, run_stream
 from edgecc.runtime.plan import CodedPlan
 from edgecc.runtime.probe import probe
@@ -59,7 +60,7 @@ async def test_tls_worker_refuses_plaintext_and_untrusted_masters(spawn_workers,
     with pytest.raises(EdgeccError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         await probe(*w.address, TOKEN.encode(), timeout=5.0, ssl_context=client_ssl_context(str(tls_files["other_ca"])))
     ok = await probe(*w.address, TOKEN.encode(), timeout=5.0, ssl_context=client_ssl_context(str(tls_files["ca"])))
-    assert ok["proto"] == 1
+    assert ok["proto"] == PROTOCOL_VERSION
 
 
 def test_no_module_unpickles_or_evaluates_received_data():
