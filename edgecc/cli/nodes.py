@@ -98,7 +98,6 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="first LIMIT images only")
 @click.option("--placement", type=click.Choice(["encoded", "shared"]), default="encoded", show_default=True)
-@click.option("--worker-dataset", default=None, help="shared placement: name of the dataset the workers hold ('sample', 'test'); the master then sends indices... (images are sent when unset)")
 @click.option("--groups-per-request", type=int, default=64, show_default=True)
 @click.option("--in-flight", type=int, default=8, show_default=True, help="requests in flight")
 @click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="per-request deadline (s)")
@@ -124,7 +123,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--quiet", is_flag=True)
 @click.option("--log-level", default="warning", show_default=True)
 @limit_options
-def master(workers, model, images, data_dir, limit, placement, worker_dataset, groups_per_request, in_flight, request_timeout,
+def master(workers, model, images, data_dir, limit, placement, groups_per_request, in_flight, request_timeout,
            wait, wire_dtype, byzantine, encode_precision, tolerance, scheme, approx_k, points, token_file, tls_ca, json_out,
            predictions_out, quiet, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Stream images through N workers, decoding each request from the first R answers."""
