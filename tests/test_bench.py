@@ -117,3 +117,18 @@ def test_training_section_times_trains_own_step(monkeypatch):
     for r in rows:
         assert r["steps"] == 1 and r["groups_per_s"] == pytest.approx(64 / r["step_s"])
         assert r["fraction_of_matmul"] == pytest.approx(r["achieved_gflops"] / (100.0 if r["dtype"] == "fp32" else 200.0))
+
+
+def test_cli_runs_only_the_sections_asked_for(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecc.cli import main
+
+    out = tmp_path / "b.json"
+    res = CliRunner().invoke(main, ["bench", "--quick", "--sections", "machine", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["machine"]["cores"] >= 1 and "end_to_end" not in data
+    assert out.with_suffix(".md").is_file()
+    bad = CliRunner().invoke(main, ["bench", "--sections", "machine,e2e", "--out", str(out)])
+    assert bad.exit_code == 2 and "unknown sections ['e2e']" in bad.output

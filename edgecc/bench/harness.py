@@ -128,9 +128,9 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
     return result
 
 
-def main(quick: bool = True, out: str = "results/bench.json") -> dict[str, Any]:
-    """Run the whole benchmark (quick: fewer repeats, smaller sizes) and write the JSON to `out`."""
-    return run(BenchConfig.for_mode(quick), out)
+def main(quick: bool = True, out: str = "results/bench.json", sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """Run the benchmark's `sections` (default all; quick: fewer repeats, smaller sizes) and write the JSON to `out`."""
+    return run(BenchConfig.for_mode(quick), out, sections)
 
 
 __all__ = ["BenchConfig", "SECTIONS", "main", "render_markdown", "run", "timeit"]

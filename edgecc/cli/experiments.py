@@ -12,12 +12,21 @@ from . import main
 @main.command()
 @click.option("--quick", is_flag=True, help="fewer repeats and smaller sizes (~2 min)")
 @click.option("--out", default="results/bench.json", show_default=True, help="raw results; the tables go next to it as .md")
-def bench(quick, out):
+@click.option("--sections", default=None, metavar="A,B,...",
+              help="only these sections (repeat one section on its own: e.g. end_to_end or latency); default: all")
+def bench(quick, out, sections):
     """Measure training throughput, master/worker cost, runtime overhead, latency and memory."""
     from ..bench import main as run_bench, render_markdown
+    from ..bench.config import SECTIONS
     from ..modelfile import atomic_write
 
-    result = run_bench(quick=quick, out=out)
+    chosen = SECTIONS
+    if sections is not None:
+        chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
+        unknown = sorted(set(chosen) - set(SECTIONS))
+        if unknown or not chosen:
+            raise click.BadParameter(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}", param_hint="--sections")
+    result = run_bench(quick=quick, out=out, sections=chosen)
     md = render_markdown(result)
     atomic_write(Path(out).with_suffix(".md"), (md + "\n").encode())
     click.echo(md)
