@@ -28,18 +28,9 @@ from edgecc.protocol.frames import encode_frame, pack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Result
 from edgecc.runtime.client_handshake import client_handshake
-from edgecc.runtime.local import LocalWorker
+from edgecc.runtime.local import LocalWorker, process_cpu_s
 from edgecc.runtime.transport import connect, run
 
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process has used so far (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def round_trips(port: int, token: bytes, groups: list[int], requests: int,

@@ -13,19 +13,11 @@ import numpy as np
 
 from . import costs
 from .cluster import LocalWorkers, connected_master, run_coroutine
+from ..runtime.local import process_cpu_s
 from .config import BenchConfig, in_thread, log, torch_threads
 
 
 MODEL_IMAGES = 2000  # images the uncollapsed in-process model runs on (its rate only)
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc (0 when it is gone)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _self_cpu_s(who: int = resource.RUSAGE_SELF) -> float:
@@ -96,13 +88,13 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                             await master.infer(groups[: cfg.batch])  # request id 0; the stream's are 1, 2, ...
                             master.stats["bytes_sent"] = 0  # the bytes check counts the measured stream only
                             # CPU of the run: this thread runs the event loop; the master's other busy threads encode
-                            w0, p0, l0 = sum(map(_cpu_s, pids)), _self_cpu_s(), _self_cpu_s(resource.RUSAGE_THREAD)
+                            w0, p0, l0 = sum(map(process_cpu_s, pids)), _self_cpu_s(), _self_cpu_s(resource.RUSAGE_THREAD)
                             got = await run_stream(master, images[:n], labels[:n], groups_per_request=cfg.batch,
                                                    in_flight=cfg.in_flight)
                             loop_s = _self_cpu_s(resource.RUSAGE_THREAD) - l0
                             cpu["master_loop"].append(loop_s)
                             cpu["master_encode"].append(_self_cpu_s() - p0 - loop_s)
-                            cpu["workers"].append(sum(map(_cpu_s, pids)) - w0)
+                            cpu["workers"].append(sum(map(process_cpu_s, pids)) - w0)
                             return got
                         finally:
                             await master.close()

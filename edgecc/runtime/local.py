@@ -109,3 +109,12 @@ def memory_status(pid: int | str = "self") -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def process_cpu_s(pid: int | str = "self") -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
