@@ -138,9 +138,8 @@ def unpack_array(obj: Any, name: str, *, dtypes: tuple[str, ...] = ("f4", "f2"),
     `shape` may hold None for free dimensions. NaN/Inf are refused when `finite`.
     Every request and every result goes through here, so the checks are plain loops (no generators).
     """
-    if type(obj) is not dict or obj.keys() != _ARRAY_KEYS:
-        if not isinstance(obj, dict) or set(obj) != _ARRAY_KEYS:
-            raise RemoteProtocolError(f"{name}: an array must be a map with exactly dtype, shape and data")
+    if not isinstance(obj, dict) or obj.keys() != _ARRAY_KEYS:
+        raise RemoteProtocolError(f"{name}: an array must be a map with exactly dtype, shape and data")
     dt, shp, data = obj["dtype"], obj["shape"], obj["data"]
     if dt not in dtypes:
         raise RemoteProtocolError(f"{name}: dtype {dt!r} not accepted here (accepted: {', '.join(dtypes)})")

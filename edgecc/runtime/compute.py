@@ -67,7 +67,7 @@ class PlainCompute:
     mlp.mlp.fc{1..L}.{weight,bias}. Without `widths` the layers are read from the arrays."""
 
     def __init__(self, arrays: dict[str, np.ndarray], widths: list[int] | None = None):
-        count = len(widths) - 1 if widths is not None else sum(1 for i in range(1, 10) if f"mlp.mlp.fc{i}.weight" in arrays)
+        count = len(widths) - 1 if widths is not None else len(_mlp_weight_shapes(arrays))
         try:
             self.layers = [(arrays[f"mlp.mlp.fc{i}.weight"].T.astype(np.float32), arrays[f"mlp.mlp.fc{i}.bias"].astype(np.float32))
                            for i in range(1, count + 1)]
@@ -96,7 +96,12 @@ class PlainCompute:
 
 def mlp_spec(arrays: dict[str, np.ndarray]) -> ComputeSpec:
     """The "mlp" compute spec of these arrays (a plan sends it with them): widths read from the weights."""
-    shapes = [arrays[f"mlp.mlp.fc{i}.weight"].shape for i in range(1, 10) if f"mlp.mlp.fc{i}.weight" in arrays]
+    shapes = _mlp_weight_shapes(arrays)
     if not shapes or shapes[0][1] != 784:
         raise ConfigError(f"an MLP of 28 x 28 images needs mlp.mlp.fc1.weight of shape (h, 784), got {shapes[:1]}")
     return compute_spec.mlp([s[0] for s in shapes[:-1]], shapes[-1][0])
+
+
+def _mlp_weight_shapes(arrays: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
+    """The shapes of the MLP's layer weights mlp.mlp.fc1.weight, fc2, ... that the arrays hold."""
+    return [arrays[f"mlp.mlp.fc{i}.weight"].shape for i in range(1, 10) if f"mlp.mlp.fc{i}.weight" in arrays]

@@ -119,7 +119,7 @@ class WorkerLink:
 
         def configure(hello: Hello) -> Configure:  # arrays nil iff the worker preloaded this bundle
             arrays = None if hello.bundle == plan.digest else plan.wire_arrays
-            return configure_message(plan, self.index, arrays, master.dataset)
+            return configure_message(plan, self.index, arrays)
 
         hs = ClientHandshake(master.token, placement=plan.placement, configure=configure,
                              handshake_timeout=master.limits.handshake_timeout)

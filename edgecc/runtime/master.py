@@ -34,8 +34,8 @@ log = logging.getLogger("edgecc.master")
 
 SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_encodes)
 CANCEL_DELAY_S = 0.005  # how long after a request ends its unanswered workers get `cancel` (see _finish)
-ENCODE_SAMPLES = 32
-SERVICE_WINDOW_S = 5.0  # how far back admission looks at the workers' time per request  # recent requests whose encode time per group admission control takes the median of
+ENCODE_SAMPLES = 32  # recent requests whose encode time per group (and workers' time) admission takes the median of
+SERVICE_WINDOW_S = 5.0  # how far back admission looks at the workers' time per request
 
 
 class RequestFailed(EdgeccError):
@@ -79,14 +79,14 @@ class Master:
 
     def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
-                 dataset: str | None = None, encode_threads: int | None = None, max_queue: int = 1024,
+                 encode_threads: int | None = None, max_queue: int = 1024,
                  max_queued_bytes: int = MAX_QUEUED_BYTES, connector: Connector | None = None):
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
         self.limits = limits or Limits()
         self.ssl_context, self.request_timeout = ssl_context, request_timeout
-        self.heartbeat_s, self.max_backoff, self.dataset = heartbeat_s, max_backoff, dataset
+        self.heartbeat_s, self.max_backoff = heartbeat_s, max_backoff
         self.max_queue = max_queue  # requests in the master at once (queued, encoding, with workers); more are shed
         self.closing = False
         # how a link reaches its worker: TCP (TLS with ssl_context) unless a test links them in memory
@@ -113,7 +113,7 @@ class Master:
         self.small_parallel = max(1, self.encode_threads - 1)
         self.small_encodes = asyncio.Semaphore(self.small_parallel)
         self.encoding: set[asyncio.Future] = set()  # requests whose frames are being made in the pool
-        # admission: groups waiting for or in encoding, and the measured encode cost per group (EWMA)
+        # admission: groups waiting for or in encoding, and the measured encode cost per group
         self.queued_groups = 0
         # the median of recent requests' encode time per group: one request stalled by a CPU spike must
         # not make admission shed everything behind it (an average would jump by that request's stall)
