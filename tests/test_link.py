@@ -62,6 +62,18 @@ class SlowReaderWorker(Worker):
             t.cancel()
 
 
+class MuteSlowReaderWorker(SlowReaderWorker):
+    """A hung or desynchronised worker whose socket still drains: it keeps reading (slowly, so the
+    master's backlog never empties) but from its first request on it sends nothing, not even a pong."""
+
+    async def _request(self, comm, state, msg) -> None:
+        async def swallow(*args, **kwargs) -> int:
+            return 0
+
+        comm.write = swallow
+        comm.send = lambda frame: 0
+
+
 class OldWorker(Worker):
     """A worker of protocol minor version 0: offers no proto_minor, so it must never get a cancel."""
 
@@ -143,6 +155,20 @@ async def test_a_slow_link_that_keeps_draining_is_never_dropped(default_model, g
         assert m.links[2].stats["bytes_sent"] > 0
         assert m.links[2].connects == 1, m.links[2].last_error  # slow, not dead
         assert linked.connections == [1, 1, 1]
+
+
+async def test_a_worker_that_takes_pings_and_never_answers_is_dropped_though_its_link_drains(default_model, groups):
+    x, _ = groups
+    # heartbeats every 0.1 s; without the ping rule the draining backlog would keep this link "moving" for ever
+    async with linked_master(default_model, [Worker(TOKEN), Worker(TOKEN), MuteSlowReaderWorker(TOKEN)], heartbeat_s=0.1,
+                             max_queued_bytes=1 << 30) as (m, linked):
+        mute = m.links[2]
+        t0 = time.monotonic()
+        while mute.connects < 2 and time.monotonic() - t0 < 5.0:
+            await asyncio.gather(*(m.infer(x[i * 16:(i + 1) * 16]) for i in range(4)))
+        assert mute.connects >= 2, mute.last_error
+        assert "took our ping" in mute.last_error, mute.last_error
+        assert [l.connects for l in m.links[:2]] == [1, 1]
 
 
 def _delay_worker(delays: dict[int, float]) -> Worker:

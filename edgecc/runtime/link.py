@@ -8,8 +8,9 @@ link's queue, and the link's writer task sends it when the peer takes bytes. A f
 has been decoded or has failed meanwhile is discarded before it reaches the socket. Control frames
 (pings, cancels) jump the queue. A link whose queue exceeds its bound is *lagging*: new requests
 leave it out while others can serve them, but it is not torn down for being slow. Only a link that
-makes no progress (no queued byte taken by the peer, or nothing received while nothing is queued,
-for three heartbeat periods) is declared dead and reconnected.
+makes no progress for three heartbeat periods (no queued byte taken by the peer, or a ping taken
+and nothing received since, or nothing received while nothing is queued) is declared dead and
+reconnected.
 """
 
 from __future__ import annotations
@@ -145,28 +146,53 @@ class WorkerLink:
                 raise RemoteProtocolError(f"unexpected {msg.TYPE} from worker")
 
     async def _heartbeat(self, comm: Comm) -> None:
-        """Ping every period; drop the link after MISSED_BEATS periods in which the peer took none of the
-        bytes waiting for it, or, with nothing waiting, sent nothing (a paused or partitioned worker).
-        A slow link keeps taking bytes, so it stays."""
+        """Ping every period and drop the link after MISSED_BEATS periods in which
+        - the peer took none of the bytes waiting for it (a cut link), or
+        - the peer took one of our pings but sent nothing back since (a hung or desynchronised worker
+          whose socket still drains: its kernel keeps acknowledging, so the backlog alone would call
+          it alive for as long as we keep sending), or
+        - nothing waited and the peer sent nothing (a paused or partitioned worker).
+        A slow link keeps taking bytes and answers each ping once it gets there, so it stays: a ping
+        stuck behind our own frames is not counted until it has left the backlog."""
         period, seq = self.master.heartbeat_s, 0
+        limit = MISSED_BEATS * period
+        pings: deque[int] = deque()  # stream offset of the end of each ping the peer has not yet taken
+        unanswered_since: float | None = None  # the beat that saw a ping taken with no byte heard after it
+        heard, heard_at = comm.bytes_received, 0.0
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            backlog = comm.write_buffer_size + (comm.kernel_backlog() or 0)
+            kernel = comm.kernel_backlog()
+            backlog = comm.write_buffer_size + (kernel or 0)
             # Bytes that left the backlog: what was written minus what still waits. Its growth is
             # progress even while the backlog itself grows (new frames arriving faster than they drain).
             delivered = comm.bytes_sent - backlog
             if delivered > self._delivered or not backlog:
                 self.last_progress = now
             self._delivered = delivered
-            limit = MISSED_BEATS * period
+            if comm.bytes_received != heard:  # any byte, so a large result still arriving counts
+                heard, heard_at = comm.bytes_received, now
+            if unanswered_since is not None and heard_at > unanswered_since:
+                unanswered_since = None
+            taken = False
+            while pings and pings[0] <= delivered:
+                pings.popleft()
+                taken = True
+            # Without SIOCOUTQ "delivered" includes the kernel's unsent bytes: no claim about pings then.
+            if taken and kernel is not None and unanswered_since is None:
+                unanswered_since = now
             moving = bool(backlog) and now - self.last_progress <= limit
             if backlog and not moving:  # the peer takes no bytes, whatever it sends
                 raise CommClosedError(f"worker {self.index} took none of {backlog} waiting bytes for {limit:g} s")
-            if not moving and now - self.last_seen > limit:  # silent, with nothing in the way of our pings
+            if unanswered_since is not None and now - unanswered_since > limit:
+                raise CommClosedError(f"worker {self.index} took our ping and sent nothing for {limit:g} s")
+            if not moving and now - max(self.last_seen, heard_at) > limit:  # silent, nothing in the way of our pings
                 raise CommClosedError(f"no frame from worker {self.index} for {limit:g} s")
             seq += 1
             self.send_control(encode_frame(Ping(seq).to_wire()))
+            # Control frames go out before queued requests, so the ping ends after what the transport
+            # already holds plus the control frames queued up to and including it.
+            pings.append(comm.bytes_sent + sum(map(len, self.control)))
 
     async def _writer(self, comm: Comm) -> None:
         """Send queued frames in order, control frames first, skipping requests that no longer need them."""

@@ -6,7 +6,8 @@ the writer's buffer (`get_write_buffer_size`), which tells the writer's protocol
 high-water mark and resume below the low one; a reader whose buffer is full pauses its peer's
 delivery (the peer's buffer then grows, as a socket's would when the other side stops reading);
 `close` delivers what is buffered and then end of stream; `abort` drops it. There is no kernel
-queue, so `Comm.kernel_backlog` is None here and liveness rests on the user-space buffer alone.
+queue, so `Comm.kernel_backlog` is 0 here: the write buffer is the whole backlog, and bytes that
+left it have reached the peer's reader, as acknowledged bytes have reached a peer's kernel.
 """
 
 from __future__ import annotations

@@ -167,11 +167,12 @@ class Comm:
         return 0 if t is None or t.is_closing() else t.get_write_buffer_size()
 
     def kernel_backlog(self) -> int | None:
-        """Bytes in the kernel's send queue (unsent + unacknowledged; Linux SIOCOUTQ), None if unknown.
-        Lets a heartbeat tell a slow link (the backlog shrinks) from a dead one (it does not)."""
+        """Bytes in the kernel's send queue (unsent + unacknowledged; Linux SIOCOUTQ); 0 for a transport
+        with no socket under it (runtime/memory_pipe: its write buffer is all there is); None if
+        unknown. Lets a heartbeat tell a slow link (the backlog shrinks) from a dead one (it does not)."""
         sock = self.writer.get_extra_info("socket")
         if sock is None:
-            return None
+            return 0
         try:
             return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
         except (OSError, ValueError):
