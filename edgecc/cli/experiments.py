@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import main
+from .options import stop_on_sigterm_as_on_ctrl_c
 
 
 @main.command()
@@ -47,14 +48,12 @@ def scenario_run(files, out_dir, quiet):
     A scenario with `link` tables runs its workers behind real, shaped links (network namespaces, tc
     tbf) and needs root and iproute2; it is refused otherwise. Namespaces are removed on every exit,
     Ctrl-C and SIGTERM included."""
-    import signal
     from pathlib import Path
 
     from ..scenario.runner import run_scenario
     from ..scenario.spec import load_scenario
 
-    # SIGTERM unwinds like Ctrl-C, so workers stop and link namespaces are removed (finally blocks run)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_on_sigterm_as_on_ctrl_c()
     for f in files:
         sc = load_scenario(f)
         target = Path(out_dir) / sc.name
@@ -88,13 +87,12 @@ def scenario_sweep(file, rates, duration, out_dir, quiet):
 
     Each rate is a full scenario run (same seeds for every scheme); writes sweep.json, sweep.md and
     sweep.png, and each rate's own report under rate-RATE/."""
-    import signal
     from pathlib import Path
 
     from ..scenario.spec import load_scenario
     from ..scenario.sweep import run_sweep
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop_on_sigterm_as_on_ctrl_c()
     try:
         rate_list = [float(r) for r in rates.split(",") if r.strip()]
     except ValueError:

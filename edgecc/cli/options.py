@@ -47,3 +47,21 @@ def setup_logging(level: str) -> None:
     import logging
 
     logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """Make SIGTERM end this process the way Ctrl-C does, so its finally blocks run (workers stopped,
+    link namespaces removed). Not `signal.default_int_handler`: that raises KeyboardInterrupt wherever
+    the interpreter is, and inside an event loop's transport callback the loop reports a fatal
+    transport error with a traceback. Forwarding to the current SIGINT handler instead lets a running
+    asyncio.Runner cancel its main task cleanly; outside a loop that handler raises KeyboardInterrupt."""
+    import signal
+
+    def forward(signum, frame) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored or left to the OS: still stop
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
