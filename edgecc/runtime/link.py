@@ -158,6 +158,7 @@ class WorkerLink:
         limit = MISSED_BEATS * period
         pings: deque[int] = deque()  # stream offset of the end of each ping the peer has not yet taken
         unanswered_since: float | None = None  # the beat that saw a ping taken with no byte heard after it
+        unanswered_beats = 0  # beats since then: a stalled event loop delays our reader as much as our clock
         heard, heard_at = comm.bytes_received, 0.0
         while True:
             await asyncio.sleep(period)
@@ -178,13 +179,14 @@ class WorkerLink:
             while pings and pings[0] <= delivered:
                 pings.popleft()
                 taken = True
-            # Without SIOCOUTQ "delivered" includes the kernel's unsent bytes: no claim about pings then.
-            if taken and kernel is not None and unanswered_since is None:
-                unanswered_since = now
+            if unanswered_since is not None:
+                unanswered_beats += 1
+            elif taken and kernel is not None:  # without SIOCOUTQ "delivered" counts unsent kernel bytes
+                unanswered_since, unanswered_beats = now, 0
             moving = bool(backlog) and now - self.last_progress <= limit
             if backlog and not moving:  # the peer takes no bytes, whatever it sends
                 raise CommClosedError(f"worker {self.index} took none of {backlog} waiting bytes for {limit:g} s")
-            if unanswered_since is not None and now - unanswered_since > limit:
+            if unanswered_since is not None and unanswered_beats >= MISSED_BEATS and now - unanswered_since > limit:
                 raise CommClosedError(f"worker {self.index} took our ping and sent nothing for {limit:g} s")
             if not moving and now - max(self.last_seen, heard_at) > limit:  # silent, nothing in the way of our pings
                 raise CommClosedError(f"no frame from worker {self.index} for {limit:g} s")
