@@ -209,6 +209,7 @@ def test_scenario_on_shaped_links_decodes_and_reports_links(tmp_path):
     assert measured[2]["peak_mbit_to_worker"] <= 2.3  # the kernel held the slow link to its rate
     assert "2.0 Mbit" not in links["qdiscs"][0] and "rate 2Mbit" in links["qdiscs"][2]
     assert sum(doc["usage"]["aicc"]["decoded"]) == 24
+    assert doc["scenario"]["master_stats"]["aicc"]["connects"] == [1, 1, 1]  # the 2 Mbit/s link is slow, never dropped
     rows = json.loads((tmp_path / "linked" / "requests.json").read_text())["aicc"]
     assert all(len(x["workers"]) == 2 and x["bytes_sent"] > 0 for x in rows)
     md = (tmp_path / "linked" / "report.md").read_text()
