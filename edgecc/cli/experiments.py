@@ -17,6 +17,7 @@ from .options import stop_on_sigterm_as_on_ctrl_c
               help="only these sections (repeat one section on its own: e.g. end_to_end or latency); default: all")
 def bench(quick, out, sections):
     """Measure training throughput, master/worker cost, runtime overhead, latency and memory."""
+    stop_on_sigterm_as_on_ctrl_c()  # its local workers are stopped on the way out
     from ..bench import main as run_bench, render_markdown
     from ..bench.config import SECTIONS
     from ..modelfile import atomic_write

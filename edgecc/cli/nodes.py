@@ -27,10 +27,12 @@ from .options import images_from, limit_options, make_limits, setup_logging
 @click.option("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (same host as --listen; 0 picks one)")
 @click.option("--lie", type=click.Choice(["random", "scale", "adversarial"]), default=None,
               help="TESTING ONLY: return wrong results (Byzantine worker)")
+@click.option("--exit-with-parent", is_flag=True,
+              help="exit when the process that started this worker exits (edgecc's local launchers set it)")
 @click.option("--log-level", default="info", show_default=True)
 @limit_options
 def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, metrics_port, lie,
-           log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+           exit_with_parent, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Serve computations for a master (needs no torch for the encoded-only placement)."""
     import os
 
@@ -72,17 +74,30 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
         click.echo(f"edgecc worker metrics on http://{host}:{mport}/metrics", err=True)
 
     async def serve() -> None:
-        bound = await w.start(host, port)
-        if port_file:
-            from pathlib import Path
+        watcher = None
+        if exit_with_parent:
+            from ..runtime.local import watch_parent
 
-            Path(port_file).write_text(str(bound))
-        click.echo(f"edgecc worker listening on {host}:{bound}", err=True)
+            me = asyncio.current_task()
+
+            def orphaned() -> None:
+                click.echo("edgecc worker: the process that started it has exited; stopping", err=True)
+                me.cancel()
+
+            watcher = asyncio.create_task(watch_parent(orphaned))  # held here: the loop keeps tasks weakly
         try:
+            bound = await w.start(host, port)
+            if port_file:
+                from pathlib import Path
+
+                Path(port_file).write_text(str(bound))
+            click.echo(f"edgecc worker listening on {host}:{bound}", err=True)
             await w.serve_forever()
         except asyncio.CancelledError:
             pass
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await w.close()
 
     try:

@@ -54,7 +54,9 @@ def stop_on_sigterm_as_on_ctrl_c() -> None:
     link namespaces removed). Not `signal.default_int_handler`: that raises KeyboardInterrupt wherever
     the interpreter is, and inside an event loop's transport callback the loop reports a fatal
     transport error with a traceback. Forwarding to the current SIGINT handler instead lets a running
-    asyncio.Runner cancel its main task cleanly; outside a loop that handler raises KeyboardInterrupt."""
+    asyncio.Runner cancel its main task cleanly; outside a loop that handler raises KeyboardInterrupt.
+    A process started in the background by a non-interactive shell has SIGINT ignored (so asyncio
+    installs no handler): there SIGTERM raises KeyboardInterrupt directly, which still unwinds."""
     import signal
 
     def forward(signum, frame) -> None:

@@ -1,10 +1,14 @@
 """Worker processes on this machine (scenarios, benchmarks, tests): start, find the port, stop.
 
 The token travels in the child's environment, never in its argv (which `ps` shows to everyone).
+Every worker started here runs with `--exit-with-parent` (`watch_parent` below): it exits when the
+process that started it is gone, so no scenario, benchmark or test leaves workers behind, even one
+killed with SIGKILL, which runs no cleanup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -47,7 +51,8 @@ class LocalWorker:
         env = {**(os.environ if self.base_env is None else self.base_env), **self.env}
         if "EDGECC_TOKEN" in self.env:
             env.pop("EDGECC_TOKEN_FILE", None)
-        cmd = [*self.command, "worker", "--listen", f"{self.host}:{self.port}", "--port-file", str(port_file), *self.args]
+        cmd = [*self.command, "worker", "--listen", f"{self.host}:{self.port}", "--port-file", str(port_file),
+               "--exit-with-parent", *self.args]
         if self.netns is not None:  # `ip netns exec` execs the command: the pid is still the worker's
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         with open(self.log, "ab") as log:
@@ -118,3 +123,17 @@ def process_cpu_s(pid: int | str = "self") -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PARENT_POLL_S = 0.5  # how often an --exit-with-parent worker looks for its parent: it lingers at most this long
+
+
+async def watch_parent(on_orphaned) -> None:
+    """Call `on_orphaned()` once the process that started this one has exited. An orphan is handed to
+    init or a subreaper, so its parent pid changes; polling that needs no Linux-only prctl and, unlike
+    PR_SET_PDEATHSIG, does not fire when merely the launching *thread* ends. `ip netns exec` and
+    `chroot` exec in place, so the parent seen here is the launcher itself."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_POLL_S)
+    on_orphaned()
