@@ -45,15 +45,6 @@ def fd_count(pid: int) -> int | None:
         return None
 
 
-def die_with_parent() -> None:  # runs in the child: never outlive the benchmark, even if it is SIGKILLed
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class WorkerProc:
     """`edgecc worker` on 127.0.0.1 in its own process: port 0 on the first start, the same port after."""
 
@@ -69,11 +60,11 @@ class WorkerProc:
         self.port_file.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "EDGECC_TOKEN_FILE"}
         env["EDGECC_TOKEN"] = self.token
+        # --exit-with-parent: never outlive the benchmark, even one killed with SIGKILL (runtime/local.watch_parent)
         cmd = [sys.executable, "-m", "edgecc.cli", "worker", "--listen", f"127.0.0.1:{self.port}", "--port-file", str(self.port_file),
-               "--log-level", self.log_level, *self.extra]
+               "--exit-with-parent", "--log-level", self.log_level, *self.extra]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                         preexec_fn=die_with_parent)
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         self.starts += 1
 
     def _poll_started(self) -> bool:
