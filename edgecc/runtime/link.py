@@ -56,8 +56,6 @@ class WorkerLink:
         self.ready = asyncio.Event()
         self.minor = 0  # the worker's protocol minor version (1: understands cancel)
         self.last_seen = 0.0  # last frame received
-        self.last_progress = 0.0  # last time the peer took bytes we had queued (see _heartbeat)
-        self._delivered = 0  # bytes written to this connection that left the send backlog
         self.connects = 0
         self.last_error = ""
         self.task: asyncio.Task | None = None
@@ -86,8 +84,7 @@ class WorkerLink:
                 try:
                     await self._handshake(comm)
                     now = time.monotonic()
-                    self.comm, self.last_seen, self.last_progress, backoff = comm, now, now, 0.05
-                    self._delivered = 0
+                    self.comm, self.last_seen, backoff = comm, now, 0.05
                     self.connects += 1
                     self.ready.set()
                     log.info("worker %d (%s) ready", self.index, self.address)
@@ -156,6 +153,9 @@ class WorkerLink:
         stuck behind our own frames is not counted until it has left the backlog."""
         period, seq = self.master.heartbeat_s, 0
         limit = MISSED_BEATS * period
+        # this connection's liveness state
+        last_progress = time.monotonic()  # last beat at which the peer took bytes we had queued
+        taken_before = 0  # bytes written to this connection that had left the send backlog by then
         pings: deque[int] = deque()  # stream offset of the end of each ping the peer has not yet taken
         unanswered_since: float | None = None  # the beat that saw a ping taken with no byte heard after it
         unanswered_beats = 0  # beats since then: a stalled event loop delays our reader as much as our clock
@@ -168,9 +168,9 @@ class WorkerLink:
             # Bytes that left the backlog: what was written minus what still waits. Its growth is
             # progress even while the backlog itself grows (new frames arriving faster than they drain).
             delivered = comm.bytes_sent - backlog
-            if delivered > self._delivered or not backlog:
-                self.last_progress = now
-            self._delivered = delivered
+            if delivered > taken_before or not backlog:
+                last_progress = now
+            taken_before = delivered
             if comm.bytes_received != heard:  # any byte, so a large result still arriving counts
                 heard, heard_at = comm.bytes_received, now
             if unanswered_since is not None and heard_at > unanswered_since:
@@ -183,7 +183,7 @@ class WorkerLink:
                 unanswered_beats += 1
             elif taken and kernel is not None:  # without SIOCOUTQ "delivered" counts unsent kernel bytes
                 unanswered_since, unanswered_beats = now, 0
-            moving = bool(backlog) and now - self.last_progress <= limit
+            moving = bool(backlog) and now - last_progress <= limit
             if backlog and not moving:  # the peer takes no bytes, whatever it sends
                 raise CommClosedError(f"worker {self.index} took none of {backlog} waiting bytes for {limit:g} s")
             if unanswered_since is not None and unanswered_beats >= MISSED_BEATS and now - unanswered_since > limit:
