@@ -37,9 +37,10 @@ commands:
               install or update an edgecc worker on a Raspberry Pi over ssh, then check
               that it answers the authenticated handshake (see workers/README.md)
   pi-test [PYTEST ARGS...]
-              (root) build the emulated arm64 Raspberry Pi stand-in and the container base once
-              (cached in $EDGECC_PI_CACHE, default /var/cache/edgecc), then deploy into them for
-              real: tests/test_pi_board.py and tests/test_container.py
+              (root) install what it runs (qemu-user-static, mmdebstrap, podman, buildah,
+              openssh-server) where missing, build the emulated arm64 Raspberry Pi stand-in and
+              the container base once (cached in $EDGECC_PI_CACHE, default /var/cache/edgecc),
+              then deploy into them for real: tests/test_pi_board.py and tests/test_container.py
   help        this text
 EOF
 }
@@ -68,12 +69,60 @@ edgecc_bin() {
     fi
 }
 
-# --- placeholders: filled in elsewhere -------------------------------------------------------
+# Whether PROGRAM is here: a command name, an absolute path, or `python3 -m MODULE`.
+have_program() {
+    case $1 in
+        # Debian's python3 has the venv module but not ensurepip, without which `-m venv` fails
+        *' -m venv') "${1%% *}" -c 'import ensurepip' >/dev/null 2>&1 ;;
+        *' -m '*) "${1%% *}" -c "import ${1##* }" >/dev/null 2>&1 ;;
+        /*) [[ -x $1 ]] ;;
+        *) command -v "$1" >/dev/null ;;
+    esac
+}
+
+# need_programs TASK PROGRAM=PACKAGE...: the programs TASK runs that a Debian system may lack, each
+# with the Debian package that has it, checked before the task does anything slow. What is missing
+# is installed with apt-get when we are root (naming each package); otherwise the task stops here,
+# on one line naming the programs and the packages, not minutes later half-way through.
+# tests/test_run_sh_programs.py checks every task's list against the programs the task reaches.
+need_programs() {
+    local task=$1 entry prog pkg missing=() pkgs=()
+    shift
+    for entry in "$@"; do
+        prog=${entry%=*} pkg=${entry##*=}
+        have_program "$prog" && continue
+        missing+=("$prog")
+        [[ " ${pkgs[*]-} " == *" $pkg "* ]] || pkgs+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
+        die "$task needs ${missing[*]}, not found here: install the Debian packages ${pkgs[*]} (sudo apt-get install -y ${pkgs[*]}; as root with apt-get, ./run.sh $task installs them itself)"
+    fi
+    local p
+    for p in "${pkgs[@]}"; do say "$task: installing the Debian package $p"; done
+    # a fresh machine may have no package lists yet: update once and retry
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null; } \
+        || die "$task: apt-get could not install ${pkgs[*]}"
+    for prog in "${missing[@]}"; do
+        have_program "$prog" || die "$task: $prog still not found after installing ${pkgs[*]}"
+    done
+    if [[ " ${pkgs[*]} " == *" openssh-server "* ]]; then
+        say "note: Debian's openssh-server also enables ssh.service (logins on port 22);" \
+            "$task only runs its sshd binary: 'systemctl disable --now ssh' turns that off"
+    fi
+}
+
 # --- setup / demo / test / scenario ------------------------------------------------------------
 # setup: a venv in .venv with edgecc and everything the tests need. torch is installed first and
 # pinned (2.13.0): an unpinned torch pulls a multi-GB CUDA build on CPU-only machines.
 cmd_setup() {
     local py=${PYTHON:-python3}
+    # $PYTHON is the user's own interpreter: only Debian's python3 comes from Debian packages
+    if [[ ! -x $ROOT/.venv/bin/python && -z ${PYTHON:-} ]]; then
+        need_programs setup python3=python3 'python3 -m venv=python3-venv'
+    fi
+    command -v "$py" >/dev/null || die "$py not found (set PYTHON to a Python >= 3.11)"
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "edgecc needs Python >= 3.11 ($py is older)"
     if [[ ! -x $ROOT/.venv/bin/python ]]; then
         say "creating $ROOT/.venv"
@@ -298,9 +347,17 @@ cmd_deploy() {
 # (minutes under emulation); EDGECC_PI_TESTS=1 runs them and turns a skip (no root, no binfmt, no
 # stand-in) into a failure: here they were asked for by name.
 cmd_pi_test() {
+    # Before the board build (minutes): pi-standin.sh builds the root with mmdebstrap and runs it
+    # under qemu-user, podman imports the container base; the tests log into the board with
+    # OpenSSH (a host sshd, ssh-keygen, and run.sh deploy's ssh and scp), build and run the
+    # worker image with podman and buildah.
+    need_programs pi-test mmdebstrap=mmdebstrap qemu-aarch64-static=qemu-user-static \
+        podman=podman buildah=buildah /usr/sbin/sshd=openssh-server \
+        ssh-keygen=openssh-client ssh=openssh-client scp=openssh-client
     ((EUID == 0)) || die "pi-test needs root (binfmt_misc, chroot, mounts, podman): sudo ./run.sh pi-test"
     cmd_setup
-    nice -n 10 bash "$ROOT/workers/pi-standin.sh" all
+    # the venv's pip fetches the board's aarch64 wheel: Debian's python3 may have no pip
+    PYTHON=$ROOT/.venv/bin/python nice -n 10 bash "$ROOT/workers/pi-standin.sh" all
     cd "$ROOT" && EDGECC_PI_TESTS=1 "$ROOT/.venv/bin/python" -m pytest -q -rs \
         tests/test_pi_board.py tests/test_container.py "$@"
 }

@@ -12,7 +12,8 @@
 #   CACHE/base-amd64.tar  a Debian 12 minbase with python3, imported into podman as
 #                       localhost/edgecc-base:bookworm: the container base where no registry is reachable
 # CACHE is $EDGECC_PI_CACHE, default /var/cache/edgecc. Needs root, mmdebstrap, qemu-user-static
-# (and podman for the base image). A part already built is kept; --rebuild starts over.
+# (and podman for the base image), and pip for $PYTHON (default python3) to fetch the wheel.
+# A part already built is kept; --rebuild starts over.
 #
 # usage: sudo workers/pi-standin.sh [--rebuild] [--check] [root|base|base-arm64|binfmt|x86root|all]
 #   all: binfmt, root and base (what ./run.sh pi-test needs)
@@ -106,7 +107,7 @@ provision_root() {
         compgen -G "$WHEELS/$name-*aarch64*.whl" >/dev/null && continue
         say "downloading the aarch64 wheel $req into $WHEELS"
         mkdir -p "$WHEELS"
-        nice -n 10 python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
+        nice -n 10 "${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
             --python-version 3.11 --implementation cp -d "$WHEELS" "$req"
     done
     # pip on the board finds safetensors offline, as Raspberry Pi OS's own /etc/pip.conf points pip at piwheels
