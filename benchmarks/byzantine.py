@@ -1,7 +1,7 @@
 """Accuracy and liar detection with E lying workers among N = R + 2E (issue: Byzantine workers).
 
 For every liar set of size E (all of them, or a sample), worker outputs H(E(α_n)) are computed
-in-process for the test images, the liars' outputs are replaced by `edgecc.runtime.faults.lie`
+in-process for the test images, the liars' outputs are replaced by `edgecc.worker.faults.lie`
 (random / scaled / adversarial), and the master's robust decoder (coding/robust.py) decodes.
 Reports accuracy next to the honest accuracy, the detection rate (liar flagged in a group) and
 false positives (honest worker flagged).
@@ -36,7 +36,7 @@ def main() -> None:
     from edgecc.data import load_images, to_float
     from edgecc.evaluate import aicc_outputs, group
     from edgecc.modelfile import atomic_write, load_model
-    from edgecc.runtime.faults import LIES, lie
+    from edgecc.worker.faults import LIES, lie
 
     torch.set_num_threads(1)
     model, info = load_model(args.model)

@@ -5,7 +5,7 @@ one B-group compute request at a time and waits for its result, for each B. Prin
 p90, p99 and p99/p50 per B, and the worker process's CPU time per request (user + system, from
 /proc): what one request costs a worker that has a core to itself. With numpy's BLAS thread pool a 256-group request (an 800 kB frame) had
 a sharp 8 ms mode, the pool waking for a 0.5 ms product; workers now run BLAS on one thread
-(runtime/blas.py).
+(blas.py).
 
     python benchmarks/frame_rtt.py [--groups 16 64 256 1024] [--requests 500] [--out results/frame-rtt.json]
 """
@@ -27,9 +27,9 @@ from edgecc.protocol import compute_spec
 from edgecc.protocol.frames import encode_frame, pack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Result
-from edgecc.runtime.client_handshake import client_handshake
-from edgecc.runtime.local import LocalWorker, process_cpu_s
-from edgecc.runtime.transport import connect, run
+from edgecc.master.handshake import client_handshake
+from edgecc.launch.local import LocalWorker, process_cpu_s
+from edgecc.comm.stream import connect, run
 
 
 

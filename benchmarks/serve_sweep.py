@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgecc.runtime.local import LocalWorker  # noqa: E402
+from edgecc.launch.local import LocalWorker  # noqa: E402
 from edgecc.scenario.spec import load_scenario  # noqa: E402
 from edgecc.serve.load import run_load  # noqa: E402
 

@@ -201,7 +201,7 @@ def _mean_mem(ws: list[Worker]) -> dict:
 def worker_rss(cmd: list[str], env: dict, tmp: Path, plan, token: str, images: np.ndarray, tag: str) -> dict:
     """Three workers: RSS idle, after a master configured them, after a 64-group request (the master's default
     --groups-per-request), after a 1024-group one (max over the three)."""
-    from edgecc.runtime.master import Master
+    from edgecc.master.master import Master
 
     ws = [Worker(cmd, env, tmp, f"{tag}{i}") for i in range(3)]
     try:
@@ -236,7 +236,7 @@ import json, statistics, sys, time
 import numpy as np
 from edgecc.bundle import load_bundle
 from edgecc.coding.schemes import Scheme
-from edgecc.runtime.compute import EncodedCompute
+from edgecc.worker.compute import EncodedCompute
 info, arrays, _ = load_bundle(sys.argv[1])
 comp = EncodedCompute(Scheme.from_dict(info["scheme"]), arrays)
 budget = float(sys.argv[2]); out = {}
@@ -282,7 +282,7 @@ def encoded_timing(venv: Path, bundle: Path, budget: float) -> dict:
 def shared_timing(plan, budget: float) -> dict:
     import torch
 
-    from edgecc.runtime.shared_compute import SharedCompute
+    from edgecc.worker.shared_compute import SharedCompute
 
     comp = SharedCompute(plan.scheme, plan.arrays, float(plan.alphas[0]))
     rng = np.random.default_rng(0)
@@ -439,7 +439,7 @@ def main() -> None:
     from edgecc.data import load_sample
     from edgecc.export import bundle_info
     from edgecc.modelfile import load_model, resolve, save_model
-    from edgecc.runtime.plan import CodedPlan
+    from edgecc.schemes.plan import CodedPlan
 
     torch.set_num_threads(1)  # the master side: one thread keeps collapsing H_B quick on a busy 2-core machine
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}

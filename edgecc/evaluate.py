@@ -4,7 +4,7 @@ Direct: argmax of D(β_k) = H(E(β_k)). Decoded: the N workers' outputs H(E(α_n
 makes them (inputs and results rounded to the wire dtype, fp32 worker arithmetic), then
   - interpolated from every R-subset of workers (or a sample that always includes the worst-conditioned
     one) with float64 Lagrange matrices: what decoding the first R results to arrive returns;
-  - decoded as the master decodes (runtime/plan.CodedPlan, coding/conditioning): results arrive in an
+  - decoded as the master decodes (schemes/plan.CodedPlan, coding/conditioning): results arrive in an
     order (the worst-conditioned R first, then seeded random orders), the request completes once the
     results in hand decode within the tolerance, and the report counts the results waited for beyond R.
 A configuration the master would refuse at start is reported as refused, with the first-R numbers
@@ -41,10 +41,10 @@ def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float]
     """(direct logits (G, K, 10), worker outputs (G, N, 10)) in float32 for grouped images x.
 
     Worker outputs are computed exactly as workers do: E(α_n) (and V_p) by the torch encoder, rounded to
-    `wire_dtype` as frames.pack_array sends them, then the collapsed affine map of edgecc.runtime.compute,
+    `wire_dtype` as frames.pack_array sends them, then the collapsed affine map of edgecc.worker.compute,
     and the result rounded to `wire_dtype` again; `encode_precision` as the master's CodedPlan."""
     from .export import worker_arrays
-    from .runtime.compute import EncodedCompute
+    from .worker.compute import EncodedCompute
 
     scheme = Scheme.from_dict(info["scheme"])
     worker = EncodedCompute(scheme, worker_arrays(model, info, "encoded"))
@@ -83,7 +83,7 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
     `points`: "chosen" (the master's default, coding/conditioning.chosen_alphas) or "uniform" (n/(N+1))."""
     from .data import to_float
     from .nets import encode_precision as resolve_precision
-    from .runtime.plan import CodedPlan
+    from .schemes.plan import CodedPlan
 
     scheme = Scheme.from_dict(info["scheme"])
     check_workers(scheme, N)

@@ -53,8 +53,8 @@ OUT_BYTES = 10 * 4  # one float32 logit vector back
 def base_computes(cnn_path: str = CNN_BASE) -> dict[str, Any]:
     """{"mlp": numpy PlainCompute of the shipped centralized MLP, "cnn": PlainCNNCompute of Table 2's CNN}."""
     from .modelfile import load_model
-    from .runtime.compute import PlainCompute
-    from .runtime.plain_cnn import PlainCNNCompute, cnn_arrays
+    from .worker.compute import PlainCompute
+    from .worker.plain_cnn import PlainCNNCompute, cnn_arrays
 
     mlp, _ = load_model("default-mlp")
     cnn, info = load_model(cnn_path)
@@ -200,7 +200,7 @@ def learned_code_cell(x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
     from .data import to_float
     from .modelfile import load_model
-    from .runtime.plan import LearnedCodePlan
+    from .schemes.plan import LearnedCodePlan
 
     model, info = load_model("learned-code")
     plan = LearnedCodePlan(model, info)
@@ -251,7 +251,7 @@ def copies_cell(scheme: str, base: str, correct: np.ndarray, K: int, S: int) -> 
 
 def measured_worker_seconds(computes: dict[str, Any], n: int = 512) -> dict[str, float]:
     """Seconds per image of each worker compute, measured side by side in this process (best of 3)."""
-    from .runtime.compute import EncodedCompute
+    from .worker.compute import EncodedCompute
     from .coding.schemes import Scheme
 
     rng = np.random.default_rng(0)

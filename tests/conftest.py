@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecc.runtime.local import LocalWorker
+from edgecc.launch.local import LocalWorker
 
 TOKEN = "test-token-0123456789abcdef0123456789"
 REPO = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import pytest
 from edgecc.data import load_sample
 from edgecc.errors import ConfigError
 from edgecc.modelfile import load_model
-from edgecc.runtime.approxifer import ApproxIFERPlan
-from edgecc.runtime.compute import PlainCompute
-from edgecc.runtime.master import Master, run_stream
-from edgecc.runtime.plain_cnn import PlainCNNCompute, plain_compute
+from edgecc.schemes.approxifer import ApproxIFERPlan
+from edgecc.worker.compute import PlainCompute
+from edgecc.master.master import Master, run_stream
+from edgecc.worker.plain_cnn import PlainCNNCompute, plain_compute
 
 from .conftest import TOKEN
 
@@ -115,11 +115,11 @@ def test_plan_refuses_what_it_cannot_do():
 
 
 def test_cnn_worker_compute_is_the_centralized_cnn(tmp_path):
-    """The CNN base's worker compute (runtime/plain_cnn) equals the torch model; the MLP's stays numpy."""
+    """The CNN base's worker compute (worker/plain_cnn) equals the torch model; the MLP's stays numpy."""
     import torch
 
     from edgecc.nets.baselines import CentralizedCNN
-    from edgecc.runtime.plain_cnn import cnn_arrays
+    from edgecc.worker.plain_cnn import cnn_arrays
 
     torch.manual_seed(0)
     cnn = CentralizedCNN().eval()
@@ -137,8 +137,8 @@ def test_cnn_worker_compute_is_the_centralized_cnn(tmp_path):
 
 async def test_cnn_base_over_tcp():
     """The CNN base over real TCP, workers in this process: worker.py's plain placement goes through
-    runtime/plain_cnn.plain_compute (the MLP keeps the numpy PlainCompute) and decodes as in process."""
-    from edgecc.runtime import worker as wm
+    worker/plain_cnn.plain_compute (the MLP keeps the numpy PlainCompute) and decodes as in process."""
+    from edgecc.worker import server as wm
     from edgecc.schemes_table import CNN_BASE
 
     net, info = load_model(CNN_BASE)

@@ -6,7 +6,7 @@ import pytest
 from edgecc.coding.berrut import (BerrutCode, berrut_weights, needed_results, query_points, worker_points,
                                   workers_for)
 from edgecc.errors import ConfigError, DecodeError
-from edgecc.runtime.faults import LIES, lie
+from edgecc.worker.faults import LIES, lie
 
 
 def test_point_sets_are_the_published_ones():
@@ -71,7 +71,7 @@ def mlp_outputs(code, groups=40):
     """Worker outputs of the shipped centralized MLP on Berrut-combined Fashion-MNIST images."""
     from edgecc.data import load_sample
     from edgecc.modelfile import load_model
-    from edgecc.runtime.compute import PlainCompute
+    from edgecc.worker.compute import PlainCompute
 
     net, _ = load_model("default-mlp")
     f = PlainCompute({f"mlp.{k}": v.float().numpy() for k, v in net.state_dict().items()})

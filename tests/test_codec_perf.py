@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from edgecc.runtime import transport
+from edgecc.comm import stream as transport
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 

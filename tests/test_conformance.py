@@ -28,7 +28,7 @@ from edgecc.protocol import auth
 from edgecc.protocol.frames import HEADER, FrameDecoder, encode_frame, pack_array, unpack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import PROTOCOL_VERSION, Configured, Error, Hello, Message, Pong, Result, Welcome, parse
-from edgecc.runtime.local import LocalWorker
+from edgecc.launch.local import LocalWorker
 
 from .conftest import REPO, TOKEN
 
@@ -452,7 +452,7 @@ def test_error_frames_carry_exactly_the_documented_fields(worker):
 # -- the client side (§8, master table), through the one handshake every client uses ----------------
 async def test_a_client_with_the_wrong_token_is_told_so(worker):
     from edgecc.errors import EdgeccError
-    from edgecc.runtime.probe import probe
+    from edgecc.master.probe import probe
 
     with pytest.raises(EdgeccError, match="refused the handshake: auth"):
         await probe(*worker.address, b"not-the-token-0123456789abcdef")
@@ -464,7 +464,7 @@ async def test_a_silent_peer_fails_the_client_handshake_after_handshake_timeout(
     import asyncio
 
     from edgecc.errors import EdgeccError
-    from edgecc.runtime.probe import probe
+    from edgecc.master.probe import probe
 
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never speaks
     try:

@@ -12,7 +12,7 @@ from edgecc.protocol.frames import FrameDecoder, LocalProtocolError, encode_fram
 from edgecc.protocol.handshake import (AWAIT_CONFIGURED, AWAIT_HELLO, AWAIT_WELCOME, DONE, FAILED, ClientHandshake,
                                        HandshakeAuthError, HandshakeError, ProtocolVersionError)
 from edgecc.protocol.messages import PROTOCOL_VERSION, Auth, Configure, Configured, Error, Hello, Message, Ping, Welcome, parse
-from edgecc.runtime.client_handshake import client_handshake
+from edgecc.master.handshake import client_handshake
 
 TOKEN = b"0123456789abcdef0123456789abcdef"
 W_NONCE = bytes(range(32))

@@ -1,7 +1,7 @@
-"""The master's links (edgecc.runtime.link): no head-of-line blocking, cancels, lagging, overload.
+"""The master's links (edgecc.master.link): no head-of-line blocking, cancels, lagging, overload.
 
 The master runs against real Worker objects in this process, linked by in-memory stream pairs
-(runtime/inprocess.py over runtime/memory_pipe.py: no sockets), so a test can make one worker stop
+(launch/inprocess.py over comm/memory_pipe.py: no sockets), so a test can make one worker stop
 reading its stream — a link whose writes stall forever — without relying on timing of a real network.
 """
 
@@ -15,11 +15,11 @@ import pytest
 
 from edgecc.data import load_sample
 from edgecc.modelfile import load_model
-from edgecc.runtime.inprocess import InProcessWorkers
-from edgecc.runtime.master import Master, Overloaded, RequestFailed
-from edgecc.runtime.plan import CodedPlan
-from edgecc.runtime.faults import Faults
-from edgecc.runtime.worker import Worker
+from edgecc.launch.inprocess import InProcessWorkers
+from edgecc.master.master import Master, Overloaded, RequestFailed
+from edgecc.schemes.plan import CodedPlan
+from edgecc.worker.faults import Faults
+from edgecc.worker.server import Worker
 
 TOKEN = b"t" * 32
 

@@ -1,4 +1,4 @@
-"""Local worker processes (edgecc.runtime.local): none outlives the process that started it.
+"""Local worker processes (edgecc.launch.local): none outlives the process that started it.
 
 A scenario, benchmark or test killed with SIGKILL runs no cleanup; its workers must still go, or
 they keep their ports and CPU until someone finds them.
@@ -16,7 +16,7 @@ from pathlib import Path
 # its workers with it), reports the worker's pid, then lives until it is killed.
 LAUNCHER = """
 import sys, threading, time
-from edgecc.runtime.local import LocalWorker
+from edgecc.launch.local import LocalWorker
 
 workers = []
 t = threading.Thread(target=lambda: workers.append(LocalWorker(sys.argv[1], "w", ["--log-level", "warning"],

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from edgecc.runtime.memory_pipe import DELIVERY_CHUNK, HIGH_WATER, memory_streams
-from edgecc.runtime.transport import Comm, CommClosedError
+from edgecc.comm.memory_pipe import DELIVERY_CHUNK, HIGH_WATER, memory_streams
+from edgecc.comm.stream import Comm, CommClosedError
 from edgecc.protocol.messages import Ping, Pong
 
 

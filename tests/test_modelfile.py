@@ -13,7 +13,7 @@ from edgecc.errors import ModelFileError
 from edgecc.export import collapse_affine, worker_arrays
 from edgecc.modelfile import load_model, read_header, save_model
 from edgecc.nets import AICC
-from edgecc.runtime.compute import EncodedCompute
+from edgecc.worker.compute import EncodedCompute
 
 
 def test_round_trip_keeps_weights_and_config(tmp_path):

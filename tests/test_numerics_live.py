@@ -14,8 +14,8 @@ from edgecc.coding.conditioning import worst_subset
 from edgecc.data import load_sample
 from edgecc.errors import ConfigError
 from edgecc.modelfile import load_model
-from edgecc.runtime.master import Master
-from edgecc.runtime.plan import CodedPlan
+from edgecc.master.master import Master
+from edgecc.schemes.plan import CodedPlan
 
 from .conftest import REPO, TOKEN, WorkerProcess
 

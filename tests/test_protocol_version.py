@@ -20,8 +20,8 @@ import msgpack
 import pytest
 
 from edgecc.errors import EdgeccError
-from edgecc.runtime.master import Master
-from edgecc.runtime.schemes import PlanRequest, build_plan
+from edgecc.master.master import Master
+from edgecc.schemes.registry import PlanRequest, build_plan
 
 from .conftest import TOKEN
 

@@ -6,7 +6,7 @@ import pytest
 from edgecc.coding.robust import robust_decode
 from edgecc.coding.schemes import default_alphas, default_betas
 from edgecc.errors import DecodeError
-from edgecc.runtime.faults import LIES, lie
+from edgecc.worker.faults import LIES, lie
 
 
 def poly_results(R, N, B=6, seed=0):

@@ -13,8 +13,8 @@ import torch
 from edgecc.data import load_sample
 from edgecc.errors import EdgeccError
 from edgecc.modelfile import load_model
-from edgecc.runtime.master import Master, RequestFailed, run_stream
-from edgecc.runtime.plan import CodedPlan
+from edgecc.master.master import Master, RequestFailed, run_stream
+from edgecc.schemes.plan import CodedPlan
 
 from .conftest import TOKEN
 
@@ -166,7 +166,7 @@ sys.meta_path.insert(0, _NoTorch())
 async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path):
     import os
 
-    from edgecc.runtime.probe import probe
+    from edgecc.master.probe import probe
 
     block = tmp_path / "block"
     block.mkdir()
@@ -287,7 +287,7 @@ async def test_bf16_encoding_decodes_what_the_in_process_bf16_encoder_gives(tiny
 async def test_learned_code_runs_as_a_scheme_and_rebuilds_one_missing_slot(tiny_models, spawn_workers):
     """Workers 0, 1 run the base MLP on the data images, worker 2 on the learned parity. With all three, the
     data slots are the base model's own outputs; with worker 0 dead, slot 0 comes from the learned decoder."""
-    from edgecc.runtime.plan import LearnedCodePlan
+    from edgecc.schemes.plan import LearnedCodePlan
 
     model, info = load_model(tiny_models["lc"])
     plan = LearnedCodePlan(model, info)

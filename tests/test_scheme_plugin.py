@@ -15,10 +15,10 @@ import numpy as np
 from edgecc.bundle import digest
 from edgecc.protocol import compute_spec
 from edgecc.protocol.frames import pack_array
-from edgecc.runtime import schemes
-from edgecc.runtime.inprocess import InProcessWorkers
-from edgecc.runtime.master import Master
-from edgecc.runtime.worker import Worker
+from edgecc.schemes import registry as schemes
+from edgecc.launch.inprocess import InProcessWorkers
+from edgecc.master.master import Master
+from edgecc.worker.server import Worker
 
 TOKEN = b"p" * 32
 RNG = np.random.default_rng(5)

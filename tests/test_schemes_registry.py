@@ -1,4 +1,4 @@
-"""The scheme registry (edgecc.runtime.schemes): one builder per name, used by scenarios, serve and the CLI."""
+"""The scheme registry (edgecc.schemes.registry): one builder per name, used by scenarios, serve and the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from edgecc.errors import ConfigError
 from edgecc.modelfile import load_model
-from edgecc.runtime.schemes import SCHEMES, PlanRequest, build_plan
+from edgecc.schemes.registry import SCHEMES, PlanRequest, build_plan
 from edgecc.scenario import spec
 
 
@@ -48,6 +48,6 @@ def test_an_unknown_scheme_names_the_known_ones():
 
 
 def test_reading_the_registry_loads_no_torch():
-    r = subprocess.run([sys.executable, "-c", "import sys, edgecc.runtime.schemes, edgecc.scenario.spec; "
+    r = subprocess.run([sys.executable, "-c", "import sys, edgecc.schemes.registry, edgecc.scenario.spec; "
                         "assert 'torch' not in sys.modules"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -14,10 +14,10 @@ from edgecc.data import load_sample
 from edgecc.errors import EdgeccError
 from edgecc.modelfile import load_model
 from edgecc.protocol.messages import PROTOCOL_VERSION
-from edgecc.runtime.master import Master, run_stream
-from edgecc.runtime.plan import CodedPlan
-from edgecc.runtime.probe import probe
-from edgecc.runtime.transport import client_ssl_context
+from edgecc.master.master import Master, run_stream
+from edgecc.schemes.plan import CodedPlan
+from edgecc.master.probe import probe
+from edgecc.comm.stream import client_ssl_context
 
 from .conftest import TOKEN
 

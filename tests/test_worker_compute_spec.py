@@ -16,8 +16,8 @@ from edgecc.bundle import digest
 from edgecc.protocol.frames import pack_array, unpack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Configured, Error, Result
-from edgecc.runtime.client_handshake import client_handshake
-from edgecc.runtime.transport import connect
+from edgecc.master.handshake import client_handshake
+from edgecc.comm.stream import connect
 
 from .conftest import TOKEN
 from .test_runtime import BLOCK_TORCH  # a sitecustomize that makes `import torch` fail
@@ -105,10 +105,10 @@ async def test_a_torch_free_worker_offers_only_the_numpy_kinds(spawn_workers, tm
 
 @pytest.mark.parametrize("name", ["aicc", "uncoded", "replication", "approxifer"])
 def test_every_registered_plan_declares_a_valid_spec_for_each_worker(name):
-    """What a scheme sends (runtime/schemes.configure_message) passes the worker's own message validation."""
+    """What a scheme sends (schemes/registry.configure_message) passes the worker's own message validation."""
     from edgecc.protocol.frames import FrameDecoder, encode_frame
     from edgecc.protocol.messages import parse
-    from edgecc.runtime.schemes import PlanRequest, build_plan, configure_message
+    from edgecc.schemes.registry import PlanRequest, build_plan, configure_message
 
     req = PlanRequest(N=3, K=2)
     if name == "aicc":

@@ -1,6 +1,6 @@
-"""Injected faults (runtime/faults.py) around an honest worker: delays, requests never answered, lies.
+"""Injected faults (worker/faults.py) around an honest worker: delays, requests never answered, lies.
 
-The worker below is the real Worker over an in-memory stream pair (runtime/inprocess.py) with a `Faults`
+The worker below is the real Worker over an in-memory stream pair (launch/inprocess.py) with a `Faults`
 attached; its computation itself stays honest, which the last test checks by calling it directly.
 """
 
@@ -17,11 +17,11 @@ from edgecc.protocol import compute_spec
 from edgecc.protocol.frames import pack_array, unpack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Result
-from edgecc.runtime.client_handshake import client_handshake
-from edgecc.runtime.compute import AffineCompute
-from edgecc.runtime.faults import LIES, Faults, lie
-from edgecc.runtime.inprocess import InProcessWorkers
-from edgecc.runtime.worker import Worker, WorkerState
+from edgecc.master.handshake import client_handshake
+from edgecc.worker.compute import AffineCompute
+from edgecc.worker.faults import LIES, Faults, lie
+from edgecc.launch.inprocess import InProcessWorkers
+from edgecc.worker.server import Worker, WorkerState
 
 TOKEN = b"f" * 32
 RNG = np.random.default_rng(11)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecc.runtime.local import LocalWorker
+from edgecc.launch.local import LocalWorker
 
 from .conftest import REPO, TOKEN
 
@@ -130,7 +130,7 @@ def _one_torch_thread():
 def hb_plan(tiny_models):
     """The master's plan for the tiny H_B model on N=3 (built once: collapsing H_B runs the CNN on 784 inputs)."""
     from edgecc.modelfile import load_model
-    from edgecc.runtime.plan import CodedPlan
+    from edgecc.schemes.plan import CodedPlan
 
     model, info = load_model(tiny_models["hb"])
     return CodedPlan(model, info, 3, encode_precision="fp32")  # compared with the fp32 model in process
@@ -149,7 +149,7 @@ def hb_bundle(tiny_models, tmp_path_factory) -> tuple[Path, str]:
 async def decode_through(workers, plan) -> tuple[np.ndarray, dict, np.ndarray]:
     """A real run through `workers` with the shipped images: (logits of the first 32 groups, summary, predictions)."""
     from edgecc.data import load_sample
-    from edgecc.runtime.master import Master, run_stream
+    from edgecc.master.master import Master, run_stream
 
     images, labels = load_sample()
     m = Master(plan, [w.address for w in workers], TOK, request_timeout=20.0)
@@ -191,12 +191,12 @@ def test_worker_venv_holds_base_dependencies_and_no_torch(worker_venv):
     r = venv_python(worker_venv, "import torch")
     assert r.returncode != 0 and "No module named 'torch'" in r.stderr
     # the worker path imports without torch
-    r = venv_python(worker_venv, "import sys, edgecc.runtime.worker, edgecc.bundle, edgecc.cli; assert 'torch' not in sys.modules")
+    r = venv_python(worker_venv, "import sys, edgecc.worker.server, edgecc.bundle, edgecc.cli; assert 'torch' not in sys.modules")
     assert r.returncode == 0, r.stderr
 
 
 async def test_master_decodes_through_three_torch_free_workers(hb_plan, venv_workers):
-    from edgecc.runtime.probe import probe
+    from edgecc.master.probe import probe
 
     workers = venv_workers(3)
     hello = await probe(*workers[0].address, TOK)
@@ -211,7 +211,7 @@ async def test_master_decodes_through_three_torch_free_workers(hb_plan, venv_wor
 
 
 async def test_bundle_from_export_serves_torch_free_workers(hb_plan, hb_bundle, venv_workers):
-    from edgecc.runtime.probe import probe
+    from edgecc.master.probe import probe
 
     bundle, sha = hb_bundle
     assert sha == hb_plan.digest  # export and the master's plan agree on the arrays

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 
-from ..runtime.local import LocalWorker, memory_status
+from ..launch.local import LocalWorker, memory_status
 
 
 # -- worker processes ---------------------------------------------------------------------------
 class LocalWorkers:
-    """n local worker processes (edgecc.runtime.local), optionally with an injected behaviour."""
+    """n local worker processes (edgecc.launch.local), optionally with an injected behaviour."""
 
     def __init__(self, n: int, tmp: Path, token: str, behaviour: dict | None = None, tag: str = "w"):
         extra = ["--behaviour", json.dumps(behaviour)] if behaviour is not None else []
@@ -44,7 +44,7 @@ class LocalWorkers:
 
 
 async def connected_master(plan, addresses, token: bytes, request_timeout: float = 60.0):
-    from ..runtime.master import Master
+    from ..master.master import Master
 
     m = Master(plan, addresses, token, request_timeout=request_timeout)
     await m.start(wait_ready=30)
@@ -55,6 +55,6 @@ async def connected_master(plan, addresses, token: bytes, request_timeout: float
 
 
 def run_coroutine(coro):
-    from ..runtime.transport import run
+    from ..comm.stream import run
 
     return run(coro)

@@ -46,7 +46,7 @@ def _send(port: int, B: int, count: int) -> None:
 
 
 async def _receive(B: int, count: int) -> dict[str, Any]:
-    from ..runtime.transport import READ_CHUNK, Comm
+    from ..comm.stream import READ_CHUNK, Comm
 
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
@@ -128,7 +128,7 @@ def _main() -> None:
     args = json.loads(sys.argv[1])
     kept = False
     if args["keep"]:  # before any frame is allocated: the sender processes fork from here, unaffected either way
-        from ..runtime.transport import keep_frame_memory
+        from ..comm.stream import keep_frame_memory
 
         kept = keep_frame_memory()
     try:  # the runtime's loop, without transport.run (which would keep frame memory in both settings)

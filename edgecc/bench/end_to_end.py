@@ -13,7 +13,7 @@ import numpy as np
 
 from . import costs
 from .cluster import LocalWorkers, connected_master, run_coroutine
-from ..runtime.local import process_cpu_s
+from ..launch.local import process_cpu_s
 from .config import BenchConfig, in_thread, log, torch_threads
 
 
@@ -48,9 +48,9 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
                      token: str, threads: int) -> list[dict[str, Any]]:
     """In-process runs use torch's default `threads` (as evaluate.py runs); the Master sets its own."""
     from ..export import worker_arrays
-    from ..runtime.compute import EncodedCompute
-    from ..runtime.master import run_stream
-    from ..runtime.plan import CodedPlan
+    from ..worker.compute import EncodedCompute
+    from ..master.master import run_stream
+    from ..schemes.plan import CodedPlan
 
     rows = []
     with LocalWorkers(max(cfg.e2e_Ns), tmp, token, tag="e2e") as workers:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runtime.local import memory_status
+from ..launch.local import memory_status
 from .config import BenchConfig
 
 
@@ -67,7 +67,7 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
     from ..coding.schemes import Scheme
     from ..data import load_sample
     from ..nets import AICC
-    from ..runtime.plan import CodedPlan
+    from ..schemes.plan import CodedPlan
     from . import costs
     from .cluster import LocalWorkers, connected_master, run_coroutine
     from .models import make_groups

@@ -21,7 +21,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
     import torch
 
     from ..nets import CentralizedCNN
-    from ..runtime.plan import CodedPlan
+    from ..schemes.plan import CodedPlan
 
     precisions = bench_precisions()
     torch.manual_seed(0)
@@ -90,8 +90,8 @@ def _bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: n
     from ..export import worker_arrays
     from ..protocol.frames import decode_payload, encode_frame, pack_array, unpack_array
     from ..protocol.messages import Compute, Result, parse
-    from ..runtime.compute import EncodedCompute
-    from ..runtime.shared_compute import SharedCompute
+    from ..worker.compute import EncodedCompute
+    from ..worker.shared_compute import SharedCompute
 
     alpha = default_alphas(N)[0]
     rng = np.random.default_rng(0)

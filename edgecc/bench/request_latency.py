@@ -28,8 +28,8 @@ async def ping_rtts(address: tuple[str, int], token: bytes, count: int) -> list[
     (the worker answers pings on its event loop, no compute thread)."""
     from ..protocol.handshake import ClientHandshake
     from ..protocol.messages import Ping, Pong
-    from ..runtime.client_handshake import client_handshake
-    from ..runtime.transport import connect
+    from ..master.handshake import client_handshake
+    from ..comm.stream import connect
 
     comm = await connect(*address, timeout=5.0)
     try:
@@ -103,8 +103,8 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
     import torch
 
     from ..export import worker_arrays
-    from ..runtime.compute import EncodedCompute
-    from ..runtime.plan import CodedPlan
+    from ..worker.compute import EncodedCompute
+    from ..schemes.plan import CodedPlan
 
     model, info, s = m["model"], m["info"], m["scheme"]
     plan = CodedPlan(model, info, N, "encoded")

@@ -1,4 +1,4 @@
-"""`python -m edgecc.cli`: how local workers are started (runtime/local.py)."""
+"""`python -m edgecc.cli`: how local workers are started (launch/local.py)."""
 
 from . import main
 

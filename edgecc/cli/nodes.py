@@ -9,7 +9,7 @@ import click
 
 from ..errors import EdgeccError
 from . import main
-from ..runtime.schemes import SCHEMES
+from ..schemes.registry import SCHEMES
 from .options import images_from, limit_options, make_limits, setup_logging
 
 
@@ -43,8 +43,8 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     import asyncio
 
     from ..protocol.auth import load_token
-    from ..runtime.transport import parse_address, run, server_ssl_context
-    from ..runtime.worker import Worker
+    from ..comm.stream import parse_address, run, server_ssl_context
+    from ..worker.server import Worker
 
     setup_logging(log_level)
     host, port = parse_address(listen)
@@ -55,7 +55,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
         loaded = load_bundle(bundle)
     faults = None
     if behaviour or lie:
-        from ..runtime.faults import Faults
+        from ..worker.faults import Faults
 
         delay = None
         if behaviour:
@@ -68,7 +68,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     w = Worker(load_token(token_file), make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
                loaded, faults, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}")
     if metrics_port is not None:
-        from ..runtime.worker_metrics import start_metrics_server
+        from ..worker.metrics import start_metrics_server
 
         _, mport = start_metrics_server(w, host, metrics_port)
         click.echo(f"edgecc worker metrics on http://{host}:{mport}/metrics", err=True)
@@ -76,7 +76,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     async def serve() -> None:
         watcher = None
         if exit_with_parent:
-            from ..runtime.local import watch_parent
+            from ..launch.local import watch_parent
 
             me = asyncio.current_task()
 
@@ -146,9 +146,9 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
 
     from ..modelfile import load_model
     from ..protocol.auth import load_token
-    from ..runtime.master import Master, run_stream
-    from ..runtime.schemes import BASELINE, PlanRequest, build_plan
-    from ..runtime.transport import client_ssl_context, parse_address, run
+    from ..master.master import Master, run_stream
+    from ..schemes.registry import BASELINE, PlanRequest, build_plan
+    from ..comm.stream import client_ssl_context, parse_address, run
 
     setup_logging(log_level)
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
@@ -213,8 +213,8 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
 def ping(address, token_file, tls_ca, timeout):
     """Check that a worker answers the authenticated handshake (exit 0 on success)."""
     from ..protocol.auth import load_token
-    from ..runtime.probe import probe
-    from ..runtime.transport import client_ssl_context, parse_address, run
+    from ..master.probe import probe
+    from ..comm.stream import client_ssl_context, parse_address, run
 
     host, port = parse_address(address)
     ctx = client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None

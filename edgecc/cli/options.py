@@ -22,14 +22,14 @@ def images_from(source: str, data_dir: str | None, limit: int | None):
 
 
 def make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
-    from ..runtime.limits import Limits
+    from ..protocol.limits import Limits
 
     return Limits(max_frame=max_frame, max_batch=max_batch, max_in_flight=max_in_flight,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout)
 
 
 def limit_options(f):
-    from ..runtime.limits import Limits
+    from ..protocol.limits import Limits
 
     d = Limits()
     for opt in reversed([

@@ -38,8 +38,8 @@ def serve(workers, listen, model, scheme, window_ms, max_queue, max_groups, max_
           drain_timeout, wait, encode_precision, token_file, tls_ca, client_token_file, tls_cert, tls_key, port_file, log_level):
     """Classify images over HTTP: POST /v1/classify, dashboard at /, Prometheus at /metrics."""
     from ..protocol.auth import load_token
-    from ..runtime.master import Master
-    from ..runtime.transport import client_ssl_context, parse_address, run, server_ssl_context
+    from ..master.master import Master
+    from ..comm.stream import client_ssl_context, parse_address, run, server_ssl_context
     from ..serve.app import DEFAULT_WINDOW_MS, Service, build_plan, run_until_signalled
 
     setup_logging(log_level)
@@ -89,7 +89,7 @@ def load(url, rate, duration, warmup, images_per_request, fmt, deadline_ms, clie
     import ssl as ssl_mod
 
     from ..protocol.auth import load_token
-    from ..runtime.transport import run
+    from ..comm.stream import run
     from ..serve.load import run_load
 
     token = load_token(client_token_file).decode() if client_token_file else None

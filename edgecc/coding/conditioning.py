@@ -5,7 +5,7 @@ In exact arithmetic any R results give D(β_k); in floating point each y_i carri
 (the master's fp32 evaluation of E(α_i), the wire rounding of the worker's inputs and of its result, the
 worker's fp32 arithmetic), and the decoded value Σ_i w_ki y_i is off by at most Σ_i |w_ki| e_i.
 
-The per-result bounds e_i come from the plan (runtime/plan.result_errors: measured as the runtime
+The per-result bounds e_i come from the plan (schemes/plan.result_errors: measured as the runtime
 computes, against float64, with headroom). Here: the weights for many subsets at once, the worst
 subset's amplification, the choice of weights over the results in hand that minimises each β_k's
 bound, and evaluation points for N workers whose worst R-subset amplifies the least.

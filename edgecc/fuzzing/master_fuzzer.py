@@ -69,7 +69,7 @@ class FakeWorker:
             self.frames += n
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from edgecc.runtime.transport import Comm, CommClosedError
+        from edgecc.comm.stream import Comm, CommClosedError
 
         comm = Comm(reader, writer)
         self.sessions += 1
@@ -328,9 +328,9 @@ async def fuzz_master(frames: int = 10_000, seed: int = 0, *, in_flight: int = 4
                       stall_s: float = 15.0, workdir: str | Path | None = None, log: bool = True) -> dict:
     """Two honest worker processes + one FakeWorker, a real Master; fuzz until the fake has thrown `frames` frames."""
     from edgecc.data import load_sample
-    from edgecc.runtime.limits import Limits
-    from edgecc.runtime.master import Master, RequestFailed
-    from edgecc.runtime.plan import CodedPlan
+    from edgecc.protocol.limits import Limits
+    from edgecc.master.master import Master, RequestFailed
+    from edgecc.schemes.plan import CodedPlan
 
     t0 = time.perf_counter()
     token = secrets.token_hex(24)

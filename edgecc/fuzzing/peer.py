@@ -12,7 +12,7 @@ from typing import Any
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, decode_payload, encode_frame
 from ..protocol.handshake import ClientHandshake, HandshakeError
 from ..protocol.messages import Error, Message, parse
-from ..runtime.transport import CommClosedError
+from ..comm.stream import CommClosedError
 
 
 MAX_EXAMPLES = 40  # finding examples kept per run
@@ -128,7 +128,7 @@ def describe(m: Any) -> str:
 
 
 class PeerStream:
-    """A Peer as the message stream the handshake driver (edgecc.runtime.client_handshake) reads and
+    """A Peer as the message stream the handshake driver (edgecc.master.handshake) reads and
     writes; `pieces` > 1 fragments every frame sent."""
 
     def __init__(self, peer: Peer, pieces: int = 1):

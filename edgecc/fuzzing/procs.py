@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-from ..runtime.local import memory_status
+from ..launch.local import memory_status
 
 
 # --- machine, processes, /proc ---------------------------------------------------------------------
@@ -60,7 +60,7 @@ class WorkerProc:
         self.port_file.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "EDGECC_TOKEN_FILE"}
         env["EDGECC_TOKEN"] = self.token
-        # --exit-with-parent: never outlive the benchmark, even one killed with SIGKILL (runtime/local.watch_parent)
+        # --exit-with-parent: never outlive the benchmark, even one killed with SIGKILL (launch/local.watch_parent)
         cmd = [sys.executable, "-m", "edgecc.cli", "worker", "--listen", f"127.0.0.1:{self.port}", "--port-file", str(self.port_file),
                "--exit-with-parent", "--log-level", self.log_level, *self.extra]
         with open(self.log, "ab") as log:

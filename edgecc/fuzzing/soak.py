@@ -53,8 +53,8 @@ async def soak(seconds: float = 300.0, seed: int = 0, *, N: int = 5, in_flight: 
                chaos_max_s: float = 2.5, max_groups: int = 8, final_requests: int = 10, workdir: str | Path | None = None,
                log: bool = True) -> dict:
     from edgecc.data import load_sample
-    from edgecc.runtime.master import Master, RequestFailed
-    from edgecc.runtime.plan import CodedPlan
+    from edgecc.master.master import Master, RequestFailed
+    from edgecc.schemes.plan import CodedPlan
 
     t_start = time.perf_counter()
     mach = machine()

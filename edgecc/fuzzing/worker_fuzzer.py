@@ -37,8 +37,8 @@ from ..protocol import compute_spec
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, encode_frame, pack_array, unpack_array
 from ..protocol.messages import Compute, Configure, Configured, Error, Hello, Ping, Pong, Result
 from ..protocol.handshake import ClientHandshake, HandshakeError
-from ..runtime.client_handshake import client_handshake
-from ..runtime.transport import CommClosedError
+from ..master.handshake import client_handshake
+from ..comm.stream import CommClosedError
 from .payloads import raw_frame, rng_array
 from .peer import Findings, Peer, PeerStream, describe
 from .preauth import PreauthCases

@@ -3,7 +3,7 @@
 A spec is a small map whose `kind` names one computation; its other keys size it. The spec says
 which arrays the configuration must carry and which inputs every `compute` request must set, with
 their shape per group, so a worker validates requests against the spec alone, whatever scheme the
-master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edgecc/runtime.
+master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edgecc/worker/.
 
   kind          placement  torch  arrays                                   inputs per group
   affine        encoded    no     affine.weight (out, n), affine.bias      x: in_shape   (n = prod(in_shape))

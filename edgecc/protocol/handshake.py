@@ -3,7 +3,7 @@
 `ClientHandshake` is fed the worker's messages one at a time (`receive`) and answers with the
 messages to send next; it never touches a socket or an event loop, so every client (the master's
 links, `edgecc ping`, the benchmarks, the fuzzer) shares one implementation of the rules, and the
-rules can be tested without a network. `edgecc.runtime.client_handshake` drives it over a stream.
+rules can be tested without a network. `edgecc.master.handshake` drives it over a stream.
 
     AWAIT_HELLO --hello--> send auth --> AWAIT_WELCOME --welcome--> [send configure --> AWAIT_CONFIGURED
     --configured-->] DONE;  anything else, at any step --> FAILED (an exception says why)

@@ -27,8 +27,8 @@ import numpy as np
 from ..data import load_images
 from ..errors import EdgeccError
 from ..modelfile import load_model
-from ..runtime.local import LocalWorker
-from ..runtime.master import Overloaded
+from ..launch.local import LocalWorker
+from ..master.master import Overloaded
 from .links import LinkSet, LinkTimeline, kernel_features, require, tcp_congestion_control
 from .report import RequestRecord, links_markdown, write_report
 from .spec import Scenario
@@ -72,8 +72,8 @@ class LocalWorkers:
 
 
 def _plan(scheme: str, scenario: Scenario, model, info):
-    """The scheme's plan from the registry (runtime/schemes.py), on the scenario's N workers."""
-    from ..runtime.schemes import PlanRequest, build_plan
+    """The scheme's plan from the registry (schemes/registry.py), on the scenario's N workers."""
+    from ..schemes.registry import PlanRequest, build_plan
 
     return build_plan(scheme, PlanRequest(scenario.N, model, info, placement=scenario.placement,
                                           encode_precision=scenario.encode_precision,
@@ -142,7 +142,7 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
 
 async def _run_scheme(scheme: str, scenario: Scenario, model, info, images, labels, log_dir: Path,
                       progress, links: LinkSet | None) -> tuple[list[RequestRecord], dict[str, Any], dict[str, Any] | None]:
-    from ..runtime.master import Master
+    from ..master.master import Master
 
     plan = _plan(scheme, scenario, model, info)
     token = secrets.token_hex(32)
@@ -187,7 +187,7 @@ def _variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None) -> dict[str, Any]:
     """Run every scheme of `scenario` and write report.json, report.md and plots into `out_dir`."""
-    from ..runtime.transport import run
+    from ..comm.stream import run
 
     if scenario.has_links:  # refused before anything is loaded or written
         require(f"scenario {scenario.name!r}" + (f" ({scenario.source})" if scenario.source else ""))

@@ -63,13 +63,13 @@ from pathlib import Path
 from typing import Any
 
 from edgecc.errors import ConfigError
-from edgecc.runtime.schemes import SCHEMES as _REGISTRY
+from edgecc.schemes.registry import SCHEMES as _REGISTRY
 from edgecc.scenario.latency import (
     Constant, Distribution, Failure, FieldError, WorkerBehaviour, as_int, as_number, as_table,
     check_keys, parse_failures, parse_latency,
 )
 
-SCHEMES = tuple(_REGISTRY)  # every scheme runtime/schemes.py can build
+SCHEMES = tuple(_REGISTRY)  # every scheme schemes/registry.py can build
 DEFAULT_SCHEMES = SCHEMES[:3]  # the learned code [10] and ApproxIFER run only where a scenario names them
 PLACEMENTS = ("encoded", "shared")
 ARRIVAL_PROCESSES = ("closed", "poisson")

@@ -48,11 +48,11 @@ DEFAULT_WINDOW_MS = 2.0  # batching window: the sweep in results/serve-sweep.md 
 
 
 def build_plan(scheme: str, model: str, N: int, encode_precision: str = "auto", wire_dtype: str = "f4"):
-    """The plan for `scheme` from the registry (runtime/schemes.py); the AICC `model` fixes K for every
+    """The plan for `scheme` from the registry (schemes/registry.py); the AICC `model` fixes K for every
     scheme, and is what the aicc scheme runs."""
     from ..errors import EdgeccError
     from ..modelfile import load_model
-    from ..runtime.schemes import PlanRequest, build_plan as registry_plan
+    from ..schemes.registry import PlanRequest, build_plan as registry_plan
 
     net, info = load_model(model)
     if info["kind"] != "aicc":

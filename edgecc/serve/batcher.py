@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.master import Overloaded, RequestFailed
+from ..master.master import Overloaded, RequestFailed
 
 BLANK = np.zeros((28, 28), dtype=np.uint8)
 

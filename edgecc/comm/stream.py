@@ -168,7 +168,7 @@ class Comm:
 
     def kernel_backlog(self) -> int | None:
         """Bytes in the kernel's send queue (unsent + unacknowledged; Linux SIOCOUTQ); 0 for a transport
-        with no socket under it (runtime/memory_pipe: its write buffer is all there is); None if
+        with no socket under it (comm/memory_pipe: its write buffer is all there is); None if
         unknown. Lets a heartbeat tell a slow link (the backlog shrinks) from a dead one (it does not)."""
         sock = self.writer.get_extra_info("socket")
         if sock is None:

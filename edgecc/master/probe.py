@@ -6,8 +6,8 @@ import time
 
 from ..errors import EdgeccError
 from ..protocol.handshake import ClientHandshake, HandshakeError
-from .client_handshake import client_handshake
-from .transport import connect
+from .handshake import client_handshake
+from ..comm.stream import connect
 
 
 async def probe(host: str, port: int, token: bytes, timeout: float = 5.0, ssl_context=None) -> dict:

@@ -1,7 +1,7 @@
 """ApproxIFER as a runtime scheme: the master's side (coding/berrut.py does the math).
 
 Every worker runs the unmodified centralized model ("plain" placement: the MLP on the numpy path,
-runtime/compute.PlainCompute; the CNN with torch, runtime/plain_cnn.PlainCNNCompute) on the Berrut
+worker/compute.PlainCompute; the CNN with torch, worker/plain_cnn.PlainCNNCompute) on the Berrut
 combination u(z_n) of the K images of each group. The master decodes from whichever K workers answer
 first (N = K + S tolerates S stragglers); with `byzantine` = E it waits for 2K + 2E − 1 answers and
 decodes around up to E wrong ones, naming them (N = 2K + S + 2E − 1).
@@ -21,7 +21,7 @@ from ..coding.berrut import WORKER_POINT_SETS, BerrutCode, needed_results
 from ..errors import ConfigError
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
-from .plain_cnn import plain_spec
+from ..worker.plain_cnn import plain_spec
 from .plan import kth_fastest
 
 BASE_KINDS = ("centralized-mlp", "centralized-cnn")
@@ -32,7 +32,7 @@ def base_arrays(model, info: dict[str, Any]) -> dict[str, np.ndarray]:
     if info["kind"] == "centralized-mlp":
         return {f"mlp.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
     if info["kind"] == "centralized-cnn":
-        from .plain_cnn import cnn_arrays
+        from ..worker.plain_cnn import cnn_arrays
 
         return cnn_arrays(model)
     raise ConfigError(f"ApproxIFER's workers run a centralized model ({', '.join(BASE_KINDS)}), not {info['kind']!r}")

@@ -4,7 +4,7 @@
 that runs it, imported on use, so the torch-free kinds ("affine", "affine-hs", "mlp") never load
 torch: the H_B map is one GEMM. Requests are validated against the spec; large ones compute in a
 thread so the event loop keeps answering pings and reading frames. Scenarios and tests attach
-injected delays, failures and lies as `faults` (runtime/faults.py), around the computation.
+injected delays, failures and lies as `faults` (worker/faults.py), around the computation.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from ..protocol.compute_spec import KINDS, NEEDS_TORCH, ComputeSpec
 from ..protocol.frames import FatalProtocolError, RemoteProtocolError, pack_array, unpack_array
 from ..protocol.messages import (PROTOCOL_MINOR, PROTOCOL_VERSION, Auth, Cancel, Compute, Configure, Configured, Error,
                                  Hello, Ping, Pong, Result, Welcome, version_mismatch)
-from .blas import single_threaded_blas
+from ..blas import single_threaded_blas
 from .faults import Faults
-from .limits import Limits
-from .transport import Comm, CommClosedError
+from ..protocol.limits import Limits
+from ..comm.stream import Comm, CommClosedError
 
 log = logging.getLogger("edgecc.worker")
 
@@ -78,7 +78,7 @@ class Worker:
     token: bytes
     limits: Limits = field(default_factory=Limits)
     bundle: tuple[dict, dict[str, np.ndarray], str] | None = None  # (info, arrays, digest) from --bundle
-    faults: Faults | None = None  # scenarios/tests only: injected delays, failures and lies (runtime/faults.py)
+    faults: Faults | None = None  # scenarios/tests only: injected delays, failures and lies (worker/faults.py)
     data_dir: str | None = None
     ssl_context: Any = None
     name: str = "worker"
@@ -94,7 +94,7 @@ class Worker:
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
-        single_threaded_blas()  # process-wide, see runtime/blas.py
+        single_threaded_blas()  # process-wide, see blas.py
         self.server = await asyncio.start_server(self._serve, host, port, ssl=self.ssl_context,
                                                  limit=1 << 18, ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None)
         bound = self.server.sockets[0].getsockname()[1]

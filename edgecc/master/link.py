@@ -26,9 +26,9 @@ from ..errors import EdgeccError
 from ..protocol.frames import RemoteProtocolError, encode_frame
 from ..protocol.handshake import ClientHandshake, HandshakeAuthError
 from ..protocol.messages import Cancel, Configure, Error, Hello, Ping, Pong, Result
-from .client_handshake import client_handshake
-from .schemes import configure_message
-from .transport import Comm, CommClosedError
+from .handshake import client_handshake
+from ..schemes.registry import configure_message
+from ..comm.stream import Comm, CommClosedError
 
 if TYPE_CHECKING:
     from .master import Master

@@ -21,10 +21,10 @@ import numpy as np
 from ..errors import DecodeError, EdgeccError
 from ..protocol.frames import RemoteProtocolError, encode_frame, unpack_array
 from ..protocol.messages import Compute, Result
-from .blas import single_threaded_blas
-from .limits import Limits
+from ..blas import single_threaded_blas
+from ..protocol.limits import Limits
 from .link import MAX_QUEUED_BYTES, AuthError, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
-from .transport import Comm, CommClosedError, connect, keep_frame_memory
+from ..comm.stream import Comm, CommClosedError, connect, keep_frame_memory
 
 # (worker index, host, port) -> a connected Comm
 Connector = Callable[[int, str, int], Awaitable[Comm]]
@@ -100,8 +100,8 @@ class Master:
         # load, one group took 8 ms this way and 260 ms with torch's 2-thread intra-op pool.
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
-        single_threaded_blas()  # numpy's too (decoding): see runtime/blas.py
-        keep_frame_memory()  # N frames per request are allocated and freed: see runtime/transport.py
+        single_threaded_blas()  # numpy's too (decoding): see blas.py
+        keep_frame_memory()  # N frames per request are allocated and freed: see comm/stream.py
         self.encode_threads = encode_threads or os.cpu_count() or 1
         self.encode_pool = ThreadPoolExecutor(max_workers=self.encode_threads, thread_name_prefix="edgecc-encode")
         # Small requests encode on all cores but one, which stays with the event loop (sends, results, decode).

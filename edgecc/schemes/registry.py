@@ -4,7 +4,7 @@
 A scheme is a name and a builder. A builder takes a `PlanRequest` — K (from the AICC model the run
 is about, or given), the number of workers N, and the run's options — and returns a plan: the
 master's side of the scheme (what to send each worker, when results suffice, how to decode; see
-runtime/plan.py) and each worker's role: `name`, `compute_spec(index)` (what the worker runs, a
+schemes/plan.py) and each worker's role: `name`, `compute_spec(index)` (what the worker runs, a
 protocol/compute_spec.py kind) and `scheme_params(index)` (the scheme's own parameters, for the
 worker's log), which `configure_message` puts on the wire. Adding a scheme is its plan module plus
 one line in SCHEMES. Builders import their plans lazily, so reading the registry (scenario files
@@ -85,11 +85,11 @@ def _approxifer(r: PlanRequest):
 
 
 SCHEMES: dict[str, Callable[[PlanRequest], Any]] = {
-    "aicc": _aicc,  # the learned polynomial code: any R of N (runtime/plan.py CodedPlan)
+    "aicc": _aicc,  # the learned polynomial code: any R of N (schemes/plan.py CodedPlan)
     "uncoded": _replicated(False),  # K workers, one image each: wait for all
     "replication": _replicated(True),  # N workers, image n mod K each: the first copy wins
     "learned-code": _learned_code,  # Kosaian et al.: k data workers + 1 learned parity
-    "approxifer": _approxifer,  # Soleymani et al.: Berrut-coded inputs to the centralized model (runtime/approxifer.py)
+    "approxifer": _approxifer,  # Soleymani et al.: Berrut-coded inputs to the centralized model (schemes/approxifer.py)
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol.frames import DEFAULT_MAX_FRAME
+from .frames import DEFAULT_MAX_FRAME
 
 
 @dataclass(frozen=True)

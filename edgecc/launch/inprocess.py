@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Sequence
 
-from .memory_pipe import memory_streams
-from .transport import READ_CHUNK, Comm
-from .worker import Worker
+from ..comm.memory_pipe import memory_streams
+from ..comm.stream import READ_CHUNK, Comm
+from ..worker.server import Worker
 
 
 class InProcessWorkers:

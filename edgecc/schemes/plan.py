@@ -58,10 +58,10 @@ def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, 
 
     The result is made as the runtime makes it: the master evaluates E(α_n) in fp32 and rounds it (and V_p)
     to the wire dtype (encoded placement; shared-placement workers evaluate E themselves in fp32), the worker
-    runs its fp32 affine map (runtime/compute.EncodedCompute) and rounds the result to the wire dtype. The
+    runs its fp32 affine map (worker/compute.EncodedCompute) and rounds the result to the wire dtype. The
     exact value is the same map in float64 on E(α_n) evaluated in float64 from the same coefficients, so
     the measured error is exactly what decoding amplifies (the coefficients are shared by every worker)."""
-    from .compute import EncodedCompute
+    from ..worker.compute import EncodedCompute
 
     coef, v = calibration
     xt = model.evaluate_encoder(coef, list(points)).numpy()  # (B, n, 28, 28) fp32, as the master encodes
@@ -144,7 +144,7 @@ class CodedPlan:
     def R(self) -> int:
         return self.scheme.R
 
-    name = "aicc"  # the registry's name (runtime/schemes.py), sent in configure.scheme
+    name = "aicc"  # the registry's name (schemes/registry.py), sent in configure.scheme
 
     def compute_spec(self, index: int) -> ComputeSpec:
         """What worker `index` runs: the collapsed affine map (encoded), or E(α_index) and H (shared)."""
@@ -279,12 +279,12 @@ class CodedPlan:
 
 
 class _PlainWorkers:
-    """Plans whose N workers all run the centralized MLP (runtime/compute.PlainCompute) on one image each."""
+    """Plans whose N workers all run the centralized MLP (worker/compute.PlainCompute) on one image each."""
 
     placement = "plain"
 
     def _configure_plain(self, mlp, K: int, N: int, wire_dtype: str) -> None:
-        from .compute import mlp_spec
+        from ..worker.compute import mlp_spec
 
         self.K, self.N, self.wire_dtype = K, N, wire_dtype
         self.alphas = [float(n + 1) for n in range(N)]  # worker labels in the master's stats; workers never see them

@@ -1,0 +1,1 @@
+"""How master and workers reach each other: message streams (`Comm`) and listeners, by address scheme."""
