@@ -29,7 +29,8 @@ from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Result
 from edgecc.master.handshake import client_handshake
 from edgecc.launch.local import LocalWorker, process_cpu_s
-from edgecc.comm.stream import connect, run
+from edgecc.comm import connect
+from edgecc.process import run
 
 
 
@@ -42,7 +43,7 @@ async def round_trips(port: int, token: bytes, groups: list[int], requests: int,
         return Configure(0, "aicc", {"K": 2, "alpha": 0.5}, compute_spec.affine().to_wire(), "f4", digest(arrays),
                          {k: pack_array(v) for k, v in arrays.items()}, None)
 
-    comm = await connect("127.0.0.1", port)
+    comm = await connect(f"127.0.0.1:{port}")
     try:
         await client_handshake(comm, ClientHandshake(token, placement="encoded", configure=configure))
         out, cpu = {}, {}

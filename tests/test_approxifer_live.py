@@ -14,7 +14,8 @@ from edgecc.errors import ConfigError
 from edgecc.modelfile import load_model
 from edgecc.schemes.approxifer import ApproxIFERPlan
 from edgecc.worker.compute import PlainCompute
-from edgecc.master.master import Master, run_stream
+from edgecc.master.master import Master
+from edgecc.master.stream import run_stream
 from edgecc.worker.plain_cnn import PlainCNNCompute, plain_compute
 
 from .conftest import TOKEN
@@ -147,9 +148,9 @@ async def test_cnn_base_over_tcp():
     groups = images[:32].reshape(-1, 2, 28, 28)
     outs = in_process(plan, groups)
     workers = [wm.Worker(TOK, name=f"cnn{i}") for i in range(3)]
-    ports = [await w.start("127.0.0.1", 0) for w in workers]
+    addresses = [await w.start("127.0.0.1:0") for w in workers]
     serving = [asyncio.create_task(w.serve_forever()) for w in workers]
-    m = Master(plan, [("127.0.0.1", p) for p in ports], TOK, request_timeout=20.0)
+    m = Master(plan, addresses, TOK, request_timeout=20.0)
     try:
         await m.start(wait_ready=20)
         info_ = {}

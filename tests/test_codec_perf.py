@@ -11,15 +11,15 @@ import sys
 
 import pytest
 
-from edgecc.comm import stream as transport
+from edgecc import process
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def test_keep_frame_memory_takes_on_glibc_and_is_idempotent():
-    first = transport.keep_frame_memory()
+    first = process.keep_frame_memory()
     assert first == GLIBC
-    assert transport.keep_frame_memory() == first  # a second call (every Master does one) changes nothing
+    assert process.keep_frame_memory() == first  # a second call (every Master does one) changes nothing
 
 
 @pytest.mark.skipif(not GLIBC, reason="the allocator setting is glibc's (mallopt); elsewhere it is a no-op")

@@ -455,8 +455,8 @@ async def test_a_client_with_the_wrong_token_is_told_so(worker):
     from edgecc.master.probe import probe
 
     with pytest.raises(EdgeccError, match="refused the handshake: auth"):
-        await probe(*worker.address, b"not-the-token-0123456789abcdef")
-    info = await probe(*worker.address, TOKEN.encode())
+        await probe(worker.address, b"not-the-token-0123456789abcdef")
+    info = await probe(worker.address, TOKEN.encode())
     assert info["caps"]["proto_minor"] == 1
 
 
@@ -470,7 +470,7 @@ async def test_a_silent_peer_fails_the_client_handshake_after_handshake_timeout(
     try:
         t0 = time.monotonic()
         with pytest.raises(EdgeccError, match="no hello from the worker within 0.5 s"):
-            await probe("127.0.0.1", server.sockets[0].getsockname()[1], TOKEN.encode(), timeout=0.5)
+            await probe(("127.0.0.1", server.sockets[0].getsockname()[1]), TOKEN.encode(), timeout=0.5)
         assert time.monotonic() - t0 < 3
     finally:
         server.close()

@@ -47,7 +47,9 @@ class SlowReaderWorker(Worker):
     """Reads its socket in short bursts (5 ms every 100 ms): a slow link whose backlog at the master
     grows while requests keep coming, but never stops draining."""
 
-    async def _serve(self, reader, writer) -> None:
+    async def _serve(self, comm) -> None:
+        writer = comm.writer
+
         async def trickle() -> None:
             while True:
                 writer.transport.pause_reading()
@@ -57,7 +59,7 @@ class SlowReaderWorker(Worker):
 
         t = asyncio.create_task(trickle())
         try:
-            await super()._serve(reader, writer)
+            await super()._serve(comm)
         finally:
             t.cancel()
 
@@ -99,8 +101,7 @@ async def linked_master(default_model, workers, **kw):
     """A started Master of the default model's plan over in-process `workers`; closed on exit."""
     model, info = default_model
     linked = InProcessWorkers(workers)
-    m = Master(CodedPlan(model, info, len(workers)), linked.addresses(len(workers)), TOKEN,
-               connector=linked.connector, **kw)
+    m = Master(CodedPlan(model, info, len(workers)), await linked.start(), TOKEN, **kw)
     try:
         await m.start(wait_ready=20)
         assert await m.wait_all_ready(20)
@@ -265,7 +266,7 @@ async def test_a_lagging_link_left_out_of_a_request_takes_it_when_another_worker
 
 def test_admission_plans_with_the_median_encode_time_so_one_stall_sheds_nothing(default_model):
     model, info = default_model
-    m = Master(CodedPlan(model, info, 3), InProcessWorkers.addresses(3), TOKEN, encode_threads=2)
+    m = Master(CodedPlan(model, info, 3), InProcessWorkers.placeholders(3), TOKEN, encode_threads=2)
     assert m.encode_s_per_group == 0.0  # nothing measured: admit everything
     m._encode_samples.extend([0.003] * 20 + [0.100])  # one request stalled 100 ms per group by a CPU spike
     assert m.encode_s_per_group == pytest.approx(0.003)
@@ -280,7 +281,7 @@ def test_admission_plans_with_the_median_encode_time_so_one_stall_sheds_nothing(
 
 def test_admission_counts_the_workers_recent_time_and_forgets_it(default_model):
     model, info = default_model
-    m = Master(CodedPlan(model, info, 3), InProcessWorkers.addresses(3), TOKEN, encode_threads=2)
+    m = Master(CodedPlan(model, info, 3), InProcessWorkers.placeholders(3), TOKEN, encode_threads=2)
     now = time.monotonic()
     m._service_samples.extend([(now - 1.0, 0.300)] * 5 + [(now - 60.0, 9.0)] * 20)  # 20 stale, 5 recent
     assert m.workers_s(now) == pytest.approx(0.300)

@@ -5,7 +5,8 @@ import asyncio
 import pytest
 
 from edgecc.comm.memory_pipe import DELIVERY_CHUNK, HIGH_WATER, memory_streams
-from edgecc.comm.stream import Comm, CommClosedError
+from edgecc.comm import CommClosedError
+from edgecc.comm.stream import StreamComm as Comm
 from edgecc.protocol.messages import Ping, Pong
 
 

@@ -13,7 +13,8 @@ import torch
 from edgecc.data import load_sample
 from edgecc.errors import EdgeccError
 from edgecc.modelfile import load_model
-from edgecc.master.master import Master, RequestFailed, run_stream
+from edgecc.master.master import Master, RequestFailed
+from edgecc.master.stream import run_stream
 from edgecc.schemes.plan import CodedPlan
 
 from .conftest import TOKEN
@@ -175,7 +176,7 @@ async def test_hb_worker_runs_without_torch(tiny_models, spawn_workers, tmp_path
     model, info = load_model(tiny_models["hb"])
     plan = CodedPlan(model, info, 3, encode_precision="fp32")
     workers = spawn_workers(3, env=env)
-    hello = await probe(*workers[0].address, TOK)
+    hello = await probe(workers[0].address, TOK)
     assert hello["caps"]["torch"] is False and hello["caps"]["placements"] == ["encoded", "plain"]
     await stream_200_and_match_in_process(model, plan, workers)
 

@@ -70,7 +70,7 @@ async def test_a_new_scheme_needs_only_its_plan_and_one_registry_line(monkeypatc
     plan = schemes.build_plan("sum-code", schemes.PlanRequest(N=4, K=3))
     workers = [Worker(TOKEN) for _ in range(4)]
     linked = InProcessWorkers(workers)
-    m = Master(plan, linked.addresses(4), TOKEN, connector=linked.connector)
+    m = Master(plan, await linked.start(), TOKEN)
     try:
         await m.start(wait_ready=20)
         assert await m.wait_all_ready(20)

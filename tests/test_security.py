@@ -14,10 +14,11 @@ from edgecc.data import load_sample
 from edgecc.errors import EdgeccError
 from edgecc.modelfile import load_model
 from edgecc.protocol.messages import PROTOCOL_VERSION
-from edgecc.master.master import Master, run_stream
+from edgecc.master.master import Master
+from edgecc.master.stream import run_stream
 from edgecc.schemes.plan import CodedPlan
 from edgecc.master.probe import probe
-from edgecc.comm.stream import client_ssl_context
+from edgecc.comm.tcp import client_ssl_context
 
 from .conftest import TOKEN
 
@@ -56,10 +57,10 @@ async def test_tls_workers_serve_a_master_that_trusts_their_ca(tiny_models, spaw
 async def test_tls_worker_refuses_plaintext_and_untrusted_masters(spawn_workers, tls_files):
     w = spawn_workers(1, extra=["--tls-cert", str(tls_files["cert"]), "--tls-key", str(tls_files["key"])])[0]
     with pytest.raises((EdgeccError, asyncio.TimeoutError)):
-        await probe(*w.address, TOKEN.encode(), timeout=2.0)  # plaintext client against a TLS server
+        await probe(w.address, TOKEN.encode(), timeout=2.0)  # plaintext client against a TLS server
     with pytest.raises(EdgeccError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
-        await probe(*w.address, TOKEN.encode(), timeout=5.0, ssl_context=client_ssl_context(str(tls_files["other_ca"])))
-    ok = await probe(*w.address, TOKEN.encode(), timeout=5.0, ssl_context=client_ssl_context(str(tls_files["ca"])))
+        await probe(w.address, TOKEN.encode(), timeout=5.0, ssl_context=client_ssl_context(str(tls_files["other_ca"])))
+    ok = await probe(w.address, TOKEN.encode(), timeout=5.0, ssl_context=client_ssl_context(str(tls_files["ca"])))
     assert ok["proto"] == PROTOCOL_VERSION
 
 

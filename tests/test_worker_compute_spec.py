@@ -17,7 +17,7 @@ from edgecc.protocol.frames import pack_array, unpack_array
 from edgecc.protocol.handshake import ClientHandshake
 from edgecc.protocol.messages import Compute, Configure, Configured, Error, Result
 from edgecc.master.handshake import client_handshake
-from edgecc.comm.stream import connect
+from edgecc.comm import connect
 
 from .conftest import TOKEN
 from .test_runtime import BLOCK_TORCH  # a sitecustomize that makes `import torch` fail
@@ -27,7 +27,7 @@ RNG = np.random.default_rng(3)
 
 async def session(worker, spec: dict, arrays: dict[str, np.ndarray]):
     """An authenticated connection to `worker` configured with `spec`; returns (comm, reply to configure)."""
-    comm = await connect(*worker.address)
+    comm = await connect("%s:%d" % worker.address)
     await client_handshake(comm, ClientHandshake(TOKEN.encode()))
     await comm.write(Configure(0, "test", {"note": "shapes of no shipped scheme"}, spec, "f4", digest(arrays),
                                {k: pack_array(v) for k, v in arrays.items()}, None))
@@ -90,7 +90,7 @@ async def test_a_torch_free_worker_offers_only_the_numpy_kinds(spawn_workers, tm
     block.mkdir()
     (block / "sitecustomize.py").write_text(BLOCK_TORCH)
     [w] = spawn_workers(1, env={"PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])})
-    comm = await connect(*w.address)
+    comm = await connect("%s:%d" % w.address)
     try:
         hs = await client_handshake(comm, ClientHandshake(TOKEN.encode()))
         assert hs.hello.caps["torch"] is False and hs.hello.caps["computes"] == ["affine", "affine-hs", "mlp"]

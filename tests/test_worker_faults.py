@@ -20,6 +20,7 @@ from edgecc.protocol.messages import Compute, Configure, Result
 from edgecc.master.handshake import client_handshake
 from edgecc.worker.compute import AffineCompute
 from edgecc.worker.faults import LIES, Faults, lie
+from edgecc.comm import connect
 from edgecc.launch.inprocess import InProcessWorkers
 from edgecc.worker.server import Worker, WorkerState
 
@@ -36,7 +37,7 @@ def honest(x: np.ndarray) -> np.ndarray:
 
 async def configured(worker: Worker):
     linked = InProcessWorkers([worker])
-    comm = await linked.connector(0, "inprocess", 0)
+    comm = await connect((await linked.start())[0])
     configure = Configure(0, "aicc", {"alpha": 0.5}, compute_spec.affine().to_wire(), "f4", digest(ARRAYS),
                           {k: pack_array(v) for k, v in ARRAYS.items()}, None)
     await client_handshake(comm, ClientHandshake(TOKEN, configure=lambda h: configure))

@@ -149,7 +149,8 @@ def hb_bundle(tiny_models, tmp_path_factory) -> tuple[Path, str]:
 async def decode_through(workers, plan) -> tuple[np.ndarray, dict, np.ndarray]:
     """A real run through `workers` with the shipped images: (logits of the first 32 groups, summary, predictions)."""
     from edgecc.data import load_sample
-    from edgecc.master.master import Master, run_stream
+    from edgecc.master.master import Master
+    from edgecc.master.stream import run_stream
 
     images, labels = load_sample()
     m = Master(plan, [w.address for w in workers], TOK, request_timeout=20.0)
@@ -199,7 +200,7 @@ async def test_master_decodes_through_three_torch_free_workers(hb_plan, venv_wor
     from edgecc.master.probe import probe
 
     workers = venv_workers(3)
-    hello = await probe(*workers[0].address, TOK)
+    hello = await probe(workers[0].address, TOK)
     assert hello["caps"]["torch"] is False
     assert "encoded" in hello["caps"]["placements"] and "shared" not in hello["caps"]["placements"]
     assert hello["bundle"] is None  # no bundle: the master sends the arrays at configure
@@ -216,7 +217,7 @@ async def test_bundle_from_export_serves_torch_free_workers(hb_plan, hb_bundle, 
     bundle, sha = hb_bundle
     assert sha == hb_plan.digest  # export and the master's plan agree on the arrays
     workers = venv_workers(3, ["--bundle", str(bundle)])
-    hello = await probe(*workers[0].address, TOK)
+    hello = await probe(workers[0].address, TOK)
     assert hello["bundle"] == sha and hello["caps"]["torch"] is False  # so the master does not resend the arrays
     logits, summary, preds = await decode_through(workers, hb_plan)
     check_against_in_process(hb_plan.model, logits, summary, preds)

@@ -55,6 +55,6 @@ async def connected_master(plan, addresses, token: bytes, request_timeout: float
 
 
 def run_coroutine(coro):
-    from ..comm.stream import run
+    from ..process import run
 
     return run(coro)

@@ -1,5 +1,5 @@
 """Section "codec" of `edgecc bench`: what receiving one request frame costs, with glibc's default
-allocator settings and with freed frame memory kept (transport.keep_frame_memory).
+allocator settings and with freed frame memory kept (process.keep_frame_memory).
 
 A sender process writes Compute frames of B groups (f4) over loopback TCP as fast as the receiver
 takes them; the receiver reads them with the runtime's `Comm.read` (socket read, framing, msgpack,
@@ -46,7 +46,7 @@ def _send(port: int, B: int, count: int) -> None:
 
 
 async def _receive(B: int, count: int) -> dict[str, Any]:
-    from ..comm.stream import READ_CHUNK, Comm
+    from ..comm.stream import READ_CHUNK, StreamComm as Comm
 
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
@@ -128,10 +128,10 @@ def _main() -> None:
     args = json.loads(sys.argv[1])
     kept = False
     if args["keep"]:  # before any frame is allocated: the sender processes fork from here, unaffected either way
-        from ..comm.stream import keep_frame_memory
+        from ..process import keep_frame_memory
 
         kept = keep_frame_memory()
-    try:  # the runtime's loop, without transport.run (which would keep frame memory in both settings)
+    try:  # the runtime's loop, without process.run (which would keep frame memory in both settings)
         import uvloop
 
         factory = uvloop.new_event_loop

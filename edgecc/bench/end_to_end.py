@@ -49,7 +49,7 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
     """In-process runs use torch's default `threads` (as evaluate.py runs); the Master sets its own."""
     from ..export import worker_arrays
     from ..worker.compute import EncodedCompute
-    from ..master.master import run_stream
+    from ..master.stream import run_stream
     from ..schemes.plan import CodedPlan
 
     rows = []

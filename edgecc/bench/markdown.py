@@ -92,7 +92,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     if cd:
         out += ["**Receiving a request frame** (Comm.read over loopback from a sender process: socket read, framing, msgpack, "
                 "validation; the receiver's CPU per frame) with glibc's default allocator settings and with freed frame "
-                f"memory kept, as every edgecc process runs (transport.keep_frame_memory{'' if cd.get('kept') else '; not in effect here'})", ""]
+                f"memory kept, as every edgecc process runs (process.keep_frame_memory{'' if cd.get('kept') else '; not in effect here'})", ""]
         out += _table(["groups", "frame", "CPU/frame, defaults", "CPU/frame, memory kept", "of which system, kept",
                        "socket floor (recv_into one buffer)"],
                       [[str(d["groups"]), _si(d["frame_bytes"], "B"), _t(d["cpu_us_per_frame"] / 1e6), _t(k["cpu_us_per_frame"] / 1e6),

@@ -29,9 +29,10 @@ async def ping_rtts(address: tuple[str, int], token: bytes, count: int) -> list[
     from ..protocol.handshake import ClientHandshake
     from ..protocol.messages import Ping, Pong
     from ..master.handshake import client_handshake
-    from ..comm.stream import connect
+    from ..comm import connect
+    from ..comm.addressing import format_host_port
 
-    comm = await connect(*address, timeout=5.0)
+    comm = await connect(format_host_port(*address), timeout=5.0)
     try:
         await client_handshake(comm, ClientHandshake(token))
         rtts = []

@@ -14,7 +14,7 @@ from .options import images_from, limit_options, make_limits, setup_logging
 
 
 @main.command()
-@click.option("--listen", default="127.0.0.1:7700", show_default=True, help="HOST:PORT (port 0 picks a free one)")
+@click.option("--listen", default="127.0.0.1:7700", show_default=True, help="[tcp://|tls://]HOST:PORT to listen on (port 0 picks a free one; tls with --tls-cert)")
 @click.option("--token-file", default=None, help="file holding the shared token [default: $EDGECC_TOKEN_FILE or $EDGECC_TOKEN]")
 @click.option("--bundle", default=None, type=click.Path(dir_okay=False), help="preloaded worker bundle (edgecc export)")
 @click.option("--tls-cert", default=None, help="certificate file (enables TLS)")
@@ -43,11 +43,22 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     import asyncio
 
     from ..protocol.auth import load_token
-    from ..comm.stream import parse_address, run, server_ssl_context
+    from ..comm import AddressError, split_address
+    from ..comm.addressing import parse_host_port
+    from ..comm.tcp import server_ssl_context
+    from ..process import run
     from ..worker.server import Worker
 
     setup_logging(log_level)
-    host, port = parse_address(listen)
+    tls = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    try:
+        scheme, location = split_address(listen, "tls" if tls else "tcp")
+        if scheme == "mem":
+            raise AddressError(f"{listen!r}: mem:// is reachable only inside one process; a worker process "
+                               "listens on tcp://HOST:PORT or tls://HOST:PORT")
+        host, port = parse_host_port(location) if scheme in ("tcp", "tls") else (None, None)
+    except AddressError as e:
+        raise click.UsageError(str(e)) from None
     loaded = None
     if bundle:
         from ..bundle import load_bundle
@@ -66,8 +77,10 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     w = Worker(load_token(token_file), make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
-               loaded, faults, data_dir, server_ssl_context(tls_cert, tls_key) if tls_cert else None, name=f"worker {index}")
+               loaded, faults, data_dir, tls, name=f"worker {index}")
     if metrics_port is not None:
+        if host is None:
+            raise click.UsageError(f"--metrics-port serves HTTP beside a TCP worker, not at {listen!r}")
         from ..worker.metrics import start_metrics_server
 
         _, mport = start_metrics_server(w, host, metrics_port)
@@ -86,12 +99,15 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 
             watcher = asyncio.create_task(watch_parent(orphaned))  # held here: the loop keeps tasks weakly
         try:
-            bound = await w.start(host, port)
-            if port_file:
+            try:
+                bound = await w.start(listen)
+            except AddressError as e:
+                raise click.UsageError(str(e)) from None
+            if port_file:  # local launchers (launch/local.py) read the port the worker was given
                 from pathlib import Path
 
-                Path(port_file).write_text(str(bound))
-            click.echo(f"edgecc worker listening on {host}:{bound}", err=True)
+                Path(port_file).write_text(bound.rsplit(":", 1)[-1])
+            click.echo(f"edgecc worker listening on {bound}", err=True)
             await w.serve_forever()
         except asyncio.CancelledError:
             pass
@@ -107,7 +123,8 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 
 
 @main.command()
-@click.option("--workers", required=True, help="comma-separated HOST:PORT of the N workers, in α order")
+@click.option("--workers", required=True, help="comma-separated addresses of the N workers, in α order: "
+              "HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
 @click.option("--model", default="default", show_default=True, help="model file, or 'default' (shipped)")
 @click.option("--images", default="sample", show_default=True, help="'sample' (shipped), 'test', 'train' or an .npz")
 @click.option("--data-dir", default=None)
@@ -146,12 +163,22 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
 
     from ..modelfile import load_model
     from ..protocol.auth import load_token
-    from ..master.master import Master, run_stream
+    from ..master.master import Master
+    from ..master.stream import run_stream
     from ..schemes.registry import BASELINE, PlanRequest, build_plan
-    from ..comm.stream import client_ssl_context, parse_address, run
+    from ..comm import AddressError
+    from ..comm.registry import backend_for
+    from ..comm.tcp import client_ssl_context
+    from ..process import run
 
     setup_logging(log_level)
-    addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
+    addresses = [a.strip() for a in workers.split(",") if a.strip()]
+    ssl_context = client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None
+    try:
+        for a in addresses:
+            backend_for(a, ssl_context)
+    except AddressError as e:
+        raise click.UsageError(f"--workers: {e}") from None
     net, info = load_model(model)
     if scheme == "auto":  # the model's own scheme
         if info["kind"] not in ("aicc", "learned-code"):
@@ -180,8 +207,7 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
     limits = make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
 
     async def go():
-        m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout,
-                   ssl_context=client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None)
+        m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout, ssl_context=ssl_context)
         try:
             await m.start(wait_ready=wait)
             await m.wait_all_ready(min(wait, 2.0))
@@ -214,11 +240,15 @@ def ping(address, token_file, tls_ca, timeout):
     """Check that a worker answers the authenticated handshake (exit 0 on success)."""
     from ..protocol.auth import load_token
     from ..master.probe import probe
-    from ..comm.stream import client_ssl_context, parse_address, run
+    from ..comm import AddressError
+    from ..comm.tcp import client_ssl_context
+    from ..process import run
 
-    host, port = parse_address(address)
     ctx = client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None
-    info = run(probe(host, port, load_token(token_file), timeout, ctx))
+    try:
+        info = run(probe(address, load_token(token_file), timeout, ctx))
+    except AddressError as e:
+        raise click.UsageError(str(e)) from None
     click.echo(json.dumps(info))
 
 

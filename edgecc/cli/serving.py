@@ -39,7 +39,9 @@ def serve(workers, listen, model, scheme, window_ms, max_queue, max_groups, max_
     """Classify images over HTTP: POST /v1/classify, dashboard at /, Prometheus at /metrics."""
     from ..protocol.auth import load_token
     from ..master.master import Master
-    from ..comm.stream import client_ssl_context, parse_address, run, server_ssl_context
+    from ..comm import parse_address
+    from ..comm.tcp import client_ssl_context, server_ssl_context
+    from ..process import run
     from ..serve.app import DEFAULT_WINDOW_MS, Service, build_plan, run_until_signalled
 
     setup_logging(log_level)
@@ -89,7 +91,7 @@ def load(url, rate, duration, warmup, images_per_request, fmt, deadline_ms, clie
     import ssl as ssl_mod
 
     from ..protocol.auth import load_token
-    from ..comm.stream import run
+    from ..process import run
     from ..serve.load import run_load
 
     token = load_token(client_token_file).decode() if client_token_file else None

@@ -69,7 +69,8 @@ class FakeWorker:
             self.frames += n
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from edgecc.comm.stream import Comm, CommClosedError
+        from edgecc.comm import CommClosedError
+        from edgecc.comm.stream import StreamComm as Comm
 
         comm = Comm(reader, writer)
         self.sessions += 1

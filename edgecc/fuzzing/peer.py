@@ -12,7 +12,7 @@ from typing import Any
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, decode_payload, encode_frame
 from ..protocol.handshake import ClientHandshake, HandshakeError
 from ..protocol.messages import Error, Message, parse
-from ..comm.stream import CommClosedError
+from ..comm import CommClosedError
 
 
 MAX_EXAMPLES = 40  # finding examples kept per run

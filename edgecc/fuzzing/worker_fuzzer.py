@@ -38,7 +38,7 @@ from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, en
 from ..protocol.messages import Compute, Configure, Configured, Error, Hello, Ping, Pong, Result
 from ..protocol.handshake import ClientHandshake, HandshakeError
 from ..master.handshake import client_handshake
-from ..comm.stream import CommClosedError
+from ..comm import CommClosedError
 from .payloads import raw_frame, rng_array
 from .peer import Findings, Peer, PeerStream, describe
 from .preauth import PreauthCases

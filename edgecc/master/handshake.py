@@ -2,7 +2,7 @@
 
 The one driver for every client: the master's links, `edgecc ping`, the benchmarks and the fuzzer.
 `stream` is anything with `async read(timeout) -> Message` and `async write(msg, timeout)`:
-a `transport.Comm`, or an adapter over raw bytes.
+a `comm.Comm`, or an adapter over raw bytes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ leave it out while others can serve them, but it is not torn down for being slow
 makes no progress for three heartbeat periods (no queued byte taken by the peer, or a ping taken
 and nothing received since, or nothing received while nothing is queued) is declared dead and
 reconnected.
+
+The link knows nothing of the master that owns it: it gets its settings (`LinkConfig`: the token,
+how to configure a worker from its hello, the heartbeat) and reports to a `LinkListener` (a result,
+a request's error, the worker lost), which it also asks, before a queued frame goes out, whether
+that request still wants this worker.
 """
 
 from __future__ import annotations
@@ -20,18 +25,16 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
+from ..comm import Comm, CommClosedError, connect
 from ..errors import EdgeccError
 from ..protocol.frames import RemoteProtocolError, encode_frame
 from ..protocol.handshake import ClientHandshake, HandshakeAuthError
+from ..protocol.limits import Limits
 from ..protocol.messages import Cancel, Configure, Error, Hello, Ping, Pong, Result
 from .handshake import client_handshake
-from ..schemes.registry import configure_message
-from ..comm.stream import Comm, CommClosedError
-
-if TYPE_CHECKING:
-    from .master import Master
 
 log = logging.getLogger("edgecc.master")
 
@@ -46,12 +49,48 @@ class AuthError(EdgeccError):
     """The peer failed authentication (wrong token on one side)."""
 
 
+class LinkListener(Protocol):
+    """What a link reports to, and asks: the master, or anything else that sends requests."""
+
+    def wants(self, req_id: int, index: int) -> bool:
+        """Does request `req_id` still need worker `index`? Asked before its queued frame is sent."""
+        ...
+
+    def on_sent(self, req_id: int, index: int, nbytes: int) -> None:
+        """Request `req_id`'s frame went to worker `index`'s connection."""
+        ...
+
+    def on_result(self, index: int, msg: Result) -> None: ...
+
+    def on_request_error(self, index: int, req_id: int, why: str) -> None:
+        """Worker `index` answered request `req_id` with an error: it will not answer it otherwise."""
+        ...
+
+    def on_lost(self, index: int) -> None:
+        """Worker `index`'s connection is gone; nothing it was sent will be answered."""
+        ...
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    token: bytes
+    # the configure for worker `index`, given its hello (a worker that preloaded the bundle gets no arrays)
+    configure: Callable[[int, Hello], Configure]
+    placement: str | None = None  # refuse a worker whose hello does not offer it
+    limits: Limits = field(default_factory=Limits)
+    ssl_context: Any = None
+    heartbeat_s: float = 1.0
+    max_backoff: float = 2.0  # the longest pause between reconnects
+    max_queued_bytes: int = MAX_QUEUED_BYTES
+
+
 class WorkerLink:
     """One worker: connection lifecycle, the outbound queue and its writer, the reader, the heartbeat."""
 
-    def __init__(self, master: "Master", index: int, host: str, port: int, max_queued_bytes: int = MAX_QUEUED_BYTES):
-        self.master, self.index, self.host, self.port = master, index, host, port
-        self.max_queued_bytes = max_queued_bytes
+    def __init__(self, index: int, address: str, config: LinkConfig, listener: LinkListener):
+        self.index, self.address, self.config, self.listener = index, address, config, listener
+        self.max_queued_bytes = config.max_queued_bytes
+        self.closing = False
         self.comm: Comm | None = None
         self.ready = asyncio.Event()
         self.minor = 0  # the worker's protocol minor version (1: understands cancel)
@@ -67,20 +106,17 @@ class WorkerLink:
         self.stats = {"frames_sent": 0, "frames_dropped": 0, "lagging_skips": 0, "cancels_sent": 0, "bytes_sent": 0}
 
     @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
     def lagging(self) -> bool:
         return self.queued_bytes > self.max_queued_bytes
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
-        backoff = 0.05
-        master = self.master
-        while not master.closing:
+        """Connect, serve, and reconnect with backoff whenever the connection is lost, until `stop`."""
+        backoff, cfg = 0.05, self.config
+        while not self.closing:
             try:
-                comm = await master.connector(self.index, self.host, self.port)
+                comm = await connect(self.address, timeout=cfg.limits.connect_timeout, ssl_context=cfg.ssl_context,
+                                     max_frame=cfg.limits.max_frame)
                 try:
                     await self._handshake(comm)
                     now = time.monotonic()
@@ -104,23 +140,25 @@ class WorkerLink:
                 self.ready.clear()
                 self.comm = None
                 self._clear_queue()
-                if was_ready and not master.closing:
+                if was_ready and not self.closing:
                     log.warning("worker %d (%s) lost: %s", self.index, self.address, self.last_error)
-                    master._worker_lost(self.index)
-            if master.closing:
+                    self.listener.on_lost(self.index)
+            if self.closing:
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, master.max_backoff)
+            backoff = min(backoff * 2, cfg.max_backoff)
+
+    async def stop(self) -> None:
+        """End the link: no reconnect; the connection is closed."""
+        self.closing = True
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     async def _handshake(self, comm: Comm) -> None:
-        master, plan = self.master, self.master.plan
-
-        def configure(hello: Hello) -> Configure:  # arrays nil iff the worker preloaded this bundle
-            arrays = None if hello.bundle == plan.digest else plan.wire_arrays
-            return configure_message(plan, self.index, arrays)
-
-        hs = ClientHandshake(master.token, placement=plan.placement, configure=configure,
-                             handshake_timeout=master.limits.handshake_timeout)
+        cfg = self.config
+        hs = ClientHandshake(cfg.token, placement=cfg.placement, configure=lambda hello: cfg.configure(self.index, hello),
+                             handshake_timeout=cfg.limits.handshake_timeout)
         try:
             await client_handshake(comm, hs)
         except HandshakeAuthError as e:
@@ -128,15 +166,15 @@ class WorkerLink:
         self.minor = hs.minor
 
     async def _reader(self, comm: Comm) -> None:
-        master = self.master
+        listener = self.listener
         while True:
             msg = await comm.read()
             self.last_seen = time.monotonic()
             if isinstance(msg, Result):
-                master._on_result(self.index, msg)
+                listener.on_result(self.index, msg)
             elif isinstance(msg, Error):
                 if msg.id is not None:
-                    master._on_request_error(self.index, msg.id, f"{msg.code}: {msg.message}")
+                    listener.on_request_error(self.index, msg.id, f"{msg.code}: {msg.message}")
                 else:
                     log.warning("worker %d: %s: %s", self.index, msg.code, msg.message)
             elif not isinstance(msg, Pong):
@@ -151,7 +189,7 @@ class WorkerLink:
         - nothing waited and the peer sent nothing (a paused or partitioned worker).
         A slow link keeps taking bytes and answers each ping once it gets there, so it stays: a ping
         stuck behind our own frames is not counted until it has left the backlog."""
-        period, seq = self.master.heartbeat_s, 0
+        period, seq = self.config.heartbeat_s, 0
         limit = MISSED_BEATS * period
         # this connection's liveness state
         last_progress = time.monotonic()  # last beat at which the peer took bytes we had queued
@@ -234,13 +272,13 @@ class WorkerLink:
         return not self.queue and not self.control and not comm.backed_up
 
     def _put(self, comm: Comm, req_id: int, frame: bytes) -> None:
-        if not self.master._wants(req_id, self.index):  # decoded or failed meanwhile: never sent
+        if not self.listener.wants(req_id, self.index):  # decoded or failed meanwhile: never sent
             self.stats["frames_dropped"] += 1
             return
         n = comm.send(frame)
         self.stats["frames_sent"] += 1
         self.stats["bytes_sent"] += n
-        self.master._sent(req_id, self.index, n)
+        self.listener.on_sent(req_id, self.index, n)
 
     def discard(self, req_id: int) -> bool:
         """Take request `req_id`'s frame out of the queue; True if it was still there (never sent)."""

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +23,12 @@ from ..protocol.frames import RemoteProtocolError, encode_frame, unpack_array
 from ..protocol.messages import Compute, Result
 from ..blas import single_threaded_blas
 from ..protocol.limits import Limits
-from .link import MAX_QUEUED_BYTES, AuthError, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
-from ..comm.stream import Comm, CommClosedError, connect, keep_frame_memory
-
-# (worker index, host, port) -> a connected Comm
-Connector = Callable[[int, str, int], Awaitable[Comm]]
+from ..comm import CommClosedError
+from ..comm.addressing import format_host_port
+from ..process import keep_frame_memory
+from ..protocol.messages import Configure, Hello
+from ..schemes.registry import configure_message
+from .link import MAX_QUEUED_BYTES, AuthError, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
 
 log = logging.getLogger("edgecc.master")
 
@@ -75,12 +76,14 @@ class Master:
 
     Note: constructing a Master sets torch's intra-op threads (when torch is loaded) and numpy's BLAS
     threads to 1 for the whole process (requests are encoded in parallel on `encode_threads` threads
-    instead), and keeps freed frame memory for reuse (transport.keep_frame_memory)."""
+    instead), and keeps freed frame memory for reuse (process.keep_frame_memory)."""
 
-    def __init__(self, plan, addresses: list[tuple[str, int]], token: bytes, *, limits: Limits | None = None,
+    def __init__(self, plan, addresses: list[str | tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
                  encode_threads: int | None = None, max_queue: int = 1024,
-                 max_queued_bytes: int = MAX_QUEUED_BYTES, connector: Connector | None = None):
+                 max_queued_bytes: int = MAX_QUEUED_BYTES):
+        """`addresses`: one per worker, any address comm/ can reach ('tcp://h:p', 'tls://h:p', 'mem://name';
+        a bare 'h:p' or (host, port) is TCP, or TLS when `ssl_context` is given)."""
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
@@ -89,9 +92,11 @@ class Master:
         self.heartbeat_s, self.max_backoff = heartbeat_s, max_backoff
         self.max_queue = max_queue  # requests in the master at once (queued, encoding, with workers); more are shed
         self.closing = False
-        # how a link reaches its worker: TCP (TLS with ssl_context) unless a test links them in memory
-        self.connector = connector or self._tcp
-        self.links = [WorkerLink(self, i, h, p, max_queued_bytes) for i, (h, p) in enumerate(addresses)]
+        config = LinkConfig(token, self._configure, placement=plan.placement, limits=self.limits,
+                            ssl_context=ssl_context, heartbeat_s=heartbeat_s, max_backoff=max_backoff,
+                            max_queued_bytes=max_queued_bytes)
+        self.links = [WorkerLink(i, a if isinstance(a, str) else format_host_port(*a), config, self)
+                      for i, a in enumerate(addresses)]
         self.pending: dict[int, Pending] = {}
         self._cancel_after: dict[int, set[int]] = {}  # request id -> workers to cancel it on, shortly
         self.admitted: set[int] = set()  # request ids between arrival and their end (pending or encoding)
@@ -101,7 +106,7 @@ class Master:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
         single_threaded_blas()  # numpy's too (decoding): see blas.py
-        keep_frame_memory()  # N frames per request are allocated and freed: see comm/stream.py
+        keep_frame_memory()  # N frames per request are allocated and freed: see process.py
         self.encode_threads = encode_threads or os.cpu_count() or 1
         self.encode_pool = ThreadPoolExecutor(max_workers=self.encode_threads, thread_name_prefix="edgecc-encode")
         # Small requests encode on all cores but one, which stays with the event loop (sends, results, decode).
@@ -124,8 +129,10 @@ class Master:
                       "shed": 0, "deadline_failures": 0, "waited_extra": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def _tcp(self, index: int, host: str, port: int) -> Comm:
-        return await connect(host, port, self.limits.connect_timeout, self.ssl_context, self.limits.max_frame)
+    def _configure(self, index: int, hello: Hello) -> Configure:
+        """Worker `index`'s configure: no arrays when its hello says it preloaded this plan's bundle."""
+        arrays = None if hello.bundle == self.plan.digest else self.plan.wire_arrays
+        return configure_message(self.plan, index, arrays)
 
     async def start(self, wait_ready: float = 10.0) -> None:
         """Start all links and wait until at least R workers are ready (or raise after `wait_ready` s)."""
@@ -151,10 +158,7 @@ class Master:
 
     async def close(self) -> None:
         self.closing = True
-        for link in self.links:
-            if link.task:
-                link.task.cancel()
-        await asyncio.gather(*(l.task for l in self.links if l.task), return_exceptions=True)
+        await asyncio.gather(*(l.stop() for l in self.links))
         for p in list(self.pending.values()):
             self._fail(p, "master closed")
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
@@ -333,20 +337,20 @@ class Master:
             frames.append(packed[id(pl)])
         return frames
 
-    # -- called by the links ------------------------------------------------------------------------
-    def _wants(self, req_id: int, index: int) -> bool:
+    # -- the links' listener (master/link.LinkListener) --------------------------------------------------
+    def wants(self, req_id: int, index: int) -> bool:
         """Does request `req_id` still need worker `index`'s answer? (A link asks before sending.)"""
         p = self.pending.get(req_id)
         return p is not None and not p.future.done() and index in p.outstanding
 
-    def _sent(self, req_id: int, index: int, nbytes: int) -> None:
+    def on_sent(self, req_id: int, index: int, nbytes: int) -> None:
         self.stats["bytes_sent"] += nbytes
         p = self.pending.get(req_id)
         if p is not None:
             p.sent_to.add(index)
             p.bytes_sent += nbytes
 
-    def _on_result(self, index: int, msg: Result) -> None:
+    def on_result(self, index: int, msg: Result) -> None:
         p = self.pending.get(msg.id)
         if p is None or p.future.done() or index not in p.outstanding:
             self.stats["late_results"] += 1  # decoded, failed or duplicate: nothing waits for it
@@ -378,14 +382,14 @@ class Master:
         p.future.set_result(logits)
         self._finish(p)
 
-    def _on_request_error(self, index: int, req_id: int, why: str) -> None:
+    def on_request_error(self, index: int, req_id: int, why: str) -> None:
         self.stats["worker_errors"] += 1
         self._cancel_after.get(req_id, set()).discard(index)
         p = self.pending.get(req_id)
         if p is not None:
             self._drop_worker(p, index, why)
 
-    def _worker_lost(self, index: int) -> None:
+    def on_lost(self, index: int) -> None:
         for p in list(self.pending.values()):
             if index in p.outstanding:
                 self._drop_worker(p, index, "worker disconnected")
@@ -446,55 +450,3 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
 
 def _fields(payload: dict[str, Any]) -> dict[str, Any]:
     return {"x": payload.get("x"), "v": payload.get("v"), "images": payload.get("images"), "indices": payload.get("indices")}
-
-
-async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, groups_per_request: int = 64,
-                     in_flight: int = 8, progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Stream `images` through the master; returns (summary, predictions with -1 where a request failed)."""
-    K = master.plan.K
-    n = images.shape[0] - images.shape[0] % K
-    groups = images[:n].reshape(-1, K, 28, 28)
-    preds = np.full(n, -1, dtype=np.int64)
-    latencies: list[float] = []
-    failures: dict[str, int] = {}
-    sem = asyncio.Semaphore(in_flight)
-    t0 = time.perf_counter()
-
-    async def one(start: int) -> None:
-        async with sem:
-            batch = groups[start : start + groups_per_request]
-            t = time.perf_counter()
-            try:
-                logits = await master.infer(batch)
-            except RequestFailed as e:
-                reason = str(e).split(": ", 1)[-1].split(" (")[0]
-                failures[reason] = failures.get(reason, 0) + 1
-                log.warning("%s", e)
-            else:
-                latencies.append((time.perf_counter() - t) * 1000)
-                preds[start * K : (start + batch.shape[0]) * K] = logits.argmax(-1).reshape(-1)
-            if progress:
-                progress(batch.shape[0] * K)
-
-    await asyncio.gather(*(one(s) for s in range(0, groups.shape[0], groups_per_request)))
-    elapsed = time.perf_counter() - t0
-    done = preds >= 0
-    lat = np.array(latencies) if latencies else np.array([np.nan])
-    summary = {
-        "images": int(n), "N": master.plan.N, "K": K, "need": master.plan.need, "placement": master.plan.placement,
-        "encode_precision": getattr(master.plan, "encode_precision", None),
-        "rebuilt_groups": getattr(master.plan, "rebuilt_groups", None),  # learned code: groups decoded in degraded mode
-        "accuracy": 100.0 * float((preds[done] == labels[:n][done]).mean()) if done.any() else 0.0,
-        "accuracy_all_images": 100.0 * float((preds == labels[:n]).mean()),
-        "requests_decoded": len(latencies), "requests_failed": sum(failures.values()), "failure_reasons": failures,
-        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-                       "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean())},
-        "elapsed_s": elapsed, "images_per_s": n / elapsed if elapsed > 0 else 0.0,
-        **{k: master.stats[k] for k in ("bytes_sent", "late_results", "bad_results", "worker_errors", "shed",
-                                        "deadline_failures", "waited_extra")},
-        "groups_per_request": groups_per_request, "in_flight": in_flight,
-        "workers": [{**ls, "alpha": master.plan.alphas[ls["index"]],
-                     "suspect_groups": getattr(master.plan, "suspect_groups", [0] * master.plan.N)[ls["index"]]}
-                    for ls in master.link_stats()],
-    }
-    return summary, preds

@@ -187,7 +187,7 @@ def _variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None) -> dict[str, Any]:
     """Run every scheme of `scenario` and write report.json, report.md and plots into `out_dir`."""
-    from ..comm.stream import run
+    from ..process import run
 
     if scenario.has_links:  # refused before anything is loaded or written
         require(f"scenario {scenario.name!r}" + (f" ({scenario.source})" if scenario.source else ""))

@@ -29,7 +29,7 @@ from ..protocol.messages import (PROTOCOL_MINOR, PROTOCOL_VERSION, Auth, Cancel,
 from ..blas import single_threaded_blas
 from .faults import Faults
 from ..protocol.limits import Limits
-from ..comm.stream import Comm, CommClosedError
+from ..comm import Comm, CommClosedError, Listener, listen
 
 log = logging.getLogger("edgecc.worker")
 
@@ -88,33 +88,43 @@ class Worker:
         if self.faults is not None:  # injected delays count from the worker's start
             self.faults.started = self.started
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecc-compute")
-        self.server: asyncio.base_events.Server | None = None
+        self.listener: Listener | None = None
+        self.sessions: set[asyncio.Task] = set()  # one per master connection
         self.stats = {"connections": 0, "refused": 0, "requests": 0, "errors": 0, "cancelled": 0}
         self._datasets: dict[str, np.ndarray] = {}
 
     # -- server lifecycle ---------------------------------------------------------------------
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, address: str) -> str:
+        """Listen at `address` (tcp://HOST:PORT, a bare HOST:PORT, tls://... with `ssl_context`, mem://NAME);
+        returns the address masters reach it at, with the bound port filled in."""
         single_threaded_blas()  # process-wide, see blas.py
-        self.server = await asyncio.start_server(self._serve, host, port, ssl=self.ssl_context,
-                                                 limit=1 << 18, ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None)
-        bound = self.server.sockets[0].getsockname()[1]
-        log.info("%s listening on %s:%d (torch available: %s)", self.name, host, bound, torch_available())
-        return bound
+        self.listener = await listen(address, self._serve, ssl_context=self.ssl_context, max_frame=self.limits.max_frame,
+                                     handshake_timeout=self.limits.handshake_timeout)
+        log.info("%s listening on %s (torch available: %s)", self.name, self.listener.address, torch_available())
+        return self.listener.address
 
     async def serve_forever(self) -> None:
-        assert self.server is not None
-        async with self.server:
-            await self.server.serve_forever()
+        assert self.listener is not None
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
 
     async def close(self) -> None:
-        if self.server:
-            self.server.close()
-            await self.server.wait_closed()
+        """Stop listening and end every master's session."""
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+        for t in list(self.sessions):
+            t.cancel()
+        await asyncio.gather(*self.sessions, return_exceptions=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one master connection ----------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        comm = Comm(reader, writer, self.limits.max_frame)
+    async def _serve(self, comm: Comm) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.sessions.add(task)
         try:
             if not await self._handshake(comm):
                 return
@@ -126,6 +136,7 @@ class Worker:
             log.exception("unexpected error on connection from %s", comm.peer)
         finally:
             comm.abort()
+            self.sessions.discard(task)
 
     async def _handshake(self, comm: Comm) -> bool:
         nonce = auth.new_nonce()
@@ -135,7 +146,7 @@ class Worker:
                 "max_in_flight": self.limits.max_in_flight, "proto_minor": PROTOCOL_MINOR,
                 "computes": [k for k in KINDS if torch or k not in NEEDS_TORCH]}
         await comm.write(Hello(PROTOCOL_VERSION, nonce, caps, self.bundle[2] if self.bundle else None))
-        comm.decoder.max_frame = PREAUTH_MAX_FRAME  # an unauthenticated peer gets no big buffers
+        comm.set_read_limit(PREAUTH_MAX_FRAME)  # an unauthenticated peer gets no big buffers
         try:
             msg = await comm.read(timeout=self.limits.handshake_timeout)
         except asyncio.TimeoutError:
@@ -153,7 +164,7 @@ class Worker:
         if not auth.verify(auth.master_mac(self.token, nonce, msg.nonce), msg.mac):
             await self._send_error(comm, "auth", "authentication failed")
             return await self._refuse(comm, None, "wrong token (HMAC mismatch)")
-        comm.decoder.max_frame = self.limits.max_frame
+        comm.set_read_limit(self.limits.max_frame)
         await comm.write(Welcome(auth.worker_mac(self.token, msg.nonce, nonce)))
         log.info("master %s authenticated", comm.peer)
         return True
