@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import main
+from .group import main
 from .options import stop_on_sigterm_as_on_ctrl_c
 
 

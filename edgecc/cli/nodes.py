@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import EdgeccError
-from . import main
+from .group import main
 from ..schemes.registry import SCHEMES
 from .options import images_from, limit_options, make_limits, setup_logging
 

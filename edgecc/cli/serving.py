@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import main
+from .group import main
 from .options import setup_logging
 
 

@@ -2,8 +2,8 @@
 `Listener`, which hands each incoming connection to a handler as a Comm.
 
 The master's links and the worker's sessions are written against these two protocols only; a
-transport (comm/registry.py) provides them for an address scheme. `connect` and `listen` pick the
-backend from the address, so the same worker code serves `tcp://`, `tls://` and `mem://` alike.
+transport provides them for an address scheme (comm/registry.py), so the same worker code serves
+`tcp://`, `tls://` and `mem://` alike.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Protocol
 
 from ..errors import EdgeccError
-from ..protocol.frames import DEFAULT_MAX_FRAME
 from ..protocol.messages import Message
 
 
@@ -80,22 +79,3 @@ class Listener(Protocol):
     async def stop(self) -> None:
         """Stop accepting; connections already handed to the handler are the handler's to end."""
         ...
-
-
-async def connect(address: str, *, timeout: float = 5.0, ssl_context=None, max_frame: int = DEFAULT_MAX_FRAME) -> Comm:
-    """A Comm to `address` through the backend of its scheme (a bare HOST:PORT is tcp, or tls when
-    `ssl_context` is given). CommClosedError when nobody answers there."""
-    from .registry import backend_for
-
-    backend, location = backend_for(address, ssl_context)
-    return await backend.connect(location, timeout=timeout, ssl_context=ssl_context, max_frame=max_frame)
-
-
-async def listen(address: str, handler: Handler, *, ssl_context=None, max_frame: int = DEFAULT_MAX_FRAME,
-                 handshake_timeout: float = 5.0) -> Listener:
-    """Start accepting at `address`; each connection runs `handler(comm)` in its own task."""
-    from .registry import backend_for
-
-    backend, location = backend_for(address, ssl_context)
-    return await backend.listen(location, handler, ssl_context=ssl_context, max_frame=max_frame,
-                                handshake_timeout=handshake_timeout)

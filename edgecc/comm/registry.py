@@ -1,6 +1,8 @@
-"""Transports by address scheme. A backend makes Comms and Listeners for the locations of its scheme;
-`register_backend` adds one (a serial link, QUIC, a test double) without touching the runtime.
-The built-in schemes: tcp, tls (comm/tcp.py) and mem (comm/memory.py), loaded on first use.
+"""Transports by address scheme, and `connect`/`listen`, which pick one from an address.
+
+A backend makes Comms and Listeners for the locations of its scheme; `register_backend` adds one (a
+serial link, QUIC, a test double) without touching the runtime. The built-in schemes: tcp, tls
+(comm/tcp.py) and mem (comm/memory.py), each imported on first use.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Protocol
 
+from ..protocol.frames import DEFAULT_MAX_FRAME
 from .addressing import AddressError, split_address
 from .core import Comm, Handler, Listener
 
@@ -51,3 +54,18 @@ def backend_for(address: str, ssl_context=None) -> tuple[Backend, str]:
     if scheme == "tls" and ssl_context is None:
         raise AddressError(f"{address!r} needs TLS settings (a CA on the master, a certificate and key on the worker)")
     return get_backend(scheme), location
+
+
+async def connect(address: str, *, timeout: float = 5.0, ssl_context=None, max_frame: int = DEFAULT_MAX_FRAME) -> Comm:
+    """A Comm to `address` through the backend of its scheme (a bare HOST:PORT is tcp, or tls when
+    `ssl_context` is given). CommClosedError when nobody answers there."""
+    backend, location = backend_for(address, ssl_context)
+    return await backend.connect(location, timeout=timeout, ssl_context=ssl_context, max_frame=max_frame)
+
+
+async def listen(address: str, handler: Handler, *, ssl_context=None, max_frame: int = DEFAULT_MAX_FRAME,
+                 handshake_timeout: float = 5.0) -> Listener:
+    """Start accepting at `address`; each connection runs `handler(comm)` in its own task."""
+    backend, location = backend_for(address, ssl_context)
+    return await backend.listen(location, handler, ssl_context=ssl_context, max_frame=max_frame,
+                                handshake_timeout=handshake_timeout)
