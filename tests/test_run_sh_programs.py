@@ -3,8 +3,8 @@
 A task that reaches a program this machine may lack must say so up front: either through
 `need_programs TASK PROGRAM=PACKAGE...` (installs the Debian package as root with apt, else stops
 on one line naming what is missing) or a `command -v PROGRAM` check in run.sh itself. Checks inside
-the scripts and tests a task starts do not count: they come late (pi-standin.sh looked for podman
-only after the four-minute board build).
+the scripts and tests a task starts do not count: they come late (pi-standin.sh checks for podman
+only after the minutes-long board build).
 
 The programs a task reaches are read from the sources, not declared here: run.sh is parsed into
 simple commands; from the task's branch of main()'s dispatch the walk follows run.sh's functions,
@@ -760,7 +760,7 @@ def test_every_task_installs_or_checks_for_the_programs_it_runs():
 
 
 def test_the_walk_reaches_what_pi_test_runs():
-    """Guards the reader itself: the programs the issue's pi-test run missed are found where they are run."""
+    """Guards the reader itself: the Debian programs pi-test needs are found where they are run."""
     used = {(ev.program, ev.where.split(":")[0]) for ev in task_events(REPO, "pi-test") if ev.kind == "use"}
     for prog, where in [("mmdebstrap", "workers/pi-standin.sh"), ("podman", "workers/pi-standin.sh"),
                         ("qemu-aarch64-static", "workers/pi-standin.sh"), ("/usr/sbin/sshd", "tests/pi_board.py"),
@@ -794,7 +794,7 @@ def copy_tree(tmp_path: Path) -> Path:
 PI_TEST_PACKAGES = {"qemu-user-static", "mmdebstrap", "podman", "buildah", "openssh-server"}
 
 
-def test_pi_test_needs_what_the_issue_found_missing():
+def test_pi_test_installs_its_debian_packages():
     entries = need_entries(REPO, "pi-test")
     assert PI_TEST_PACKAGES <= {e.rsplit("=", 1)[1] for e in entries}, entries
 
