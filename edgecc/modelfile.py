@@ -23,7 +23,7 @@ from .fileio import atomic_write  # noqa: F401  (re-exported: callers import it 
 
 FORMAT = "edgecc-model"
 VERSION = 1
-KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "learned-code")
+KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "centralized-resnet18", "learned-code")
 STORAGES = ("f32", "f16", "q8")
 SCALE = "#scale"  # suffix of the per-row float32 scales of an int8 ("q8") tensor
 
@@ -148,21 +148,31 @@ def save_model(path: str | os.PathLike, model, info: dict[str, Any], storage: st
 
 
 def build_model(info: dict[str, Any]):
-    """An untrained torch module of the kind and scheme `info` describes."""
+    """An untrained torch module of the kind, scheme and image shape `info` describes (files that predate
+    `image` and `classes` hold the paper's 1×28×28 images and 10 classes)."""
     from .coding.schemes import Scheme
     from .nets import AICC, CentralizedCNN, CentralizedMLP
+    from .protocol.images import model_classes, model_image
 
     kind = info["kind"]
+    try:
+        image, classes = model_image(info), model_classes(info)
+    except ValueError as e:
+        raise ModelFileError(str(e)) from None
     if kind == "aicc":
-        return AICC(Scheme.from_dict(info["scheme"]))
+        return AICC(Scheme.from_dict(info["scheme"]), image, classes)
     if kind == "learned-code":
         from .nets.learned_code import LearnedCode
 
         code = info.get("code", {})
         if code.get("arch") not in ("mlp", "cl") or not isinstance(code.get("k"), int) or code["k"] < 1:
             raise ModelFileError(f"learned-code model needs code.arch in (mlp, cl) and an integer code.k, got {code!r}")
-        return LearnedCode(code["arch"], code["k"], CentralizedMLP())
-    return CentralizedMLP() if kind == "centralized-mlp" else CentralizedCNN()
+        return LearnedCode(code["arch"], code["k"], CentralizedMLP(image, classes), image, classes)
+    if kind == "centralized-resnet18":
+        from .nets.resnet import ResNet18
+
+        return ResNet18(image, classes)
+    return CentralizedMLP(image, classes) if kind == "centralized-mlp" else CentralizedCNN(image=image, classes=classes)
 
 
 def load_model(path: str | os.PathLike):

@@ -25,6 +25,7 @@ from . import data
 from .coding.schemes import Scheme
 from .modelfile import atomic_write, build_model, save_model
 from .nets.aicc import resolve_precision
+from .protocol.images import PAPER_IMAGE, dims, model_image
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads; None = torch default
     limit: int | None = None  # use only the first `limit` training images (tests, smoke runs)
-    data_dir: str | None = None
+    data: str = "fashion-mnist"  # the image source (datasets/sources.py): its train split trains, its test split tests
+    data_dir: str | None = None  # where the fashion-mnist source looks when it names no folder
     # "paper": constant lr, no augmentation; "best": warmup + cosine lr; "augment": best + shifts/flips;
     # "anneal": warmup + cosine from the weights in `init` (RECIPES)
     recipe: str = "paper"
@@ -86,18 +88,21 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random shifts (zero fill) and mirror flips of images x (..., 28, 28), one draw per image, vectorized."""
+def augment(x: torch.Tensor, gen: torch.Generator, image: tuple[int, int, int] = PAPER_IMAGE) -> torch.Tensor:
+    """Random shifts (zero fill) and mirror flips of images x (..., *dims), one draw per image (every
+    channel of an image moves together), vectorized."""
     shape, s = x.shape, BEST["shift"]
-    x = x.reshape(-1, 28, 28)
+    c, h, w = image
+    x = x.reshape(-1, c, h, w)
     n = x.shape[0]
     dy, dx = (torch.randint(0, 2 * s + 1, (n,), generator=gen).to(x.device) for _ in range(2))
     flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-    x = torch.where(flip[:, None, None], x.flip(-1), x)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     padded = F.pad(x, (s, s, s, s))
-    ar = torch.arange(28, device=x.device)
-    rows, cols = (dy[:, None] + ar)[:, :, None], (dx[:, None] + ar)[:, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None], rows, cols].reshape(shape)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+                  rows, cols].reshape(shape)
 
 
 def _autocast(cfg: TrainConfig):
@@ -134,12 +139,13 @@ def accuracy_direct(model, kind: str, images: torch.Tensor, labels: torch.Tensor
     model.eval()
     grouped = kind in GROUPED
     n = images.shape[0] - images.shape[0] % K if grouped else images.shape[0]
+    item = tuple(images.shape[1:])  # one image's dims
     correct, total = 0, 0
     step = batch * (K if grouped else 1)
     for i in range(0, n, step):
         xb, yb = images[i : min(i + step, n)], labels[i : min(i + step, n)]
         if grouped:
-            xb, yb = xb.reshape(-1, K, 28, 28), yb.reshape(-1, K)
+            xb, yb = xb.reshape(-1, K, *item), yb.reshape(-1, K)
         if kind == "learned-code":  # degraded mode: each slot erased in turn, scored on that slot
             rows = torch.arange(xb.shape[0])
             for e in range(K):
@@ -169,12 +175,13 @@ def _start_from(model, info: dict[str, Any], init: str) -> int:
 
 def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg: TrainConfig,
               gen: torch.Generator) -> torch.Tensor:
-    """The training loss of one batch of images xb (B·K, 28, 28) with labels yb, on xb's device. Random draws
+    """The training loss of one batch of images xb (B·K, *dims) with labels yb, on xb's device. Random draws
     come from the CPU generator `gen` and move to the device (tested on the meta device: no CPU tensor mixes in)."""
+    image = tuple(getattr(model, "image", PAPER_IMAGE))
     if cfg.recipe == "augment":
-        xb = augment(xb, gen)
+        xb = augment(xb, gen, image)
     if kind in GROUPED:
-        xb, yb = xb.reshape(-1, K, 28, 28), yb.reshape(-1, K)  # (B, K, 28, 28), (B, K)
+        xb, yb = xb.reshape(-1, K, *xb.shape[1:]), yb.reshape(-1, K)  # (B, K, *dims), (B, K)
     if kind == "learned-code":  # one data slot erased at random; trained on that slot's label
         erased = torch.randint(K, (xb.shape[0],), generator=gen).to(xb.device)
         rows = torch.arange(xb.shape[0], device=xb.device)
@@ -184,12 +191,17 @@ def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg:
     else:
         with _autocast(cfg):
             logits = model(xb)
-    return F.cross_entropy(logits.float().reshape(-1, 10), yb.reshape(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
 
 
-def _describe(kind: str, scheme: Scheme | None, code: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
-    """The model file's info for this model, and how many images one sample groups."""
+def _describe(kind: str, scheme: Scheme | None, code: dict[str, Any] | None,
+              image: tuple[int, int, int] = PAPER_IMAGE, classes: tuple[str, ...] = data.CLASSES) -> tuple[dict[str, Any], int]:
+    """The model file's info for this model, and how many images one sample groups. The image shape and
+    the class names are recorded where they are not the paper's (Fashion-MNIST, 1×28×28, 10 classes), so
+    a paper model's file and checkpoints stay what they were."""
     info: dict[str, Any] = {"kind": kind}
+    if tuple(image) != PAPER_IMAGE or tuple(classes) != data.CLASSES:
+        info["image"], info["classes"] = list(image), list(classes)
     if kind == "aicc":
         info["scheme"] = scheme.to_dict()
     if kind == "learned-code":
@@ -214,12 +226,13 @@ def make_optimizer(model, cfg: TrainConfig, cuda: bool) -> torch.optim.Optimizer
                             weight_decay=cfg.weight_decay, fused=True if cuda else None)
 
 
-def _start(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, Any] | None):
+def _start(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, Any] | None,
+           image: tuple[int, int, int] = PAPER_IMAGE, classes: tuple[str, ...] = data.CLASSES):
     """What every run starts from: its info, K, device, a freshly seeded model and its optimizer (weights loaded
     into the model later update the same parameters)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    info, K = _describe(kind, scheme, code)
+    info, K = _describe(kind, scheme, code, image, classes)
     dev = torch.device(cfg.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # cuDNN's fastest dilated convs for these fixed shapes
@@ -229,14 +242,15 @@ def _start(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, A
 
 
 def time_training(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, Any] | None = None,
-                  steps: int = 3, train_images: int = data.SIZES["train"]) -> dict[str, Any]:
+                  steps: int = 3, train_images: int = data.SIZES["train"],
+                  image: tuple[int, int, int] = PAPER_IMAGE) -> dict[str, Any]:
     """What a training run of this model would cost on cfg.device, measured: the median time of `steps`
     optimizer steps (after one warm-up step) on random images of the run's batch shape, from a fresh model.
     Training steps only; the test pass after each epoch (10,000 images forward) is not included."""
-    _, K, dev, model, opt = _start(kind, scheme, cfg, code)
+    _, K, dev, model, opt = _start(kind, scheme, cfg, code, image)
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     gen = torch.Generator().manual_seed(cfg.seed)
-    xb = torch.rand(batch * K, 28, 28, generator=gen).to(dev)
+    xb = torch.rand(batch * K, *dims(image), generator=gen).to(dev)
     yb = torch.randint(10, (batch * K,), generator=gen).to(dev)
     times = []
     for i in range(steps + 1):
@@ -278,11 +292,15 @@ def train(
     or 'learned-code' (with `code` = {"arch", "k"} around the frozen centralized MLP in file `base`)."""
     if cfg.recipe == "anneal" and not cfg.init:
         raise ValueError("the anneal recipe continues a trained model: give it one (init, --init FILE)")
-    info, K, dev, model, opt = _start(kind, scheme, cfg, code)
-    x_np, y_np = data.load_split("train", cfg.data_dir)
-    if cfg.limit:
-        x_np, y_np = x_np[: cfg.limit], y_np[: cfg.limit]
-    xt_np, yt_np = data.load_split("test", cfg.data_dir)
+    from .datasets import load as load_images
+
+    train_set = load_images(cfg.data, "train", cfg.data_dir).head(cfg.limit)
+    test_set = load_images(cfg.data, "test", cfg.data_dir)
+    info, K, dev, model, opt = _start(kind, scheme, cfg, code, train_set.shape, train_set.classes)
+    item = dims(train_set.shape)
+    x_np, y_np = train_set.images.reshape(-1, *item), train_set.labels
+    xt_np, yt_np = test_set.images.reshape(-1, *item), test_set.labels
+    test_set.expect_shape(train_set.shape, f"a model trained on {cfg.data}'s train split")
     x = torch.from_numpy(data.to_float(x_np)).to(dev)
     y = torch.from_numpy(y_np.astype(np.int64)).to(dev)
     xt = torch.from_numpy(data.to_float(xt_np)).to(dev)
@@ -294,6 +312,8 @@ def train(
         base_model, base_info = load_model(base or "default-mlp")
         if base_info["kind"] != "centralized-mlp":
             raise ValueError("the learned-code baseline runs the centralized MLP on every worker")
+        if model_image(base_info) != train_set.shape:
+            raise ValueError(f"the base model takes {model_image(base_info)} images, {cfg.data} gives {train_set.shape}")
         model.base.load_state_dict(base_model.state_dict())
         info["base"] = {"model": str(base or "default-mlp"), "training": base_info.get("training", {}).get("history", [{}])[-1]}
     init_epochs = _start_from(model, info, cfg.init) if cfg.init else 0

@@ -1,7 +1,8 @@
 """The AICC model: encoder E(α) = Σ_g Γ_g(X) α^g and worker computation H_S or H_B.
 
-Shapes: x (B, K, 28, 28) images of one group per row; encoded inputs (B, n, 28, 28) at n points;
-logits (B, n, 10). Training evaluates D(β_k) = H(E(β_k)) directly; the distributed path evaluates
+Shapes: x (B, K, *dims) images of one group per row; encoded inputs (B, n, *dims) at n points;
+logits (B, n, classes). dims is (H, W) for gray images, (C, H, W) for colour (protocol/images.py);
+the paper's are 28 × 28 gray. Training evaluates D(β_k) = H(E(β_k)) directly; the distributed path evaluates
 H(E(α_n)) on workers and interpolates (edgecc.coding.lagrange).
 """
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ..coding.schemes import Scheme
+from ..protocol.images import PAPER_IMAGE, dims
 from .blocks import BaseMLP, CoefNets, DilatedStack
 
 
@@ -66,33 +68,35 @@ def _bf16(precision: str) -> bool:
 class HB(nn.Module):
     """Affine worker computation on the encoded input only: [CL stack without ReLU] + Base-MLP without ReLU."""
 
-    def __init__(self, scheme: Scheme):
+    def __init__(self, scheme: Scheme, image: Sequence[int] = PAPER_IMAGE, classes: int = 10):
         super().__init__()
-        self.stack = DilatedStack(1, 20 * scheme.K, activation=False) if scheme.compute_arch == "cl" else None
-        self.omega = BaseMLP(activation=False)
+        self.image = tuple(image)
+        c = image[0]
+        self.stack = DilatedStack(c, 20 * scheme.K, activation=False, out_ch=c) if scheme.compute_arch == "cl" else None
+        self.omega = BaseMLP(activation=False, classes=classes, image=image)
 
     def forward(self, xt: torch.Tensor) -> torch.Tensor:
-        # xt: (B, n, 28, 28) -> (B, n, 10)
+        # xt: (B, n, *dims) -> (B, n, classes)
         if self.stack is not None:
             B, n = xt.shape[:2]
-            xt = xt.reshape(B * n, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-            xt = self.stack(xt).reshape(B, n, 28, 28)
+            xt = xt.reshape(B * n, *self.image).contiguous(memory_format=torch.channels_last)
+            xt = self.stack(xt).reshape(B, n, *dims(self.image))
         return self.omega(xt)
 
 
 class AICC(nn.Module):
     """Γ_0..Γ_G (encoder), Λ_0..Λ_P (H_S only) and Ω or the H_B network."""
 
-    def __init__(self, scheme: Scheme):
+    def __init__(self, scheme: Scheme, image: Sequence[int] = PAPER_IMAGE, classes: int = 10):
         super().__init__()
-        self.scheme = scheme
+        self.scheme, self.image, self.classes = scheme, tuple(image), classes
         s = scheme
-        self.gamma = CoefNets(s.encoder, s.K, s.G + 1)
+        self.gamma = CoefNets(s.encoder, s.K, s.G + 1, image)
         if s.computation == "hs":
-            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1)
-            self.omega = BaseMLP(activation=False)
+            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1, image)
+            self.omega = BaseMLP(activation=False, classes=classes, image=image)
         else:
-            self.hb = HB(s)
+            self.hb = HB(s, image, classes)
         self.register_buffer("betas", torch.tensor(s.betas(), dtype=torch.float32), persistent=False)
 
     # -- the pieces, as the runtime places them -------------------------------------------------
@@ -100,28 +104,28 @@ class AICC(nn.Module):
     # float32. The α-polynomial is always evaluated in float32 from those coefficients, so every worker's
     # input stays on one polynomial and decoding stays exact however the coefficients were rounded.
     def coefficients(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-        """C_g = Γ_g(X): (B, K, 28, 28) -> (B, G+1, 28, 28)."""
+        """C_g = Γ_g(X): (B, K, *dims) -> (B, G+1, *dims)."""
         if _bf16(precision):
             return self.gamma.forward_bf16(x)
         return self.gamma(x)  # (inside training's autocast this is bf16, as before)
 
     def lambdas(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-        """V_p = Λ_p(X): (B, K, 28, 28) -> (B, P+1, 28, 28). H_S only."""
+        """V_p = Λ_p(X): (B, K, *dims) -> (B, P+1, *dims). H_S only."""
         if _bf16(precision):
             return self.lam.forward_bf16(x)
         return self.lam(x)
 
     def encode(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-        """E(α) at each point: (B, K, 28, 28) -> (B, n, 28, 28)."""
+        """E(α) at each point: (B, K, *dims) -> (B, n, *dims)."""
         return self.evaluate_encoder(self.coefficients(x, precision), points)
 
     def evaluate_encoder(self, coef: torch.Tensor, points: Sequence[float] | torch.Tensor) -> torch.Tensor:
         pts = torch.as_tensor(points, dtype=coef.dtype, device=coef.device)
         vand = powers(pts, self.scheme.G)  # (n, G+1)
-        return torch.einsum("ng,bgij->bnij", vand, coef)
+        return torch.einsum("ng,bg...->bn...", vand, coef)
 
     def compute(self, xt: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        """Worker computation H on encoded inputs xt (B, n, 28, 28); v = Λ(X) (B, P+1, 28, 28) for H_S."""
+        """Worker computation H on encoded inputs xt (B, n, *dims); v = Λ(X) (B, P+1, *dims) for H_S."""
         if self.scheme.computation == "hb":
             return self.hb(xt)
         if v is None:
@@ -134,7 +138,7 @@ class AICC(nn.Module):
 
     # -- training / direct evaluation ----------------------------------------------------------
     def forward(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
-        """D(point) = H(E(point)) for each point (default: β_1..β_K): (B, K, 28, 28) -> (B, n, 10)."""
+        """D(point) = H(E(point)) for each point (default: β_1..β_K): (B, K, *dims) -> (B, n, classes)."""
         pts = self.betas if points is None else points
         xt = self.encode(x, pts)
         v = self.lambdas(x) if self.scheme.computation == "hs" else None

@@ -9,22 +9,24 @@ channels-last layout: measured on a 2-core AVX-512 CPU, a grouped convolution (g
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
 
-M = 28  # image side
-PIX = M * M
-DILATIONS = (1, 1, 2, 4, 8, 1)  # the six 3×3 layers of the CL stack; padding = dilation keeps 28×28
+from ..protocol.images import PAPER_IMAGE, dims, pixels
+
+DILATIONS = (1, 1, 2, 4, 8, 1)  # the six 3×3 layers of the CL stack; padding = dilation keeps H×W
 
 
 class DilatedStack(nn.Module):
-    """The CL stack: six 3×3 convs with DILATIONS (ReLU after each), then a 1×1 conv to one channel.
+    """The CL stack: six 3×3 convs with DILATIONS (ReLU after each), then a 1×1 conv to `out_ch`
+    channels (the image's: one for the paper's gray images).
 
-    in: (B, in_ch, 28, 28) -> out: (B, 1, 28, 28). With `activation=False` it is affine (CNN-H_B).
+    in: (B, in_ch, H, W) -> out: (B, out_ch, H, W). With `activation=False` it is affine (CNN-H_B).
     """
 
-    def __init__(self, in_ch: int, width: int, activation: bool = True):
+    def __init__(self, in_ch: int, width: int, activation: bool = True, out_ch: int = 1):
         super().__init__()
         self.activation = activation
         layers, c = [], in_ch
@@ -32,7 +34,7 @@ class DilatedStack(nn.Module):
             layers.append(nn.Conv2d(c, width, 3, padding=d, dilation=d))
             c = width
         self.convs = nn.ModuleList(layers)
-        self.head = nn.Conv2d(width, 1, 1)
+        self.head = nn.Conv2d(width, out_ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
@@ -58,30 +60,32 @@ class GroupedLinear(nn.Module):
 
 
 class CoefNets(nn.Module):
-    """n coefficient networks of one architecture, each mapping K images to one 28×28 matrix.
+    """n coefficient networks of one architecture, each mapping K images to one image of their shape.
 
-    x: (B, K, 28, 28) -> (B, n, 28, 28)
-    mlp: Linear(K·784→K·784), ReLU, Linear(K·784→784).  cl: DilatedStack(K channels, width 20·K).
+    x: (B, K, *dims) -> (B, n, *dims), dims = (H, W) for gray images, (C, H, W) for colour (protocol/images)
+    mlp: Linear(K·CHW→K·CHW), ReLU, Linear(K·CHW→CHW).  cl: DilatedStack(K·C channels, width 20·K, C out).
     """
 
-    def __init__(self, arch: str, K: int, n: int):
+    def __init__(self, arch: str, K: int, n: int, image: Sequence[int] = PAPER_IMAGE):
         super().__init__()
         self.arch, self.K, self.n = arch, K, n
+        self.image, self.dims, self.pix = tuple(image), dims(image), pixels(image)
         if arch == "mlp":
-            self.fc1 = GroupedLinear(n, K * PIX, K * PIX)
-            self.fc2 = GroupedLinear(n, K * PIX, PIX)
+            self.fc1 = GroupedLinear(n, K * self.pix, K * self.pix)
+            self.fc2 = GroupedLinear(n, K * self.pix, self.pix)
         elif arch == "cl":
-            self.stacks = nn.ModuleList(DilatedStack(K, 20 * K) for _ in range(n))
+            self.stacks = nn.ModuleList(DilatedStack(K * image[0], 20 * K, out_ch=image[0]) for _ in range(n))
         else:
             raise ValueError(f"unknown architecture {arch!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         if self.arch == "mlp":
-            h = x.reshape(B, 1, -1).expand(B, self.n, self.K * PIX)
-            return self.fc2(torch.relu(self.fc1(h))).reshape(B, self.n, M, M)
-        x = x.contiguous(memory_format=torch.channels_last)
-        return torch.cat([stack(x) for stack in self.stacks], dim=1)
+            h = x.reshape(B, 1, -1).expand(B, self.n, self.K * self.pix)
+            return self.fc2(torch.relu(self.fc1(h))).reshape(B, self.n, *self.dims)
+        c, h, w = self.image
+        x = x.reshape(B, self.K * c, h, w).contiguous(memory_format=torch.channels_last)
+        return torch.cat([stack(x) for stack in self.stacks], dim=1).reshape(B, self.n, *self.dims)
 
     @torch.no_grad()
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,21 +99,24 @@ class CoefNets(nn.Module):
             self._bf16 = (key, self.fc1.weight.to(torch.bfloat16), self.fc2.weight.to(torch.bfloat16))
         _, w1, w2 = self._bf16
         B = x.shape[0]
-        h = x.reshape(B, 1, -1).expand(B, self.n, self.K * PIX).to(torch.bfloat16)
+        h = x.reshape(B, 1, -1).expand(B, self.n, self.K * self.pix).to(torch.bfloat16)
         h = torch.relu(torch.einsum("bni,nio->bno", h, w1).float() + self.fc1.bias)
         y = torch.einsum("bni,nio->bno", h.to(torch.bfloat16), w2).float() + self.fc2.bias
-        return y.reshape(B, self.n, M, M)
+        return y.reshape(B, self.n, *self.dims)
 
 
 class BaseMLP(nn.Module):
-    """784 → 200 → 100 → 10; with activation=False it is the affine Ω / MLP-H_B."""
+    """CHW → 200 → 100 → classes (the paper: 784 → 200 → 100 → 10); with activation=False it is the
+    affine Ω / MLP-H_B. Takes (..., *dims) images."""
 
-    def __init__(self, activation: bool = False, l1: int = 200, l2: int = 100, classes: int = 10):
+    def __init__(self, activation: bool = False, l1: int = 200, l2: int = 100, classes: int = 10,
+                 image: Sequence[int] = PAPER_IMAGE):
         super().__init__()
         self.activation = activation
-        self.fc1, self.fc2, self.fc3 = nn.Linear(PIX, l1), nn.Linear(l1, l2), nn.Linear(l2, classes)
+        self.ndim, self.pix = len(dims(image)), pixels(image)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(self.pix, l1), nn.Linear(l1, l2), nn.Linear(l2, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(*x.shape[:-2], PIX)  # (..., 28, 28) -> (..., 784)
+        x = x.reshape(*x.shape[: x.dim() - self.ndim], self.pix)  # (..., *dims) -> (..., CHW)
         act = torch.relu if self.activation else (lambda t: t)
         return self.fc3(act(self.fc2(act(self.fc1(x)))))

@@ -8,30 +8,37 @@ in degraded mode: on the erased data slot only.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
-from .blocks import PIX, DilatedStack
+from ..protocol.images import PAPER_IMAGE, dims, pixels
+from .blocks import DilatedStack
 
 
 class ParityEncoder(nn.Module):
-    """(B, k, 28, 28) -> (B, 28, 28). mlp: Linear(k·784→k·784), ReLU, Linear(k·784→784); conv: CL stack, width 20·k."""
+    """(B, k, *dims) -> (B, *dims). mlp: Linear(k·CHW→k·CHW), ReLU, Linear(k·CHW→CHW); conv: CL stack, width 20·k
+    (the paper's images: CHW = 784)."""
 
-    def __init__(self, arch: str, k: int):
+    def __init__(self, arch: str, k: int, image: Sequence[int] = PAPER_IMAGE):
         super().__init__()
-        self.arch = arch
+        self.arch, self.k, self.image, self.dims = arch, k, tuple(image), dims(image)
+        pix = pixels(image)
         if arch == "mlp":
-            self.net = nn.Sequential(nn.Linear(k * PIX, k * PIX), nn.ReLU(), nn.Linear(k * PIX, PIX))
+            self.net = nn.Sequential(nn.Linear(k * pix, k * pix), nn.ReLU(), nn.Linear(k * pix, pix))
         elif arch == "cl":
-            self.net = DilatedStack(k, 20 * k)
+            self.net = DilatedStack(k * image[0], 20 * k, out_ch=image[0])
         else:
             raise ValueError(f"unknown encoder architecture {arch!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         if self.arch == "mlp":
-            return self.net(x.reshape(B, -1)).reshape(B, 28, 28)
-        return self.net(x.contiguous(memory_format=torch.channels_last)).reshape(B, 28, 28)
+            return self.net(x.reshape(B, -1)).reshape(B, *self.dims)
+        c, h, w = self.image
+        x = x.reshape(B, self.k * c, h, w).contiguous(memory_format=torch.channels_last)
+        return self.net(x).reshape(B, *self.dims)
 
 
 class OutputDecoder(nn.Module):
@@ -50,20 +57,21 @@ class OutputDecoder(nn.Module):
 class LearnedCode(nn.Module):
     """Encoder + decoder around a frozen base model (kept as a submodule so one file holds everything)."""
 
-    def __init__(self, arch: str, k: int, base: nn.Module):
+    def __init__(self, arch: str, k: int, base: nn.Module, image: Sequence[int] = PAPER_IMAGE, classes: int = 10):
         super().__init__()
-        self.k = k
-        self.encoder = ParityEncoder(arch, k)
-        self.decoder = OutputDecoder(k)
+        self.k, self.image, self.classes = k, tuple(image), classes
+        self.encoder = ParityEncoder(arch, k, image)
+        self.decoder = OutputDecoder(k, classes)
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, erased: torch.Tensor) -> torch.Tensor:
-        """x (B, k, 28, 28), erased (B,) index of the unavailable data slot -> decoded (B, k, 10)."""
+        """x (B, k, *dims), erased (B,) index of the unavailable data slot -> decoded (B, k, classes)."""
         B, k = x.shape[:2]
-        parity = self.encoder(x)  # (B, 28, 28)
-        outs = self.base(torch.cat([x, parity[:, None]], dim=1).reshape(B * (k + 1), 28, 28)).reshape(B, k + 1, 10)
+        parity = self.encoder(x)  # (B, *dims)
+        outs = self.base(torch.cat([x, parity[:, None]], dim=1).reshape(B * (k + 1), *dims(self.image)))
+        outs = outs.reshape(B, k + 1, self.classes)
         mask = torch.ones(B, k + 1, 1, device=x.device, dtype=outs.dtype)
         mask[torch.arange(B), erased] = 0
         return self.decoder(outs * mask)
