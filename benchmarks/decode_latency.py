@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-import edgecc.schemes.plan as plan_module
+import edgecc.schemes.aicc as plan_module
 from edgecc.scenario.runner import run_scenario
 from edgecc.scenario.spec import load_scenario
 

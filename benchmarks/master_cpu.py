@@ -18,7 +18,7 @@ from pathlib import Path
 from edgecc.bench.cluster import LocalWorkers, connected_master, run_coroutine
 from edgecc.bench.models import load_bench_models, make_groups
 from edgecc.data import load_sample
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 
 
 def cpu_seconds(pid: int) -> float:

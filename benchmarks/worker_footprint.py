@@ -439,7 +439,7 @@ def main() -> None:
     from edgecc.data import load_sample
     from edgecc.export import bundle_info
     from edgecc.modelfile import load_model, resolve, save_model
-    from edgecc.schemes.plan import CodedPlan
+    from edgecc.schemes.aicc import CodedPlan
 
     torch.set_num_threads(1)  # the master side: one thread keeps collapsing H_B quick on a busy 2-core machine
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}

@@ -83,20 +83,20 @@ def evaluate(model, info: dict[str, Any], images: np.ndarray, labels: np.ndarray
     `points`: "chosen" (the master's default, coding/conditioning.chosen_alphas) or "uniform" (n/(N+1))."""
     from .data import to_float
     from .nets import encode_precision as resolve_precision
-    from .schemes.plan import CodedPlan
+    from .schemes.registry import build_plan
 
     scheme = Scheme.from_dict(info["scheme"])
     check_workers(scheme, N)
     K, R = scheme.K, scheme.R
     precision = resolve_precision(encode_precision)
     refused = None
+    options = dict(model=(model, info), wire_dtype=wire_dtype, encode_precision=precision, tolerance=tolerance,
+                   points=points)
     try:
-        plan = CodedPlan(model, info, N, wire_dtype=wire_dtype, encode_precision=precision, tolerance=tolerance,
-                         points=points)
+        plan = build_plan("aicc", N, K, **options)
     except ConfigError as e:  # the master would refuse to start: say so, and show what first-R decoding returns
         refused = str(e)
-        plan = CodedPlan(model, info, N, wire_dtype=wire_dtype, encode_precision=precision, tolerance=tolerance,
-                         points=points, policy="first-r")
+        plan = build_plan("aicc", N, K, **options, policy="first-r")
     x, y = group(to_float(images), labels.astype(np.int64), K)
     alphas = plan.alphas
     direct, worker_out = aicc_outputs(model, info, x, alphas, encode_precision=precision, wire_dtype=wire_dtype)

@@ -45,6 +45,10 @@ TRAIN_RUNS = "runs/reproduce"  # where `edgecc reproduce run` keeps each cell's 
 # The S=2 and S=3 figures are shown beside K=8, the operating point of the paper's straggler sweep.
 PAPER = {(8, 1): 0.74, (10, 1): 0.73, (12, 1): 0.72, (8, 2): 0.655, (8, 3): 0.64}
 PAPER_BASE = 0.97
+LEARNED_CODE_CELL = "learned-code"  # the shipped learned code's one cell (its k = 2, S = 1)
+# images per round of a copies cell: replication spreads K images over N = K + S workers (worker n holds
+# image n mod K); uncoded gives each of its N workers an image of its own
+COPIES_SLOTS = {"replication": lambda K, S: K, "uncoded": lambda K, S: K + S}
 PIX_BYTES = 784 * 4  # one float32 image on the wire (f4)
 OUT_BYTES = 10 * 4  # one float32 logit vector back
 
@@ -200,7 +204,7 @@ def learned_code_cell(x_u8: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
     from .data import to_float
     from .modelfile import load_model
-    from .schemes.plan import LearnedCodePlan
+    from .schemes.learned_code import LearnedCodePlan
 
     model, info = load_model("learned-code")
     plan = LearnedCodePlan(model, info)
@@ -229,7 +233,7 @@ def copies_cell(scheme: str, base: str, correct: np.ndarray, K: int, S: int) -> 
     """Replication (N = K + S workers, worker n on image n mod K) or uncoded (N workers, N images), from the
     base model's per-image correctness; worst case over every straggler set."""
     N = K + S
-    slots = K if scheme == "replication" else N
+    slots = COPIES_SLOTS[scheme](K, S)
     owner = [n % slots for n in range(N)]
     G = correct.size // slots
     c = correct[: G * slots].reshape(G, slots)
@@ -280,7 +284,7 @@ def previous_worker_seconds(results_dir: str | Path = "results") -> dict[str, fl
 def plan_cells(results_dir: str | Path = "results") -> list[str]:
     """Cell ids in the order they run, cheapest and most telling first: the copies and MLP-base cells, the
     CNN-base K=8, S=1 row with both point sets, the best AICC cell of each operating point, then the rest."""
-    ids = ["base-mlp", "base-cnn", "learned-code"]
+    ids = ["base-mlp", "base-cnn", LEARNED_CODE_CELL]
     for base in ("mlp", "cnn"):
         for S in SS:
             for K in KS:
@@ -340,7 +344,7 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
                        "overall_worst": float(base_correct[base].mean()), "images": int(y.size), "worker_flops": worker_flops(base)}
             else:
                 row = copies_cell(parts[0], base, base_correct[base], int(parts[2][1:]), int(parts[3][1:]))
-        elif cid == "learned-code":
+        elif cid == LEARNED_CODE_CELL:
             row = learned_code_cell(x_u8, y)
         elif cid.startswith("approxifer-"):
             row = approxifer_cell(computes[parts[1]], parts[1], int(parts[2][1:]), int(parts[3][1:]), "-".join(parts[4:]), x, y)
@@ -375,7 +379,7 @@ def assemble(rows: list[dict[str, Any]], measured: dict[str, float] | None, imag
         b = bases.get(r["base"])
         r["relative_to_base"] = None if b is None or r.get("overall_worst") is None else r["overall_worst"] / b
         r["degraded_relative_to_base"] = None if b is None or r.get("degraded_worst") is None else r["degraded_worst"] / b
-        if r["scheme"] == "approxifer" and (r["K"], r["S"]) in PAPER:
+        if r.get("points") in WORKER_POINT_SETS and (r["K"], r["S"]) in PAPER:  # ApproxIFER's rows
             r["paper"] = PAPER[(r["K"], r["S"])]
             r["paper_relative_to_base"] = PAPER[(r["K"], r["S"])] / PAPER_BASE
     return {"table": "schemes", "images": images, "bases": bases, "paper": {"base": PAPER_BASE,
@@ -396,7 +400,8 @@ def _num(v) -> str:
 def markdown(table: dict[str, Any], points: str = "n") -> str:
     """The README-sized table: one row per scheme and operating point (ApproxIFER with `points`)."""
     rows = table["rows"]
-    other = {(r["base"], r["K"], r["S"]): r for r in rows if r["scheme"] == "approxifer" and r["points"] != points}
+    berrut = [r for r in rows if r.get("points") in WORKER_POINT_SETS]  # ApproxIFER's rows, at either point set
+    other = {(r["base"], r["K"], r["S"]): r for r in berrut if r["points"] != points}
     b = table["bases"]
     out = [f"Fashion-MNIST test set ({table['images']:,} images). Accuracy in %, worst case over every set of S "
            f"straggling workers ('mean': over all those sets); 'rel.' = overall / the scheme's own centralized base (MLP {_pct(b.get('mlp'))}, "
@@ -412,7 +417,7 @@ def markdown(table: dict[str, Any], points: str = "n") -> str:
         return (r["K"], r["S"], order.get(r["scheme"], 9), r["base"])
 
     for r in sorted((r for r in rows if r["scheme"] != "centralized" and r.get("points") in (points, None, "n/(N+1)")), key=key):
-        o = other.get((r["base"], r["K"], r["S"])) if r["scheme"] == "approxifer" else None
+        o = other.get((r["base"], r["K"], r["S"])) if r.get("points") in WORKER_POINT_SETS else None
         paper = f"{100 * r['paper']:.1f} ({r['paper_relative_to_base']:.2f})" if r.get("paper") else "—"
         flops = r["worker_flops"] * r.get("worker_calls_per_image", 1)
         name = r["scheme"] + ("" if r.get("tolerates", True) else " ✗") + (f" ({r['status']})" if r.get("status") else "")

@@ -15,7 +15,7 @@ from edgecc.master.master import Master
 from edgecc.master.probe import probe
 from edgecc.modelfile import load_model
 from edgecc.protocol.messages import PROTOCOL_VERSION
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 from edgecc.worker.server import Worker
 
 from .conftest import TOKEN

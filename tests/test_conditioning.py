@@ -12,7 +12,7 @@ from edgecc.coding.lagrange import decode_weights, max_amplification
 from edgecc.coding.schemes import default_alphas, default_betas
 from edgecc.errors import ConfigError, DecodeError
 from edgecc.modelfile import load_model
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 
 from .conftest import REPO
 
@@ -93,7 +93,7 @@ def test_measured_result_errors_bound_the_decode_on_unseen_images(k4r5):
 
     from edgecc.data import load_sample
     from edgecc.worker.compute import EncodedCompute
-    from edgecc.schemes.plan import CALIBRATION_GROUPS
+    from edgecc.schemes.aicc import CALIBRATION_GROUPS
 
     model, info = k4r5
     plan = CodedPlan(model, info, 10, wire_dtype="f4", encode_precision="fp32")
@@ -117,7 +117,7 @@ def test_measured_result_errors_bound_the_decode_on_unseen_images(k4r5):
 def test_result_errors_measure_the_wire_rounding(k4r5):
     """f2 inputs and results cost orders of magnitude more than f4, and never less than rounding the result."""
     from edgecc.data import load_sample
-    from edgecc.schemes.plan import calibration_inputs, result_errors
+    from edgecc.schemes.aicc import calibration_inputs, result_errors
 
     model, info = k4r5
     plan = CodedPlan(model, info, 6, wire_dtype="f4", encode_precision="fp32")

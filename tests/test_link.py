@@ -17,7 +17,7 @@ from edgecc.data import load_sample
 from edgecc.modelfile import load_model
 from edgecc.launch.inprocess import InProcessWorkers
 from edgecc.master.master import Master, Overloaded, RequestFailed
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 from edgecc.worker.faults import Faults
 from edgecc.worker.server import Worker
 

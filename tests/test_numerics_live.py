@@ -15,7 +15,7 @@ from edgecc.data import load_sample
 from edgecc.errors import ConfigError
 from edgecc.modelfile import load_model
 from edgecc.master.master import Master
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 
 from .conftest import REPO, TOKEN, WorkerProcess
 

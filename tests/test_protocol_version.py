@@ -21,7 +21,7 @@ import pytest
 
 from edgecc.errors import EdgeccError
 from edgecc.master.master import Master
-from edgecc.schemes.registry import PlanRequest, build_plan
+from edgecc.schemes.registry import build_plan
 
 from .conftest import TOKEN
 
@@ -82,7 +82,7 @@ async def test_edgecc_ping_names_both_versions_and_what_to_upgrade():
 async def test_a_master_refuses_a_version_1_worker_and_logs_why(caplog):
     w = V1Worker()
     port = await w.start()
-    plan = build_plan("uncoded", PlanRequest(N=1, K=1))
+    plan = build_plan("uncoded", 1, 1)
     m = Master(plan, [("127.0.0.1", port)], TOKEN.encode())
     try:
         with caplog.at_level(logging.ERROR, logger="edgecc"):

@@ -15,7 +15,7 @@ from edgecc.errors import EdgeccError
 from edgecc.modelfile import load_model
 from edgecc.master.master import Master, RequestFailed
 from edgecc.master.stream import run_stream
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 
 from .conftest import TOKEN
 
@@ -288,7 +288,7 @@ async def test_bf16_encoding_decodes_what_the_in_process_bf16_encoder_gives(tiny
 async def test_learned_code_runs_as_a_scheme_and_rebuilds_one_missing_slot(tiny_models, spawn_workers):
     """Workers 0, 1 run the base MLP on the data images, worker 2 on the learned parity. With all three, the
     data slots are the base model's own outputs; with worker 0 dead, slot 0 comes from the learned decoder."""
-    from edgecc.schemes.plan import LearnedCodePlan
+    from edgecc.schemes.learned_code import LearnedCodePlan
 
     model, info = load_model(tiny_models["lc"])
     plan = LearnedCodePlan(model, info)

@@ -9,14 +9,16 @@ import pytest
 SCENARIO = """
 name = "tiny"
 seed = 11
-model = "{model}"
 images = "sample"
 requests = 12
 groups_per_request = 2
-placement = "encoded"
-schemes = ["aicc", "uncoded", "replication", "learned-code"]
-learned_code_model = "{lc}"
+schemes = ["aicc", "uncoded", "replication", "learned-code", "local"]
 timeout_s = 10.0
+[options.aicc]
+model = "{model}"
+placement = "encoded"
+[options.learned-code]
+model = "{lc}"
 [arrival]
 process = "closed"
 concurrency = 2
@@ -45,7 +47,7 @@ def run(file, out):
 
 def test_scenario_reports_every_scheme_with_the_same_injected_delays(scenario_file, tmp_path):
     report, requests = run(scenario_file, tmp_path / "a")
-    assert set(report["schemes"]) == {"aicc", "uncoded", "replication", "learned-code"}
+    assert set(report["schemes"]) == {"aicc", "uncoded", "replication", "learned-code", "local"}
     for name, s in report["schemes"].items():
         assert s["requests"] == 12 and s["decoded_fraction"] == 1.0, name
         for key in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "accuracy", "bytes_sent", "oracle_p99_ms"):
@@ -57,8 +59,12 @@ def test_scenario_reports_every_scheme_with_the_same_injected_delays(scenario_fi
     # uncoded uses workers 0 and 1 and must wait for the straggler (worker 1)
     assert all(r["oracle_ms"] >= 2.0 for r in requests["uncoded"])
     assert any(r["oracle_ms"] > 2.0 for r in requests["uncoded"])
-    # byte counts per scheme: 3 workers get one 28x28 float32 image per group for AICC, 2 for uncoded
+    # byte counts per scheme: 3 workers get one 28x28 float32 image per group for AICC, 2 for uncoded,
+    # none for local (the master classifies alone, and nothing waits on a worker)
     assert report["schemes"]["aicc"]["bytes_sent"] > report["schemes"]["uncoded"]["bytes_sent"]
+    assert report["schemes"]["local"]["bytes_sent"] == 0 and report["scenario"]["master_stats"]["local"]["workers_used"] == 0
+    assert all(r["oracle_ms"] == 0.0 and r["workers"] == [] for r in requests["local"])
+    assert report["scenario"]["options"]["aicc"]["placement"] == "encoded" and report["scenario"]["K"] == 2
     # per-request bytes are each request's own frames (2 in flight: neither counts the other's), so they
     # add up exactly to what the master put on the wire, the unmeasured warm-up request aside
     for name, s in report["schemes"].items():
@@ -94,11 +100,12 @@ def test_bad_scenario_file_is_a_clear_error(tmp_path):
 
 OVERLOAD = """
 name = "overload"
-model = "{model}"
 requests = 300
 schemes = ["aicc"]
 timeout_s = 0.25
 N = 3
+[options.aicc]
+model = "{model}"
 [arrival]
 process = "poisson"
 rate = 3000.0

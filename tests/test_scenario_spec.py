@@ -14,13 +14,17 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 FULL = """\
 name = "full"
 seed = 7
-model = "default"
 images = "sample"
 requests = 200
 groups_per_request = 2
-placement = "shared"
 schemes = ["aicc", "uncoded"]
+K = 2
 timeout_s = 2.5
+
+[options.aicc]
+model = "default"
+placement = "shared"
+byzantine = 0
 
 [arrival]
 process = "poisson"
@@ -52,7 +56,12 @@ def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
 def test_full_file(tmp_path):
     s = load_scenario(write(tmp_path, FULL))
     assert (s.name, s.seed, s.N, s.requests, s.groups_per_request) == ("full", 7, 3, 200, 2)
-    assert (s.placement, s.schemes, s.timeout_s) == ("shared", ("aicc", "uncoded"), 2.5)
+    assert (s.schemes, s.K, s.timeout_s) == (("aicc", "uncoded"), 2, 2.5)
+    # every scheme gets all its own options: those the file sets, the defaults of the rest
+    assert s.scheme_options("aicc") == {"model": "default", "placement": "shared", "wire_dtype": "f4",
+                                        "encode_precision": "auto", "byzantine": 0, "tolerance": 0.01,
+                                        "policy": "bound", "points": "chosen"}
+    assert s.scheme_options("uncoded") == {"model": "default-mlp", "wire_dtype": "f4"}
     assert (s.arrival.process, s.arrival.rate) == ("poisson", 50.0)
     w0, w1, w2 = s.workers
     assert (w0.latency, w0.failures, w0.slowdown, w0.link) == (
@@ -70,8 +79,9 @@ def test_defaults_and_N_only(tmp_path):
                                       'scale = 0.005, alpha = 1.5 }\n', "my-run.toml"))
     assert s.name == "my-run" and s.N == 4 and s.schemes == DEFAULT_SCHEMES
     assert all(w.latency == Pareto(0.005, 1.5) for w in s.workers)
-    assert (s.model, s.images, s.placement, s.arrival.process) == (
+    assert (s.scheme_options("aicc")["model"], s.images, s.scheme_options("aicc")["placement"], s.arrival.process) == (
         "default", "sample", "encoded", "closed")
+    assert s.K is None and s.group_size() == 2  # the shipped AICC model's K
 
 
 def test_behaviours_are_per_worker_and_deterministic(tmp_path):
@@ -87,10 +97,12 @@ def test_behaviours_are_per_worker_and_deterministic(tmp_path):
 def test_relative_paths_resolve_against_the_file(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "trace.txt").write_text("5\n")
-    p = write(tmp_path / "sub", 'N = 1\nmodel = "m.safetensors"\nimages = "/abs/x.npz"\n'
+    p = write(tmp_path / "sub", 'N = 1\nimages = "/abs/x.npz"\nschemes = ["aicc", "learned-code"]\n'
+                                '[options.aicc]\nmodel = "m.safetensors"\n[options.learned-code]\nmodel = "learned-code"\n'
                                 '[defaults]\nlatency = { dist = "trace", path = "trace.txt" }\n')
     s = load_scenario(p)
-    assert s.model == str(tmp_path / "sub" / "m.safetensors")
+    assert s.scheme_options("aicc")["model"] == str(tmp_path / "sub" / "m.safetensors")
+    assert s.scheme_options("learned-code")["model"] == "learned-code"  # a shipped name stays a name
     assert s.images == "/abs/x.npz"
     assert s.behaviours()[0].delay(3, 0.0) == 0.005
 
@@ -112,11 +124,17 @@ BAD = [
     ("N = 2\ntimeout_s = 0", "timeout_s", 2),
     ("N = 2\ntimeout_s = -1.5", "timeout_s", 2),
     ("N = 2\ngroups_per_request = 0", "groups_per_request", 2),
-    ("N = 2\nplacement = \"everywhere\"", "placement", 2),
+    ("N = 2\n[options.aicc]\nplacement = \"everywhere\"", "options.aicc.placement", 3),
+    ("N = 2\nschemes = [\"uncoded\"]\n[options.uncoded]\nplacement = \"shared\"", "options.uncoded.placement", 4),
+    ("N = 2\n[options.learned-code]\nmodel = \"learned-code\"", "options.learned-code", 2),
+    ("N = 2\n[options.aicc]\nbyzantine = \"one\"", "options.aicc.byzantine", 3),
+    ("N = 2\nplacement = \"shared\"", "placement", 2),
+    ("N = 2\nK = 0", "K", 2),
     ("N = 2\nschemes = [\"aicc\", \"magic\"]", "schemes[1]", 2),
     ("N = 2\nschemes = []", "schemes", 2),
     ("N = 2\nschemes = [\"aicc\", \"aicc\"]", "schemes", 2),
-    ("N = 2\nmodel = \"weights.pt\"", "model", 2),
+    ("N = 2\nmodel = \"default\"", "model", 2),
+    ("N = 2\n[options.aicc]\nmodel = \"weights.pt\"", "options.aicc.model", 3),
     ("N = 2\nimages = \"train\"", "images", 2),
     ("N = 2\nname = \"\"", "name", 2),
     ("N = 2\nseed = -3", "seed", 2),
@@ -181,9 +199,10 @@ def test_missing_file(tmp_path):
 
 def test_find_line_is_best_effort():
     text = FULL
-    assert find_line(text, "workers[0].latency.mean") == 21
-    assert find_line(text, "workers[2].link.burst") == 28
-    assert find_line(text, "arrival.rate") == 14
+    assert find_line(text, "workers[0].latency.mean") == 25
+    assert find_line(text, "workers[2].link.burst") == 32
+    assert find_line(text, "arrival.rate") == 18
+    assert find_line(text, "options.aicc.placement") == 12
     assert find_line(text, "nowhere") is None
 
 
@@ -211,7 +230,7 @@ def test_shipped_scenarios_say_what_they_promise():
     assert [w.failures for w in dead.workers].count((CrashAt(1.0),)) == 1
     shared = load_scenario(SCENARIOS / "placement-shared.toml")
     encoded = load_scenario(SCENARIOS / "placement-encoded.toml")
-    assert (shared.placement, encoded.placement) == ("shared", "encoded")
+    assert (shared.scheme_options("aicc")["placement"], encoded.scheme_options("aicc")["placement"]) == ("shared", "encoded")
     assert shared.workers == encoded.workers and shared.seed == encoded.seed
     kinds = {f.kind for w in load_scenario(SCENARIOS / "flaky-network.toml").workers
              for f in w.failures}

@@ -16,7 +16,7 @@ from edgecc.modelfile import load_model
 from edgecc.protocol.messages import PROTOCOL_VERSION
 from edgecc.master.master import Master
 from edgecc.master.stream import run_stream
-from edgecc.schemes.plan import CodedPlan
+from edgecc.schemes.aicc import CodedPlan
 from edgecc.master.probe import probe
 from edgecc.comm.tcp import client_ssl_context
 

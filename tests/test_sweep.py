@@ -54,11 +54,12 @@ def test_rate_scenario_makes_open_loop_arrivals(tmp_path):
 SCENARIO = """
 name = "tiny-load"
 seed = 3
-model = "{model}"
 images = "sample"
 requests = 10
 schemes = ["aicc", "uncoded"]
 timeout_s = 5.0
+[options.aicc]
+model = "{model}"
 [arrival]
 process = "poisson"
 rate = 10.0

@@ -103,19 +103,14 @@ async def test_a_torch_free_worker_offers_only_the_numpy_kinds(spawn_workers, tm
         await comm.close()
 
 
-@pytest.mark.parametrize("name", ["aicc", "uncoded", "replication", "approxifer"])
+@pytest.mark.parametrize("name", ["aicc", "uncoded", "replication", "learned-code", "approxifer"])
 def test_every_registered_plan_declares_a_valid_spec_for_each_worker(name):
     """What a scheme sends (schemes/registry.configure_message) passes the worker's own message validation."""
     from edgecc.protocol.frames import FrameDecoder, encode_frame
     from edgecc.protocol.messages import parse
-    from edgecc.schemes.registry import PlanRequest, build_plan, configure_message
+    from edgecc.schemes.registry import build_plan, configure_message
 
-    req = PlanRequest(N=3, K=2)
-    if name == "aicc":
-        from edgecc.modelfile import load_model
-
-        req = PlanRequest(N=3, model=(m := load_model("default"))[0], info=m[1])
-    plan = build_plan(name, req)
+    plan = build_plan(name, 3)
     for i in range(plan.N):
         dec = FrameDecoder()
         dec.feed(encode_frame(configure_message(plan, i, None).to_wire()))

@@ -130,7 +130,7 @@ def _one_torch_thread():
 def hb_plan(tiny_models):
     """The master's plan for the tiny H_B model on N=3 (built once: collapsing H_B runs the CNN on 784 inputs)."""
     from edgecc.modelfile import load_model
-    from edgecc.schemes.plan import CodedPlan
+    from edgecc.schemes.aicc import CodedPlan
 
     model, info = load_model(tiny_models["hb"])
     return CodedPlan(model, info, 3, encode_precision="fp32")  # compared with the fp32 model in process

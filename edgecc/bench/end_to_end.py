@@ -50,7 +50,7 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
     from ..export import worker_arrays
     from ..worker.compute import EncodedCompute
     from ..master.stream import run_stream
-    from ..schemes.plan import CodedPlan
+    from ..schemes.registry import build_plan
 
     rows = []
     with LocalWorkers(max(cfg.e2e_Ns), tmp, token, tag="e2e") as workers:
@@ -61,7 +61,7 @@ def bench_end_to_end(cfg: BenchConfig, models, images: np.ndarray, labels: np.nd
             n = images.shape[0] - images.shape[0] % s.K
             groups = images[:n].reshape(-1, s.K, 28, 28)
             for N in cfg.e2e_Ns:
-                plan = CodedPlan(model, info, N, "encoded")
+                plan = build_plan("aicc", N, model=(model, info), placement="encoded")
                 e2e, inp_model, inp_coll, agree = [], [], [], []
                 cpu: dict[str, list[float]] = {"inprocess_collapsed": [], "master_loop": [], "master_encode": [], "workers": []}
                 pids = [w.pid for w in workers.workers[:N]]

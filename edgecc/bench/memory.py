@@ -67,14 +67,14 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
     from ..coding.schemes import Scheme
     from ..data import load_sample
     from ..nets import AICC
-    from ..schemes.plan import CodedPlan
+    from ..schemes.registry import build_plan
     from . import costs
     from .cluster import LocalWorkers, connected_master, run_coroutine
     from .models import make_groups
 
     s = Scheme(K=2, G=1, encoder="mlp", compute_arch="mlp")
     torch.manual_seed(0)
-    plan = CodedPlan(AICC(s), {"kind": "aicc", "scheme": s.to_dict()}, N, "encoded")
+    plan = build_plan("aicc", N, model=(AICC(s), {"kind": "aicc", "scheme": s.to_dict()}), placement="encoded")
     batch = make_groups(load_sample()[0], s.K, groups)
     plan.payloads(batch)
     t0 = time.perf_counter()

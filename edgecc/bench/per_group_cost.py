@@ -21,7 +21,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
     import torch
 
     from ..nets import CentralizedCNN
-    from ..schemes.plan import CodedPlan
+    from ..schemes.registry import build_plan
 
     precisions = bench_precisions()
     torch.manual_seed(0)
@@ -31,9 +31,9 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
         m = models[key]
         model, info, s = m["model"], m["info"], m["scheme"]
         t0 = time.perf_counter()
-        plan = CodedPlan(model, info, N, "encoded")
+        plan = build_plan("aicc", N, model=(model, info), placement="encoded")
         plan_build_s = time.perf_counter() - t0
-        shared = CodedPlan(model, info, N, "shared")
+        shared = build_plan("aicc", N, model=(model, info), placement="shared")
         row: dict[str, Any] = {"model": key, "label": m["label"], "source": m["source"], "plan_build_s": plan_build_s,
                                "plan_encode_precision": plan.encode_precision, "by_batch": []}
         rng = np.random.default_rng(0)

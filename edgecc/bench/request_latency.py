@@ -105,10 +105,10 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
 
     from ..export import worker_arrays
     from ..worker.compute import EncodedCompute
-    from ..schemes.plan import CodedPlan
+    from ..schemes.registry import build_plan
 
     model, info, s = m["model"], m["info"], m["scheme"]
-    plan = CodedPlan(model, info, N, "encoded")
+    plan = build_plan("aicc", N, model=(model, info), placement="encoded")
     comp = EncodedCompute(s, worker_arrays(model, info, "encoded"))
     one = make_groups(images, s.K, 1)
     rng = np.random.default_rng(0)

@@ -9,8 +9,7 @@ import click
 
 from ..errors import EdgeccError
 from .group import main
-from ..schemes.registry import SCHEMES
-from .options import images_from, limit_options, make_limits, setup_logging
+from .options import SchemeName, collect_scheme_options, images_from, limit_options, make_limits, scheme_options, setup_logging
 
 
 @main.command()
@@ -123,31 +122,20 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 
 
 @main.command()
-@click.option("--workers", required=True, help="comma-separated addresses of the N workers, in α order: "
-              "HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
-@click.option("--model", default="default", show_default=True, help="model file, or 'default' (shipped)")
+@click.option("--workers", default="", help="comma-separated addresses of the N workers, in α order: "
+              "HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT, ray://NAME (a Ray actor) or ray:N (N Ray "
+              "actors started here, docs/ray.md) (none for a scheme without workers, e.g. local)")
+@click.option("--scheme", type=SchemeName("auto"), default="auto", show_default=True,
+              help="auto: the one scheme that runs --model's kind ('default', the AICC model, when no --model); "
+              "`edgecc schemes` lists every scheme and its options")
+@scheme_options
 @click.option("--images", default="sample", show_default=True, help="'sample' (shipped), 'test', 'train' or an .npz")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="first LIMIT images only")
-@click.option("--placement", type=click.Choice(["encoded", "shared"]), default="encoded", show_default=True)
 @click.option("--groups-per-request", type=int, default=64, show_default=True)
 @click.option("--in-flight", type=int, default=8, show_default=True, help="requests in flight")
 @click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="per-request deadline (s)")
 @click.option("--wait", type=float, default=10.0, show_default=True, help="seconds to wait for R workers at start")
-@click.option("--wire-dtype", type=click.Choice(["f4", "f2"]), default="f4", show_default=True)
-@click.option("--byzantine", type=int, default=0, show_default=True, help="E: wait for R+2E results, decode around up to E lying workers and name them")
-@click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="encoder precision at the master; auto = bf16 for CNN encoders on CPUs with native bf16, else fp32")
-@click.option("--tolerance", type=float, default=None,
-              help="AICC: the decoded-logit error bound a request may decode with; requests wait for better-conditioned "
-                   "results until it holds, and a configuration that cannot reach it is refused at start [default: 0.01]")
-@click.option("--scheme", type=click.Choice(["auto", *SCHEMES]), default="auto", show_default=True,
-              help="auto: the model's own scheme (AICC, learned code); approxifer: Berrut-coded ApproxIFER over a "
-              "centralized model (--model default-mlp, or a centralized CNN with torch on the workers); uncoded and "
-              "replication run the centralized MLP; K = the AICC model's, else --k")
-@click.option("--k", "approx_k", type=int, default=2, show_default=True, help="images per group when --model is not an AICC model")
-@click.option("--points", type=click.Choice(["n", "n-1"]), default="n", show_default=True,
-              help="approxifer: worker nodes cos(iπ/N) or cos(iπ/(N−1))")
 @click.option("--token-file", default=None)
 @click.option("--tls-ca", default=None, help="CA file: connect with TLS and verify workers against it")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="write the JSON summary here")
@@ -155,17 +143,17 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
 @click.option("--quiet", is_flag=True)
 @click.option("--log-level", default="warning", show_default=True)
 @limit_options
-def master(workers, model, images, data_dir, limit, placement, groups_per_request, in_flight, request_timeout,
-           wait, wire_dtype, byzantine, encode_precision, tolerance, scheme, approx_k, points, token_file, tls_ca, json_out,
-           predictions_out, quiet, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
+def master(workers, scheme, k, model, placement, wire_dtype, encode_precision, byzantine, tolerance, points,
+           extra_options, images, data_dir, limit, groups_per_request, in_flight, request_timeout, wait, token_file,
+           tls_ca, json_out, predictions_out, quiet, log_level, max_frame, max_batch, max_in_flight, handshake_timeout,
+           idle_timeout):
     """Stream images through N workers, decoding each request from the first R answers."""
     import numpy as np
 
-    from ..modelfile import load_model
     from ..protocol.auth import load_token
     from ..master.master import Master
     from ..master.stream import run_stream
-    from ..schemes.registry import BASELINE, PlanRequest, build_plan
+    from ..schemes.registry import build_plan, check_options, scheme_for_model
     from ..comm import AddressError
     from ..comm.registry import backend_for
     from ..comm.tcp import client_ssl_context
@@ -173,33 +161,29 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
 
     setup_logging(log_level)
     addresses = [a.strip() for a in workers.split(",") if a.strip()]
+    spec = workers.strip()
+    ray_count = int(spec[4:]) if spec.startswith("ray:") and spec[4:].isdigit() else None
+    if ray_count is not None:  # `ray:N`: N workers as Ray actors, started below once the plan says how many it uses
+        addresses = [f"ray://worker-{i}" for i in range(ray_count)]
+    if tls_ca and any(a.lower().startswith("ray:") for a in addresses):
+        raise click.UsageError("--tls-ca: Ray workers are reached through Ray, whose own TLS is RAY_USE_TLS")
     ssl_context = client_ssl_context(tls_ca, insecure_hostname=True) if tls_ca else None
     try:
         for a in addresses:
             backend_for(a, ssl_context)
     except AddressError as e:
         raise click.UsageError(f"--workers: {e}") from None
-    net, info = load_model(model)
-    if scheme == "auto":  # the model's own scheme
-        if info["kind"] not in ("aicc", "learned-code"):
-            raise click.UsageError(f"--scheme auto distributes AICC or learned-code models, not {info['kind']!r} "
-                                   f"(a centralized model: --scheme approxifer, uncoded or replication)")
-        scheme = info["kind"]
-    if scheme == "learned-code" and info["kind"] == "learned-code" and (
-            len(addresses) != info["code"]["k"] + 1 or byzantine or placement != "encoded"):
-        raise click.UsageError(f"a learned-code model runs on exactly k+1 = {info['code']['k'] + 1} workers, "
-                               "without --byzantine or --placement")
-    if scheme != "aicc" and placement != "encoded":
-        raise click.UsageError(f"{scheme}'s workers compute on what the master sends: no --placement")
-    aicc = info["kind"] == "aicc"
-    request = PlanRequest(len(addresses), net if aicc else None, info if aicc else None, K=None if aicc else approx_k,
-                          placement=placement, wire_dtype=wire_dtype, encode_precision=encode_precision,
-                          byzantine=byzantine, tolerance=tolerance, points=points,
-                          baseline=model if info["kind"].startswith("centralized") else BASELINE,
-                          learned_code_model=model if info["kind"] == "learned-code" else "learned-code")
+    options = collect_scheme_options(extra_options, model=model, placement=placement, wire_dtype=wire_dtype,
+                                     encode_precision=encode_precision, byzantine=byzantine, tolerance=tolerance,
+                                     points=points)
     try:
-        plan = build_plan(scheme, request)
-    except (EdgeccError, ValueError) as e:
+        if scheme == "auto":  # the one scheme that runs the model's kind
+            from ..modelfile import read_header
+
+            options.setdefault("model", "default")
+            scheme = scheme_for_model(read_header(options["model"])["kind"])
+        plan = build_plan(scheme, len(addresses), k, **options)
+    except EdgeccError as e:
         raise click.UsageError(str(e)) from None
     addresses = addresses[: plan.N]  # uncoded (and the learned code) use the first of the workers given
     x, y = images_from(images, data_dir, limit)
@@ -218,8 +202,21 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
         finally:
             await m.close()
 
-    summary, preds = run(go())
-    summary["model"] = model
+    ray_workers = None
+    if ray_count is not None:  # they end with this command (Ray ends a driver's actors with it)
+        from ..launch.ray_workers import RayWorkers
+
+        ray_workers = RayWorkers(len(addresses), token, limits=limits)
+        try:
+            addresses = ray_workers.start()
+        except EdgeccError as e:
+            raise click.ClickException(str(e)) from None
+    try:
+        summary, preds = run(go())
+    finally:
+        if ray_workers is not None:
+            ray_workers.stop()
+    summary["options"] = check_options(scheme, options)  # what the scheme ran with, defaults included
     if json_out:
         from ..modelfile import atomic_write
 
@@ -229,6 +226,24 @@ def master(workers, model, images, data_dir, limit, placement, groups_per_reques
     click.echo(json.dumps(summary))
     if summary["requests_failed"]:
         sys.exit(1)
+
+
+@main.command()
+def schemes():
+    """List the schemes (built-in, registered, and those other packages declare) with their options."""
+    from ..schemes.registry import DEFAULT_SCHEMES, get, names
+
+    for name in names():
+        try:
+            s = get(name)
+        except EdgeccError as e:
+            click.echo(f"{name}: cannot be loaded: {e}\n")
+            continue
+        click.echo(f"{name}{' (default)' if name in DEFAULT_SCHEMES else ''}: {s.summary}")
+        for o in s.options:
+            shown = "" if o.model or not o.choices else f" [{'|'.join(map(str, o.choices))}]"
+            click.echo(f"  {o.name} = {o.default!r}{shown}: {o.help}")
+        click.echo("")
 
 
 @main.command()

@@ -67,3 +67,72 @@ def stop_on_sigterm_as_on_ctrl_c() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, forward)
+
+
+class SchemeName(click.ParamType):
+    """A registered scheme's name (schemes/registry.py), or one of `extra`. The names are read when a
+    value is checked or help is shown, so starting the CLI scans no entry points."""
+
+    name = "scheme"
+
+    def __init__(self, *extra: str):
+        self.extra = extra
+
+    def _names(self) -> tuple[str, ...]:
+        from ..schemes.registry import names
+
+        return (*self.extra, *names())
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(self._names()) + "]"
+
+    def convert(self, value, param, ctx):
+        known = self._names()
+        if value not in known:
+            self.fail(f"unknown scheme {value!r}; the schemes are {', '.join(known)}", param, ctx)
+        return value
+
+
+# The options several schemes declare, as flags of their own (passed on only when given, so a scheme
+# that does not declare one refuses it by name); any other option of any scheme: --option NAME=VALUE.
+SCHEME_FLAGS = ("model", "placement", "wire_dtype", "encode_precision", "byzantine", "tolerance", "points")
+
+
+def scheme_options(f):
+    """--k, --option and the SCHEME_FLAGS, for commands that build a plan (schemes.registry.build_plan)."""
+    for opt in reversed([
+        click.option("--k", "k", type=int, default=None,
+                     help="images per group [default: the K the scheme's model fixes, else 2]"),
+        click.option("--model", default=None, help="the scheme's model: a shipped name ('default': the AICC "
+                     "model, 'default-mlp', 'learned-code') or a model file [default: the scheme's]"),
+        click.option("--placement", default=None, help="aicc: encoded (the master encodes) or shared (workers hold "
+                     "the encoder) [default: encoded]"),
+        click.option("--wire-dtype", default=None, help="f4 or f2: results (and inputs) on the wire [default: f4]"),
+        click.option("--encode-precision", default=None, help="aicc: the master's encoder, auto, fp32 or bf16; auto = "
+                     "bf16 for CNN encoders on CPUs with native bf16 [default: auto]"),
+        click.option("--byzantine", type=int, default=None, help="aicc, approxifer: E, decode around up to E lying "
+                     "workers and name them [default: 0]"),
+        click.option("--tolerance", type=float, default=None, help="aicc: the decoded-logit error bound a request may "
+                     "decode with; requests wait for better-conditioned results until it holds, and a configuration "
+                     "that cannot reach it is refused at start [default: 0.01]"),
+        click.option("--points", default=None, help="aicc: chosen or uniform evaluation points; approxifer: worker "
+                     "nodes n (cos(iπ/N)) or n-1 (cos(iπ/(N−1)))"),
+        click.option("--option", "-o", "extra_options", multiple=True, metavar="NAME=VALUE",
+                     help="any option of the scheme (`edgecc schemes` lists each scheme's); repeatable"),
+    ]):
+        f = opt(f)
+    return f
+
+
+def collect_scheme_options(extra_options: tuple[str, ...], **flags) -> dict[str, object]:
+    """{option: value} from the SCHEME_FLAGS given and --option NAME=VALUE (an option given twice is an error)."""
+    out = {k: v for k, v in flags.items() if v is not None}
+    for item in extra_options:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise click.UsageError(f"--option takes NAME=VALUE, got {item!r}")
+        if name in out:
+            raise click.UsageError(f"option {name} is given twice")
+        out[name] = value
+    return out

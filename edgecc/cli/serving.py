@@ -8,15 +8,16 @@ import sys
 import click
 
 from .group import main
-from .options import setup_logging
+from .options import SchemeName, collect_scheme_options, scheme_options, setup_logging
 
 
 @main.command()
-@click.option("--workers", required=True, help="comma-separated HOST:PORT of the N workers, in α order")
+@click.option("--workers", default="", help="comma-separated HOST:PORT of the N workers, in α order (none for a "
+              "scheme without workers, e.g. local)")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for HTTP (port 0 picks a free one)")
-@click.option("--model", default="default", show_default=True, help="AICC model file, or 'default' (shipped); sets K")
-@click.option("--scheme", type=click.Choice(["aicc", "uncoded", "replication"]), default="aicc", show_default=True,
-              help="uncoded and replication run the shipped centralized MLP on K or N workers (comparators)")
+@click.option("--scheme", type=SchemeName(), default="aicc", show_default=True,
+              help="any registered scheme (`edgecc schemes` lists them with their options)")
+@scheme_options
 @click.option("--window-ms", type=float, default=None, help="batching window: longest an image waits for K-1 others "
               "[default: edgecc.serve.app.DEFAULT_WINDOW_MS, from results/serve-sweep.md]")
 @click.option("--max-queue", type=int, default=1024, show_default=True, help="images waiting; beyond it: 503 + Retry-After")
@@ -26,7 +27,6 @@ from .options import setup_logging
 @click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="seconds a worker request may take")
 @click.option("--drain-timeout", type=float, default=30.0, show_default=True, help="seconds to finish accepted requests on SIGTERM")
 @click.option("--wait", type=float, default=10.0, show_default=True, help="seconds to wait for R workers at start")
-@click.option("--encode-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--token-file", default=None, help="the workers' shared token [default: $EDGECC_TOKEN_FILE or $EDGECC_TOKEN]")
 @click.option("--tls-ca", default=None, help="CA file: connect to workers with TLS and verify them against it")
 @click.option("--client-token-file", default=None, help="file holding the bearer token clients must send (default: none required)")
@@ -34,22 +34,31 @@ from .options import setup_logging
 @click.option("--tls-key", default=None, help="private key file for --tls-cert")
 @click.option("--port-file", default=None, help="write the bound port here once listening")
 @click.option("--log-level", default="warning", show_default=True)
-def serve(workers, listen, model, scheme, window_ms, max_queue, max_groups, max_in_flight, max_images, request_timeout,
-          drain_timeout, wait, encode_precision, token_file, tls_ca, client_token_file, tls_cert, tls_key, port_file, log_level):
+def serve(workers, listen, scheme, k, model, placement, wire_dtype, encode_precision, byzantine, tolerance, points,
+          extra_options, window_ms, max_queue, max_groups, max_in_flight, max_images, request_timeout, drain_timeout, wait,
+          token_file, tls_ca, client_token_file, tls_cert, tls_key, port_file, log_level):
     """Classify images over HTTP: POST /v1/classify, dashboard at /, Prometheus at /metrics."""
     from ..protocol.auth import load_token
     from ..master.master import Master
     from ..comm import parse_address
     from ..comm.tcp import client_ssl_context, server_ssl_context
     from ..process import run
-    from ..serve.app import DEFAULT_WINDOW_MS, Service, build_plan, run_until_signalled
+    from ..errors import EdgeccError
+    from ..schemes.registry import build_plan
+    from ..serve.app import DEFAULT_WINDOW_MS, Service, run_until_signalled
 
     setup_logging(log_level)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
     host, port = parse_address(listen, 8080)
-    plan = build_plan(scheme, model, len(addresses), encode_precision)
+    options = collect_scheme_options(extra_options, model=model, placement=placement, wire_dtype=wire_dtype,
+                                     encode_precision=encode_precision, byzantine=byzantine, tolerance=tolerance,
+                                     points=points)
+    try:
+        plan = build_plan(scheme, len(addresses), k, **options)
+    except EdgeccError as e:
+        raise click.UsageError(str(e)) from None
     token = load_token(token_file)
     client_token = load_token(client_token_file) if client_token_file else None
     if client_token is None and host not in ("127.0.0.1", "localhost", "::1"):

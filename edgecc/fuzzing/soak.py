@@ -54,7 +54,7 @@ async def soak(seconds: float = 300.0, seed: int = 0, *, N: int = 5, in_flight: 
                log: bool = True) -> dict:
     from edgecc.data import load_sample
     from edgecc.master.master import Master, RequestFailed
-    from edgecc.schemes.plan import CodedPlan
+    from edgecc.schemes.aicc import CodedPlan
 
     t_start = time.perf_counter()
     mach = machine()

@@ -68,7 +68,7 @@ class Pending:
     skipped: set[int] = field(default_factory=set)  # live workers left out (lagging, or not taking it)
 
 class Master:
-    """Talks to N workers through a plan (CodedPlan, ReplicatedPlan, LearnedCodePlan).
+    """Talks to N workers through a plan (any schemes.base.Plan; with N = 0 it classifies alone).
 
     A request's deadline covers its whole life: waiting for an encode slot, encoding, the workers,
     decoding. A request that the master could not finish by its deadline with the work already
@@ -190,9 +190,13 @@ class Master:
         self.admitted.add(req_id)
         try:
             frames, started, encoded = await self._encode_by(req_id, images, small, deadline)
-            return await self._send_and_wait(req_id, frames, groups, deadline, info,
-                                             timings={"queue_ms": (started - arrived) * 1000,
-                                                      "encode_ms": (encoded - started) * 1000})
+            timings = {"queue_ms": (started - arrived) * 1000, "encode_ms": (encoded - started) * 1000}
+            if not self.plan.N:  # the plan classified in the encode pool (`_frames`): nothing to send or wait for
+                if info is not None:
+                    info.update(timings, bytes_sent=0, workers_ms=0.0, decode_ms=0.0, answered=[],
+                                decode={"subset": []}, result_ms={})
+                return frames
+            return await self._send_and_wait(req_id, frames, groups, deadline, info, timings=timings)
         finally:
             self.admitted.discard(req_id)
 
@@ -327,8 +331,11 @@ class Master:
         """Can p still complete: from the workers it holds or expects, else after offering it to skipped ones."""
         return self.plan.reachable(set(p.results) | p.outstanding) or self._widen(p)
 
-    def _frames(self, req_id: int, images: np.ndarray) -> list[bytes]:
-        """One encoded Compute frame per worker (encode + msgpack, in the encode pool)."""
+    def _frames(self, req_id: int, images: np.ndarray) -> list[bytes] | np.ndarray:
+        """One encoded Compute frame per worker (encode + msgpack, in the encode pool); for a plan with no
+        workers (N = 0), the logits it computes at the master instead (Plan.at_master)."""
+        if not self.plan.N:
+            return self.plan.at_master(images)
         packed: dict[int, bytes] = {}  # the shared placement sends every worker the same payload: pack it once
         frames = []
         for pl in self.plan.payloads(images):

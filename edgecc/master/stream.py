@@ -48,9 +48,9 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
     done = preds >= 0
     lat = np.array(latencies) if latencies else np.array([np.nan])
     summary = {
-        "images": int(n), "N": master.plan.N, "K": K, "need": master.plan.need, "placement": master.plan.placement,
-        "encode_precision": getattr(master.plan, "encode_precision", None),
-        "rebuilt_groups": getattr(master.plan, "rebuilt_groups", None),  # learned code: groups decoded in degraded mode
+        "images": int(n), "scheme": master.plan.name, "N": master.plan.N, "K": K, "need": master.plan.need,
+        "placement": master.plan.placement,
+        "plan": master.plan.summary(),  # the scheme's own figures (AICC's encoder precision, groups a code rebuilt)
         "accuracy": 100.0 * float((preds[done] == labels[:n][done]).mean()) if done.any() else 0.0,
         "accuracy_all_images": 100.0 * float((preds == labels[:n]).mean()),
         "requests_decoded": len(latencies), "requests_failed": sum(failures.values()), "failure_reasons": failures,
@@ -60,8 +60,6 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
         **{k: master.stats[k] for k in ("bytes_sent", "late_results", "bad_results", "worker_errors", "shed",
                                         "deadline_failures", "waited_extra")},
         "groups_per_request": groups_per_request, "in_flight": in_flight,
-        "workers": [{**ls, "alpha": master.plan.alphas[ls["index"]],
-                     "suspect_groups": getattr(master.plan, "suspect_groups", [0] * master.plan.N)[ls["index"]]}
-                    for ls in master.link_stats()],
+        "workers": [{**ls, **master.plan.worker_summary(ls["index"])} for ls in master.link_stats()],
     }
     return summary, preds

@@ -26,7 +26,6 @@ import numpy as np
 
 from ..data import load_images
 from ..errors import EdgeccError
-from ..modelfile import load_model
 from ..launch.local import LocalWorker
 from ..master.master import Overloaded
 from .links import LinkSet, LinkTimeline, kernel_features, require, tcp_congestion_control
@@ -71,13 +70,12 @@ class LocalWorkers:
             w.stop()
 
 
-def _plan(scheme: str, scenario: Scenario, model, info):
-    """The scheme's plan from the registry (schemes/registry.py), on the scenario's N workers."""
-    from ..schemes.registry import PlanRequest, build_plan
+def _plan(scheme: str, scenario: Scenario, K: int):
+    """The scheme's plan from the registry (schemes/registry.py): the scenario's N workers, the run's K,
+    the scheme's options from the scenario."""
+    from ..schemes.registry import build_plan
 
-    return build_plan(scheme, PlanRequest(scenario.N, model, info, placement=scenario.placement,
-                                          encode_precision=scenario.encode_precision,
-                                          learned_code_model=scenario.learned_code_model))
+    return build_plan(scheme, scenario.N, K, **scenario.scheme_options(scheme))
 
 
 async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: np.ndarray, started_at: list[float],
@@ -140,11 +138,11 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
     return sorted(records, key=lambda rec: rec.request)
 
 
-async def _run_scheme(scheme: str, scenario: Scenario, model, info, images, labels, log_dir: Path,
+async def _run_scheme(scheme: str, scenario: Scenario, K: int, images, labels, log_dir: Path,
                       progress, links: LinkSet | None) -> tuple[list[RequestRecord], dict[str, Any], dict[str, Any] | None]:
     from ..master.master import Master
 
-    plan = _plan(scheme, scenario, model, info)
+    plan = _plan(scheme, scenario, K)
     token = secrets.token_hex(32)
     specs = [w.link for w in scenario.workers]
     if links is not None:  # every scheme starts from the links' initial state, like it starts fresh workers
@@ -156,7 +154,7 @@ async def _run_scheme(scheme: str, scenario: Scenario, model, info, images, labe
     try:
         if links is not None:
             timeline = LinkTimeline(links, specs, workers.started_at).start()
-        # only the workers this scheme uses (uncoded: the first K)
+        # only the workers this scheme uses (uncoded: the first K; local: none)
         master = Master(plan, workers.addresses[: plan.N], token.encode(), request_timeout=scenario.timeout_s)
         try:
             await master.start(wait_ready=60 if links else 30)  # a slow link carries the model to its worker first
@@ -169,7 +167,7 @@ async def _run_scheme(scheme: str, scenario: Scenario, model, info, images, labe
             t0 = time.perf_counter()
             records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress)
             stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N,
-                     "encode_precision": getattr(plan, "encode_precision", None),
+                     "plan": plan.summary(),
                      "warmup_bytes_sent": int(warmup.get("bytes_sent", 0)),  # in bytes_sent, not in any request's
                      "connects": [l.connects for l in master.links]}
         finally:
@@ -193,9 +191,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
         require(f"scenario {scenario.name!r}" + (f" ({scenario.source})" if scenario.source else ""))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, info = load_model(scenario.model)
-    if info["kind"] != "aicc":
-        raise EdgeccError(f"{scenario.model}: a scenario's model must be an AICC model")
+    K = scenario.group_size()  # every scheme groups the same images
     images, labels = load_images(scenario.images)
     results, stats, measured = {}, {}, {}
     links_meta = None
@@ -220,10 +216,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
                 name = scheme + suffix
                 progress = progress_factory(name) if progress_factory else None
                 results[name], stats[name], measured[name] = run(_run_scheme(
-                    scheme, variant, model, info, images, labels, Path(logs), progress, links))
+                    scheme, variant, K, images, labels, Path(logs), progress, links))
         if links is not None:
             links_meta["qdiscs"] = [links.shaped(i) for i in range(scenario.N)]  # the last scheme's final state
-    meta = {**scenario.to_dict(), "machine": _machine(), "master_stats": stats}
+    meta = {**scenario.to_dict(), "K": K, "machine": _machine(), "master_stats": stats}
     if links_meta is not None:
         meta["links"] = {**links_meta, "measured": measured}
     summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta,

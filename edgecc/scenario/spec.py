@@ -6,16 +6,23 @@ the model, the images, the request stream, and how each of the N workers behaves
 
     name = "one-straggler"     # default: the file name without .toml
     seed = 7                   # default 0; fixes every injected delay and failure
-    model = "default"          # "default" (shipped model, K=2 G=1) or a path to a .safetensors
     images = "sample"          # "sample" (shipped 1000 images), "test", or a path to a .npz
     requests = 200             # default 100; each request is `groups_per_request` groups of K images
     groups_per_request = 1
-    placement = "encoded"      # "encoded": master encodes, workers get only X̃_n; "shared": workers hold the data
-    encode_precision = "auto"  # the master's encoder: "auto" (bf16 for CNN encoders where native), "fp32", "bf16"
-    schemes = ["aicc", "uncoded", "replication"]   # the default; also "learned-code" (Kosaian et al. [10]); same delays for all
-    learned_code_model = "learned-code"            # the learned code's model: the shipped one or a .safetensors path
+    schemes = ["aicc", "uncoded", "replication"]   # the default (schemes.registry.DEFAULT_SCHEMES); any
+                               # registered scheme (`edgecc schemes` lists them); same delays for all
+    K = 2                      # images per group; default: the K the schemes' models fix (the AICC model's), else 2
     timeout_s = 5.0            # per-request deadline at the master
+    backend = "tcp"            # where the workers run: "tcp", local processes; "ray", Ray actors
+                               # (pip install 'edgecc[ray]'; docs/ray.md)
     N = 3                      # number of workers; may be left out when [[workers]] are listed
+
+    [options.aicc]             # a scheme's own options (schemes/builtin.py declares each one's), for
+    model = "default"          # one of the schemes listed: e.g. AICC's model ("default": the shipped
+    placement = "encoded"      # K=2 G=1 model, or a .safetensors path), placement ("encoded": the master
+    encode_precision = "auto"  # encodes; "shared": workers hold the encoder) and encoder precision
+    [options.learned-code]
+    model = "learned-code"     # the shipped learned code, or a .safetensors path
 
     [arrival]
     process = "closed"         # "closed": `concurrency` requests in flight; "poisson": open loop
@@ -63,20 +70,20 @@ from pathlib import Path
 from typing import Any
 
 from edgecc.errors import ConfigError
-from edgecc.schemes.registry import SCHEMES as _REGISTRY
+from edgecc.schemes import registry
 from edgecc.scenario.latency import (
     Constant, Distribution, Failure, FieldError, WorkerBehaviour, as_int, as_number, as_table,
     check_keys, parse_failures, parse_latency,
 )
 
-SCHEMES = tuple(_REGISTRY)  # every scheme schemes/registry.py can build
-DEFAULT_SCHEMES = SCHEMES[:3]  # the learned code [10] and ApproxIFER run only where a scenario names them
-PLACEMENTS = ("encoded", "shared")
+DEFAULT_SCHEMES = registry.DEFAULT_SCHEMES  # what a scenario runs when it names no schemes
 ARRIVAL_PROCESSES = ("closed", "poisson")
+BACKENDS = ("tcp", "ray")  # worker processes on this machine (launch/local.py), Ray actors (launch/ray_workers.py)
 
-_TOP_KEYS = {"name", "seed", "N", "model", "images", "requests", "groups_per_request",
-             "placement", "encode_precision", "schemes", "learned_code_model", "timeout_s", "arrival", "defaults", "workers",
-             "also_all_fast"}
+_TOP_KEYS = {"name", "seed", "N", "K", "images", "requests", "groups_per_request", "schemes", "options", "timeout_s",
+             "arrival", "defaults", "workers", "also_all_fast", "backend"}
+# keys that are a scheme's options: a scenario sets them in that scheme's [options.NAME] table
+_SCHEME_KEYS = {"model": "aicc", "placement": "aicc", "encode_precision": "aicc", "learned_code_model": "learned-code"}
 _WORKER_KEYS = {"latency", "failure", "slowdown", "link", "bandwidth_mbit"}
 _LINK_KEYS = {"rate_mbit", "burst", "queue_ms", "down_at_s", "up_at_s", "rate_changes"}
 MIN_BURST = 3028  # two full Ethernet frames: tbf drops any packet larger than its bucket
@@ -143,17 +150,17 @@ class Scenario:
     N: int  # number of workers
     workers: tuple[WorkerSpec, ...]  # exactly N
     seed: int = 0  # fixes every injected delay and failure
-    model: str = "default"  # "default" or a resolved .safetensors path
     images: str = "sample"  # "sample", "test" or a resolved .npz path
     requests: int = 100
     groups_per_request: int = 1
-    placement: str = "encoded"  # "encoded" or "shared"
-    encode_precision: str = "auto"  # the master's encoder precision (edgecc.nets.encode_precision)
     schemes: tuple[str, ...] = DEFAULT_SCHEMES  # run in this order, each with the same delays
-    learned_code_model: str = "learned-code"  # the "learned-code" scheme's model: shipped name or .safetensors
+    # per scheme of `schemes`: every one of its options, as given or by default (paths resolved)
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    K: int | None = None  # images per group; None: the K the schemes' options fix, else the registry's default
     timeout_s: float = 5.0  # per-request deadline at the master
     arrival: Arrival = field(default_factory=Arrival)
     also_all_fast: bool = False  # also run each scheme with every link at the fastest configured rate
+    backend: str = "tcp"  # one of BACKENDS: where the workers run
     source: str | None = None  # the file it was loaded from
 
     @property
@@ -168,6 +175,14 @@ class Scenario:
         workers = tuple(replace(w, link=LinkSpec(fast, burst, w.link.queue_ms if w.link else 100.0)) for w in self.workers)
         return replace(self, workers=workers, also_all_fast=False)
 
+    def scheme_options(self, scheme: str) -> dict[str, Any]:
+        """The options scheme `scheme` runs with (for schemes.registry.build_plan)."""
+        return dict(self.options.get(scheme, {}))
+
+    def group_size(self) -> int:
+        """K for every scheme of the run (reads the schemes' model headers, not their weights)."""
+        return registry.run_group_size({s: self.scheme_options(s) for s in self.schemes}, self.K)
+
     def behaviours(self) -> list[WorkerBehaviour]:
         """One deterministic behaviour per worker, indexed 0..N-1."""
         return [WorkerBehaviour(self.seed, i, w.latency, w.failures, w.slowdown)
@@ -176,14 +191,15 @@ class Scenario:
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready description (for reports)."""
         return {
-            "name": self.name, "seed": self.seed, "N": self.N, "model": self.model,
+            "name": self.name, "seed": self.seed, "N": self.N, "K": self.K,
             "images": self.images, "requests": self.requests,
-            "groups_per_request": self.groups_per_request, "placement": self.placement,
-            "encode_precision": self.encode_precision,
-            "schemes": list(self.schemes), "learned_code_model": self.learned_code_model, "timeout_s": self.timeout_s,
+            "groups_per_request": self.groups_per_request,
+            "schemes": list(self.schemes), "options": {s: dict(o) for s, o in self.options.items()},
+            "timeout_s": self.timeout_s,
             "arrival": {"process": self.arrival.process, "concurrency": self.arrival.concurrency,
                         "rate": self.arrival.rate},
             "also_all_fast": self.also_all_fast,
+            "backend": self.backend,
             "workers": [{**b.to_dict(), "link": w.link.to_dict() if w.link else None}
                         for w, b in zip(self.workers, self.behaviours())],
         }
@@ -300,17 +316,62 @@ def _parse_arrival(d: Any) -> Arrival:
 def _parse_schemes(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise FieldError("schemes", f"must be a non-empty list, got {value!r}")
+    known = registry.names()
     for i, s in enumerate(value):
-        if s not in SCHEMES:
-            raise FieldError(f"schemes[{i}]", f"must be one of {', '.join(SCHEMES)}; got {s!r}")
+        if s not in known:
+            raise FieldError(f"schemes[{i}]", f"must be one of {', '.join(known)}; got {s!r}")
     if len(set(value)) != len(value):
         raise FieldError("schemes", f"lists a scheme twice: {value!r}")
     return tuple(value)
 
 
+def _parse_options(value: Any, schemes: tuple[str, ...], base_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """[options.NAME] tables: each for a scheme the scenario runs, with options that scheme declares;
+    every scheme of `schemes` gets all its options (defaults filled in), relative model paths resolved."""
+    tables = as_table(value, "options")
+    for name, table in tables.items():
+        if name not in schemes:
+            raise FieldError(f"options.{name}", f"sets options of a scheme the scenario does not run "
+                                                f"(schemes = {list(schemes)})")
+        as_table(table, f"options.{name}")
+    out = {}
+    for name in schemes:
+        given = dict(tables.get(name, {}))
+        try:
+            scheme = registry.get(name)  # a plugin's entry point is loaded here
+        except ConfigError as e:
+            raise FieldError("schemes", str(e)) from None
+        for key, v in given.items():
+            opt = scheme.option(key)
+            try:
+                if opt is None:
+                    registry.check_options(name, {key: v})  # raises, naming the options the scheme has
+                given[key] = opt.parse(_model_path(v, f"options.{name}.{key}", base_dir)
+                                       if opt.model and isinstance(v, str) else v, name)
+            except FieldError:
+                raise
+            except ConfigError as e:
+                raise FieldError(f"options.{name}.{key}", str(e)) from None
+        out[name] = registry.check_options(name, given)
+    return out
+
+
+def _model_path(value: str, field_: str, base_dir: Path | None) -> str:
+    """A model option's value: a shipped model's name, or a .safetensors path (relative to the scenario file)."""
+    from edgecc.modelfile import SHIPPED
+
+    if value in SHIPPED:
+        return value
+    return _path_or_keyword(value, field_, tuple(SHIPPED), ".safetensors", base_dir)
+
+
 def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
                        base_dir: Path | None = None, source: str | None = None) -> Scenario:
     """Validate a parsed TOML document. Errors are `FieldError`s with a field path."""
+    for key, scheme in _SCHEME_KEYS.items():
+        if key in d:
+            raise FieldError(key, f"is an option of a scheme: set it in the [options.{scheme}] table "
+                                  "(or the table of the scheme it is for)")
     check_keys(d, _TOP_KEYS)
     defaults = _in_section("defaults", _parse_worker, d.get("defaults", {}), base_dir)
 
@@ -330,27 +391,33 @@ def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
         WorkerSpec(**{**defaults, **_in_section(f"workers[{i}]", _parse_worker, t, base_dir)})
         for i, t in enumerate(tables or [{}] * N))
 
+    schemes = _parse_schemes(d.get("schemes", list(DEFAULT_SCHEMES)))
     return Scenario(
         name=_string(d.get("name", name), "name"),
         N=N,
         workers=workers,
         seed=as_int(d.get("seed", 0), "seed", minimum=0),
-        model=_path_or_keyword(d.get("model", "default"), "model", ("default",),
-                               ".safetensors", base_dir),
         images=_path_or_keyword(d.get("images", "sample"), "images", ("sample", "test"),
                                 ".npz", base_dir),
         requests=as_int(d.get("requests", 100), "requests", minimum=1),
         groups_per_request=as_int(d.get("groups_per_request", 1), "groups_per_request", minimum=1),
-        placement=_one_of(d.get("placement", "encoded"), "placement", PLACEMENTS),
-        encode_precision=_one_of(d.get("encode_precision", "auto"), "encode_precision", ("auto", "fp32", "bf16")),
-        schemes=_parse_schemes(d.get("schemes", list(DEFAULT_SCHEMES))),
-        learned_code_model=_path_or_keyword(d.get("learned_code_model", "learned-code"), "learned_code_model",
-                                            ("learned-code",), ".safetensors", base_dir),
+        schemes=schemes,
+        options=_parse_options(d.get("options", {}), schemes, base_dir),
+        K=as_int(d["K"], "K", minimum=1) if "K" in d else None,
         timeout_s=as_number(d.get("timeout_s", 5.0), "timeout_s", above=0),
         arrival=_in_section("arrival", _parse_arrival, d.get("arrival", {})),
         also_all_fast=_also_all_fast(d.get("also_all_fast", False), workers),
+        backend=_backend(d.get("backend", "tcp"), workers),
         source=source,
     )
+
+
+def _backend(value: Any, workers: tuple[WorkerSpec, ...]) -> str:
+    if value not in BACKENDS:
+        raise FieldError("backend", f"must be one of {', '.join(BACKENDS)}; got {value!r}")
+    if value == "ray" and any(w.link for w in workers):  # links shape TCP into a namespace per worker process
+        raise FieldError("backend", "a scenario with shaped links runs TCP worker processes, not Ray actors")
+    return value
 
 
 def _also_all_fast(value: Any, workers: tuple[WorkerSpec, ...]) -> bool:
@@ -358,12 +425,6 @@ def _also_all_fast(value: Any, workers: tuple[WorkerSpec, ...]) -> bool:
         raise FieldError("also_all_fast", f"must be true or false, got {value!r}")
     if value and not any(w.link for w in workers):
         raise FieldError("also_all_fast", "needs at least one worker with a `link` (there is nothing to make fast)")
-    return value
-
-
-def _one_of(value: Any, field_: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise FieldError(field_, f"must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 
@@ -389,7 +450,7 @@ def load_scenario(path: str | Path) -> Scenario:
 # --- best-effort line lookup -------------------------------------------------------------------
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?")
-_SEGMENT = re.compile(r"([A-Za-z0-9_]*)(?:\[(\d+)\])?")
+_SEGMENT = re.compile(r"([A-Za-z0-9_\-]*)(?:\[(\d+)\])?")
 
 
 def find_line(text: str, field_path: str) -> int | None:
@@ -418,6 +479,8 @@ def find_line(text: str, field_path: str) -> int | None:
         key = re.compile(rf"(^|[{{,\s]){re.escape(name)}\s*=")
         line = next((i for i in range(start, end) if key.search(lines[i])), None)
         if line is None:
+            if any(_HEADER.match(lines[h]).group(2).split(".")[0].strip() == name for h in headers if h >= start):
+                continue  # only dotted tables under it ([options.aicc] under `options`): look for the next part
             break
         found, start = line, line  # later segments may sit on this same line
     return None if found is None else found + 1

@@ -1,13 +1,9 @@
-"""The master's side of a scheme: what to send each worker, when a request is complete, how to decode.
+"""AICC (Tang et al., arXiv 2307.04915) as a runtime scheme: the master's side (`CodedPlan`).
 
-CodedPlan (AICC). Encoded placement: the master runs Γ (and Λ for H_S) and ships X̃_n = E(α_n)
-to worker n. Shared placement: workers hold the encoder; the master ships raw images.
-Complete once the results in hand decode with an error bound under the tolerance (at least R of them;
+Encoded placement: the master runs Γ (and Λ for H_S) and ships X̃_n = E(α_n) to worker n. Shared
+placement: workers hold the encoder; the master ships raw images. A request is complete once the
+results in hand decode with an error bound under the tolerance (at least R of them;
 coding/conditioning.py): R well-placed results usually suffice, clustered ones wait for more.
-
-ReplicatedPlan (the comparators). Worker n classifies image n mod K of each group with the
-centralized MLP ("plain" placement). Uncoded: N = K workers, wait for all. Replication: N workers,
-the first copy of each image wins.
 """
 
 from __future__ import annotations
@@ -29,12 +25,7 @@ from ..nets import encode_precision as resolve_precision
 from ..protocol import compute_spec
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
-
-
-def kth_fastest(delays: dict[int, float | None], k: int) -> float | None:
-    """The k-th smallest of the workers' delays (None: the worker never answers), or None if fewer than k answer."""
-    ok = sorted(d for d in delays.values() if d is not None)
-    return ok[k - 1] if len(ok) >= k else None
+from .base import Plan, kth_fastest, load_model_option
 
 
 CALIBRATION_GROUPS = 32  # groups of the shipped sample whose results size each worker's error before any request
@@ -90,7 +81,7 @@ def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, 
     return errs
 
 
-class CodedPlan:
+class CodedPlan(Plan):
     """`tolerance`: the largest decoded-logit error bound a request may decode with (coding/conditioning);
     `policy` "bound" waits for results until the bound is under it, "first-r" decodes the first R (for
     comparison); `points` "chosen" places α for N (coding/conditioning.chosen_alphas), "uniform" at n/(N+1)."""
@@ -144,7 +135,7 @@ class CodedPlan:
     def R(self) -> int:
         return self.scheme.R
 
-    name = "aicc"  # the registry's name (schemes/registry.py), sent in configure.scheme
+    name = "aicc"
 
     def compute_spec(self, index: int) -> ComputeSpec:
         """What worker `index` runs: the collapsed affine map (encoded), or E(α_index) and H (shared)."""
@@ -245,6 +236,12 @@ class CodedPlan:
                 return order[i - 1][0]
         return None
 
+    def summary(self) -> dict[str, Any]:
+        return {"encode_precision": self.encode_precision}
+
+    def worker_summary(self, index: int) -> dict[str, Any]:
+        return {"alpha": float(self.alphas[index]), "suspect_groups": self.suspect_groups[index]}
+
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
         """(B, K, 10) float64 logits from {worker index: (B, 10)} (R + 2E with liars)."""
         return self.decoded(results)[0]
@@ -278,127 +275,10 @@ class CodedPlan:
         return np.einsum("kr,rbv->bkv", c.W, Y[cols]), report
 
 
-class _PlainWorkers:
-    """Plans whose N workers all run the centralized MLP (worker/compute.PlainCompute) on one image each."""
-
-    placement = "plain"
-
-    def _configure_plain(self, mlp, K: int, N: int, wire_dtype: str) -> None:
-        from ..worker.compute import mlp_spec
-
-        self.K, self.N, self.wire_dtype = K, N, wire_dtype
-        self.alphas = [float(n + 1) for n in range(N)]  # worker labels in the master's stats; workers never see them
-        self.arrays = {f"mlp.{k}": v.detach().float().numpy() for k, v in mlp.state_dict().items()}
-        self.spec = mlp_spec(self.arrays)
-        self.digest = digest(self.arrays)
-        self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
-
-    def compute_spec(self, index: int) -> ComputeSpec:
-        return self.spec  # every worker runs the same MLP
-
-    def scheme_params(self, index: int) -> dict[str, Any]:
-        return {"K": self.K, "N": self.N}
-
-    def reachable(self, possible) -> bool:
-        return self.complete(possible)
-
-
-class ReplicatedPlan(_PlainWorkers):
-    """Uncoded (N = K) or replication (N > K): worker n runs the centralized MLP on image n mod K."""
-
-    def __init__(self, model, info: dict[str, Any], K: int, N: int, wire_dtype: str = "f4"):
-        if info["kind"] != "centralized-mlp":
-            raise ValueError("uncoded and replication workers run the centralized MLP baseline")
-        if N < K:
-            raise ValueError(f"{N} workers cannot hold one copy of each of K={K} images")
-        self.model, self.info = model.eval(), info
-        self.name = "uncoded" if N == K else "replication"
-        self._configure_plain(model, K, N, wire_dtype)
-        self.copies = [[n for n in range(N) if n % K == k] for k in range(K)]
-
-    @property
-    def need(self) -> str:
-        return "one answer per image"
-
-    def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
-        x = images.astype(np.float32) / 255.0
-        return [{"x": pack_array(x[:, n % self.K], self.wire_dtype)} for n in range(self.N)]
-
-    def complete(self, answered) -> bool:
-        return all(any(n in answered for n in c) for c in self.copies)
-
-    def oracle(self, delays: dict[int, float | None]) -> float | None:
-        best = [min((delays[n] for n in c if delays.get(n) is not None), default=None) for c in self.copies]
-        return None if any(b is None for b in best) else max(best)
-
-    def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, K, 10): image k's logits from the first of its copies to arrive (dicts keep arrival order)."""
-        first = {}
-        for n, y in results.items():
-            first.setdefault(n % self.K, y)
-        return np.stack([first[k] for k in range(self.K)], axis=1).astype(np.float64)
-
-    def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """(logits, report): the copies that answered first for each image."""
-        first: dict[int, int] = {}
-        for n in results:
-            first.setdefault(n % self.K, int(n))
-        return self.decode(results), {"subset": sorted(first.values())}
-
-
-class LearnedCodePlan(_PlainWorkers):
-    """The learned code [10] (SPEC §4) as a runtime scheme: workers 0..k-1 run the frozen base MLP on data
-    image n of each group, worker k on the parity image the learned encoder makes from all k. Any k
-    answers decode: all data slots are the base model's own outputs; with one data slot missing, the
-    learned decoder rebuilds it from the others and the parity output (degraded mode, approximate)."""
-
-    name = "learned-code"
-
-    def __init__(self, model, info: dict[str, Any], wire_dtype: str = "f4"):
-        if info["kind"] != "learned-code":
-            raise ValueError(f"a learned-code plan needs a learned-code model, got {info['kind']!r}")
-        self.model, self.info = model.eval(), info
-        self.k = int(info["code"]["k"])
-        self._configure_plain(model.base, self.k, self.k + 1, wire_dtype)
-        self.rebuilt_groups = 0  # groups answered in degraded mode (one data slot decoded)
-
-    @property
-    def need(self) -> str:
-        return f"any {self.k} of {self.N} (one straggler)"
-
-    @torch.inference_mode()
-    def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
-        x = images.astype(np.float32) / 255.0
-        parity = self.model.encoder(torch.from_numpy(x)).numpy()  # (B, 28, 28)
-        return [{"x": pack_array(x[:, n], self.wire_dtype)} for n in range(self.k)] + [{"x": pack_array(parity, self.wire_dtype)}]
-
-    def complete(self, answered) -> bool:
-        return len(answered) >= self.k
-
-    def oracle(self, delays: dict[int, float | None]) -> float | None:
-        return kth_fastest(delays, self.k)
-
-    @torch.inference_mode()
-    def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, k, 10) float64: the data workers' outputs, with at most one slot rebuilt by the decoder."""
-        missing = [n for n in range(self.k) if n not in results]
-        if not missing:
-            return np.stack([results[n] for n in range(self.k)], axis=1).astype(np.float64)
-        if len(missing) > 1 or self.k not in results:
-            raise DecodeError(f"the learned code rebuilds one data slot from the other {self.k}; got workers {sorted(results)}")
-        B = results[self.k].shape[0]
-        outs = np.zeros((B, self.k + 1, 10), dtype=np.float32)  # the missing slot stays zero, as in training
-        for n, y in results.items():
-            outs[:, n] = y
-        rebuilt = self.model.decoder(torch.from_numpy(outs)).numpy().astype(np.float64)  # (B, k, 10)
-        out = outs[:, : self.k].astype(np.float64)
-        out[:, missing[0]] = rebuilt[:, missing[0]]
-        self.rebuilt_groups += B
-        return out
-
-    def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """(logits, report): the workers decoded from; "rebuilt" names a data slot the learned decoder rebuilt."""
-        missing = [n for n in range(self.k) if n not in results]
-        logits = self.decode(results)
-        used = list(range(self.k)) if not missing else sorted(n for n in results if n <= self.k)
-        return logits, {"subset": used, "rebuilt": missing[0] if missing else None}
+def build(N: int, K: int, *, model, placement: str, wire_dtype: str, encode_precision: str, byzantine: int,
+          tolerance: float, policy: str, points: str) -> CodedPlan:
+    """The registry's builder (schemes/builtin.py declares the options)."""
+    net, info = load_model_option(model, ("aicc",), "aicc")
+    if int(info["scheme"]["K"]) != K:  # before the calibration, which costs a second or so
+        raise ConfigError(f"the AICC model groups K={info['scheme']['K']} images; the run has K={K}")
+    return CodedPlan(net, info, N, placement, wire_dtype, byzantine, encode_precision, tolerance, policy, points)

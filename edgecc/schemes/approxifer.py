@@ -22,23 +22,10 @@ from ..errors import ConfigError
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
 from ..worker.plain_cnn import plain_spec
-from .plan import kth_fastest
-
-BASE_KINDS = ("centralized-mlp", "centralized-cnn")
+from .base import CENTRALIZED, Plan, base_arrays, kth_fastest, load_model_option
 
 
-def base_arrays(model, info: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The wire arrays of a centralized model for a plain worker: "mlp.*" (numpy) or "cnn.*" (torch)."""
-    if info["kind"] == "centralized-mlp":
-        return {f"mlp.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
-    if info["kind"] == "centralized-cnn":
-        from ..worker.plain_cnn import cnn_arrays
-
-        return cnn_arrays(model)
-    raise ConfigError(f"ApproxIFER's workers run a centralized model ({', '.join(BASE_KINDS)}), not {info['kind']!r}")
-
-
-class ApproxIFERPlan:
+class ApproxIFERPlan(Plan):
     """K images per group on N workers; any K answers decode (2K + 2E − 1 with E liars)."""
 
     placement = "plain"
@@ -59,7 +46,6 @@ class ApproxIFERPlan:
         self.code = BerrutCode(K, N, points)
         self.points = [float(z) for z in self.code.z]
         self.point_set = points
-        self.alphas = [float(n + 1) for n in range(N)]  # worker labels in the master's stats; the nodes are `points`
         self.arrays = base_arrays(model, info)
         self.spec = plain_spec(self.arrays)
         self.digest = digest(self.arrays)
@@ -68,6 +54,9 @@ class ApproxIFERPlan:
 
     def compute_spec(self, index: int) -> ComputeSpec:
         return self.spec  # every worker runs the unmodified centralized model
+
+    def worker_summary(self, index: int) -> dict[str, Any]:
+        return {"z": self.points[index], "suspect_groups": self.suspect_groups[index]}
 
     def scheme_params(self, index: int) -> dict[str, Any]:
         return {"K": self.K, "N": self.N, "E": self.byzantine, "points": self.point_set, "z": self.points[index]}
@@ -108,3 +97,8 @@ class ApproxIFERPlan:
             self.suspect_groups[w] += int(res.suspects[row].sum())
         suspects = sorted(int(w) for row, w in enumerate(res.workers) if res.suspects[row].any())
         return res.logits, {"subset": sorted(int(w) for w in res.workers), "suspects": suspects}
+
+
+def build(N: int, K: int, *, model, points: str, wire_dtype: str, byzantine: int) -> ApproxIFERPlan:
+    """The registry's builder (schemes/builtin.py declares the options)."""
+    return ApproxIFERPlan(*load_model_option(model, CENTRALIZED, "approxifer"), K, N, points, wire_dtype, byzantine)

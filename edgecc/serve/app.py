@@ -47,19 +47,6 @@ MAX_DEADLINE_MS = 600_000
 DEFAULT_WINDOW_MS = 2.0  # batching window: the sweep in results/serve-sweep.md (benchmarks/serve_sweep.py) chose it
 
 
-def build_plan(scheme: str, model: str, N: int, encode_precision: str = "auto", wire_dtype: str = "f4"):
-    """The plan for `scheme` from the registry (schemes/registry.py); the AICC `model` fixes K for every
-    scheme, and is what the aicc scheme runs."""
-    from ..errors import EdgeccError
-    from ..modelfile import load_model
-    from ..schemes.registry import PlanRequest, build_plan as registry_plan
-
-    net, info = load_model(model)
-    if info["kind"] != "aicc":
-        raise EdgeccError(f"{model}: serve needs an AICC model (it sets K), not {info['kind']!r}")
-    return registry_plan(scheme, PlanRequest(N, net, info, wire_dtype=wire_dtype, encode_precision=encode_precision))
-
-
 class Service:
     def __init__(self, master, scheme: str, *, window_s: float, max_queue: int = 1024, max_groups: int = 8,
                  max_in_flight: int = 32, max_images: int = 64, client_token: bytes | None = None,
