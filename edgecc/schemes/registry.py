@@ -39,7 +39,7 @@ RESERVED = ("N", "K")  # every run's own parameters: no scheme option may take t
 
 _builtin = {s.name: s for s in BUILTIN}
 _registered: dict[str, SchemeDef] = {}
-_loaded: dict[str, SchemeDef] = {}  # entry points already imported, by scheme name
+_loaded: dict[str, tuple[str, SchemeDef]] = {}  # entry points already imported: name -> (entry point's value, scheme)
 _scan: tuple[tuple[str, ...], dict[str, EntryPoint]] | None = None  # (sys.path, entry points) of the last scan
 
 
@@ -101,20 +101,21 @@ def get(name: str) -> SchemeDef:
         return _builtin[name]
     if name in _registered:
         return _registered[name]
-    if name not in _loaded:
-        ep = _entry_points().get(name)
-        if ep is None:
-            raise ConfigError(f"unknown scheme {name!r}; the schemes are {', '.join(names())}")
-        where = f"entry point {ep.name} = {ep.value}"
-        try:
-            scheme = ep.load()
-        except Exception as e:  # a broken plugin is reported as the configuration error it is
-            raise ConfigError(f"{where}: cannot load it: {type(e).__name__}: {e}") from e
-        _check_def(scheme, where)
-        if scheme.name != name:
-            raise ConfigError(f"{where}: declares a scheme named {scheme.name!r}, not {name!r}")
-        _loaded[name] = scheme
-    return _loaded[name]
+    ep = _entry_points().get(name)
+    if ep is None:
+        raise ConfigError(f"unknown scheme {name!r}; the schemes are {', '.join(names())}")
+    if name in _loaded and _loaded[name][0] == ep.value:
+        return _loaded[name][1]
+    where = f"entry point {ep.name} = {ep.value}"
+    try:
+        scheme = ep.load()
+    except Exception as e:  # a broken plugin is reported as the configuration error it is
+        raise ConfigError(f"{where}: cannot load it: {type(e).__name__}: {e}") from e
+    _check_def(scheme, where)
+    if scheme.name != name:
+        raise ConfigError(f"{where}: declares a scheme named {scheme.name!r}, not {name!r}")
+    _loaded[name] = (ep.value, scheme)
+    return scheme
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
