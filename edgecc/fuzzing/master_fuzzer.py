@@ -1,7 +1,8 @@
 """Fuzz the master's result path: a real Master (CodedPlan, tiny untrained AICC with Scheme(K=2, G=1),
 N=3, R=2) with two honest worker processes and one `FakeWorker` served in-process, which handshakes
-correctly (mostly: some handshakes are wrong on purpose) and then answers `compute` with invalid
-results (wrong shape/dtype/length, NaN/Inf, unknown or duplicate ids, errors) and garbage frames.
+through the worker's own state machine (protocol/worker_handshake.py; some handshakes are broken on
+purpose) and then answers `compute` with invalid results (wrong shape/dtype/length, NaN/Inf, unknown
+or duplicate ids, errors) and garbage frames.
 Every request must decode to the in-process logits; the master must not raise, lose a link task or
 leak pending requests. Valid-looking but wrong values are out of scope: with byzantine=0 they are
 undetectable by design (tests/test_runtime.py covers the byzantine mode).
@@ -27,6 +28,7 @@ from ..bundle import digest as array_digest
 from ..protocol import auth
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, RemoteProtocolError, encode_frame, pack_array, unpack_array
 from ..protocol.messages import PROTOCOL_VERSION, Auth, Compute, Configure, Configured, Error, Hello, Ping, Pong, Result, Welcome
+from ..protocol.worker_handshake import HandshakeRefused, WorkerHandshake
 from . import payloads
 from .payloads import deep_list, payload_frame, random_msgpack, raw_frame, special_payloads
 from .peer import Findings
@@ -97,10 +99,12 @@ class FakeWorker:
         rng = self.rng
         mode = "good" if self.stop_fuzzing else self.pick(self.HANDSHAKES)
         self.handshakes[mode] += 1
-        nonce_w = auth.new_nonce()
+        # minor version 0 (no proto_minor): the master sends no cancel, which this fake does not take
         caps = {"placements": ["encoded"], "wire_dtypes": ["f4", "f2"], "torch": False, "max_frame": DEFAULT_MAX_FRAME,
                 "max_batch": 4096, "max_in_flight": 256}
-        hello = Hello(PROTOCOL_VERSION, nonce_w, caps, None).to_wire()
+        hs = WorkerHandshake(self.token, caps)  # the worker's own rules; the modes below break them on purpose
+        [hello_msg] = hs.start()
+        hello = hello_msg.to_wire()
         if mode == "good_extra_caps":
             hello["caps"] = {**caps, "future_cap": {"x": [1, 2]}, "gpu": True}
             hello["bundle"] = secrets.token_hex(32)
@@ -111,7 +115,7 @@ class FakeWorker:
         elif mode == "hello_bad_caps":
             hello["caps"] = {**caps, rng.choice(["placements", "max_frame", "torch"]): rng.choice(["encoded", -1, 1.5, None])}
         elif mode == "hello_short_nonce":
-            hello["nonce"] = nonce_w[:31]
+            hello["nonce"] = hs.nonce[:31]
         if mode == "hello_garbage":
             self.write(writer, payload_frame(rng.randbytes(rng.randint(0, 50))))
         elif mode == "hello_error":
@@ -133,10 +137,12 @@ class FakeWorker:
         if not isinstance(a, Auth) or a.proto != PROTOCOL_VERSION:
             self.findings.add("master_bad_auth", got=a.TYPE)
             return
-        if not auth.verify(auth.master_mac(self.token, nonce_w, a.nonce), a.mac):
+        try:
+            [welcome] = hs.receive(a)
+        except HandshakeRefused:  # the only refusal left for an auth of this version: its MAC
             self.findings.add("MASTER_WRONG_MAC")
             return
-        good_mac = auth.worker_mac(self.token, a.nonce, nonce_w)
+        good_mac = welcome.mac
         welcome_ok = True
         if mode == "welcome_bad_mac":
             self.write(writer, encode_frame(Welcome(rng.randbytes(32)).to_wire()))
@@ -145,7 +151,7 @@ class FakeWorker:
             self.write(writer, encode_frame(Welcome(rng.choice(self.welcome_macs) if self.welcome_macs else b"\x00" * 32).to_wire()))
             welcome_ok = False
         elif mode == "welcome_master_prefix":
-            self.write(writer, encode_frame(Welcome(auth.master_mac(self.token, a.nonce, nonce_w)).to_wire()))
+            self.write(writer, encode_frame(Welcome(auth.master_mac(self.token, a.nonce, hs.nonce)).to_wire()))
             welcome_ok = False
         elif mode == "welcome_error":
             self.write(writer, encode_frame(Error("auth", "authentication failed", None).to_wire()))
@@ -154,7 +160,7 @@ class FakeWorker:
             self.write(writer, raw_frame({"t": "welcome", "mac": good_mac, "extra": 1}))
             welcome_ok = False
         else:
-            self.write(writer, encode_frame(Welcome(good_mac).to_wire()))
+            self.write(writer, encode_frame(welcome.to_wire()))
             self.welcome_macs = (self.welcome_macs + [good_mac])[-8:]
         try:
             c = await comm.read(timeout=10)
@@ -331,7 +337,7 @@ async def fuzz_master(frames: int = 10_000, seed: int = 0, *, in_flight: int = 4
     from edgecc.data import load_sample
     from edgecc.protocol.limits import Limits
     from edgecc.master.master import Master, RequestFailed
-    from edgecc.schemes.plan import CodedPlan
+    from edgecc.schemes.aicc import CodedPlan
 
     t0 = time.perf_counter()
     token = secrets.token_hex(24)

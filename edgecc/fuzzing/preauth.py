@@ -11,7 +11,7 @@ from ..protocol import auth
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, encode_frame, pack_array
 from ..protocol.messages import PROTOCOL_VERSION, Auth, Compute, Configured, Error, Hello, Ping, Pong, Result, Welcome
 from ..protocol.handshake import ClientHandshake, HandshakeError
-from ..worker.server import PREAUTH_MAX_FRAME
+from ..protocol.worker_handshake import PREAUTH_MAX_FRAME
 from .payloads import MB, flip, lenient_equal, payload_frame, random_msgpack, raw_frame, special_payloads
 from .peer import Peer, describe, welcomed
 from .procs import proc_status
