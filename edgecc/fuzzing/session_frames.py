@@ -21,9 +21,9 @@ class SessionFrames:
     """Mixed into WorkerFuzzer: the frames of an authenticated session and the reply each must get (§7, §8)."""
 
     # -- sessions: a correct handshake + configure, then many mutated frames --
-    def session_frame(self, wire_dtype: str, configured: bool) -> tuple[str, bytes, tuple]:
+    def session_frame(self, wire_dtype: str, configured: bool, used: set[int] | None = None) -> tuple[str, bytes, tuple]:
         """(case, frame, expectation). Expectation: ("id", id, allowed kinds, x or None) | ("nil",) |
-        ("pong", seq) | ("configured",) | ("any",)."""
+        ("pong", seq) | ("configured",) | ("any",). `used`: the edge ids this session sent already."""
         rng = self.rng
         B = rng.choice([1, 1, 2, 3, 8, 17])
         x = rng_array(rng, (B, 28, 28))
@@ -33,7 +33,12 @@ class SessionFrames:
         if r < 0.16:  # valid compute (f4 or f2 input); sometimes an edge id
             dt = rng.choice(["f4", "f4", "f2"])
             xs = x.astype(np.float16).astype(np.float32) if dt == "f2" else x
-            i = rng.choice([self.new_id()] * 8 + [0, 2**63 - 1])
+            # each edge id once per session: a second request with it would be a duplicate (§7.3) whenever
+            # the first is still held, e.g. behind a configure (§7.2), and get bad_request
+            edge = [j for j in (0, 2**63 - 1) if used is None or j not in used]
+            i = rng.choice([self.new_id()] * 8 + edge)
+            if used is not None:
+                used.add(i)
             return f"compute_valid_{dt}", encode_frame(Compute(i, pack_array(xs, dt), None, None, None).to_wire()), ("id", i, ok_kinds, xs)
         if r < 0.40:  # structurally invalid array for a valid message
             i = self.new_id()

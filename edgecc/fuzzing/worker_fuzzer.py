@@ -46,6 +46,15 @@ from .session_frames import SessionFrames
 from .procs import WorkerProc, fd_count, proc_status
 
 
+# A valid compute sent twice in a row: the worker answers the first at once when it computes inline, so
+# the second is a new request (result or busy); while the first is still held (it waits behind a
+# configure, §7.2, or for the compute thread) the second is a duplicate (bad_request, §7.3). Either
+# copy's reply may come first. Unconfigured, the first copy gets not_configured, and so does the
+# second unless the first still waits behind a (refused) configure: a duplicate is refused on arrival.
+DUPLICATE_KINDS = frozenset({"result", "busy", "bad_request"})
+UNCONFIGURED_DUPLICATE_KINDS = frozenset({"not_configured", "bad_request"})
+
+
 class WorkerFuzzer(PreauthCases, SessionFrames):
     """Throws frames at one worker process over many connections and checks every reply against
     what docs/protocol.md prescribes; counts cases, outcomes and findings."""
@@ -182,6 +191,7 @@ class WorkerFuzzer(PreauthCases, SessionFrames):
                 return await peer.send(data, pieces=1 if rng.random() < 0.85 else rng.randint(2, 8))
 
             sent_here = 0
+            edge_ids: set[int] = set()
             while sent_here < n_frames and not self.stop:
                 if rng.random() < 0.01:  # a burst beyond max_in_flight (one frame repeated): busy is allowed
                     i = self.new_id()
@@ -189,13 +199,16 @@ class WorkerFuzzer(PreauthCases, SessionFrames):
                     f = encode_frame(Compute(i, pack_array(x), None, None, None).to_wire())
                     n = min(self.max_in_flight + 20, max(1, n_frames - sent_here))
                     batch.append(f * n)
-                    expectations += [("burst_duplicate_id", ("id", i, {"result", "busy"} if configured else {"not_configured"}, x))] * n
+                    kinds = DUPLICATE_KINDS if configured else UNCONFIGURED_DUPLICATE_KINDS
+                    expectations += [("burst_duplicate_id", ("id", i, kinds, x))] * n
                     self.count("burst_duplicate_id", n)
                     whole += n
                     sent_here += n
                 else:
-                    case, frame, exp = self.session_frame(wire_dtype, configured)
+                    case, frame, exp = self.session_frame(wire_dtype, configured, edge_ids)
                     dup = 2 if exp[0] == "id" and "result" in exp[2] and rng.random() < 0.1 else 1
+                    if dup == 2:
+                        exp = (exp[0], exp[1], DUPLICATE_KINDS, *exp[3:])
                     for _ in range(dup):
                         batch.append(frame)
                         expectations.append((case, exp))
