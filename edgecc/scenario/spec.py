@@ -82,8 +82,6 @@ BACKENDS = ("tcp", "ray")  # worker processes on this machine (launch/local.py),
 
 _TOP_KEYS = {"name", "seed", "N", "K", "images", "requests", "groups_per_request", "schemes", "options", "timeout_s",
              "arrival", "defaults", "workers", "also_all_fast", "backend"}
-# keys that are a scheme's options: a scenario sets them in that scheme's [options.NAME] table
-_SCHEME_KEYS = {"model": "aicc", "placement": "aicc", "encode_precision": "aicc", "learned_code_model": "learned-code"}
 _WORKER_KEYS = {"latency", "failure", "slowdown", "link", "bandwidth_mbit"}
 _LINK_KEYS = {"rate_mbit", "burst", "queue_ms", "down_at_s", "up_at_s", "rate_changes"}
 MIN_BURST = 3028  # two full Ethernet frames: tbf drops any packet larger than its bucket
@@ -356,6 +354,13 @@ def _parse_options(value: Any, schemes: tuple[str, ...], base_dir: Path | None) 
     return out
 
 
+def _declares(scheme: str, option: str) -> bool:
+    try:
+        return registry.get(scheme).option(option) is not None
+    except ConfigError:  # a plugin that cannot be loaded: reported where its options are read
+        return False
+
+
 def _model_path(value: str, field_: str, base_dir: Path | None) -> str:
     """A model option's value: a shipped model's name, or a .safetensors path (relative to the scenario file)."""
     from edgecc.modelfile import SHIPPED
@@ -368,10 +373,11 @@ def _model_path(value: str, field_: str, base_dir: Path | None) -> str:
 def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
                        base_dir: Path | None = None, source: str | None = None) -> Scenario:
     """Validate a parsed TOML document. Errors are `FieldError`s with a field path."""
-    for key, scheme in _SCHEME_KEYS.items():
-        if key in d:
-            raise FieldError(key, f"is an option of a scheme: set it in the [options.{scheme}] table "
-                                  "(or the table of the scheme it is for)")
+    schemes = _parse_schemes(d.get("schemes", list(DEFAULT_SCHEMES)))
+    for key in set(d) - _TOP_KEYS:  # a scheme's option at the top level: say where it goes
+        owners = [n for n in schemes if n in registry.names() and _declares(n, key)]
+        if owners:
+            raise FieldError(key, f"is an option of {', '.join(owners)}: set it in the scheme's [options.NAME] table")
     check_keys(d, _TOP_KEYS)
     defaults = _in_section("defaults", _parse_worker, d.get("defaults", {}), base_dir)
 
@@ -391,7 +397,6 @@ def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
         WorkerSpec(**{**defaults, **_in_section(f"workers[{i}]", _parse_worker, t, base_dir)})
         for i, t in enumerate(tables or [{}] * N))
 
-    schemes = _parse_schemes(d.get("schemes", list(DEFAULT_SCHEMES)))
     return Scenario(
         name=_string(d.get("name", name), "name"),
         N=N,
