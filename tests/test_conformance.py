@@ -165,6 +165,7 @@ class Row:
     then: Callable[[Conn], None] | None = None  # further checks before the liveness ping
     log: str | None = None  # a line the worker must log for this row (the reason it closed)
     then_reply: str | None = None  # text the reply's message must contain
+    check: Callable[[Message], None] | None = None  # further checks on the reply itself (a result's values)
 
 
 def version_message(master_version: int) -> str:
@@ -240,6 +241,110 @@ def send_correct_auth(c: Conn, h: Hello) -> None:
     c.hs = ClientHandshake(TOKEN.encode())  # the reference client; the runner checks the welcome's MAC with it
     [a] = c.hs.receive(h)
     c.send(encode_frame(a.to_wire()))
+
+
+# -- the rows that settle what the document once left open ------------------------------------------
+A2 = RNG.normal(size=(10, 784)).astype(np.float32)  # a second role, to tell two configurations apart
+B2 = RNG.normal(size=10).astype(np.float32)
+HS = {"kind": "affine-hs", "in_shape": [28, 28], "out": 10, "P": 2}
+
+
+def affine_result(i: int, x: np.ndarray, a: np.ndarray = A, b: np.ndarray = B) -> Callable[[Message], None]:
+    """Check that a reply is request i's result A·vec(x) + b."""
+    def check(r: Message) -> None:
+        assert isinstance(r, Result) and r.id == i, r
+        want = x.reshape(len(x), 784).astype(np.float64) @ a.T + b
+        np.testing.assert_allclose(unpack_array(r.y, "y", shape=(len(x), 10)), want, rtol=1e-4, atol=1e-3)
+    return check
+
+
+X_FIRST, X_AGAIN = RNG.random((1, 28, 28)).astype(np.float32), RNG.random((1, 28, 28)).astype(np.float32)
+
+
+def send_cancel_frees_id_and_slot(c: Conn, h: Hello) -> None:
+    c.send(compute(60, f4(X_FIRST)))
+    c.send(compute(61))  # both slots of max_in_flight = 2 are held
+    c.send({"t": "cancel", "id": 60})
+    c.send(compute(60, f4(X_AGAIN)))  # neither busy nor a duplicate: a new request
+
+
+def then_the_new_request_60(c: Conn) -> None:
+    affine_result(60, X_AGAIN)(c.recv(DELAY + 5))  # the cancelled one never answers, this one does
+
+
+X_SPAN = RNG.random((1, 28, 28)).astype(np.float32)
+
+
+def send_request_across_a_reconfigure(c: Conn, h: Hello) -> None:
+    c.send(compute(62, f4(X_SPAN)))  # held for DELAY s by the worker, under the first configuration
+    c.send(configure({"affine.weight": A2, "affine.bias": B2}))
+
+
+def then_old_and_new_configuration(c: Conn) -> None:
+    affine_result(62, X_SPAN)(c.recv(DELAY + 5))  # read before the configure: computed with A, b
+    c.send(compute(63, f4(X_SPAN)))
+    affine_result(63, X_SPAN, A2, B2)(c.recv(DELAY + 5))  # read after it: A2, b2
+
+
+X_HS = RNG.random((1, 28, 28)).astype(np.float32)
+V_HS = (RNG.integers(-8, 8, size=(1, 3, 28, 28)) / 8).astype(np.float16)  # exact in f2
+
+
+def hs_reference(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    x, v = x.astype(np.float64), v.astype(np.float64)
+    s = v[:, 0] + v[:, 1] * x + v[:, 2] * x * x  # Σ_p V_p ⊙ x^p (§7.1)
+    return s.reshape(len(s), 784) @ A.T + B
+
+
+def send_compute_behind_configure(c: Conn, h: Hello) -> None:
+    c.send(configure(compute=HS))  # and, without waiting for `configured`, a request only H_S takes
+    c.send(compute(64, f4(X_HS), v=pack_array(V_HS, "f2")))
+
+
+def then_result_under_the_new_configure(c: Conn) -> None:
+    r = c.recv(DELAY + 5)
+    assert isinstance(r, Result) and r.id == 64, r
+    np.testing.assert_allclose(unpack_array(r.y, "y", shape=(1, 10)), hs_reference(X_HS, V_HS), rtol=1e-4, atol=1e-3)
+
+
+def send_cancel_behind_configure(c: Conn, h: Hello) -> None:
+    c.send(configure())
+    c.send(compute(65))
+    c.send({"t": "cancel", "id": 65})
+
+
+def send_hs_mixed_dtypes(c: Conn, h: Hello) -> None:
+    c.send(configure(compute=HS))
+    assert c.recv() == Configured(array_digest(ARRAYS))
+    c.send(compute(66, f4(X_HS), v=pack_array(V_HS, "f2")))
+
+
+def check_hs_mixed(r: Message) -> None:
+    assert isinstance(r, Result) and r.id == 66, r
+    np.testing.assert_allclose(unpack_array(r.y, "y", shape=(1, 10)), hs_reference(X_HS, V_HS), rtol=1e-4, atol=1e-3)
+
+
+def send_frame_in_pieces_beyond_idle_timeout(c: Conn, h: Hello) -> None:
+    """A ping whose bytes take longer than idle_timeout to arrive, but never stop for that long."""
+    data = raw({"t": "ping", "seq": 2**40})  # 25 bytes: the last 8 come one every 0.6 s
+    c.send(data[:-8])
+    t0 = time.monotonic()
+    for i in range(len(data) - 8, len(data)):
+        time.sleep(0.6)
+        c.send(data[i:i + 1])
+    assert time.monotonic() - t0 > IDLE_TIMEOUT + 1
+
+
+def frame_of_payload(n: int) -> bytes:
+    """A whole frame of exactly n payload bytes: a ping with an unknown field `pad` (so: bad_request)."""
+    over = len(msgpack.packb({"t": "ping", "seq": 1, "pad": bytes(1 << 17)}, use_bin_type=True)) - (1 << 17)
+    data = raw({"t": "ping", "seq": 1, "pad": bytes(n - over)})
+    assert len(data) == 4 + n
+    return data
+
+
+def params_configure(params: dict) -> dict:
+    return configure(params=params)
 
 
 GOOD_X = f4(RNG.random((1, 28, 28)))
@@ -370,6 +475,42 @@ ROWS = [
         then=then_quiet),
     Row("a refused configure keeps the previous configuration", "§7.2", "configured", send_refused_then_compute, "result",
         id=12, within=DELAY + 5),
+    # what the document once left open, settled (§3, §4, §5.4, §5.6a, §7.2, §7.3, §10)
+    Row("a cancel frees the request's id and its place in max_in_flight at once", "§5.6a, §7.3, §9 busy", "configured",
+        send_cancel_frees_id_and_slot, "result", id=61, within=DELAY + 5, then=then_the_new_request_60),
+    Row("a request read before a configure is computed with the configuration it was checked against", "§7.2",
+        "configured", send_request_across_a_reconfigure, "configured", then=then_old_and_new_configuration),
+    Row("a compute sent right behind a configure is checked against that configure", "§7.2", "configured",
+        send_compute_behind_configure, "configured", then=then_result_under_the_new_configure),
+    Row("a cancel of a request waiting behind a configure: no result", "§5.6a, §7.2", "configured",
+        send_cancel_behind_configure, "configured", then=then_quiet),
+    Row("x f4 with v f2: each is checked on its own and widened", "§7.3", "ready", send_hs_mixed_dtypes, "result", id=66,
+        within=DELAY + 5, check=check_hs_mixed),
+    Row("ping whose seq is an integral float (1.0)", "§4.5", "ready", lambda c, h: c.send({"t": "ping", "seq": 1.0}),
+        "error:bad_request"),
+    Row("compute whose id is an integral float (3.0): id nil", "§4.5, §7.3", "configured",
+        lambda c, h: c.send(compute(3.0)), "error:bad_request"),
+    Row("compute x whose shape holds an integral float", "§4.5, §4.1", "configured",
+        lambda c, h: c.send(compute(67, {**GOOD_X, "data": bytes(GOOD_X["data"]), "shape": [1, 28.0, 28]})),
+        "error:bad_request", id=67),
+    Row("configure whose compute in_shape holds an integral float", "§4.5, §5.4.1", "ready",
+        lambda c, h: c.send(configure(compute={**AFFINE, "in_shape": [28.0, 28]})), "error:bad_request"),
+    Row("a frame still arriving keeps the session past idle_timeout", "§8, §10 idle_timeout", "ready",
+        send_frame_in_pieces_beyond_idle_timeout, "pong", within=5.0),
+    Row("aicc-shared with an encoder that is not a str", "§5.4.1", "ready",
+        lambda c, h: c.send(configure(compute={**SHARED, "encoder": 1})), "error:bad_request", then_reply="encoder"),
+    Row("aicc-shared with an encoder that is neither mlp nor cl", "§5.4.1", "ready",
+        lambda c, h: c.send(configure(compute={**SHARED, "encoder": "conv"})), "error:bad_request", then_reply="encoder"),
+    Row("params string of 200 characters but 400 bytes", "§4.8, §5.4", "ready",
+        lambda c, h: c.send(params_configure({"note": "é" * 200})), "error:bad_request", then_reply="configure.params"),
+    Row("params key of 257 bytes", "§4.8, §5.4", "ready",
+        lambda c, h: c.send(params_configure({"k" * 257: 1})), "error:bad_request", then_reply="configure.params"),
+    Row("params key and string of exactly 256 bytes are accepted", "§4.8, §5.4", "ready",
+        lambda c, h: c.send(params_configure({"é" * 128: "é" * 127 + "xx"})), "configured"),
+    Row("scheme name of 33 characters but 66 bytes", "§4.8, §5.4", "ready",
+        lambda c, h: c.send(configure(scheme="é" * 33)), "error:bad_request", then_reply="configure.scheme"),
+    Row("a frame of exactly hello.caps.max_frame bytes is read, not refused", "§3, §5.1", "ready",
+        lambda c, h: c.send(frame_of_payload(h.caps["max_frame"])), "error:bad_request", then_reply="pad"),
 ]
 
 
@@ -393,6 +534,8 @@ def test_documented_reply(worker, row: Row):
                     assert got.id == row.id
                     if row.id == 31:
                         check_values(c, got)
+                if row.check is not None:
+                    row.check(got)
                 if isinstance(got, Welcome):
                     c.hs.receive(got)  # raises unless the MAC proves the worker holds the token
                     assert c.hs.done

@@ -22,6 +22,7 @@ PROTOCOL_VERSION = 2
 PROTOCOL_MINOR = 1
 NONCE_BYTES = 32
 MAX_PARAMS = 64  # configure.params entries
+MAX_TEXT = 256  # bytes of UTF-8 in a configure.params key or string value
 ERROR_CODES = ("version", "auth", "bad_request", "not_configured", "busy", "limit", "internal")
 
 
@@ -142,10 +143,11 @@ class Configure(Message):
     def check(self) -> None:
         if self.index < 0:
             raise RemoteProtocolError(f"configure.index must be >= 0, got {self.index}")
-        if not 1 <= len(self.scheme) <= 64:
-            raise RemoteProtocolError("configure.scheme must be a name of 1 to 64 characters")
-        if len(self.params) > MAX_PARAMS or not all(_param(v) for v in self.params.values()):
-            raise RemoteProtocolError(f"configure.params: at most {MAX_PARAMS} entries, each a number, string, "
+        if not 1 <= _utf8_len(self.scheme) <= 64:
+            raise RemoteProtocolError("configure.scheme must be a name of 1 to 64 bytes (UTF-8)")
+        if len(self.params) > MAX_PARAMS or not all(_utf8_len(k) <= MAX_TEXT and _param(v) for k, v in self.params.items()):
+            raise RemoteProtocolError(f"configure.params: at most {MAX_PARAMS} entries, each key a string of at most "
+                                      f"{MAX_TEXT} bytes and each value a number, string (at most {MAX_TEXT} bytes), "
                                       "boolean, nil or a list of at most 256 of those")
         spec = self.spec()
         if self.wire_dtype not in ("f4", "f2"):
@@ -157,8 +159,13 @@ class Configure(Message):
         return ComputeSpec.from_wire(self.compute)
 
 
+def _utf8_len(s: str) -> int:
+    """The length §4 counts for a string: its UTF-8 bytes, as the msgpack str header carries them."""
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
 def _scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str)) and not (isinstance(v, str) and len(v) > 256)
+    return v is None or isinstance(v, (bool, int, float, str)) and not (isinstance(v, str) and _utf8_len(v) > MAX_TEXT)
 
 
 def _param(v: Any) -> bool:
