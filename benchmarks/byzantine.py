@@ -33,7 +33,8 @@ def main() -> None:
     from edgecc.coding.lagrange import Decoder
     from edgecc.coding.robust import robust_decode
     from edgecc.coding.schemes import Scheme, default_alphas
-    from edgecc.data import load_images, to_float
+    from edgecc.data import to_float
+    from edgecc.datasets import load_arrays
     from edgecc.evaluate import aicc_outputs, group
     from edgecc.modelfile import atomic_write, load_model
     from edgecc.worker.faults import LIES, lie
@@ -41,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, info = load_model(args.model)
     scheme = Scheme.from_dict(info["scheme"])
-    images, labels = load_images(args.images)
+    images, labels = load_arrays(args.images)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     x, y = group(to_float(images), labels.astype(np.int64), scheme.K)

@@ -89,25 +89,6 @@ def load_sample() -> tuple[np.ndarray, np.ndarray]:
             return z["images"].copy(), z["labels"].copy()
 
 
-def load_images(source: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """'sample' (shipped), 'test' or 'train' (dataset), or a path to an .npz with images and labels."""
-    if source == "sample":
-        return load_sample()
-    if source in FILES:
-        return load_split(source, data_dir)
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"image source {source!r} is neither 'sample', 'test', 'train' nor an .npz file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"]
-    except (KeyError, ValueError, OSError) as e:
-        raise DataError(f"{path}: expected an .npz with arrays 'images' (n,28,28) and 'labels' (n,): {e}") from None
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-        raise DataError(f"{path}: images {images.shape} / labels {labels.shape} do not match (n,28,28) / (n,)")
-    return images, labels
-
-
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [0, 1] (the scheme's input scaling)."""
     return images.astype(np.float32) / 255.0

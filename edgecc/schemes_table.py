@@ -309,11 +309,12 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     """Every cell's row, computed or read back from RUNS_DIR (`cached_only`: read back only, compute nothing), then a
     row for each K = 8 cell still training: its status, or with `partial` its last epoch's checkpoint evaluated
     (minutes of CPU per epoch for the width-160 encoders: opt-in; cached per epoch)."""
-    from .data import load_images, to_float
+    from .data import to_float
+    from .datasets import load_arrays
 
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
-    x_u8, y = load_images(images)
+    x_u8, y = load_arrays(images)
     if limit:
         x_u8, y = x_u8[:limit], y[:limit]
     y = y.astype(np.int64)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from edgecc import data
+from edgecc.datasets import load_arrays
 from edgecc.errors import DataError
 
 
@@ -86,10 +87,10 @@ def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
 def test_npz_image_source(tmp_path):
     x, y = data.load_sample()
     np.savez(tmp_path / "imgs.npz", images=x[:5], labels=y[:5])
-    x2, y2 = data.load_images(str(tmp_path / "imgs.npz"))
+    x2, y2 = load_arrays(str(tmp_path / "imgs.npz"))
     assert np.array_equal(x2, x[:5])
     np.savez(tmp_path / "bad.npz", images=x[:5, :20], labels=y[:5])
-    with pytest.raises(DataError, match="do not match"):
-        data.load_images(str(tmp_path / "bad.npz"))
-    with pytest.raises(DataError, match="neither"):
-        data.load_images("no-such-source")
+    with pytest.raises(DataError, match=r"takes 1×28×28 images .* gives 1×20×28"):
+        load_arrays(str(tmp_path / "bad.npz"))
+    with pytest.raises(DataError, match="unknown image source 'no-such-source'"):
+        load_arrays("no-such-source")

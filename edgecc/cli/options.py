@@ -15,9 +15,9 @@ def arch_family(name: str) -> str:
 
 
 def images_from(source: str, data_dir: str | None, limit: int | None):
-    from ..data import load_images
+    from ..datasets import load_arrays
 
-    images, labels = load_images(source, data_dir)
+    images, labels = load_arrays(source, "test", data_dir)
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 

@@ -6,6 +6,6 @@ a worker, the HTTP front end) can say exactly what it expected when the shapes d
 """
 
 from .base import ImageSet
-from .sources import KINDS, load, parse_source
+from .sources import KINDS, load, load_arrays, parse_source
 
-__all__ = ["ImageSet", "KINDS", "load", "parse_source"]
+__all__ = ["ImageSet", "KINDS", "load", "load_arrays", "parse_source"]

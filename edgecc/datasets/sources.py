@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qsl
 
+import numpy as np
+
 from ..errors import DataError
+from ..protocol.images import PAPER_IMAGE, dims
 from . import cifar, convert, fashion_mnist, folder, idx, npz
 from .base import ImageSet
 
@@ -91,3 +94,13 @@ def load(source: str = "fashion-mnist", split: str = "test", data_dir: str | os.
     images, labels, classes = loader(Path(location) if location else None, split, **extra)
     images = convert.convert(images, size, channels, source)
     return ImageSet(images, labels.astype("int64", copy=False), tuple(classes), source)
+
+
+def load_arrays(source: str, split: str = "test", data_dir: str | os.PathLike | None = None,
+                image: tuple[int, int, int] = PAPER_IMAGE) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, *dims) uint8 and labels (n,) of `source`, checked against the (C, H, W) `image` their
+    consumer takes (a DataError names both shapes and the option that converts); dims is (H, W) for
+    one channel, (C, H, W) for colour (protocol/images.py)."""
+    images = load(source, split, data_dir)
+    images.expect_shape(image, "this model")
+    return images.images.reshape(len(images), *dims(image)), images.labels

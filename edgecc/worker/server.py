@@ -253,9 +253,9 @@ class Worker:
     def _dataset(self, name: str) -> np.ndarray:
         with self._datasets_lock:
             if name not in self._datasets:
-                from ..data import load_images
+                from ..datasets import load_arrays
 
-                self._datasets[name] = load_images(name, self.data_dir)[0]
+                self._datasets[name] = load_arrays(name, "test", self.data_dir)[0]
             return self._datasets[name]
 
     def _inputs(self, state: WorkerState, msg: Compute) -> tuple:
