@@ -128,3 +128,19 @@ def test_the_link_knows_nothing_of_the_master():
     graph = _graph()
     assert not {t for t in graph["edgecc.master.link"] if t.startswith("edgecc.master.master")}
     assert "edgecc.schemes" not in {_room(t) for t in graph["edgecc.master.link"]}
+
+
+# Ray is an optional extra (edgecc[ray]) for workers as Ray actors: only the ray:// transport and its
+# launcher import it, so the torch-free TCP worker and the master over TCP never load it.
+IMPORTS_RAY = {"edgecc.comm.ray", "edgecc.launch.ray_workers"}
+
+
+def test_only_the_ray_transport_and_launcher_import_ray():
+    found = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                found.add(name)
+    assert found == IMPORTS_RAY

@@ -2,7 +2,7 @@
 
 A backend makes Comms and Listeners for the locations of its scheme; `register_backend` adds one (a
 serial link, QUIC, a test double) without touching the runtime. The built-in schemes: tcp, tls
-(comm/tcp.py) and mem (comm/memory.py), each imported on first use.
+(comm/tcp.py), mem (comm/memory.py) and ray (comm/ray.py), each imported on first use.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ class Backend(Protocol):
                      handshake_timeout: float) -> Listener: ...
 
 
-# scheme -> (module, attribute) of a built-in backend, imported when first asked for
-_BUILTIN = {"tcp": (".tcp", "TCP"), "tls": (".tcp", "TLS"), "mem": (".memory", "MEMORY")}
+# scheme -> (module, attribute) of a built-in backend, imported when first asked for (ray://: Ray
+# actors, comm/ray.py; only that module imports ray, an optional extra)
+_BUILTIN = {"tcp": (".tcp", "TCP"), "tls": (".tcp", "TLS"), "mem": (".memory", "MEMORY"), "ray": (".ray", "RAY")}
 _backends: dict[str, Backend] = {}
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data import load_images
+from ..datasets import load_arrays
 from ..errors import EdgeccError
 from ..launch.local import LocalWorker
 from ..master.master import Overloaded
@@ -148,7 +148,7 @@ async def _run_scheme(scheme: str, scenario: Scenario, K: int, images, labels, l
     if links is not None:  # every scheme starts from the links' initial state, like it starts fresh workers
         for i, spec in enumerate(specs):
             links.configure(i, spec)
-    workers = LocalWorkers(scenario, token, log_dir, links)
+    workers = _ray_workers(scenario, token) if scenario.backend == "ray" else LocalWorkers(scenario, token, log_dir, links)
     timeline = None
     workers.start()
     try:
@@ -178,6 +178,16 @@ async def _run_scheme(scheme: str, scenario: Scenario, K: int, images, labels, l
     return records, stats, measured
 
 
+def _ray_workers(scenario: Scenario, token: str):
+    """The scenario's workers as Ray actors (backend = "ray", docs/ray.md), started and stopped as
+    LocalWorkers are: each runs the behaviour a worker process gets (`edgecc worker --behaviour`),
+    injected by the same fault layer (worker/faults.py) inside its worker."""
+    from ..launch.ray_workers import RayWorkers
+    from ..worker.faults import Faults
+
+    return RayWorkers(scenario.N, token.encode(), faults=[Faults(delay=b.delay) for b in scenario.behaviours()])
+
+
 def _variants(scenario: Scenario) -> list[tuple[str, Scenario]]:
     """(suffix, scenario) pairs each scheme runs on: the scenario, and its all-fast twin if asked for."""
     return [("", scenario), ("@all-fast", scenario.all_fast())] if scenario.also_all_fast else [("", scenario)]
@@ -192,7 +202,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     K = scenario.group_size()  # every scheme groups the same images
-    images, labels = load_images(scenario.images)
+    images, labels = load_arrays(scenario.images)
     results, stats, measured = {}, {}, {}
     links_meta = None
     with contextlib.ExitStack() as stack:
