@@ -49,6 +49,10 @@ class AuthError(EdgeccError):
     """The peer failed authentication (wrong token on one side)."""
 
 
+class FrameTooLarge(EdgeccError):
+    """A request's frame is larger than this worker reads (its hello's max_frame): it is never sent."""
+
+
 class LinkListener(Protocol):
     """What a link reports to, and asks: the master, or anything else that sends requests."""
 
@@ -94,6 +98,7 @@ class WorkerLink:
         self.comm: Comm | None = None
         self.ready = asyncio.Event()
         self.minor = 0  # the worker's protocol minor version (1: understands cancel)
+        self.peer_max_frame = config.limits.max_frame  # the largest payload the worker reads (its hello says)
         self.last_seen = 0.0  # last frame received
         self.connects = 0
         self.last_error = ""
@@ -103,7 +108,8 @@ class WorkerLink:
         self.queued_bytes = 0
         self.control: deque[bytes] = deque()
         self._wakeup = asyncio.Event()
-        self.stats = {"frames_sent": 0, "frames_dropped": 0, "lagging_skips": 0, "cancels_sent": 0, "bytes_sent": 0}
+        self.stats = {"frames_sent": 0, "frames_dropped": 0, "lagging_skips": 0, "cancels_sent": 0, "bytes_sent": 0,
+                      "too_large": 0}
 
     @property
     def lagging(self) -> bool:
@@ -164,6 +170,7 @@ class WorkerLink:
         except HandshakeAuthError as e:
             raise AuthError(str(e)) from None
         self.minor = hs.minor
+        self.peer_max_frame = min(cfg.limits.max_frame, hs.peer_max_frame or cfg.limits.max_frame)
 
     async def _reader(self, comm: Comm) -> None:
         listener = self.listener
@@ -256,6 +263,10 @@ class WorkerLink:
         comm = self.comm
         if comm is None or comm.closed:
             raise CommClosedError("not connected")
+        if len(frame) - 4 > self.peer_max_frame:  # the worker would drop the connection (§3): never sent
+            self.stats["too_large"] += 1
+            raise FrameTooLarge(f"worker {self.index} reads frames of up to {self.peer_max_frame} bytes, "
+                                f"this request's is {len(frame) - 4}")
         if self._idle(comm):
             self._put(comm, req_id, frame)  # idle link: straight to the socket, no task hop
             return True

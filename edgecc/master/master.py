@@ -28,7 +28,7 @@ from ..comm.addressing import format_host_port
 from ..process import keep_frame_memory
 from ..protocol.messages import Configure, Hello
 from ..schemes.registry import configure_message
-from .link import MAX_QUEUED_BYTES, AuthError, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
+from .link import MAX_QUEUED_BYTES, AuthError, FrameTooLarge, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
 
 log = logging.getLogger("edgecc.master")
 
@@ -66,6 +66,7 @@ class Pending:
     frames: list[bytes] = field(default_factory=list)  # per worker, kept to offer to a skipped link later
     result_at: dict[int, float] = field(default_factory=dict)  # worker -> when its result arrived
     skipped: set[int] = field(default_factory=set)  # live workers left out (lagging, or not taking it)
+    refused: dict[int, str] = field(default_factory=dict)  # workers that cannot take it at all, and why
 
 class Master:
     """Talks to N workers through a plan (any schemes.base.Plan; with N = 0 it classifies alone).
@@ -265,7 +266,8 @@ class Master:
             for link in live:
                 self._offer(p, link, force)
             if not p.future.done() and not self._reachable(p):
-                self._fail(p, f"only workers {sorted(p.outstanding)} could take it, {self.plan.need} unreachable")
+                why = "".join(f"; {r}" for r in p.refused.values())
+                self._fail(p, f"only workers {sorted(p.outstanding)} could take it, {self.plan.need} unreachable{why}")
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
                     logits = await p.future
@@ -314,6 +316,9 @@ class Master:
             offered = link.offer(p.id, p.frames[link.index], force)
         except CommClosedError:
             offered = False
+        except FrameTooLarge as e:
+            offered = False
+            p.refused[link.index] = str(e)
         if not offered:
             p.outstanding.discard(link.index)
             p.skipped.add(link.index)

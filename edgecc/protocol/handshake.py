@@ -19,7 +19,7 @@ from typing import Callable
 
 from . import auth
 from .compute_spec import NEEDS_TORCH
-from .frames import LocalProtocolError, RemoteProtocolError
+from .frames import DEFAULT_MAX_FRAME, LocalProtocolError, RemoteProtocolError, encode_frame
 from .messages import PROTOCOL_VERSION, Auth, Configure, Configured, Error, Hello, Message, Welcome, version_mismatch
 
 AWAIT_HELLO, AWAIT_WELCOME, AWAIT_CONFIGURED, DONE, FAILED = "await_hello", "await_welcome", "await_configured", "done", "failed"
@@ -76,6 +76,13 @@ class ClientHandshake:
         return self.configure_timeout
 
     @property
+    def peer_max_frame(self) -> int | None:
+        """The largest payload the worker reads (its hello's caps.max_frame; None when it does not say):
+        a master MUST NOT send it more (docs/protocol.md §3)."""
+        m = self.hello.caps.get("max_frame") if self.hello is not None else None
+        return m if isinstance(m, int) and not isinstance(m, bool) and m > 0 else None
+
+    @property
     def minor(self) -> int:
         """The worker's protocol minor version (§11; 0 when its hello does not say)."""
         return int(self.hello.caps.get("proto_minor", 0)) if self.hello is not None else 0
@@ -123,6 +130,14 @@ class ClientHandshake:
             self.state = DONE
             return []
         self.configure_sent = self.configure(self.hello)
+        limit = self.peer_max_frame
+        if limit is not None and self.configure_sent.arrays is not None:
+            size = len(encode_frame(self.configure_sent.to_wire(), max(limit, DEFAULT_MAX_FRAME << 8))) - 4
+            if size > limit:
+                raise self._fail(HandshakeError(
+                    f"the configure is {size} bytes, more than the worker reads ({limit}, its max_frame): start "
+                    "the worker with a larger --max-frame, or preload its arrays with --bundle (edgecc export) "
+                    "so that none are sent"))
         kind, offered = self.configure_sent.compute.get("kind"), self.hello.caps.get("computes")
         if offered is not None and kind not in offered:  # e.g. a torch-free worker asked for the CNN
             hint = "; it needs torch on the worker: pip install 'edgecc[ml]'" if kind in NEEDS_TORCH else ""
