@@ -20,7 +20,9 @@ ALLOWED = {
     "edgecc.comm": {"edgecc.errors", "edgecc.protocol"},
     # the worker knows compute specs and arrays, never a scheme or the master
     "edgecc.worker": {"edgecc.errors", "edgecc.protocol", "edgecc.comm", "edgecc.blas", "edgecc.process",
-                      "edgecc.bundle", "edgecc.coding", "edgecc.data", "edgecc.nets"},
+                      "edgecc.bundle", "edgecc.coding", "edgecc.data", "edgecc.datasets", "edgecc.nets"},
+    # image sources read files in known formats; numpy (and Pillow on use) only
+    "edgecc.datasets": {"edgecc.errors", "edgecc.protocol", "edgecc.data"},
     # the master knows plans only through the registry's configure_message; never a worker's internals
     "edgecc.master": {"edgecc.errors", "edgecc.protocol", "edgecc.comm", "edgecc.blas", "edgecc.process",
                       "edgecc.schemes"},
