@@ -48,11 +48,9 @@ def ray_instance():
     ray.shutdown()
 
 
-def _straggler(request_id: int, elapsed_s: float) -> float:
-    return 0.2
-
-
-FAULTS = [None, Faults(delay=_straggler), None]  # worker 1 answers last: every run decodes from the same workers
+# worker 1 answers last, so every run decodes from the same workers (a lambda travels to the actor by
+# value: the actor need not import this module)
+FAULTS = [None, Faults(delay=lambda request_id, elapsed_s: 0.2), None]
 
 
 @pytest.fixture(scope="module")
@@ -196,29 +194,44 @@ async def test_a_killed_actor_is_restarted_by_ray_and_used_again_without_a_faile
 
 
 @needs_ray
-def test_edgecc_master_runs_on_ray_actors_and_matches_tcp_workers(ray_instance, spawn_workers, tmp_path):
+def test_edgecc_master_runs_on_ray_actors_and_matches_tcp_workers(ray_instance, ray_workers, tmp_path):
+    import ray
+
+    from .conftest import WorkerProcess
+
     env = {**os.environ, "RAY_ADDRESS": ray_instance}  # the module's instance: no second one to start
     common = ["--limit", "200", "--groups-per-request", "4", "--in-flight", "2", "--quiet", "--wait", "30"]
 
-    def master(workers: str, name: str) -> tuple[dict, np.ndarray]:
+    def master(workers: str, name: str, *extra: str) -> tuple[dict, np.ndarray]:
         out = tmp_path / f"{name}.npy"
-        r = subprocess.run([sys.executable, "-m", "edgecc.cli", "master", "--workers", workers, *common,
+        r = subprocess.run([sys.executable, "-m", "edgecc.cli", "master", "--workers", workers, *common, *extra,
                             "--predictions-out", str(out)], capture_output=True, text=True, timeout=180, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads(r.stdout.strip().splitlines()[-1]), np.load(out)
 
-    on_ray, ray_preds = master("ray:3", "ray")
-    assert on_ray["requests_failed"] == 0 and on_ray["requests_decoded"] == 25
-    assert all(w["address"].startswith("ray://edgecc-worker-") for w in on_ray["workers"])
-    on_tcp, tcp_preds = master(",".join(f"127.0.0.1:{w.port}" for w in spawn_workers(3)), "tcp")
-    assert on_ray["accuracy"] == on_tcp["accuracy"]
-    np.testing.assert_array_equal(ray_preds, tcp_preds)
-    import ray
-
-    deadline = time.monotonic() + 10  # the actors ended with the command that started them
+    # ray:N: N actors started by the command, and ended with it
+    summary, _ = master("ray:3", "ray-n")
+    assert summary["requests_failed"] == 0 and summary["requests_decoded"] == 25
+    assert all(w["address"].startswith("ray://edgecc-worker-") for w in summary["workers"])
+    deadline = time.monotonic() + 10
     while any(a["name"].startswith("edgecc-worker-") for a in ray.util.list_named_actors(all_namespaces=True)):
         assert time.monotonic() < deadline, ray.util.list_named_actors(all_namespaces=True)
         time.sleep(0.2)
+    # actors someone else started (worker 1 straggling), against TCP worker processes with the same straggler
+    tcp = [WorkerProcess(tmp_path, f"w{i}", ["--behaviour", json.dumps({"latency": {"dist": "constant", "value": 0.2}})]
+                         if FAULTS[i] else []) for i in range(3)]
+    try:
+        for w in tcp:
+            w.start()
+        for scheme in ("aicc", "approxifer", "uncoded"):
+            on_ray, ray_preds = master(",".join(ray_workers.addresses), f"ray-{scheme}", "--scheme", scheme)
+            on_tcp, tcp_preds = master(",".join(f"127.0.0.1:{w.port}" for w in tcp), f"tcp-{scheme}", "--scheme", scheme)
+            assert on_ray["requests_failed"] == on_tcp["requests_failed"] == 0, scheme
+            assert on_ray["accuracy"] == on_tcp["accuracy"], scheme
+            np.testing.assert_array_equal(ray_preds, tcp_preds, err_msg=scheme)
+    finally:
+        for w in tcp:
+            w.kill()
 
 
 SCENARIO = """
