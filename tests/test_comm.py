@@ -164,3 +164,16 @@ async def test_a_backend_registered_from_outside_carries_workers_with_no_change_
         for w in workers:
             await w.close()
     assert backend.connects >= 3 and backend.accepted >= 3
+
+
+async def test_a_refusal_reaches_the_peer_in_memory_as_over_tcp():
+    """A worker writes its `error` and drops the connection at once: the bytes written before the drop
+    still arrive (as a socket's, already in the kernel, do), so the master learns why."""
+    for address in ("mem://", "tcp://127.0.0.1:0"):
+        w = Worker(TOK)
+        try:
+            bound = await w.start(address)
+            with pytest.raises(Exception, match="authentication failed"):
+                await probe(bound, b"not-the-token-0123456789abcdef", timeout=5.0)
+        finally:
+            await w.close()

@@ -19,6 +19,7 @@ from typing import Any
 DELIVERY_CHUNK = 64 * 1024  # bytes handed to the peer per loop turn, like one socket read
 HIGH_WATER = 64 * 1024  # asyncio's defaults for a socket transport's write buffer
 LOW_WATER = 16 * 1024
+KERNEL_SEND_BUFFER = 256 * 1024  # what a socket's kernel queue would have taken before an abort
 
 _ids = itertools.count()
 
@@ -35,6 +36,7 @@ class MemoryTransport(asyncio.Transport):
         self._delivery_paused = False  # the peer's reader asked us to hold its bytes (its pause_reading)
         self._writing_paused = False  # we told our protocol to stop writing
         self._closing = False  # close() called: deliver the buffer, then end of stream
+        self._aborted = False  # abort() called: _finish is already scheduled
         self._lost = False
         self._scheduled = False
         self._high, self._low = HIGH_WATER, LOW_WATER
@@ -99,7 +101,7 @@ class MemoryTransport(asyncio.Transport):
             self._check_low()
         if self._buffer and not self._delivery_paused:
             self._schedule()
-        elif not self._buffer and self._closing:
+        elif not self._buffer and self._closing and not self._aborted:
             self._finish(eof=True)
 
     # -- reading (what the peer delivers to this end) ----------------------------------------------
@@ -129,11 +131,21 @@ class MemoryTransport(asyncio.Transport):
             self._loop.call_soon(self._finish, True)
 
     def abort(self) -> None:
-        if self._lost:
+        """As a socket transport's abort: the bytes already handed to the kernel still reach the peer
+        (here: up to KERNEL_SEND_BUFFER of what waits, unless the peer stopped reading), the rest is
+        dropped; the peer then reads end of stream, or a reset when this end left bytes unread (as
+        Linux's close() does). So a worker's last `error` before it drops a peer arrives, as over TCP."""
+        if self._lost or self._aborted:
             return
+        self._aborted = self._closing = True
+        sent = bytes(self._buffer[:KERNEL_SEND_BUFFER]) if not self._delivery_paused else b""
         self._buffer.clear()
-        self._loop.call_soon(self._finish, False)
-        self._closing = True
+        peer = self._peer
+        if sent and peer is not None and not peer._lost:
+            peer._protocol.data_received(sent)
+        reader = getattr(self._protocol, "_stream_reader", None)
+        unread = bool(reader is not None and getattr(reader, "_buffer", b""))
+        self._loop.call_soon(self._finish, not unread)
 
     def _finish(self, eof: bool) -> None:
         """This end is gone: the peer reads end of stream (or a reset), then both ends are lost."""
