@@ -55,17 +55,17 @@ OUT_BYTES = 10 * 4  # one float32 logit vector back
 
 # -- worker computes (what a plain worker runs) ---------------------------------------------------
 def base_computes(cnn_path: str = CNN_BASE) -> dict[str, Any]:
-    """{"mlp": numpy PlainCompute of the shipped centralized MLP, "cnn": PlainCNNCompute of Table 2's CNN}."""
+    """{"mlp": numpy PlainCompute of the shipped centralized MLP, "cnn": the torch compute of Table 2's CNN}."""
     from .modelfile import load_model
     from .worker.compute import PlainCompute
-    from .worker.plain_cnn import PlainCNNCompute, cnn_arrays
+    from .worker.plain_cnn import PlainTorchCompute, cnn_arrays
 
     mlp, _ = load_model("default-mlp")
     cnn, info = load_model(cnn_path)
     if info["kind"] != "centralized-cnn":
         raise ValueError(f"{cnn_path} holds a {info['kind']!r} model, not the centralized CNN")
     return {"mlp": PlainCompute({f"mlp.{k}": v.float().numpy() for k, v in mlp.state_dict().items()}),
-            "cnn": PlainCNNCompute(cnn_arrays(cnn))}
+            "cnn": PlainTorchCompute("cnn", cnn_arrays(cnn))}
 
 
 def worker_flops(base: str) -> int:

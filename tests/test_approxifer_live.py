@@ -16,7 +16,7 @@ from edgecc.schemes.approxifer import ApproxIFERPlan
 from edgecc.worker.compute import PlainCompute
 from edgecc.master.master import Master
 from edgecc.master.stream import run_stream
-from edgecc.worker.plain_cnn import PlainCNNCompute, plain_compute
+from edgecc.worker.plain_cnn import PlainTorchCompute, plain_compute
 
 from .conftest import TOKEN
 
@@ -126,14 +126,14 @@ def test_cnn_worker_compute_is_the_centralized_cnn(tmp_path):
     cnn = CentralizedCNN().eval()
     x = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
     f = plain_compute(cnn_arrays(cnn))
-    assert isinstance(f, PlainCNNCompute)
+    assert isinstance(f, PlainTorchCompute) and f.kind == "cnn"
     with torch.inference_mode():
         np.testing.assert_allclose(f(x), cnn(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
     net, info = load_model("default-mlp")
     plan = ApproxIFERPlan(net, info, K=2, N=3)
     assert isinstance(plain_compute(plan.arrays), PlainCompute)
     with pytest.raises(ConfigError, match="do not fit"):
-        PlainCNNCompute({"cnn.stack.head.weight": np.zeros((1, 1), np.float32)})
+        PlainTorchCompute("cnn", {"cnn.stack.head.weight": np.zeros((1, 1), np.float32)})
 
 
 async def test_cnn_base_over_tcp():

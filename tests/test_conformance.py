@@ -565,7 +565,7 @@ def test_hello_announces_the_documented_capabilities(worker):
     assert set(caps["placements"]) >= {"encoded", "plain"} and caps["wire_dtypes"] == ["f4", "f2"]
     assert (caps["max_frame"], caps["max_batch"], caps["max_in_flight"]) == (MAX_FRAME, MAX_BATCH, MAX_IN_FLIGHT)
     assert caps["proto_minor"] == 1 and isinstance(caps["torch"], bool)
-    assert caps["computes"] == (["affine", "affine-hs", "mlp", "cnn", "aicc-shared"] if caps["torch"] else ["affine", "affine-hs", "mlp"])
+    assert caps["computes"] == (["affine", "affine-hs", "mlp", "cnn", "resnet18", "aicc-shared"] if caps["torch"] else ["affine", "affine-hs", "mlp"])
 
 
 def test_the_digest_escapes_del_and_non_ascii_as_documented():

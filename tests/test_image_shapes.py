@@ -90,3 +90,46 @@ def test_train_and_reload_a_model_of_colour_images(tmp_path, colour_npz, kind):
     assert model_image(loaded) == (3, 16, 16)
     x = torch.rand(4, 2, 3, 16, 16) if kind == "aicc" else torch.rand(4, 3, 16, 16)
     assert net(x).shape[-1] == 10
+
+
+@pytest.mark.parametrize("kind,image", [("resnet18", (3, 16, 16)), ("cnn", (3, 12, 12)), ("resnet18", (1, 28, 28))])
+async def test_a_worker_runs_a_convolutional_base_on_any_image(kind, image):
+    """The worker's "cnn" and "resnet18" kinds, configured over the real protocol, compute what the torch
+    model computes (ResNet-18 with its batch-norm statistics, sent as plain f4 arrays)."""
+    from edgecc.bundle import digest
+    from edgecc.comm import connect
+    from edgecc.master.handshake import client_handshake
+    from edgecc.protocol import compute_spec
+    from edgecc.protocol.frames import pack_array, unpack_array
+    from edgecc.protocol.handshake import ClientHandshake
+    from edgecc.protocol.messages import Compute, Configure, Result
+    from edgecc.worker.plain_cnn import cnn_arrays, resnet_arrays
+    from edgecc.worker.server import Worker
+
+    torch.manual_seed(3)
+    net = ResNet18(image, 7) if kind == "resnet18" else CentralizedCNN(image=image, classes=7)
+    if kind == "resnet18":  # statistics other than batch-norm's initial ones, so that sending them matters
+        net.train()
+        with torch.no_grad():
+            for _ in range(3):
+                net(torch.rand(8, *image))
+    net.eval()
+    arrays = resnet_arrays(net) if kind == "resnet18" else cnn_arrays(net)
+    spec = (compute_spec.resnet18 if kind == "resnet18" else compute_spec.cnn)(dims(image), 7)
+    configure = Configure(0, "uncoded", {}, spec.to_wire(), "f4", digest(arrays),
+                          {k: pack_array(v) for k, v in arrays.items()}, None)
+    token = b"t" * 32
+    w = Worker(token)
+    comm = await connect(await w.start("mem://"))
+    try:
+        await client_handshake(comm, ClientHandshake(token, configure=lambda hello: configure))
+        x = np.random.default_rng(0).random((5, *dims(image)), dtype=np.float32)
+        await comm.write(Compute(1, pack_array(x), None, None, None))
+        r = await comm.read(timeout=30)
+        assert isinstance(r, Result), r
+        with torch.inference_mode():
+            want = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(unpack_array(r.y, "y", shape=(5, 7)), want, rtol=1e-4, atol=1e-4)
+    finally:
+        await comm.close()
+        await w.close()

@@ -9,8 +9,12 @@ master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edge
   affine        encoded    no     affine.weight (out, n), affine.bias      x: in_shape   (n = prod(in_shape))
   affine-hs     encoded    no     affine.weight (out, n), affine.bias      x: in_shape, v: (P+1, *in_shape)
   mlp           plain      no     mlp.mlp.fc{1..L}.{weight,bias}           x: in_shape   (widths n, *hidden, out)
-  cnn           plain      yes    cnn.* (the centralized CNN, Table 2)     x: (28, 28)
-  aicc-shared   shared     yes    model.* (the AICC network) + affine.*    images: (K, 28, 28) u1, or indices: (K,) i4
+  cnn           plain      yes    cnn.* (the centralized CNN, Table 2)     x: in_shape
+  resnet18      plain      yes    resnet.* (nets/resnet.ResNet18)          x: in_shape
+  aicc-shared   shared     yes    model.* (the AICC network) + affine.*    images: (K, *in_shape) u1, or indices: (K,) i4
+
+in_shape is one image's layout, (H, W) for one channel or (C, H, W) with C = 3 (protocol/images.py);
+the paper's is (28, 28).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .frames import RemoteProtocolError
+from .images import PAPER_IMAGE, dims
 
-IMAGE = (28, 28)
+IMAGE = dims(PAPER_IMAGE)  # the paper's images: the default in_shape
 
 
 @dataclass(frozen=True)
@@ -60,14 +65,16 @@ KEYS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "affine-hs": {"in_shape": _shape, "out": _OUT, "P": _uint(1, 64)},
     "mlp": {"in_shape": _shape, "hidden": _widths, "out": _OUT},
     "cnn": {"in_shape": _shape, "out": _OUT},
+    "resnet18": {"in_shape": _shape, "out": _OUT},
     "aicc-shared": {"in_shape": _shape, "out": _OUT, "K": _uint(1, 64), "G": _uint(1, 64), "P": _uint(1, 64),
                     "computation": _one_of("hb", "hs"), "encoder": _one_of("mlp", "cl"),
                     "compute_arch": _one_of("mlp", "cl"), "alpha": _alpha},
 }
 KINDS = tuple(KEYS)
-PLACEMENT = {"affine": "encoded", "affine-hs": "encoded", "mlp": "plain", "cnn": "plain", "aicc-shared": "shared"}
-NEEDS_TORCH = {"cnn", "aicc-shared"}
-FIXED_IMAGE = {"cnn", "aicc-shared"}  # networks built for 28 x 28 images and 10 classes
+PLACEMENT = {"affine": "encoded", "affine-hs": "encoded", "mlp": "plain", "cnn": "plain", "resnet18": "plain",
+             "aicc-shared": "shared"}
+NEEDS_TORCH = {"cnn", "resnet18", "aicc-shared"}
+IMAGE_KINDS = {"cnn", "resnet18", "aicc-shared"}  # convolutional networks: in_shape must be an image, (H, W) or (3, H, W)
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,10 @@ class ComputeSpec:
         for key, ok in keys.items():
             if not ok(d[key]):
                 raise RemoteProtocolError(f"configure.compute.{key} of kind {kind!r}: invalid value {d[key]!r}")
-        if kind in FIXED_IMAGE and (list(d["in_shape"]) != list(IMAGE) or d["out"] != 10):
-            raise RemoteProtocolError(f"compute kind {kind!r} takes 28 x 28 images and gives 10 logits "
-                                      f"(in_shape [28, 28], out 10), got in_shape {d['in_shape']}, out {d['out']}")
+        shape = d["in_shape"]
+        if kind in IMAGE_KINDS and not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 3)):
+            raise RemoteProtocolError(f"compute kind {kind!r} takes images: in_shape [H, W] (gray) or [3, H, W] "
+                                      f"(colour), got {shape}")
         if kind == "aicc-shared" and d["computation"] == "hb" and d["P"] != 1:
             raise RemoteProtocolError("compute kind 'aicc-shared' with computation 'hb' needs P = 1")
         return cls(kind, {k: d[k] for k in keys})
@@ -148,10 +156,17 @@ def mlp(hidden: list[int], out: int = 10, in_shape: tuple[int, ...] = IMAGE) -> 
     return ComputeSpec.from_wire({"kind": "mlp", "in_shape": list(in_shape), "hidden": list(hidden), "out": out})
 
 
-def cnn() -> ComputeSpec:
-    return ComputeSpec.from_wire({"kind": "cnn", "in_shape": list(IMAGE), "out": 10})
+def cnn(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
+    """The centralized CNN (Table 2's CNN-baseline) for images of `in_shape`."""
+    return ComputeSpec.from_wire({"kind": "cnn", "in_shape": list(in_shape), "out": out})
 
 
-def aicc_shared(scheme: dict[str, Any], alpha: float) -> ComputeSpec:
+def resnet18(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
+    """ResNet-18 for small images (nets/resnet.py) on images of `in_shape`."""
+    return ComputeSpec.from_wire({"kind": "resnet18", "in_shape": list(in_shape), "out": out})
+
+
+def aicc_shared(scheme: dict[str, Any], alpha: float, in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
     """The AICC network's E(α) and H on raw images; `scheme` is AICC's K, G, P, computation, encoder, compute_arch."""
-    return ComputeSpec.from_wire({"kind": "aicc-shared", "in_shape": list(IMAGE), "out": 10, **scheme, "alpha": float(alpha)})
+    return ComputeSpec.from_wire({"kind": "aicc-shared", "in_shape": list(in_shape), "out": out, **scheme,
+                                  "alpha": float(alpha)})

@@ -1,7 +1,7 @@
 """ApproxIFER as a runtime scheme: the master's side (coding/berrut.py does the math).
 
 Every worker runs the unmodified centralized model ("plain" placement: the MLP on the numpy path,
-worker/compute.PlainCompute; the CNN with torch, worker/plain_cnn.PlainCNNCompute) on the Berrut
+worker/compute.PlainCompute; the CNN with torch, worker/plain_cnn.PlainTorchCompute) on the Berrut
 combination u(z_n) of the K images of each group. The master decodes from whichever K workers answer
 first (N = K + S tolerates S stragglers); with `byzantine` = E it waits for 2K + 2E − 1 answers and
 decodes around up to E wrong ones, naming them (N = 2K + S + 2E − 1).

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..protocol import compute_spec
 from ..protocol.compute_spec import ComputeSpec
+from ..protocol.images import PAPER_IMAGE, dims, pixels
 
 
 class AffineCompute:
@@ -58,8 +59,9 @@ class EncodedCompute(AffineCompute):
     """AICC's encoded-placement worker for an AICC `Scheme` (anything with `computation` and `P`): the
     master's calibration, evaluation and the benchmarks build the worker's map this way."""
 
-    def __init__(self, scheme, arrays: dict[str, np.ndarray]):
-        super().__init__(compute_spec.affine(P=scheme.P if scheme.computation == "hs" else None), arrays)
+    def __init__(self, scheme, arrays: dict[str, np.ndarray], image=PAPER_IMAGE, classes: int = 10):
+        super().__init__(compute_spec.affine(dims(image), classes, P=scheme.P if scheme.computation == "hs" else None),
+                         arrays)
 
 
 class PlainCompute:
@@ -94,12 +96,14 @@ class PlainCompute:
         return h
 
 
-def mlp_spec(arrays: dict[str, np.ndarray]) -> ComputeSpec:
-    """The "mlp" compute spec of these arrays (a plan sends it with them): widths read from the weights."""
+def mlp_spec(arrays: dict[str, np.ndarray], image=PAPER_IMAGE) -> ComputeSpec:
+    """The "mlp" compute spec of these arrays for images of `image` (C, H, W) (a plan sends it with them):
+    widths read from the weights."""
     shapes = _mlp_weight_shapes(arrays)
-    if not shapes or shapes[0][1] != 784:
-        raise ConfigError(f"an MLP of 28 x 28 images needs mlp.mlp.fc1.weight of shape (h, 784), got {shapes[:1]}")
-    return compute_spec.mlp([s[0] for s in shapes[:-1]], shapes[-1][0])
+    if not shapes or shapes[0][1] != pixels(image):
+        raise ConfigError(f"an MLP of {'×'.join(map(str, image))} images needs mlp.mlp.fc1.weight of shape "
+                          f"(h, {pixels(image)}), got {shapes[:1]}")
+    return compute_spec.mlp([s[0] for s in shapes[:-1]], shapes[-1][0], dims(image))
 
 
 def _mlp_weight_shapes(arrays: dict[str, np.ndarray]) -> list[tuple[int, ...]]:

@@ -61,7 +61,8 @@ COMPUTES: dict[str, tuple[str, str]] = {
     "affine": (".compute", "AffineCompute"),
     "affine-hs": (".compute", "AffineCompute"),
     "mlp": (".compute", "PlainCompute"),
-    "cnn": (".plain_cnn", "PlainCNNCompute"),
+    "cnn": (".plain_cnn", "PlainTorchCompute"),
+    "resnet18": (".plain_cnn", "PlainTorchCompute"),
     "aicc-shared": (".shared_compute", "SharedCompute"),
 }
 assert set(COMPUTES) == set(KINDS), "every compute kind needs its class"

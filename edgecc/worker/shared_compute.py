@@ -13,14 +13,15 @@ import numpy as np
 from ..coding.schemes import Scheme
 from ..errors import ConfigError
 from ..protocol import compute_spec
-from ..protocol.compute_spec import ComputeSpec
+from ..protocol.compute_spec import IMAGE, ComputeSpec
+from ..protocol.images import image_of
 from .compute import AffineCompute
 
 SCHEME_KEYS = ("K", "G", "P", "computation", "encoder", "compute_arch")  # the AICC Scheme inside the spec
 
 
 class SharedCompute:
-    def __init__(self, scheme: Scheme, arrays: dict[str, np.ndarray], alpha: float):
+    def __init__(self, scheme: Scheme, arrays: dict[str, np.ndarray], alpha: float, in_shape=IMAGE, out: int = 10):
         import torch
 
         from ..nets import AICC
@@ -28,20 +29,21 @@ class SharedCompute:
         self.torch = torch
         self.alpha = float(alpha)
         self.scheme = scheme
-        self.model = AICC(scheme).eval()
+        self.model = AICC(scheme, image_of(in_shape), out).eval()
         state = {k[len("model."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("model.")}
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:
             raise ConfigError(f"shared-dataset weights do not fit the scheme: {str(e)[:300]}") from None
-        self.affine = AffineCompute(compute_spec.affine(P=scheme.P if scheme.computation == "hs" else None), arrays)
+        self.affine = AffineCompute(compute_spec.affine(tuple(in_shape), out, P=scheme.P if scheme.computation == "hs" else None),
+                                    arrays)
 
     @classmethod
     def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "SharedCompute":
-        return cls(Scheme.from_dict({k: spec[k] for k in SCHEME_KEYS}), arrays, spec["alpha"])
+        return cls(Scheme.from_dict({k: spec[k] for k in SCHEME_KEYS}), arrays, spec["alpha"], spec.in_shape, spec.out)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """images (B, K, 28, 28) uint8 -> (B, 10) float32 = H(E(α_n))."""
+        """images (B, K, *in_shape) uint8 -> (B, out) float32 = H(E(α_n))."""
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(images.astype(np.float32) / 255.0)
