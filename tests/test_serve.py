@@ -149,6 +149,27 @@ def test_classify_png_raw_and_json(cluster, sample):
     assert status == 200 and len(doc["results"]) == 1
 
 
+def test_an_encoded_image_of_any_size_and_mode_is_converted_to_the_models(cluster, sample):
+    """A JPEG or PNG of another size and colour mode is converted to the model's 28 × 28 gray image
+    (Pillow: "L", then bilinear resize) and classified as that image is."""
+    from PIL import Image
+
+    svc = cluster["svc"]
+    images, labels = sample
+    agree = 0
+    for i in range(6):
+        big = Image.fromarray(images[i]).resize((84, 84), Image.Resampling.BICUBIC).convert("RGB")
+        buf = io.BytesIO()
+        big.save(buf, format="JPEG", quality=95)
+        status, doc, _ = call(svc.url + "/v1/classify", buf.getvalue(), "image/jpeg")
+        assert status == 200, doc
+        want = np.asarray(big.convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+        status, ref, _ = classify(svc, want[None])
+        assert status == 200, ref
+        agree += doc["results"][0]["label"] == ref["results"][0]["label"]
+    assert agree >= 5  # JPEG's rounding may flip a borderline image; the conversion is the same
+
+
 def _png(side: int) -> bytes:
     from PIL import Image
 
@@ -157,12 +178,28 @@ def _png(side: int) -> bytes:
     return buf.getvalue()
 
 
+def _png_claiming(side: int) -> bytes:
+    """A small PNG whose header claims side × side pixels (its IHDR rewritten, CRC and all): a
+    decompression bomb as far as anything reading the header can tell."""
+    import struct
+    import zlib
+
+    raw = bytearray(_png(28))
+    ihdr = raw[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", side, side)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(raw)
+
+
 BAD = {  # case -> (expected status, request)
     "no-token": (401, lambda svc, im: classify(svc, im[:1], token=None)),
     "wrong-token": (401, lambda svc, im: classify(svc, im[:1], token="not-the-token-000000000")),
     "content-type": (415, lambda svc, im: call(svc.url + "/v1/classify", b"hello", "text/plain")),
     "not-png": (400, lambda svc, im: call(svc.url + "/v1/classify", b"\x89PNG\r\n\x1a\ngarbage", "image/png")),
-    "png-size": (422, lambda svc, im: call(svc.url + "/v1/classify", _png(32), "image/png")),
+    "png-bomb": (422, lambda svc, im: call(svc.url + "/v1/classify", _png_claiming(100_000), "image/png")),
+    "png-side": (422, lambda svc, im: call(svc.url + "/v1/classify", _png_claiming(9000), "image/png")),
+    "not-jpeg": (400, lambda svc, im: call(svc.url + "/v1/classify", _png(28), "image/jpeg")),
     "raw-length": (400, lambda svc, im: call(svc.url + "/v1/classify", b"\0" * 100, "application/octet-stream")),
     "json": (400, lambda svc, im: call(svc.url + "/v1/classify", b"{not json", "application/json")),
     "json-pixel": (400, lambda svc, im: call(svc.url + "/v1/classify", json.dumps([[300] * 784]).encode(), "application/json")),

@@ -2,10 +2,13 @@
 dashboard at / and its data at /v1/stats.
 
 POST /v1/classify, one or more images per request (at most --max-images):
-  Content-Type: image/png                 one 28x28 PNG (any colour mode; converted to grayscale)
-  Content-Type: application/octet-stream  n*784 bytes, row-major uint8
-  Content-Type: application/json          {"images": [...]} or a bare array; each image 784 integers
-                                          0..255 or 28 rows of 28
+  Content-Type: image/png or image/jpeg   one image of any size and colour mode, converted to the
+                                          model's (C, H, W) with Pillow: to gray ("L") or RGB, then
+                                          resized to W x H, bilinear (serve/inputs.py)
+  Content-Type: application/octet-stream  n*C*H*W bytes, row-major uint8, channels first (the paper's
+                                          model: n*784 bytes of 28x28 gray images)
+  Content-Type: application/json          {"images": [...]} or a bare array; each image C*H*W integers
+                                          0..255, flat or nested as the model's (H, W) / (3, H, W)
   X-Deadline-Ms: 250 (or ?deadline_ms=250) optional: answer within 250 ms of arrival or not at all
 200: {"results": [{"label", "class", "scores" (softmax), "logits", "decoded_by" (worker indices),
       "error_bound", "latency_ms": {"queue_wait", "master_queue", "encode", "workers", "decode", "infer"},
@@ -13,7 +16,7 @@ POST /v1/classify, one or more images per request (at most --max-images):
 Errors are JSON {"error": message, "status": code}:
   400 malformed body or deadline; 401 missing/wrong bearer token (WWW-Authenticate: Bearer);
   404/405 wrong route or method; 413 too many images or body too large; 415 unsupported
-  Content-Type; 422 a PNG that is not 28x28; 502 the workers could not decode it;
+  Content-Type; 422 an image over 8192 pixels a side; 502 the workers could not decode it;
   503 + Retry-After: queue full, deadline cannot be met, workers overloaded, or shutting down.
 
 Clients authenticate with `Authorization: Bearer <token>` when a client token is configured
