@@ -94,7 +94,7 @@ def test_options_are_each_schemes_own_and_checked_before_anything_is_built():
         build_plan("approxifer", 3, byzantine=-1)
     with pytest.raises(ConfigError, match="runs models of kind aicc; 'default-mlp' is of kind 'centralized-mlp'"):
         build_plan("aicc", 3, model="default-mlp")
-    with pytest.raises(ConfigError, match="runs models of kind centralized-mlp or centralized-cnn; 'default' is"):
+    with pytest.raises(ConfigError, match="runs models of kind centralized-mlp, centralized-cnn or centralized-resnet18; 'default' is"):
         build_plan("uncoded", 3, model="default")
     with pytest.raises(ConfigError, match=r"scheme 'aicc': correcting 1 liar\(s\) needs N >= R \+ 2E = 4"):
         build_plan("aicc", 3, byzantine=1)  # a plan's own check (a ValueError), named by scheme

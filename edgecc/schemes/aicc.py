@@ -25,7 +25,8 @@ from ..nets import encode_precision as resolve_precision
 from ..protocol import compute_spec
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
-from .base import Plan, kth_fastest, load_model_option
+from ..protocol.images import PAPER_CLASSES, PAPER_IMAGE, dims, pixels
+from .base import Plan, check_groups, kth_fastest, load_model_option, set_shape
 
 
 CALIBRATION_GROUPS = 32  # groups of the shipped sample whose results size each worker's error before any request
@@ -36,7 +37,7 @@ _NP_WIRE = {"f4": np.float32, "f2": np.float16, "f8": np.float64}
 
 @torch.inference_mode()
 def calibration_inputs(model, scheme: Scheme, images: np.ndarray, precision: str = "fp32") -> tuple[torch.Tensor, np.ndarray | None]:
-    """(encoder coefficients C_g, V_p or None) for grouped uint8 `images` (B, K, 28, 28): the networks run once."""
+    """(encoder coefficients C_g, V_p or None) for grouped uint8 `images` (B, K, *dims(image)): the networks run once."""
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     v = model.lambdas(x, precision).numpy() if scheme.computation == "hs" else None
     return model.coefficients(x, precision), v
@@ -44,7 +45,7 @@ def calibration_inputs(model, scheme: Scheme, images: np.ndarray, precision: str
 
 @torch.inference_mode()
 def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, calibration, wire: str,
-                  placement: str = "encoded") -> np.ndarray:
+                  placement: str = "encoded", image=PAPER_IMAGE, classes: int = PAPER_CLASSES) -> np.ndarray:
     """Per point α_n: the largest |result − exact value| over the calibration groups (`calibration_inputs`), in logits.
 
     The result is made as the runtime makes it: the master evaluates E(α_n) in fp32 and rounds it (and V_p)
@@ -55,12 +56,12 @@ def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, 
     from ..worker.compute import EncodedCompute
 
     coef, v = calibration
-    xt = model.evaluate_encoder(coef, list(points)).numpy()  # (B, n, 28, 28) fp32, as the master encodes
+    xt = model.evaluate_encoder(coef, list(points)).numpy()  # (B, n, *dims(image)) fp32, as the master encodes
     c64 = coef.double().numpy()
     vand = np.vander(np.asarray(points, np.float64), scheme.G + 1, increasing=True)  # (n, G+1)
-    xt64 = np.einsum("ng,bgij->bnij", vand, c64)
+    xt64 = np.einsum("ng,bg...->bn...", vand, c64)
     wire_np = _NP_WIRE[wire]
-    compute = EncodedCompute(scheme, arrays)
+    compute = EncodedCompute(scheme, arrays, image, classes)
     A, bias = arrays["affine.weight"].astype(np.float64), arrays["affine.bias"].astype(np.float64)
     errs = np.zeros(len(points))
     B = xt.shape[0]
@@ -76,7 +77,7 @@ def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, 
             s = v64[:, -1]
             for p in range(scheme.P - 1, -1, -1):
                 s = s * xt64[:, n] + v64[:, p]
-        exact = s.reshape(B, 784) @ A.T + bias
+        exact = s.reshape(B, pixels(image)) @ A.T + bias
         errs[n] = np.abs(y - exact).max()
     return errs
 
@@ -98,6 +99,7 @@ class CodedPlan(Plan):
         if not (np.isfinite(tolerance) and tolerance > 0):
             raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
         self.model, self.info = model.eval(), info
+        set_shape(self, info)
         self.scheme = Scheme.from_dict(info["scheme"])
         check_workers(self.scheme, N)
         self.N, self.placement, self.wire_dtype = N, placement, wire_dtype
@@ -116,10 +118,22 @@ class CodedPlan(Plan):
             raise ValueError(f"correcting {byzantine} liar(s) needs N >= R + 2E = {self.R + 2 * byzantine}, got N={N}")
         self.suspect_groups = [0] * N  # per worker: groups where its result was off the polynomial
         # -- each worker's result error, measured on the shipped sample as the runtime computes it
-        from ..data import load_sample
+        if self.image == PAPER_IMAGE:
+            from ..data import load_sample
 
-        images, _ = load_sample()
-        self._calibration = calibration_inputs(self.model, self.scheme, images[: CALIBRATION_GROUPS * self.K].reshape(-1, self.K, 28, 28),
+            images, _ = load_sample()
+        else:
+            # No sample of the model's own data ships: the Fashion-MNIST sample resized to its (C, H, W)
+            # (channels differing) stands in. The bound keeps HEADROOM over the errors measured on it; the
+            # model's own images may reach other encoder outputs, so it is an estimate, as for any input
+            # the sample does not cover.
+            from ..datasets import load as load_images
+
+            c, h, w = self.image
+            images = load_images(f"sample?size={h}x{w}&channels={c}").images
+        n = CALIBRATION_GROUPS * self.K
+        self._calibration = calibration_inputs(self.model, self.scheme,
+                                               np.asarray(images[:n]).reshape(-1, self.K, *dims(self.image)),
                                                self.encode_precision)
         self._errors = self.errors_for(wire_dtype)
         self._choices: dict[tuple, Choice] = {}
@@ -140,8 +154,8 @@ class CodedPlan(Plan):
     def compute_spec(self, index: int) -> ComputeSpec:
         """What worker `index` runs: the collapsed affine map (encoded), or E(α_index) and H (shared)."""
         if self.placement == "shared":
-            return compute_spec.aicc_shared(self.scheme.to_dict(), self.alphas[index])
-        return compute_spec.affine(P=self.scheme.P if self.scheme.computation == "hs" else None)
+            return compute_spec.aicc_shared(self.scheme.to_dict(), self.alphas[index], dims(self.image), self.classes)
+        return compute_spec.affine(dims(self.image), self.classes, P=self.scheme.P if self.scheme.computation == "hs" else None)
 
     def scheme_params(self, index: int) -> dict[str, Any]:
         """AICC's own parameters for worker `index` (configure.params: logged by the worker)."""
@@ -153,7 +167,8 @@ class CodedPlan(Plan):
 
     def errors_for(self, wire: str, points=None) -> np.ndarray:
         pts = self.alphas if points is None else points
-        return HEADROOM * result_errors(self.model, self.scheme, self.arrays, pts, self._calibration, wire, self.placement)
+        return HEADROOM * result_errors(self.model, self.scheme, self.arrays, pts, self._calibration, wire, self.placement,
+                                        self.image, self.classes)
 
     def choice(self, workers) -> Choice:
         """Best decode weights over `workers` with the current error bounds (cached per worker set)."""
@@ -192,12 +207,13 @@ class CodedPlan(Plan):
 
     @torch.inference_mode()
     def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Per-worker compute fields for a batch of groups `images` (B, K, 28, 28) uint8."""
+        """Per-worker compute fields for a batch of groups `images` (B, K, *dims(image)) uint8."""
+        check_groups(self, images)
         if self.placement == "shared":
             shared = {"images": pack_array(images, "u1")}
             return [shared] * self.N
         x = torch.from_numpy(images.astype(np.float32) / 255.0)
-        xt = self.model.encode(x, self.alphas, self.encode_precision).numpy()  # (B, N, 28, 28)
+        xt = self.model.encode(x, self.alphas, self.encode_precision).numpy()  # (B, N, *dims(image))
         extra = {}
         if self.scheme.computation == "hs":
             extra["v"] = pack_array(self.model.lambdas(x, self.encode_precision).numpy(), self.wire_dtype)  # same V_p for every worker
@@ -243,7 +259,7 @@ class CodedPlan(Plan):
         return {"alpha": float(self.alphas[index]), "suspect_groups": self.suspect_groups[index]}
 
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, K, 10) float64 logits from {worker index: (B, 10)} (R + 2E with liars)."""
+        """(B, K, classes) float64 logits from {worker index: (B, classes)} (R + 2E with liars)."""
         return self.decoded(results)[0]
 
     def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:

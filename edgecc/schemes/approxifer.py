@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
 from ..worker.plain_cnn import plain_spec
-from .base import CENTRALIZED, Plan, base_arrays, kth_fastest, load_model_option
+from .base import CENTRALIZED, Plan, base_arrays, check_groups, kth_fastest, load_model_option, set_shape
 
 
 class ApproxIFERPlan(Plan):
@@ -46,8 +46,9 @@ class ApproxIFERPlan(Plan):
         self.code = BerrutCode(K, N, points)
         self.points = [float(z) for z in self.code.z]
         self.point_set = points
+        set_shape(self, info)
         self.arrays = base_arrays(model, info)
-        self.spec = plain_spec(self.arrays)
+        self.spec = plain_spec(self.arrays, self.image, self.classes)
         self.digest = digest(self.arrays)
         self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
         self.suspect_groups = [0] * N  # per worker: groups where its result was located as a lie
@@ -68,10 +69,9 @@ class ApproxIFERPlan(Plan):
         return f"any K={self.K} of {self.N}"
 
     def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Per-worker compute fields for groups `images` (B, K, 28, 28) uint8: u(z_n), float in [0, 1] units."""
-        if images.ndim != 4 or images.shape[1] != self.K:
-            raise ConfigError(f"expected groups of shape (B, {self.K}, 28, 28), got {images.shape}")
-        wx = self.code.encode(images.astype(np.float32) / 255.0)  # (B, N, 28, 28)
+        """Per-worker compute fields for groups `images` (B, K, *dims(image)) uint8: u(z_n), float in [0, 1] units."""
+        check_groups(self, images)
+        wx = self.code.encode(images.astype(np.float32) / 255.0)  # (B, N, *dims(image))
         return [{"x": pack_array(np.ascontiguousarray(wx[:, n]), self.wire_dtype)} for n in range(self.N)]
 
     def complete(self, answered) -> bool:
@@ -88,7 +88,7 @@ class ApproxIFERPlan(Plan):
         return self.decoded(results)[0]
 
     def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """(logits (B, K, 10) float64, report): every result given is used (the first K or 2K + 2E − 1 to
+        """(logits (B, K, classes) float64, report): every result given is used (the first K or 2K + 2E − 1 to
         arrive, when the master calls at completion); with liars, report["suspects"] names located ones."""
         if not self.byzantine:
             return self.code.decode(results), {"subset": sorted(int(w) for w in results)}

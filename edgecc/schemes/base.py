@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_chec
 import numpy as np
 
 from ..errors import ConfigError
+from ..protocol.images import PAPER_CLASSES, PAPER_IMAGE, dims, model_classes, model_image
 
 if TYPE_CHECKING:
     from ..protocol.compute_spec import ComputeSpec
@@ -30,10 +31,12 @@ class Plan(Protocol):
     """The master's side of a scheme, configured for one run: no I/O, shared by concurrent requests.
 
     Results are keyed by worker index (0..N-1); `answered`/`possible` are collections of indices,
-    `results` a dict index -> (B, 10) array in arrival order; images arrive as B groups of K,
-    (B, K, 28, 28) uint8; logits leave as (B, K, 10) float64."""
+    `results` a dict index -> (B, classes) array in arrival order; images arrive as B groups of K,
+    (B, K, *dims(image)) uint8; logits leave as (B, K, classes) float64."""
 
     # -- the run's shape
+    image: tuple[int, int, int] = PAPER_IMAGE  # (C, H, W) of one image, from the model file (protocol/images.py)
+    classes: int = PAPER_CLASSES  # logits per image
     name: str  # the scheme's registry name; sent to the workers in configure.scheme (for their log)
     K: int  # images per group
     N: int  # workers: the run's first N. 0: the master classifies alone (`at_master`), nothing is sent
@@ -67,7 +70,7 @@ class Plan(Protocol):
         ...
 
     def decoded(self, results: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """(logits (B, K, 10) float64, report) once `complete`; the report names the workers used ("subset")
+        """(logits (B, K, classes) float64, report) once `complete`; the report names the workers used ("subset")
         and whatever else the scheme measures. DecodeError when the results cannot give a right answer."""
         ...
 
@@ -78,7 +81,7 @@ class Plan(Protocol):
         return None
 
     def at_master(self, images: np.ndarray) -> np.ndarray:
-        """(B, K, 10) logits the master computes itself, in its encode pool: called instead of `payloads`
+        """(B, K, classes) logits the master computes itself, in its encode pool: called instead of `payloads`
         when N = 0 (the request then completes at once); plans with workers never are."""
         raise NotImplementedError(f"the {self.name} plan has workers: the master computes no logits itself")
 
@@ -187,7 +190,8 @@ def kth_fastest(delays: Mapping[int, float | None], k: int) -> float | None:
 def _check_kind(value: str | Loaded, info: dict[str, Any], kinds: tuple[str, ...], scheme: str) -> None:
     if info.get("kind") not in kinds:
         shown = "the loaded model" if isinstance(value, tuple) else repr(value)
-        raise ConfigError(f"scheme {scheme!r} runs models of kind {' or '.join(kinds)}; {shown} is of kind "
+        listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+        raise ConfigError(f"scheme {scheme!r} runs models of kind {listed}; {shown} is of kind "
                           f"{info.get('kind')!r}")
 
 
@@ -216,17 +220,51 @@ def load_model_option(value: str | Loaded, kinds: tuple[str, ...], scheme: str) 
 
 
 def base_arrays(model, info: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The wire arrays of a centralized model for a plain worker: "mlp.*" (numpy) or "cnn.*" (torch)."""
+    """The wire arrays of a centralized model for a plain worker: "mlp.*" (numpy), "cnn.*" or "resnet.*" (torch)."""
     if info["kind"] == "centralized-mlp":
         return {f"mlp.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
     if info["kind"] == "centralized-cnn":
         from ..worker.plain_cnn import cnn_arrays
 
         return cnn_arrays(model)
-    raise ConfigError(f"plain workers run a centralized model (centralized-mlp, centralized-cnn), not {info['kind']!r}")
+    if info["kind"] == "centralized-resnet18":
+        from ..worker.plain_cnn import resnet_arrays
+
+        return resnet_arrays(model)
+    raise ConfigError(f"plain workers run a centralized model ({', '.join(CENTRALIZED)}), not {info['kind']!r}")
 
 
-CENTRALIZED = ("centralized-mlp", "centralized-cnn")
+CENTRALIZED = ("centralized-mlp", "centralized-cnn", "centralized-resnet18")
+
+
+def plan_shape(plan: Any) -> tuple[tuple[int, int, int], int]:
+    """(image, classes) of a plan: a plan class that does not subclass Plan and names neither runs the paper's."""
+    return tuple(getattr(plan, "image", PAPER_IMAGE)), int(getattr(plan, "classes", PAPER_CLASSES))  # type: ignore[return-value]
+
+
+def set_shape(plan: Any, info: dict[str, Any]) -> None:
+    """The plan's image and classes from its model file's header (the paper's when the file predates them)."""
+    try:
+        plan.image, plan.classes = model_image(info), model_classes(info)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_groups(plan: Any, images: np.ndarray) -> None:
+    """ConfigError unless `images` are groups (B, K, *dims(image)) of the plan's images."""
+    want = (plan.K, *dims(plan.image))
+    if images.ndim != len(want) + 1 or images.shape[1:] != want:
+        raise ConfigError(f"expected groups of shape (B, {', '.join(map(str, want))}) "
+                          f"({'×'.join(map(str, plan.image))} images), got {images.shape}")
+
+
+def same_image(scheme: str, what: str, info: dict[str, Any], other: str, other_info: dict[str, Any]) -> None:
+    """ConfigError unless two model files of one plan take the same images and give as many classes."""
+    a, b = (model_image(info), model_classes(info)), (model_image(other_info), model_classes(other_info))
+    if a != b:
+        raise ConfigError(f"scheme {scheme!r}: {what} takes {'×'.join(map(str, a[0]))} images and gives {a[1]} "
+                          f"classes but {other} takes {'×'.join(map(str, b[0]))} images and gives {b[1]}; "
+                          f"they must match")
 
 
 class PlainWorkers(Plan):
@@ -234,14 +272,17 @@ class PlainWorkers(Plan):
 
     placement = "plain"
 
-    def _configure_plain(self, arrays: dict[str, np.ndarray], K: int, N: int, wire_dtype: str) -> None:
+    def _configure_plain(self, arrays: dict[str, np.ndarray], K: int, N: int, wire_dtype: str,
+                         info: dict[str, Any] | None = None) -> None:
         from ..bundle import digest
         from ..protocol.frames import pack_array
         from ..worker.plain_cnn import plain_spec
 
         self.K, self.N, self.wire_dtype = K, N, wire_dtype
         self.arrays = arrays
-        self.spec = plain_spec(arrays)
+        if info is not None:
+            set_shape(self, info)
+        self.spec = plain_spec(arrays, self.image, self.classes)
         self.digest = digest(arrays)
         self.wire_arrays = {k: pack_array(v, "f4") for k, v in arrays.items()}
 

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError, DecodeError
 from ..protocol.frames import pack_array
-from .base import PlainWorkers, base_arrays, kth_fastest, load_model_option
+from .base import PlainWorkers, base_arrays, check_groups, kth_fastest, load_model_option
 
 
 class LearnedCodePlan(PlainWorkers):
@@ -27,7 +27,8 @@ class LearnedCodePlan(PlainWorkers):
             raise ConfigError(f"a learned-code plan needs a learned-code model, got {info['kind']!r}")
         self.model, self.info = model.eval(), info
         self.k = int(info["code"]["k"])
-        self._configure_plain(base_arrays(model.base, {"kind": "centralized-mlp"}), self.k, self.k + 1, wire_dtype)
+        # the base MLP takes the learned-code model file's images: mlp_spec refuses weights of another size
+        self._configure_plain(base_arrays(model.base, {"kind": "centralized-mlp"}), self.k, self.k + 1, wire_dtype, info)
         self.rebuilt_groups = 0  # groups answered in degraded mode (one data slot decoded)
 
     @property
@@ -36,8 +37,9 @@ class LearnedCodePlan(PlainWorkers):
 
     @torch.inference_mode()
     def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
+        check_groups(self, images)
         x = images.astype(np.float32) / 255.0
-        parity = self.model.encoder(torch.from_numpy(x)).numpy()  # (B, 28, 28)
+        parity = self.model.encoder(torch.from_numpy(x)).numpy()  # (B, *dims(image))
         return [{"x": pack_array(x[:, n], self.wire_dtype)} for n in range(self.k)] + [{"x": pack_array(parity, self.wire_dtype)}]
 
     def complete(self, answered) -> bool:
@@ -51,17 +53,17 @@ class LearnedCodePlan(PlainWorkers):
 
     @torch.inference_mode()
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, k, 10) float64: the data workers' outputs, with at most one slot rebuilt by the decoder."""
+        """(B, k, classes) float64: the data workers' outputs, with at most one slot rebuilt by the decoder."""
         missing = [n for n in range(self.k) if n not in results]
         if not missing:
             return np.stack([results[n] for n in range(self.k)], axis=1).astype(np.float64)
         if len(missing) > 1 or self.k not in results:
             raise DecodeError(f"the learned code rebuilds one data slot from the other {self.k}; got workers {sorted(results)}")
         B = results[self.k].shape[0]
-        outs = np.zeros((B, self.k + 1, 10), dtype=np.float32)  # the missing slot stays zero, as in training
+        outs = np.zeros((B, self.k + 1, self.classes), dtype=np.float32)  # the missing slot stays zero, as in training
         for n, y in results.items():
             outs[:, n] = y
-        rebuilt = self.model.decoder(torch.from_numpy(outs)).numpy().astype(np.float64)  # (B, k, 10)
+        rebuilt = self.model.decoder(torch.from_numpy(outs)).numpy().astype(np.float64)  # (B, k, classes)
         out = outs[:, : self.k].astype(np.float64)
         out[:, missing[0]] = rebuilt[:, missing[0]]
         self.rebuilt_groups += B

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..bundle import digest
 from ..errors import ConfigError, DecodeError
-from .base import CENTRALIZED, Plan, base_arrays, load_model_option
+from ..protocol.images import dims
+from .base import CENTRALIZED, Plan, base_arrays, check_groups, load_model_option, set_shape
 
 
 class LocalPlan(Plan):
@@ -33,8 +34,9 @@ class LocalPlan(Plan):
         if info["kind"] not in CENTRALIZED:
             raise ConfigError(f"the local scheme runs a centralized model, not {info['kind']!r}")
         self.K, self.info = K, info
+        set_shape(self, info)
         self.arrays = base_arrays(model, info)
-        self.compute = plain_compute(self.arrays)  # exactly what a plain worker would compute
+        self.compute = plain_compute(self.arrays, self.image, self.classes)  # exactly what a plain worker would compute
         self.digest = digest(self.arrays)
         self.wire_arrays: dict[str, Any] = {}
         self.kind = info["kind"]
@@ -49,11 +51,10 @@ class LocalPlan(Plan):
         return []
 
     def at_master(self, images: np.ndarray) -> np.ndarray:
-        """(B, K, 10) float64 logits of the centralized model on groups `images` (B, K, 28, 28) uint8."""
-        if images.ndim != 4 or images.shape[1] != self.K:
-            raise ConfigError(f"expected groups of shape (B, {self.K}, 28, 28), got {images.shape}")
+        """(B, K, classes) float64 logits of the centralized model on groups `images` (B, K, *dims(image)) uint8."""
+        check_groups(self, images)
         B = images.shape[0]
-        y = self.compute(images.reshape(B * self.K, 28, 28).astype(np.float32) / 255.0)
+        y = self.compute(images.reshape(B * self.K, *dims(self.image)).astype(np.float32) / 255.0)
         return np.asarray(y, dtype=np.float64).reshape(B, self.K, -1)
 
     def complete(self, answered) -> bool:

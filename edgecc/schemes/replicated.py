@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..protocol.frames import pack_array
-from .base import CENTRALIZED, PlainWorkers, base_arrays, load_model_option
+from .base import CENTRALIZED, PlainWorkers, base_arrays, check_groups, load_model_option
 
 
 class ReplicatedPlan(PlainWorkers):
@@ -23,7 +23,7 @@ class ReplicatedPlan(PlainWorkers):
         if N < K:
             raise ConfigError(f"{N} workers cannot hold one copy of each of K={K} images")
         self.model, self.info, self.name = model.eval(), info, name
-        self._configure_plain(base_arrays(model, info), K, N, wire_dtype)
+        self._configure_plain(base_arrays(model, info), K, N, wire_dtype, info)
         self.copies = [[n for n in range(N) if n % K == k] for k in range(K)]
 
     @property
@@ -31,6 +31,7 @@ class ReplicatedPlan(PlainWorkers):
         return "one answer per image"
 
     def payloads(self, images: np.ndarray) -> list[dict[str, Any]]:
+        check_groups(self, images)
         x = images.astype(np.float32) / 255.0
         return [{"x": pack_array(x[:, n % self.K], self.wire_dtype)} for n in range(self.N)]
 
@@ -42,7 +43,7 @@ class ReplicatedPlan(PlainWorkers):
         return None if any(b is None for b in best) else max(best)
 
     def decode(self, results: dict[int, np.ndarray]) -> np.ndarray:
-        """(B, K, 10): image k's logits from the first of its copies to arrive (dicts keep arrival order)."""
+        """(B, K, classes): image k's logits from the first of its copies to arrive (dicts keep arrival order)."""
         first = {}
         for n, y in results.items():
             first.setdefault(n % self.K, y)
