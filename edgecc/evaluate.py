@@ -30,9 +30,9 @@ _NP_WIRE = {"f4": np.float32, "f2": np.float16}
 
 
 def group(images: np.ndarray, labels: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 28, 28) -> (n // K, K, 28, 28); a ragged tail that cannot fill a group is dropped."""
+    """(n, *dims) -> (n // K, K, *dims) for images of any shape; a ragged tail that cannot fill a group is dropped."""
     n = images.shape[0] - images.shape[0] % K
-    return images[:n].reshape(-1, K, 28, 28), labels[:n].reshape(-1, K)
+    return images[:n].reshape(-1, K, *images.shape[1:]), labels[:n].reshape(-1, K)
 
 
 @torch.inference_mode()
@@ -47,7 +47,9 @@ def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float]
     from .worker.compute import EncodedCompute
 
     scheme = Scheme.from_dict(info["scheme"])
-    worker = EncodedCompute(scheme, worker_arrays(model, info, "encoded"))
+    from .protocol.images import model_classes, model_image
+
+    worker = EncodedCompute(scheme, worker_arrays(model, info, "encoded"), model_image(info), model_classes(info))
     wire = _NP_WIRE[wire_dtype]
 
     def sent(a: np.ndarray) -> np.ndarray:  # what arrives: the wire dtype, widened to float32 by the worker
@@ -57,7 +59,7 @@ def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float]
     for i in range(0, x.shape[0], batch):
         xb = torch.from_numpy(x[i : i + batch])
         direct.append(model(xb).numpy())
-        xt = sent(model.encode(xb, alphas, encode_precision).numpy())  # (b, N, 28, 28)
+        xt = sent(model.encode(xb, alphas, encode_precision).numpy())  # (b, N, *dims(image))
         v = sent(model.lambdas(xb, encode_precision).numpy()) if scheme.computation == "hs" else None
         workers.append(np.stack([sent(worker(xt[:, n], v)) for n in range(len(alphas))], axis=1))
     return np.concatenate(direct), np.concatenate(workers)
@@ -169,10 +171,14 @@ def _aware(plan, worker_out: np.ndarray, direct: np.ndarray, y: np.ndarray, orde
 
 
 @torch.inference_mode()
-def evaluate_centralized(model, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def evaluate_centralized(model, images: np.ndarray, labels: np.ndarray, batch: int = 512) -> dict[str, Any]:
+    """Direct accuracy of a centralized model, in batches: ResNet-18 on 10,000 images at once does not fit in memory."""
     from .data import to_float
 
-    logits = model(torch.from_numpy(to_float(images))).numpy()
+    model.eval()
+    with torch.inference_mode():
+        logits = np.concatenate([model(torch.from_numpy(to_float(images[i : i + batch]))).numpy()
+                                 for i in range(0, len(images), batch)]) if len(images) else np.zeros((0, 1))
     return {"accuracy_direct": 100.0 * float((logits.argmax(-1) == labels).mean()), "images": int(labels.size),
             "params": sum(p.numel() for p in model.parameters())}
 

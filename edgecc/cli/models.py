@@ -12,7 +12,8 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 
 
 @main.command()
-@click.option("--kind", type=click.Choice(["aicc", "centralized-mlp", "centralized-cnn"]), default="aicc", show_default=True)
+@click.option("--kind", type=click.Choice(["aicc", "centralized-mlp", "centralized-cnn", "centralized-resnet18"]), default="aicc",
+              show_default=True)
 @click.option("--K", "K", type=int, default=2, show_default=True, help="images per group")
 @click.option("--G", "G", type=int, default=1, show_default=True, help="encoder degree")
 @click.option("--P", "P", type=int, default=1, show_default=True, help="H_S degree (1 for H_B)")
@@ -32,20 +33,23 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 @click.option("--limit", type=int, default=None, help="train on the first LIMIT images only")
-@click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+@click.option("--data", "data", default="fashion-mnist", show_default=True,
+              help="image source: its train split trains, its test split tests (fashion-mnist, cifar10:DIR, an .npz, "
+              "a folder of class folders, ...; edgecc.datasets); the model takes its images' shape and classes")
+@click.option("--data-dir", default=None, help="folder with the source's files (Fashion-MNIST: the IDX files)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="model file to write (.safetensors)")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last epoch checkpoint")
 @click.option("--quiet", is_flag=True)
 def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, batch, lr, seed, precision, device,
-          threads, limit, data_dir, out, run_dir, resume, quiet):
+          threads, limit, data, data_dir, out, run_dir, resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from ..coding.schemes import Scheme
     from ..train import TrainConfig, train as run_training
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
-                                 threads=threads, limit=limit, data_dir=data_dir, init=init)
+                                 threads=threads, limit=limit, data=data, data_dir=data_dir, init=init)
 
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
@@ -61,7 +65,9 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epoch
 @main.command("eval")
 @click.argument("model", default="default")
 @click.option("--N", "N", type=int, default=3, show_default=True, help="number of workers")
-@click.option("--images", default="test", show_default=True, help="'test', 'train', 'sample' (shipped) or an .npz")
+@click.option("--images", default="test", show_default=True,
+              help="image source, read in the model's image shape: 'test', 'train', 'sample' (shipped), an .npz, "
+              "cifar10:DIR or any source of edgecc.datasets")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="first LIMIT images only")
 @click.option("--max-subsets", type=int, default=200, show_default=True, help="sample this many R-subsets when there are more (the worst-conditioned is always included)")
@@ -80,8 +86,10 @@ def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, w
     from ..evaluate import evaluate, evaluate_centralized, evaluate_learned_code
     from ..modelfile import load_model, resolve
 
+    from ..protocol.images import model_image
+
     net, info = load_model(model)
-    x, y = images_from(images, data_dir, limit)
+    x, y = images_from(images, data_dir, limit, image=model_image(info))
     if info["kind"] == "aicc":
         from ..coding.conditioning import DEFAULT_TOLERANCE
 

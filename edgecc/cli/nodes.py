@@ -129,7 +129,9 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
               help="auto: the one scheme that runs --model's kind ('default', the AICC model, when no --model); "
               "`edgecc schemes` lists every scheme and its options")
 @scheme_options
-@click.option("--images", default="sample", show_default=True, help="'sample' (shipped), 'test', 'train' or an .npz")
+@click.option("--images", default="sample", show_default=True,
+              help="image source, read in the model's image shape: 'sample' (shipped), 'test', 'train', an .npz, "
+              "cifar10:DIR or any source of edgecc.datasets")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="first LIMIT images only")
 @click.option("--groups-per-request", type=int, default=64, show_default=True)
@@ -186,7 +188,9 @@ def master(workers, scheme, k, model, placement, wire_dtype, encode_precision, b
     except EdgeccError as e:
         raise click.UsageError(str(e)) from None
     addresses = addresses[: plan.N]  # uncoded (and the learned code) use the first of the workers given
-    x, y = images_from(images, data_dir, limit)
+    from ..schemes.base import plan_shape
+
+    x, y = images_from(images, data_dir, limit, image=plan_shape(plan)[0])  # in the shape the plan's model takes
     token = load_token(token_file)
     limits = make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..protocol.images import PAPER_IMAGE
+
 ARCH = click.Choice(["mlp", "cnn", "cl"])
 RECIPES = ("paper", "best", "augment", "anneal")  # edgecc.train.RECIPES, spelled out so the CLI starts without torch
 PRECISION = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
@@ -14,10 +16,11 @@ def arch_family(name: str) -> str:
     return "cl" if name in ("cnn", "cl") else "mlp"
 
 
-def images_from(source: str, data_dir: str | None, limit: int | None):
+def images_from(source: str, data_dir: str | None, limit: int | None, image=PAPER_IMAGE):
+    """The test split of `source`, (n, *dims(image)) uint8 and labels, checked against the (C, H, W) `image`."""
     from ..datasets import load_arrays
 
-    images, labels = load_arrays(source, "test", data_dir)
+    images, labels = load_arrays(source, "test", data_dir, tuple(image))
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
 

@@ -27,6 +27,7 @@ from ..comm import CommClosedError
 from ..comm.addressing import format_host_port
 from ..process import keep_frame_memory
 from ..protocol.messages import Configure, Hello
+from ..schemes.base import plan_shape
 from ..schemes.registry import configure_message
 from .link import MAX_QUEUED_BYTES, AuthError, FrameTooLarge, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
 
@@ -88,6 +89,7 @@ class Master:
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
+        self.classes = plan_shape(plan)[1]  # logits per image in every result
         self.limits = limits or Limits()
         self.ssl_context, self.request_timeout = ssl_context, request_timeout
         self.heartbeat_s, self.max_backoff = heartbeat_s, max_backoff
@@ -169,7 +171,7 @@ class Master:
     # -- one request -----------------------------------------------------------------------------
     async def infer(self, images: np.ndarray, req_id: int | None = None, *, deadline: float | None = None,
                     info: dict[str, Any] | None = None) -> np.ndarray:
-        """Decoded (B, K, 10) logits for B groups `images` (B, K, 28, 28) uint8, or RequestFailed
+        """Decoded (B, K, classes) logits for B groups `images` (B, K, *dims(plan.image)) uint8, or RequestFailed
         (Overloaded when shed on arrival).
 
         `req_id` (default: the next free one) must be unique; scenarios pass their request number so
@@ -369,7 +371,7 @@ class Master:
             self._cancel_after.get(msg.id, set()).discard(index)  # answered: nothing left to cancel
             return
         try:
-            y = unpack_array(msg.y, "y", shape=(p.groups, 10))
+            y = unpack_array(msg.y, "y", shape=(p.groups, self.classes))
         except RemoteProtocolError as e:
             self.stats["bad_results"] += 1
             self._drop_worker(p, index, f"invalid result: {e}")

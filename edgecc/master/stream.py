@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..protocol.images import dims
+from ..schemes.base import plan_shape
 from .master import Master, RequestFailed
 
 log = logging.getLogger("edgecc.master")
@@ -20,7 +22,7 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
     """Stream `images` through the master; returns (summary, predictions with -1 where a request failed)."""
     K = master.plan.K
     n = images.shape[0] - images.shape[0] % K
-    groups = images[:n].reshape(-1, K, 28, 28)
+    groups = images[:n].reshape(-1, K, *dims(plan_shape(master.plan)[0]))
     preds = np.full(n, -1, dtype=np.int64)
     latencies: list[float] = []
     failures: dict[str, int] = {}

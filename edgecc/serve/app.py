@@ -38,6 +38,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..data import CLASSES
+from ..protocol.images import PAPER_IMAGE, pixels
+from ..schemes.base import plan_shape
 from .batcher import Batcher, Rejected
 from .inputs import BadInput, decode_body, encode_png
 from .metrics import ServiceMetrics
@@ -57,6 +59,8 @@ class Service:
         self.master, self.scheme = master, scheme
         self.plan = master.plan
         self.K = self.plan.K
+        self.image, n_classes = plan_shape(self.plan)  # what every request is converted to, and its logits
+        self.class_names = _class_names(self.plan, n_classes)
         self.max_images, self.client_token, self.drain_timeout = max_images, client_token, drain_timeout
         self.metrics = ServiceMetrics(master, self.plan.N)
         self.batcher = Batcher(master, self.K, window_s=window_s, max_queue=max_queue, max_groups=max_groups,
@@ -69,7 +73,7 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------------
     def _make_app(self) -> web.Application:
         # the body limit: the largest accepted request is max_images raw images as JSON text (~4 bytes a pixel)
-        self.max_body = max(1 << 16, self.max_images * 784 * 4 + 1024)
+        self.max_body = max(1 << 16, self.max_images * pixels(self.image) * 4 + 1024)
         app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
         app.add_routes([
             web.post("/v1/classify", self.classify),
@@ -138,7 +142,7 @@ class Service:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise BadInput(413, f"body larger than {self.max_body} bytes") from None
-            images = decode_body(request.content_type, body, self.max_images)
+            images = decode_body(request.content_type, body, self.max_images, self.image)
             if self.draining:
                 raise Rejected(503, "the service is shutting down", retry_after=1)
             futures = self.batcher.submit(images, deadline)
@@ -185,7 +189,7 @@ class Service:
         p /= p.sum()
         label = int(z.argmax())
         m = o.meta
-        return {"label": label, "class": CLASSES[label], "scores": [round(float(v), 6) for v in p],
+        return {"label": label, "class": self.class_names[label], "scores": [round(float(v), 6) for v in p],
                 "logits": [round(float(v), 4) for v in z], "decoded_by": m["decoded_by"], "error_bound": m["error_bound"],
                 "latency_ms": {"queue_wait": m["queue_wait_ms"], "master_queue": m["master_queue_ms"], "encode": m["encode_ms"], "workers": m["workers_ms"],
                                "decode": m["decode_ms"], "infer": m["infer_ms"]},
@@ -201,12 +205,19 @@ class Service:
         return web.json_response(snap)
 
     async def sample(self, request: web.Request) -> web.Response:
-        """A Fashion-MNIST image from the shipped sample as PNG (something to classify when you have none)."""
+        """A Fashion-MNIST image from the shipped sample as PNG (something to classify when you have none), in
+        the model's image shape (resized, and as RGB for a colour model)."""
         self._require_auth(request)
         if self._samples is None:
-            from ..data import load_sample
+            if tuple(self.image) == PAPER_IMAGE:
+                from ..data import load_sample
 
-            self._samples = load_sample()[0]
+                self._samples = load_sample()[0]
+            else:
+                from ..datasets import load_arrays
+
+                c, h, w = self.image
+                self._samples = load_arrays(f"sample?size={h}x{w}&channels={c}", image=tuple(self.image))[0]
         try:
             i = int(request.match_info["index"])
         except ValueError:
@@ -245,6 +256,14 @@ class Service:
             raise web.HTTPNotFound(text=f"no asset {name!r}")
         data = resources.files("edgecc.serve").joinpath("static", name).read_bytes()
         return web.Response(body=data, content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+def _class_names(plan, n: int) -> list[str]:
+    """The class names of the plan's model file (`classes`), Fashion-MNIST's for the paper's models, else "0".."n-1"."""
+    names = (getattr(plan, "info", None) or {}).get("classes")
+    if isinstance(names, (list, tuple)) and len(names) == n and all(isinstance(c, str) for c in names):
+        return list(names)
+    return list(CLASSES) if n == len(CLASSES) else [str(i) for i in range(n)]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

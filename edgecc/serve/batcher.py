@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..master.master import Overloaded, RequestFailed
+from ..protocol.images import PAPER_IMAGE, dims
+from ..schemes.base import plan_shape
 
-BLANK = np.zeros((28, 28), dtype=np.uint8)
+BLANK = np.zeros(dims(PAPER_IMAGE), dtype=np.uint8)  # the paper's padding image; a batcher pads with its model's
 
 
 class Rejected(Exception):
@@ -54,6 +56,8 @@ class Batcher:
         if window_s < 0 or max_queue < 1 or max_groups < 1 or max_in_flight < 1:
             raise ValueError("window must be >= 0; queue, groups and in-flight limits >= 1")
         self.master, self.K = master, K
+        # padding slots hold a black image of the shape the plan's model takes
+        self.blank = np.zeros(dims(plan_shape(getattr(master, "plan", None))[0]), dtype=np.uint8)
         self.window_s, self.max_queue, self.max_groups, self.max_in_flight = window_s, max_queue, max_groups, max_in_flight
         self.metrics = metrics
         self.queue: collections.deque[Item] = collections.deque()
@@ -191,7 +195,7 @@ class Batcher:
         K = self.K
         groups = math.ceil(len(items) / K)
         pad = groups * K - len(items)
-        batch = np.stack([it.image for it in items] + [BLANK] * pad).reshape(groups, K, 28, 28)
+        batch = np.stack([it.image for it in items] + [self.blank] * pad).reshape(groups, K, *self.blank.shape)
         deadlines = [it.deadline for it in items if it.deadline is not None]
         info: dict[str, Any] = {}
         req = self.next_id
