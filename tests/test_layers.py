@@ -27,8 +27,9 @@ ALLOWED = {
     "edgecc.master": {"edgecc.errors", "edgecc.protocol", "edgecc.comm", "edgecc.blas", "edgecc.process",
                       "edgecc.schemes"},
     # a scheme's plan is the master's side with no I/O: it may name worker compute kinds, not sockets
+    # (datasets: AICC calibrates a model of another image shape on the shipped sample converted to it)
     "edgecc.schemes": {"edgecc.errors", "edgecc.protocol", "edgecc.coding", "edgecc.nets", "edgecc.worker",
-                       "edgecc.bundle", "edgecc.export", "edgecc.modelfile", "edgecc.data"},
+                       "edgecc.bundle", "edgecc.export", "edgecc.modelfile", "edgecc.data", "edgecc.datasets"},
     "edgecc.launch": {"edgecc.errors", "edgecc.comm", "edgecc.worker"},
 }
 
