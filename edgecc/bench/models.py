@@ -56,7 +56,7 @@ class CollapseMemo:
     (CodedPlan and worker_arrays call it on every construction) and records how long the real call took."""
 
     def __init__(self):
-        self.cache: dict[int, tuple[Any, tuple[np.ndarray, np.ndarray]]] = {}
+        self.cache: dict[tuple, tuple[Any, tuple[np.ndarray, np.ndarray]]] = {}
         self.seconds: list[dict[str, Any]] = []
 
     def __enter__(self) -> "CollapseMemo":
@@ -64,15 +64,16 @@ class CollapseMemo:
 
         self.export, self.original = export, export.collapse_affine
 
-        def memo(net):
-            hit = self.cache.get(id(net))
+        def memo(net, *args, **kwargs):  # collapse_affine's own arguments (the image shape) are part of the key
+            key = (id(net), args, tuple(sorted(kwargs.items())))
+            hit = self.cache.get(key)
             if hit is not None and hit[0] is net:
                 return hit[1]
             t0 = time.perf_counter()
-            r = self.original(net)
+            r = self.original(net, *args, **kwargs)
             self.seconds.append({"net": type(net).__name__, "params": sum(p.numel() for p in net.parameters()),
                                  "seconds": time.perf_counter() - t0})
-            self.cache[id(net)] = (net, r)
+            self.cache[key] = (net, r)
             return r
 
         export.collapse_affine = memo
