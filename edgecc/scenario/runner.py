@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..datasets import load_arrays
-from ..errors import EdgeccError
+from ..errors import ConfigError, EdgeccError
 from ..launch.local import LocalWorker
 from ..master.master import Overloaded
 from .links import LinkSet, LinkTimeline, kernel_features, require, tcp_congestion_control
@@ -86,7 +86,7 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
     counts against it. Its bytes are the ones the master put on the wire for it alone."""
     K, gpr = plan.K, scenario.groups_per_request
     n_groups = images.shape[0] // K
-    groups, glabels = images[: n_groups * K].reshape(n_groups, K, 28, 28), labels[: n_groups * K].reshape(n_groups, K)
+    groups, glabels = images[: n_groups * K].reshape(n_groups, K, *images.shape[1:]), labels[: n_groups * K].reshape(n_groups, K)
     behaviours = scenario.behaviours()
     t_first = min(started_at)
     records: list[RequestRecord] = []
@@ -138,11 +138,13 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
     return sorted(records, key=lambda rec: rec.request)
 
 
-async def _run_scheme(scheme: str, scenario: Scenario, K: int, images, labels, log_dir: Path,
+async def _run_scheme(scheme: str, scenario: Scenario, K: int, read_images: Callable, log_dir: Path,
                       progress, links: LinkSet | None) -> tuple[list[RequestRecord], dict[str, Any], dict[str, Any] | None]:
     from ..master.master import Master
+    from ..schemes.base import plan_shape
 
     plan = _plan(scheme, scenario, K)
+    images, labels = read_images(plan_shape(plan)[0])  # the scenario's images in the shape the plan's model takes
     token = secrets.token_hex(32)
     specs = [w.link for w in scenario.workers]
     if links is not None:  # every scheme starts from the links' initial state, like it starts fresh workers
@@ -163,7 +165,7 @@ async def _run_scheme(scheme: str, scenario: Scenario, K: int, images, labels, l
             # (tens of ms), which a long-running master pays once, not per request.
             warmup: dict[str, Any] = {}
             with contextlib.suppress(EdgeccError):
-                await master.infer(images[: plan.K].reshape(1, plan.K, 28, 28), req_id=WARMUP_ID, info=warmup)
+                await master.infer(images[: plan.K].reshape(1, plan.K, *images.shape[1:]), req_id=WARMUP_ID, info=warmup)
             t0 = time.perf_counter()
             records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress)
             stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N,
@@ -202,7 +204,19 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     K = scenario.group_size()  # every scheme groups the same images
-    images, labels = load_arrays(scenario.images)
+    read: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def read_images(image) -> tuple[np.ndarray, np.ndarray]:
+        """The scenario's images in the (C, H, W) its plans' models take: read once; every scheme of a
+        scenario classifies the same images, so a model of another shape is refused."""
+        image = tuple(image)
+        if read and image not in read:
+            first = next(iter(read))
+            raise ConfigError(f"scenario {scenario.name!r}: its schemes' models must take the same images; one takes "
+                              f"{'×'.join(map(str, first))}, another {'×'.join(map(str, image))}")
+        if image not in read:
+            read[image] = load_arrays(scenario.images, image=image)
+        return read[image]
     results, stats, measured = {}, {}, {}
     links_meta = None
     with contextlib.ExitStack() as stack:
@@ -226,7 +240,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
                 name = scheme + suffix
                 progress = progress_factory(name) if progress_factory else None
                 results[name], stats[name], measured[name] = run(_run_scheme(
-                    scheme, variant, K, images, labels, Path(logs), progress, links))
+                    scheme, variant, K, read_images, Path(logs), progress, links))
         if links is not None:
             links_meta["qdiscs"] = [links.shaped(i) for i in range(scenario.N)]  # the last scheme's final state
     meta = {**scenario.to_dict(), "K": K, "machine": _machine(), "master_stats": stats}

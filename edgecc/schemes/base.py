@@ -258,15 +258,6 @@ def check_groups(plan: Any, images: np.ndarray) -> None:
                           f"({'×'.join(map(str, plan.image))} images), got {images.shape}")
 
 
-def same_image(scheme: str, what: str, info: dict[str, Any], other: str, other_info: dict[str, Any]) -> None:
-    """ConfigError unless two model files of one plan take the same images and give as many classes."""
-    a, b = (model_image(info), model_classes(info)), (model_image(other_info), model_classes(other_info))
-    if a != b:
-        raise ConfigError(f"scheme {scheme!r}: {what} takes {'×'.join(map(str, a[0]))} images and gives {a[1]} "
-                          f"classes but {other} takes {'×'.join(map(str, b[0]))} images and gives {b[1]}; "
-                          f"they must match")
-
-
 class PlainWorkers(Plan):
     """Plans whose N workers all run one centralized model (the "mlp" or "cnn" kind) on what they are sent."""
 
