@@ -110,3 +110,37 @@ def test_a_resnet18_base_runs_under_approxifer_and_uncoded(cifar_dir, tmp_path, 
         summary = edgecc("master", "--workers", workers, "--scheme", scheme, "--model", str(model), "--k", "2",
                          "--images", f"cifar10:{cifar_dir}", "--limit", "8", "--groups-per-request", "2", "--quiet")
         assert summary["requests_failed"] == 0 and summary["images"] == 8, (scheme, summary)
+
+
+def test_every_plan_takes_its_models_image_and_classes():
+    """In process: each scheme's plan reads (C, H, W) and classes from the model file, sends specs of that
+    shape, refuses groups of another naming the shape it takes, and leaves the paper's plans as they were."""
+    import torch
+
+    from edgecc.coding.schemes import Scheme
+    from edgecc.errors import ConfigError
+    from edgecc.nets import AICC, CentralizedCNN, CentralizedMLP
+    from edgecc.schemes.registry import build_plan
+
+    image, names = (3, 8, 12), ["a", "b", "c", "d"]
+    torch.manual_seed(0)
+    own = {"image": list(image), "classes": names}
+    models = {"aicc": (AICC(Scheme(K=2), image, 4), {"kind": "aicc", "scheme": Scheme(K=2).to_dict(), **own}),
+              "approxifer": (CentralizedCNN(image=image, classes=4), {"kind": "centralized-cnn", **own}),
+              "uncoded": (CentralizedMLP(image, 4), {"kind": "centralized-mlp", **own}),
+              "local": (CentralizedMLP(image, 4), {"kind": "centralized-mlp", **own})}
+    groups = np.random.default_rng(0).integers(0, 256, (3, 2, *image), dtype=np.uint8)
+    for scheme, loaded in models.items():
+        plan = build_plan(scheme, 3, 2, model=loaded)
+        assert plan.image == image and plan.classes == 4, scheme
+        if plan.N:
+            spec = plan.compute_spec(0).to_wire()
+            assert spec["in_shape"] == list(image) and spec["out"] == 4, (scheme, spec)
+            assert len(plan.payloads(groups)) == plan.N
+            with pytest.raises(ConfigError, match=r"expected groups of shape \(B, 2, 3, 8, 12\)"):
+                plan.payloads(groups[:, :, 0])
+        else:
+            assert plan.at_master(groups).shape == (3, 2, 4)
+    paper = build_plan("uncoded", 2, 2, model="default-mlp")
+    assert paper.image == (1, 28, 28) and paper.classes == 10
+    assert paper.compute_spec(0).to_wire()["in_shape"] == [28, 28]
