@@ -120,7 +120,7 @@ def test_every_plan_takes_its_models_image_and_classes():
     from edgecc.coding.schemes import Scheme
     from edgecc.errors import ConfigError
     from edgecc.nets import AICC, CentralizedCNN, CentralizedMLP
-    from edgecc.schemes.registry import build_plan
+    from edgecc.schemes.registry import build_plan, run_image
 
     image, names = (3, 8, 12), ["a", "b", "c", "d"]
     torch.manual_seed(0)
@@ -141,6 +141,10 @@ def test_every_plan_takes_its_models_image_and_classes():
                 plan.payloads(groups[:, :, 0])
         else:
             assert plan.at_master(groups).shape == (3, 2, 4)
+    # the schemes of one run (a scenario) classify the same images: models of different shapes are refused
+    assert run_image({"approxifer": {"model": models["approxifer"]}, "local": {"model": models["local"]}}) == image
+    with pytest.raises(ConfigError, match=r"take different images \(aicc: 1×28×28, uncoded: 3×8×12\)"):
+        run_image({"aicc": {}, "uncoded": {"model": models["uncoded"]}})
     paper = build_plan("uncoded", 2, 2, model="default-mlp")
     assert paper.image == (1, 28, 28) and paper.classes == 10
     assert paper.compute_spec(0).to_wire()["in_shape"] == [28, 28]

@@ -204,6 +204,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     K = scenario.group_size()  # every scheme groups the same images
+    from ..schemes.registry import run_image
+
+    run_image({s: scenario.scheme_options(s) for s in scenario.schemes})  # ... of one shape: refused before anything runs
     read: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def read_images(image) -> tuple[np.ndarray, np.ndarray]:

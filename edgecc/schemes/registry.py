@@ -160,6 +160,29 @@ def run_group_size(choices: Mapping[str, Mapping[str, Any]], K: int | None = Non
     return next(iter(fixed.values()), DEFAULT_K)
 
 
+def run_image(choices: Mapping[str, Mapping[str, Any]]) -> tuple[int, int, int] | None:
+    """The (C, H, W) every scheme of a run ({name: options}) classifies, from their model options' headers
+    (read without torch); None when no scheme names a model. ConfigError when the models take different
+    images: the schemes of one run classify the same images."""
+    from ..modelfile import read_header
+    from ..protocol.images import model_image
+
+    images: dict[str, tuple[int, int, int]] = {}
+    for name, options in choices.items():
+        opts = check_options(name, options)
+        for o in get(name).options:
+            if o.model and opts.get(o.name) is not None:
+                value = opts[o.name]
+                try:
+                    images[name] = model_image(value[1] if isinstance(value, tuple) else read_header(value))
+                except ValueError as e:
+                    raise ConfigError(f"scheme {name!r}: {e}") from None
+    if len(set(images.values())) > 1:
+        raise ConfigError("the schemes' models take different images ("
+                          + ", ".join(f"{n}: {'×'.join(map(str, i))}" for n, i in images.items()) + "); run them separately")
+    return next(iter(images.values()), None)
+
+
 def build_plan(name: str, N: int, K: int | None = None, /, **options: Any) -> Plan:
     """The plan of scheme `name` for N workers and K images per group (None: see run_group_size), built
     from the scheme's own `options`. ConfigError for anything wrong with them, naming the scheme."""
