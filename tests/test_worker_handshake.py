@@ -55,7 +55,7 @@ def test_the_caps_are_the_documented_ones():
         "placements": ["encoded", "plain"], "wire_dtypes": ["f4", "f2"], "torch": False, "max_frame": 1 << 20, "max_batch": 8,
         "max_in_flight": 3, "proto_minor": PROTOCOL_MINOR, "computes": ["affine", "affine-hs", "mlp"]}
     caps = worker_caps(limits, torch=True)
-    assert caps["placements"] == ["encoded", "plain", "shared"] and caps["computes"][-2:] == ["cnn", "aicc-shared"]
+    assert caps["placements"] == ["encoded", "plain", "shared"] and caps["computes"][-3:] == ["cnn", "resnet18", "aicc-shared"]
 
 
 def test_the_masters_machine_and_the_workers_complete_each_other():
