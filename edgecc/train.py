@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -296,6 +297,12 @@ def train(
 
     train_set = load_images(cfg.data, "train", cfg.data_dir).head(cfg.limit)
     test_set = load_images(cfg.data, "test", cfg.data_dir)
+    if train_set.shape[0] != 1 and cfg.precision == "bf16" and torch.device(cfg.device).type == "cpu":
+        # torch 2.13's oneDNN kills the process (SIGSEGV), not on every run, in the bf16 backward pass of
+        # the dilated stacks when they have 3 output channels (colour images; seen on an AVX-512 BF16 CPU
+        # with a 3×32×32 CNN+CNN H_B model): colour models train in fp32 on the CPU.
+        warnings.warn(f"{cfg.data}: colour images train in fp32 on the CPU (bf16 crashes this torch's oneDNN)")
+        cfg = replace(cfg, precision="fp32")
     info, K, dev, model, opt = _start(kind, scheme, cfg, code, train_set.shape, train_set.classes)
     item = dims(train_set.shape)
     x_np, y_np = train_set.images.reshape(-1, *item), train_set.labels

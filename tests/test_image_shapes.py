@@ -133,3 +133,13 @@ async def test_a_worker_runs_a_convolutional_base_on_any_image(kind, image):
     finally:
         await comm.close()
         await w.close()
+
+
+def test_colour_models_train_in_fp32_on_the_cpu(tmp_path, colour_npz):
+    """bf16 autocast crashes torch 2.13's oneDNN in the backward pass of 3-channel dilated stacks: a colour
+    model asked to train in bf16 on the CPU trains in fp32, says so, and records what ran."""
+    scheme = Scheme(K=2, G=1, P=1, computation="hb", encoder="cl", compute_arch="cl")
+    cfg = TrainConfig(epochs=1, batch=8, precision="bf16", data=f"npz:{colour_npz}", limit=32)
+    with pytest.warns(UserWarning, match="colour images train in fp32"):
+        info = train("aicc", scheme, cfg, tmp_path / "m.safetensors")
+    assert info["training"]["precision"] == "fp32"

@@ -79,7 +79,13 @@ class HB(nn.Module):
         # xt: (B, n, *dims) -> (B, n, classes)
         if self.stack is not None:
             B, n = xt.shape[:2]
-            xt = xt.reshape(B * n, *self.image).contiguous(memory_format=torch.channels_last)
+            xt = xt.reshape(B * n, *self.image)
+            # Channels-last only for gray images, where it was measured faster: torch 2.13's oneDNN kills
+            # the process (SIGSEGV) in the bf16 backward pass of this activation-free stack in channels-last
+            # with 3 output channels (seen at 32×32 with 16 images on an AVX-512 BF16 CPU), so colour
+            # images stay in the default layout (and train in fp32 on the CPU: train.py).
+            if self.image[0] == 1:
+                xt = xt.contiguous(memory_format=torch.channels_last)
             xt = self.stack(xt).reshape(B, n, *dims(self.image))
         return self.omega(xt)
 
