@@ -133,9 +133,10 @@ def test_the_link_knows_nothing_of_the_master():
     assert "edgecc.schemes" not in {_room(t) for t in graph["edgecc.master.link"]}
 
 
-# Ray is an optional extra (edgecc[ray]) for workers as Ray actors: only the ray:// transport and its
-# launcher import it, so the torch-free TCP worker and the master over TCP never load it.
-IMPORTS_RAY = {"edgecc.comm.ray", "edgecc.launch.ray_workers"}
+# Ray is an optional extra (edgecc[ray]) for workers as Ray actors and the service on Ray Serve: only the
+# ray:// transport, its launcher and serve/ray_app import it, so the torch-free TCP worker and the master
+# over TCP never load it.
+IMPORTS_RAY = {"edgecc.comm.ray", "edgecc.launch.ray_workers", "edgecc.serve.ray_app"}
 
 
 def test_only_the_ray_transport_and_launcher_import_ray():

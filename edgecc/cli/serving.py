@@ -12,9 +12,11 @@ from .options import SchemeName, collect_scheme_options, scheme_options, setup_l
 
 
 @main.command()
-@click.option("--workers", default="", help="comma-separated HOST:PORT of the N workers, in α order (none for a "
-              "scheme without workers, e.g. local)")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for HTTP (port 0 picks a free one)")
+@click.option("--workers", default="", help="comma-separated addresses of the N workers, in α order: HOST:PORT "
+              "(tcp://, tls://), ray://NAME (a Ray actor) or ray:N (N Ray actors started here, docs/ray.md) (none for "
+              "a scheme without workers, e.g. local)")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for HTTP (port 0 picks a free "
+              "one, except with --ray: Ray Serve's proxy listens there)")
 @click.option("--scheme", type=SchemeName(), default="aicc", show_default=True,
               help="any registered scheme (`edgecc schemes` lists them with their options)")
 @scheme_options
@@ -34,9 +36,21 @@ from .options import SchemeName, collect_scheme_options, scheme_options, setup_l
 @click.option("--tls-key", default=None, help="private key file for --tls-cert")
 @click.option("--port-file", default=None, help="write the bound port here once listening")
 @click.option("--log-level", default="warning", show_default=True)
+@click.option("--ray", "on_ray", is_flag=True, help="run on Ray Serve: replicas that each hold a master, behind Ray "
+              "Serve's proxy (pip install 'edgecc[ray]'; docs/ray.md)")
+@click.option("--replicas", type=int, default=None, help="--ray: master replicas [default: 1]")
+@click.option("--min-replicas", type=int, default=None, help="--ray: autoscale between --min-replicas and --max-replicas")
+@click.option("--max-replicas", type=int, default=None, help="--ray: see --min-replicas")
+@click.option("--target-ongoing", type=float, default=None, help="--ray autoscaling: ongoing requests per replica "
+              "that Ray Serve aims for [default: Ray Serve's]")
+@click.option("--replica-cpus", type=float, default=None, help="--ray: CPUs each master replica reserves [default: 1]")
+@click.option("--ingress-replicas", type=int, default=None, help="--ray: replicas of the stateless front end [default: 1]")
+@click.option("--app-name", default=None, help="--ray: the Ray Serve application's name (its masters': NAME-masters) "
+              "[default: edgecc]")
 def serve(workers, listen, scheme, k, model, placement, wire_dtype, encode_precision, byzantine, tolerance, points,
           extra_options, window_ms, max_queue, max_groups, max_in_flight, max_images, request_timeout, drain_timeout, wait,
-          token_file, tls_ca, client_token_file, tls_cert, tls_key, port_file, log_level):
+          token_file, tls_ca, client_token_file, tls_cert, tls_key, port_file, log_level, on_ray, replicas, min_replicas,
+          max_replicas, target_ongoing, replica_cpus, ingress_replicas, app_name):
     """Classify images over HTTP: POST /v1/classify, dashboard at /, Prometheus at /metrics."""
     from ..protocol.auth import load_token
     from ..master.master import Master
@@ -50,7 +64,20 @@ def serve(workers, listen, scheme, k, model, placement, wire_dtype, encode_preci
     setup_logging(log_level)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    addresses = [parse_address(a) for a in workers.split(",") if a.strip()]
+    ray_only = {"--replicas": replicas, "--min-replicas": min_replicas, "--max-replicas": max_replicas,
+                "--target-ongoing": target_ongoing, "--replica-cpus": replica_cpus,
+                "--ingress-replicas": ingress_replicas, "--app-name": app_name}
+    if not on_ray and any(v is not None for v in ray_only.values()):
+        raise click.UsageError(f"{', '.join(k for k, v in ray_only.items() if v is not None)}: only with --ray")
+    spec = workers.strip()
+    ray_count = int(spec[4:]) if spec.startswith("ray:") and spec[4:].isdigit() else None
+    if ray_count is not None:  # `ray:N`: N workers as Ray actors, started below once the plan says how many it uses
+        addresses = [f"ray://worker-{i}" for i in range(ray_count)]
+    else:
+        addresses = [a.strip() if a.strip().lower().startswith("ray://") else parse_address(a)
+                     for a in workers.split(",") if a.strip()]
+    if tls_ca and any(isinstance(a, str) and a.lower().startswith("ray:") for a in addresses):
+        raise click.UsageError("--tls-ca: Ray workers are reached through Ray, whose own TLS is RAY_USE_TLS")
     host, port = parse_address(listen, 8080)
     options = collect_scheme_options(extra_options, model=model, placement=placement, wire_dtype=wire_dtype,
                                      encode_precision=encode_precision, byzantine=byzantine, tolerance=tolerance,
@@ -59,11 +86,42 @@ def serve(workers, listen, scheme, k, model, placement, wire_dtype, encode_preci
         plan = build_plan(scheme, len(addresses), k, **options)
     except EdgeccError as e:
         raise click.UsageError(str(e)) from None
+    addresses = addresses[: plan.N]  # uncoded (and the learned code) use the first of the workers given
     token = load_token(token_file)
     client_token = load_token(client_token_file) if client_token_file else None
     if client_token is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"edgecc serve: warning: listening on {host} without --client-token-file: anyone who can reach it can classify",
                    err=True)
+    window = (DEFAULT_WINDOW_MS if window_ms is None else window_ms) / 1000
+    if on_ray:
+        if port == 0:
+            raise click.UsageError("--listen: with --ray, Ray Serve's proxy needs a port of its own (not 0)")
+        from pathlib import Path
+
+        from ..serve import ray_app
+
+        try:
+            scaling = ray_app.Scaling(replicas=replicas, min_replicas=min_replicas,
+                                      max_replicas=max_replicas, target_ongoing=target_ongoing,
+                                      replica_cpus=1.0 if replica_cpus is None else replica_cpus,
+                                      ingress_replicas=1 if ingress_replicas is None else ingress_replicas)
+            tls_ca_pem = Path(tls_ca).read_text() if tls_ca else None
+        except (EdgeccError, OSError) as e:
+            raise click.UsageError(str(e)) from None
+        config = ray_app.ServiceConfig(
+            scheme, tuple(a if isinstance(a, str) else f"{a[0]}:{a[1]}" for a in addresses), token, k, options,
+            window_s=window, max_queue=max_queue, max_groups=max_groups, max_in_flight=max_in_flight,
+            max_images=max_images, request_timeout=request_timeout, wait=wait, drain_timeout=drain_timeout,
+            client_token=client_token, tls_ca_pem=tls_ca_pem)
+        try:
+            drained = ray_app.run_until_signalled(config, scaling, host=host, port=port, name=app_name or "edgecc",
+                                                  tls_cert=tls_cert, tls_key=tls_key,
+                                                  ray_workers=len(addresses) if ray_count is not None else 0,
+                                                  port_file=port_file, log_level=log_level,
+                                                  announce=lambda t: click.echo(t, err=True))
+        except EdgeccError as e:
+            raise click.ClickException(str(e)) from None
+        sys.exit(0 if drained else 1)
 
     async def go() -> bool:
         m = Master(plan, addresses[: plan.N], token, request_timeout=request_timeout,
@@ -73,13 +131,27 @@ def serve(workers, listen, scheme, k, model, placement, wire_dtype, encode_preci
         except BaseException:
             await m.close()
             raise
-        svc = Service(m, scheme, window_s=(DEFAULT_WINDOW_MS if window_ms is None else window_ms) / 1000, max_queue=max_queue,
+        svc = Service(m, scheme, window_s=window, max_queue=max_queue,
                       max_groups=max_groups, max_in_flight=max_in_flight, max_images=max_images, client_token=client_token,
                       drain_timeout=drain_timeout)
         return await run_until_signalled(svc, host, port, server_ssl_context(tls_cert, tls_key) if tls_cert else None,
                                          port_file, announce=lambda t: click.echo(t, err=True))
 
-    if not run(go()):
+    ray_workers = None
+    if ray_count is not None:  # they end with this command (Ray ends a driver's actors with it)
+        from ..launch.ray_workers import RayWorkers
+
+        ray_workers = RayWorkers(len(addresses), token)
+        try:
+            addresses = ray_workers.start()
+        except EdgeccError as e:
+            raise click.ClickException(str(e)) from None
+    try:
+        drained = run(go())
+    finally:
+        if ray_workers is not None:
+            ray_workers.stop()
+    if not drained:
         sys.exit(1)
 
 
