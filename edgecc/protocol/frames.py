@@ -41,6 +41,11 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise RemoteProtocolError(f"msgpack extension type {code} is not allowed")
 
 
+def payload_size(msg: dict[str, Any]) -> int:
+    """The length of `msg`'s frame payload, the number every max_frame limit is compared with."""
+    return len(msgpack.packb(msg, use_bin_type=True))
+
+
 def encode_frame(msg: dict[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     payload = msgpack.packb(msg, use_bin_type=True)
     if len(payload) > max_frame:

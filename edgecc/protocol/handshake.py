@@ -19,7 +19,7 @@ from typing import Callable
 
 from . import auth
 from .compute_spec import NEEDS_TORCH
-from .frames import DEFAULT_MAX_FRAME, LocalProtocolError, RemoteProtocolError, encode_frame
+from .frames import LocalProtocolError, RemoteProtocolError, payload_size
 from .messages import PROTOCOL_VERSION, Auth, Configure, Configured, Error, Hello, Message, Welcome, version_mismatch
 
 AWAIT_HELLO, AWAIT_WELCOME, AWAIT_CONFIGURED, DONE, FAILED = "await_hello", "await_welcome", "await_configured", "done", "failed"
@@ -132,7 +132,7 @@ class ClientHandshake:
         self.configure_sent = self.configure(self.hello)
         limit = self.peer_max_frame
         if limit is not None and self.configure_sent.arrays is not None:
-            size = len(encode_frame(self.configure_sent.to_wire(), max(limit, DEFAULT_MAX_FRAME << 8))) - 4
+            size = payload_size(self.configure_sent.to_wire())
             if size > limit:
                 raise self._fail(HandshakeError(
                     f"the configure is {size} bytes, more than the worker reads ({limit}, its max_frame): start "
