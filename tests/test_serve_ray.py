@@ -350,8 +350,8 @@ def test_a_redeploy_under_load_drains_every_replica_first(service):
     deadline = time.monotonic() + 30  # each old replica's last report comes once it has closed its master
     while True:
         reps = {r["replica"]: r for r in call(service.url + "/v1/stats")[1]["replicas"]}
-        # an old replica's entry may not be on the board yet (the board can be replaced by the redeploy too,
-        # and each replica's reports then reach the new one): wait for its "stopped" report
+        # the board is its own application, which the redeploy leaves in place: each old replica's last
+        # report ("stopped", drained) lands where the new replica reports
         if all(reps.get(r, {}).get("state") == "stopped" for r in before) and [r["state"] for r in reps.values()].count("serving") == 1:
             break
         assert time.monotonic() < deadline, reps

@@ -1,13 +1,19 @@
 """`edgecc serve --ray`: the HTTP service on Ray Serve, as replicas that each hold a master.
 
-Two Ray Serve applications (docs/ray.md, "The service on Ray Serve"):
+Three Ray Serve applications (docs/ray.md, "The service on Ray Serve"):
 
     NAME-masters (no HTTP route)                        NAME (route "/", behind Ray Serve's HTTP proxy)
       EdgeccMaster: R replicas (or min..max, autoscaled)   EdgeccIngress: stateless, forwards each request
         each a Master (its own encoder, its own links        to a master replica and sends it again to
         to the one shared worker pool), the Batcher,         another one if that replica dies; /metrics,
         ServiceMetrics: serve.app.Service, unchanged         /v1/stats, /readyz from the board
+    NAME-board (no HTTP route)
       EdgeccBoard: 1 replica, the replicas' latest reports (serve/aggregate.py)
+
+The board is an application of its own so that deploying again leaves it in place: Ray Serve replaces
+every deployment of an application it deploys, and the board is the service's memory across that
+rolling update (the old replicas' last reports, "stopped" and drained, land on the board the new
+replicas report to; the totals keep counting).
 
 - **Same endpoints.** A master replica runs serve.app.Service's own handlers (classify, the sample
   images, the dashboard's files) behind Service's own error middleware, on a `ForwardedRequest`: the
@@ -78,6 +84,15 @@ INGRESS_PUSH_S = 0.25  # how often an ingress replica reports, and so how soon i
 
 def masters_app(name: str) -> str:
     return f"{name}-masters"
+
+
+def board_app(name: str) -> str:
+    return f"{name}-board"
+
+
+def _apps(name: str) -> tuple[str, str, str]:
+    """The service's applications, in the order they are deleted: front end, masters, board."""
+    return name, masters_app(name), board_app(name)
 
 
 @dataclass(frozen=True)
@@ -183,12 +198,12 @@ class MasterReplica:
     """One replica: a Master connected to every worker, and serve.app.Service around it (its batcher and
     metrics; not its HTTP listener: the ingress is the front end)."""
 
-    async def __init__(self, config: ServiceConfig, board):
+    async def __init__(self, config: ServiceConfig, board_app: str):
         from ..master.master import Master
         from ..schemes.registry import build_plan
         from .app import Service
 
-        self.board = board
+        self.board = serve.get_deployment_handle(BOARD, app_name=board_app)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.actor = ray.get_runtime_context().get_actor_name() or ""
         plan = build_plan(config.scheme, len(config.workers), config.k, **config.options)
@@ -290,6 +305,11 @@ class BoardReplica:
     async def ready(self) -> tuple[bool, str]:
         return self.board.ready()
 
+    async def resume(self) -> None:
+        """A new deployment serves: its ingress replicas take requests (a shutdown that did not finish
+        may have left the flag set)."""
+        self.draining = False
+
     async def drain(self) -> dict[str, str]:
         """From now on every ingress replica refuses new requests (at its next report); their states."""
         self.draining = True
@@ -306,6 +326,7 @@ class BoardReplica:
 @dataclass(frozen=True)
 class IngressConfig:
     masters_app: str
+    board_app: str
     client_token: bytes | None = None
 
 
@@ -361,7 +382,7 @@ class Ingress:
 
     async def __init__(self, config: IngressConfig):
         self.masters = serve.get_deployment_handle(MASTER, app_name=config.masters_app)
-        self.board = serve.get_deployment_handle(BOARD, app_name=config.masters_app)
+        self.board = serve.get_deployment_handle(BOARD, app_name=config.board_app)
         self.client_token = config.client_token
         self.max_body = (await self.masters.describe.remote())["max_body"]
         self.id = serve.get_replica_context().replica_id.unique_id
@@ -460,15 +481,18 @@ class Ingress:
 
 # -- deploying, and the command's lifecycle ----------------------------------------------------------------
 
-def _masters(config: ServiceConfig, scaling: Scaling):
-    board = serve.deployment(BoardReplica, name=BOARD, num_replicas=1, max_ongoing_requests=1000,
-                             ray_actor_options={"num_cpus": 0}).bind()
+def _board():
+    return serve.deployment(BoardReplica, name=BOARD, num_replicas=1, max_ongoing_requests=1000,
+                            ray_actor_options={"num_cpus": 0}).bind()
+
+
+def _masters(config: ServiceConfig, scaling: Scaling, name: str):
     return serve.deployment(
         MasterReplica, name=MASTER, ray_actor_options={"num_cpus": scaling.replica_cpus},
         # a replica's own admission (queue, deadlines: Service) decides what it takes, not Serve's limit
         max_ongoing_requests=config.max_queue, graceful_shutdown_timeout_s=config.drain_timeout + 5,
         graceful_shutdown_wait_loop_s=DRAIN_POLL_S, max_constructor_retry_count=3, **scaling.master_options(),
-    ).bind(config, board)
+    ).bind(config, board_app(name))
 
 
 def _ingress(config: ServiceConfig, scaling: Scaling, name: str):
@@ -477,7 +501,7 @@ def _ingress(config: ServiceConfig, scaling: Scaling, name: str):
         max_ongoing_requests=config.max_queue * scaling.most,
         # the ingress waits for the masters' answers, which may take their own drain
         graceful_shutdown_timeout_s=config.drain_timeout + 10, graceful_shutdown_wait_loop_s=DRAIN_POLL_S,
-    ).bind(IngressConfig(masters_app(name), config.client_token))
+    ).bind(IngressConfig(masters_app(name), board_app(name), config.client_token))
 
 
 def _logging(level: str) -> dict[str, Any]:
@@ -487,24 +511,30 @@ def _logging(level: str) -> dict[str, Any]:
 
 def deploy(config: ServiceConfig, scaling: Scaling, name: str = "edgecc", route_prefix: str = "/",
            log_level: str = "warning") -> None:
-    """Deploy the masters' application, then the ingress's; returns once both run. Deploying again
-    replaces the replicas (Ray Serve's rolling update of an imperative deploy), each one drained."""
+    """Deploy the board (unless it runs already), the masters' application, then the ingress's; returns
+    once all run. Deploying again replaces the masters and the ingress (Ray Serve's rolling update of an
+    imperative deploy), each replica drained, and keeps the board."""
     first = scaling.count
     cpus = ray.cluster_resources().get("CPU", 0.0)
     if first * scaling.replica_cpus > cpus:  # Serve would wait for them forever
         raise EdgeccError(f"{first} replicas reserving {scaling.replica_cpus:g} CPUs each need "
                           f"{first * scaling.replica_cpus:g} CPUs; this Ray cluster has {cpus:g} (--replica-cpus "
                           "reserves fewer; a replica still uses what it needs)")
-    serve.run(_masters(config, scaling), name=masters_app(name), route_prefix=None, logging_config=_logging(log_level))
+    running = serve.status().applications.get(board_app(name))
+    if running is None or running.status != "RUNNING":
+        serve.run(_board(), name=board_app(name), route_prefix=None, logging_config=_logging(log_level))
+    serve.get_deployment_handle(BOARD, app_name=board_app(name)).resume.remote().result(timeout_s=10)
+    serve.run(_masters(config, scaling, name), name=masters_app(name), route_prefix=None,
+              logging_config=_logging(log_level))
     serve.run(_ingress(config, scaling, name), name=name, route_prefix=route_prefix, logging_config=_logging(log_level))
 
 
 def shutdown(name: str = "edgecc", ack_timeout: float = 5.0) -> bool:
     """End the service without losing an accepted request: every ingress replica refuses new requests
     (503 + Retry-After, /readyz 503), the ingress is deleted once it has answered what it accepted (the
-    masters still up), then the masters' application. True when every ingress replica stopped
+    masters still up), then the masters' application, then the board. True when every ingress replica stopped
     gracefully, having answered everything it accepted."""
-    board = serve.get_deployment_handle(BOARD, app_name=masters_app(name))
+    board = serve.get_deployment_handle(BOARD, app_name=board_app(name))
     states = board.drain.remote().result(timeout_s=10)
     deadline = time.monotonic() + ack_timeout
     while states and not all(s != "serving" for s in states.values()) and time.monotonic() < deadline:
@@ -518,6 +548,7 @@ def shutdown(name: str = "edgecc", ack_timeout: float = 5.0) -> bool:
         log.warning("could not read the ingress's final state from the board: %s", e)
         drained = False
     serve.delete(masters_app(name))
+    serve.delete(board_app(name))
     return drained
 
 
@@ -548,7 +579,7 @@ def _deploy_error(name: str, e: BaseException) -> str:
     deployment's status message), else Serve's."""
     try:
         apps = serve.status().applications
-        for app in (masters_app(name), name):
+        for app in (board_app(name), masters_app(name), name):
             for d in apps[app].deployments.values() if app in apps else ():
                 errors = [line.strip() for line in (d.message or "").splitlines()
                           if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line.strip())]
@@ -581,7 +612,7 @@ def run_until_signalled(config: ServiceConfig, scaling: Scaling, *, host: str, p
             _check_proxy(url, ssl._create_unverified_context() if tls_cert else None)  # only asks: is it our proxy?
         except BaseException as e:  # leave nothing half deployed on a cluster that outlives this command
             why = _deploy_error(name, e)
-            for app in (name, masters_app(name)):
+            for app in _apps(name):
                 try:
                     serve.delete(app)
                 except Exception:
