@@ -48,9 +48,20 @@ class TrainConfig:
     # "anneal": warmup + cosine from the weights in `init` (RECIPES)
     recipe: str = "paper"
     init: str | None = None  # model file whose weights training starts from (same kind and scheme)
+    # Remedies beyond the paper's recipe, off by default (docs/k8.md: K=8 AICC collapses under Adam at lr 1e-3
+    # in its first ~40 steps). warmup_steps: the lr ramps linearly from lr/warmup_steps to lr over the first
+    # warmup_steps optimizer steps of the run (on top of the recipe's own schedule), so Adam's first updates,
+    # made with still-noisy moment estimates, are small. clip_norm: the gradient of all parameters is scaled
+    # to at most this global L2 norm before each step, so one spiking batch cannot throw the encoder off.
+    warmup_steps: int = 0
+    clip_norm: float | None = None
 
     def __post_init__(self) -> None:  # validates; rows, checkpoints and resume checks record what actually ran
         object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
 
     def batch_for(self, K: int) -> int:
         return self.batch if self.batch is not None else max(1, 128 // K)
@@ -63,6 +74,9 @@ class TrainConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         defaults = {"paper": {}, "anneal": ANNEAL}.get(recipe, {"epochs": BEST["epochs"], "lr": BEST["lr"]})
         return cls(recipe=recipe, **{**defaults, **{k: v for k, v in settings.items() if v is not None}})
+
+
+REMEDIES_OFF = {"warmup_steps": 0, "clip_norm": None}  # TrainConfig's fields beyond the paper, and their off values
 
 
 # The improved recipes: same networks, same data per epoch, same recovery threshold.
@@ -81,12 +95,21 @@ ANNEAL = {"epochs": 10, "lr": 1e-3}
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     """The learning rate of global step `step` of `total` (a pure function: resuming needs no state)."""
+    ramp = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0  # cfg.warmup_steps (off: 1)
     if cfg.recipe == "paper":
-        return cfg.lr
+        return cfg.lr * ramp
     warm = max(1, int(BEST["warmup"] * total))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return ramp * cfg.lr * (step + 1) / warm
+    return ramp * 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, total: int) -> None:
+    """Give the optimizer global step `step`'s lr where it varies; the paper's constant lr (no warm-up) is left
+    as make_optimizer set it, untouched."""
+    if cfg.recipe != "paper" or cfg.warmup_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step, total)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, image: tuple[int, int, int] = PAPER_IMAGE) -> torch.Tensor:
@@ -120,8 +143,14 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that determine each epoch's result (not threads, where the data lies, or, for the
     paper recipe, how many epochs: a finished run may be resumed with a larger --epochs; the best
     recipe's lr schedule spans all epochs, so there they count)."""
-    return asdict(replace(cfg, threads=None, data_dir=None, epochs=cfg.epochs if cfg.recipe != "paper" else 0,
-                          init=_content_id(cfg.init) if cfg.init else None))
+    ident = asdict(replace(cfg, threads=None, data_dir=None, epochs=cfg.epochs if cfg.recipe != "paper" else 0,
+                           init=_content_id(cfg.init) if cfg.init else None))
+    # the remedies beyond the paper are recorded only when set: a run without them records (and its model file
+    # and checkpoints hold) exactly what a run from before they existed did, and such checkpoints still resume
+    for key, off in REMEDIES_OFF.items():
+        if ident[key] == off:
+            del ident[key]
+    return ident
 
 
 def _content_id(model_file: str) -> str:
@@ -217,6 +246,8 @@ def train_step(model, opt, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int
     loss = step_loss(model, kind, xb, yb, K, cfg, gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if cfg.clip_norm is not None:  # all parameters' gradients as one vector (those without a gradient are skipped)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
     opt.step()
     return loss.detach()
 
@@ -335,7 +366,8 @@ def train(
         if saved["recipe"] == "paper":
             saved["epochs"] = 0
         if ck["info"] != info or saved != now:
-            diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here" for k in sorted(now) if saved.get(k) != now.get(k))
+            diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here" for k in sorted(now | saved)
+                             if saved.get(k) != now.get(k))
             raise ValueError(f"{ckpt_path} belongs to a different configuration ({diff or 'another model'}); "
                              "use another run dir")
         model.load_state_dict(ck["model"])
@@ -350,9 +382,7 @@ def train(
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=dev)  # summed on the device: no sync per step
         for step in range(steps):
             idx = perm[step * batch * K : (step + 1) * batch * K]
-            if cfg.recipe != "paper":
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(cfg, epoch * steps + step, cfg.epochs * steps)
+            set_lr(opt, cfg, epoch * steps + step, cfg.epochs * steps)
             loss_sum += train_step(model, opt, kind, x[idx], y[idx], K, cfg, gen)
             if progress and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps):
                 rate = (step + 1) * batch / (time.perf_counter() - t0)

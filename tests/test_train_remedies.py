@@ -1,0 +1,108 @@
+"""The training remedies beyond the paper's recipe (TrainConfig.warmup_steps, .clip_norm; docs/k8.md): what they
+do to one step, and that with both off a step is exactly the paper's plain Adam step."""
+
+import math
+
+import pytest
+import torch
+
+from edgecc.coding.schemes import Scheme
+from edgecc.train import TrainConfig, _identity, _start, lr_at, set_lr, step_loss, train, train_step
+
+SCHEME = Scheme(K=2, G=1, computation="hb", encoder="mlp", compute_arch="mlp")  # the smallest AICC
+
+
+def _batch(K: int = 2, groups: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(groups * K, 28, 28, generator=g), torch.randint(10, (groups * K,), generator=g)
+
+
+def _fresh(cfg: TrainConfig):
+    _, K, _, model, opt = _start("aicc", SCHEME, cfg, None)
+    return K, model, opt
+
+
+def test_warmup_ramps_the_lr_from_small_to_lr_over_warmup_steps():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=100)
+    lrs = [lr_at(cfg, s, 10_000) for s in range(150)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[0] <= cfg.lr / 100  # step 0: lr / warmup_steps
+    assert lrs[:100] == sorted(lrs[:100]) and len(set(lrs[:100])) == 100  # a linear ramp, rising every step
+    assert lrs[99] == pytest.approx(cfg.lr) and all(lr == cfg.lr for lr in lrs[100:])  # lr from warmup_steps on
+    assert lr_at(TrainConfig(lr=1e-3), 0, 10_000) == 1e-3  # off: the paper's constant lr from the first step
+
+    # set_lr gives the optimizer that lr; without warm-up (the paper's recipe) it leaves the optimizer alone
+    K, model, opt = _fresh(cfg)
+    set_lr(opt, cfg, 0, 10_000)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(1e-5)]
+    set_lr(opt, cfg, 100, 10_000)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3]
+    opt.param_groups[0]["lr"] = 0.123
+    set_lr(opt, TrainConfig(), 0, 10_000)
+    assert opt.param_groups[0]["lr"] == 0.123
+
+
+def test_clip_norm_bounds_the_gradient_adam_steps_with():
+    cfg = TrainConfig(precision="fp32", clip_norm=1e-3, threads=1)  # far below this model's first gradient norm
+    K, model, opt = _fresh(cfg)
+    xb, yb = _batch(K)
+    seen = []
+    step = opt.step
+
+    def recording_step(*a, **kw):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(*a, **kw)
+
+    opt.step = recording_step
+    train_step(model, opt, "aicc", xb, yb, K, cfg, torch.Generator().manual_seed(0))
+    assert seen and seen[0] <= cfg.clip_norm * (1 + 1e-5)
+
+    # the same step unclipped had a larger gradient: the clip did something
+    K, model, opt = _fresh(TrainConfig(precision="fp32", threads=1))
+    step_loss(model, "aicc", xb, yb, K, cfg, torch.Generator().manual_seed(0)).backward()
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]) > 10 * cfg.clip_norm
+
+
+def test_with_both_off_a_step_is_the_plain_adam_step():
+    cfg = TrainConfig(precision="fp32", threads=1)
+    K, model, opt = _fresh(cfg)
+    xb, yb = _batch(K)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_step(model, opt, "aicc", xb, yb, K, cfg, torch.Generator().manual_seed(0))
+
+    # the step as train_step ran it before the remedies existed: loss, backward, Adam
+    K, ref, ref_opt = _fresh(cfg)
+    assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())
+    loss = step_loss(ref, "aicc", xb, yb, K, cfg, torch.Generator().manual_seed(0))
+    ref_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    ref_opt.step()
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), k
+    # and Adam's first step by its formula: p - lr * g / (|g| + eps) (bias-corrected moments are g and g²)
+    for n, p in model.named_parameters():
+        g = grads[n]
+        expect = before[n] - cfg.lr * g / (g.abs() + 1e-8)
+        assert torch.allclose(p.detach(), expect, atol=1e-7, rtol=1e-5), n
+
+
+def test_remedies_are_validated_and_recorded_only_when_set(tmp_path):
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match="clip_norm"):
+        TrainConfig(clip_norm=0.0)
+    # off: the recorded configuration is what it was before the fields existed (old checkpoints still resume)
+    assert not {"warmup_steps", "clip_norm"} & set(_identity(TrainConfig()))
+    on = _identity(TrainConfig(warmup_steps=5, clip_norm=1.0))
+    assert (on["warmup_steps"], on["clip_norm"]) == (5, 1.0)
+
+    cfg = TrainConfig(epochs=1, limit=256, threads=1, warmup_steps=5, clip_norm=1.0)
+    info = train("aicc", SCHEME, cfg, tmp_path / "m.safetensors")
+    t = info["training"]
+    assert (t["warmup_steps"], t["clip_norm"]) == (5, 1.0) and math.isfinite(t["history"][-1]["loss"])
+    # a run with the remedies is a different run from one without: its checkpoint does not resume as the paper's
+    with pytest.raises(ValueError, match=r"clip_norm: 1.0 there, None here, warmup_steps: 5 there, None here"):
+        train("aicc", SCHEME, TrainConfig(epochs=2, limit=256, threads=1), tmp_path / "m.safetensors", resume=True)
+    paper = train("aicc", SCHEME, TrainConfig(epochs=1, limit=256, threads=1), tmp_path / "p.safetensors")
+    assert not {"warmup_steps", "clip_norm"} & set(paper["training"])
