@@ -19,6 +19,10 @@ from .options import SchemeName, collect_scheme_options, images_from, limit_opti
 @click.option("--tls-cert", default=None, help="certificate file (enables TLS)")
 @click.option("--tls-key", default=None, help="private key file for --tls-cert")
 @click.option("--data-dir", default=None, help="dataset folder for shared-dataset placement")
+@click.option("--dataset", "dataset_source", default=None, metavar="SOURCE",
+              help="hold these images for the shared placement (any edgecc.datasets source: sample, test, train, "
+              "idx:DIR, cifar10:DIR, folder:DIR, npz:FILE, with ?size=HxW&channels=C); the worker announces it "
+              "(count, shape, SHA-256) and masters then send indices instead of pixels")
 @click.option("--behaviour", default=None, help="JSON straggler behaviour (scenarios): latency/failure model")
 @click.option("--seed", type=int, default=0, help="seed of the behaviour's delays")
 @click.option("--index", type=int, default=0, help="this worker's index in the scenario (seeds its delays)")
@@ -30,7 +34,7 @@ from .options import SchemeName, collect_scheme_options, images_from, limit_opti
               help="exit when the process that started this worker exits (edgecc's local launchers set it)")
 @click.option("--log-level", default="info", show_default=True)
 @limit_options
-def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, seed, index, port_file, metrics_port, lie,
+def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, dataset_source, behaviour, seed, index, port_file, metrics_port, lie,
            exit_with_parent, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Serve computations for a master (needs no torch for the encoded-only placement)."""
     import os
@@ -75,8 +79,20 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, behaviour, s
         faults = Faults(delay=delay, lie=lie)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    held = None
+    if dataset_source:
+        from ..worker.server import HeldDataset, torch_available
+
+        try:
+            held = HeldDataset.load(dataset_source, data_dir)
+        except EdgeccError as e:
+            raise click.UsageError(f"--dataset: {e}") from None
+        click.echo(f"edgecc worker holds dataset {held.describe()}", err=True)
+        if not torch_available():
+            click.echo("edgecc worker: warning: --dataset serves the shared placement, which needs torch "
+                       "(pip install 'edgecc[ml]')", err=True)
     w = Worker(load_token(token_file), make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
-               loaded, faults, data_dir, tls, name=f"worker {index}")
+               loaded, faults, data_dir, tls, name=f"worker {index}", dataset=held)
     if metrics_port is not None:
         if host is None:
             raise click.UsageError(f"--metrics-port serves HTTP beside a TCP worker, not at {listen!r}")

@@ -87,6 +87,43 @@ class Hello(Message):
                         ("computes", _str_list)):
             if key in self.caps and not ok(self.caps[key]):
                 raise RemoteProtocolError(f"hello.caps.{key}: unexpected value of type {type(self.caps[key]).__name__}")
+        if "dataset" in self.caps:
+            _check_dataset_cap(self.caps["dataset"])
+
+
+# -- hello.caps.dataset: the images a worker holds (Remark 1's shared dataset) -----------------------
+DATASET_CAP_KEYS = ("name", "images", "shape", "digest")
+DIGEST_HEX = 64  # SHA-256, lowercase hex
+
+
+def dataset_digest(images: Any) -> str:
+    """Lowercase hex SHA-256 of a dataset's uint8 images as they lie in memory, C order (n, C, H, W):
+    what a worker announces in `hello.caps.dataset.digest` and a master compares with its own copy's.
+    `images` must be C-contiguous (numpy.ascontiguousarray); reshaping it does not change the digest."""
+    import hashlib
+
+    return hashlib.sha256(memoryview(images).cast("B")).hexdigest()
+
+
+def dataset_cap(name: str, images: Any) -> dict[str, Any]:
+    """`hello.caps.dataset` for uint8 `images` (n, C, H, W) read from the source `name`: the name (for
+    messages; at most MAX_TEXT bytes), the number of images, one image's (C, H, W) and the digest."""
+    n, *shape = images.shape
+    short = name if _utf8_len(name) <= MAX_TEXT else name.encode("utf-8", "surrogatepass")[:MAX_TEXT].decode("utf-8", "ignore")
+    return {"name": short, "images": int(n), "shape": [int(d) for d in shape], "digest": dataset_digest(images)}
+
+
+def _check_dataset_cap(v: Any) -> None:
+    ok = (isinstance(v, dict) and set(v) == set(DATASET_CAP_KEYS) and isinstance(v["name"], str)
+          and _utf8_len(v["name"]) <= MAX_TEXT and _count(v["images"]) and isinstance(v["shape"], list)
+          and len(v["shape"]) == 3 and all(_count(d) and d >= 1 for d in v["shape"]) and _is_digest(v["digest"]))
+    if not ok:
+        raise RemoteProtocolError("hello.caps.dataset must be a map of name (str), images (uint), shape ([C, H, W] "
+                                  "uints) and digest (64 lowercase hex digits)")
+
+
+def _is_digest(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == DIGEST_HEX and all(c in "0123456789abcdef" for c in v)
 
 
 def _str_list(v: Any) -> bool:
@@ -127,7 +164,9 @@ class Configure(Message):
     """Master -> worker: this worker's role. `compute` is the compute spec (protocol/compute_spec.py):
     what the worker runs and what each request carries; `scheme` and `params` name the scheme and its
     own parameters for this worker (α_n, K, ...), which the worker logs but never computes from.
-    `arrays` may be nil when the worker holds `digest`."""
+    `arrays` may be nil when the worker holds `digest`. `dataset` (aicc-shared only) names the images
+    that `compute.indices` index: the digest the worker announced in `hello.caps.dataset` (or, from
+    masters of before that, one of the built-in names "sample", "test", "train")."""
     TYPE = "configure"
     TYPES = {"index": (int,), "scheme": (str,), "params": (dict,), "compute": (dict,), "wire_dtype": (str,),
              "digest": (str,), "arrays": (dict, None), "dataset": (str, None)}
@@ -154,6 +193,8 @@ class Configure(Message):
             raise RemoteProtocolError(f"configure.wire_dtype must be 'f4' or 'f2', got {self.wire_dtype!r}")
         if self.dataset is not None and spec.kind != "aicc-shared":
             raise RemoteProtocolError(f"configure.dataset is for the 'aicc-shared' compute only, not {spec.kind!r}")
+        if self.dataset is not None and not 1 <= _utf8_len(self.dataset) <= DIGEST_HEX:
+            raise RemoteProtocolError(f"configure.dataset must be a digest or a name of 1 to {DIGEST_HEX} bytes")
 
     def spec(self) -> ComputeSpec:
         return ComputeSpec.from_wire(self.compute)

@@ -37,12 +37,17 @@ class HandshakeRefused(RemoteProtocolError):
         self.reply = reply
 
 
-def worker_caps(limits: Limits, torch: bool) -> dict[str, Any]:
-    """`hello.caps` (§5.1) of a worker with these limits, with or without torch."""
-    return {"placements": ["encoded", "plain", "shared"] if torch else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
+def worker_caps(limits: Limits, torch: bool, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`hello.caps` (§5.1) of a worker with these limits, with or without torch; `dataset`: the images
+    its operator gave it (messages.dataset_cap), announced as `caps.dataset` (absent when None, so a
+    worker without one says exactly what it said before)."""
+    caps = {"placements": ["encoded", "plain", "shared"] if torch else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
             "torch": torch, "max_frame": limits.max_frame, "max_batch": limits.max_batch,
             "max_in_flight": limits.max_in_flight, "proto_minor": PROTOCOL_MINOR,
             "computes": [k for k in KINDS if torch or k not in NEEDS_TORCH]}
+    if dataset is not None:
+        caps["dataset"] = dataset
+    return caps
 
 
 class WorkerHandshake:

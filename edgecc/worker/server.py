@@ -32,7 +32,8 @@ from ..bundle import digest as array_digest
 from ..errors import EdgeccError
 from ..protocol.compute_spec import KINDS, ComputeSpec
 from ..protocol.frames import FatalProtocolError, LocalProtocolError, RemoteProtocolError, pack_array, unpack_array
-from ..protocol.messages import Cancel, Compute, Configure, Configured, Error, Ping, Pong, Result
+from ..protocol.images import dims
+from ..protocol.messages import Cancel, Compute, Configure, Configured, Error, Ping, Pong, Result, dataset_cap
 from ..protocol.worker_handshake import PREAUTH_MAX_FRAME, HandshakeRefused, WorkerHandshake, worker_caps
 from ..blas import single_threaded_blas
 from .compute_queue import ComputeQueue
@@ -42,8 +43,10 @@ from ..comm import Comm, CommClosedError, Listener, listen
 
 log = logging.getLogger("edgecc.worker")
 
-__all__ = ["PREAUTH_MAX_FRAME", "Worker", "WorkerState"]
+__all__ = ["PREAUTH_MAX_FRAME", "HeldDataset", "Worker", "WorkerState"]
 
+# the built-in names a configure may still give for a dataset (masters of before `edgecc worker --dataset`);
+# otherwise a configure names the dataset this worker announced, by its digest
 SHARED_DATASETS = ("sample", "test", "train")
 # A request computes on the event loop when it is small enough that a thread hop costs more than the
 # work: a 256-group H_B GEMM takes ~0.1 ms, the hop 45 µs at p50 and milliseconds at p99 under load.
@@ -90,6 +93,34 @@ def macs_per_group(spec: ComputeSpec) -> int:
     raise ValueError(f"no inline cost for the {spec.kind!r} compute")
 
 
+@dataclass(frozen=True)
+class HeldDataset:
+    """The images a worker's operator gave it (`edgecc worker --dataset SOURCE`, Remark 1's shared
+    dataset): loaded once, announced in `hello.caps.dataset` (name, count, (C, H, W), digest), and
+    looked up by the indices of requests whose configure names its digest. Only the operator picks
+    it: a master can name it, never a file."""
+    name: str
+    images: np.ndarray  # (n, C, H, W) uint8, C-contiguous, read-only
+    cap: dict
+
+    @classmethod
+    def load(cls, source: str, data_dir: str | None = None) -> "HeldDataset":
+        """The test split of `source` (any edgecc.datasets source; `train` for Fashion-MNIST's training set)."""
+        from ..datasets import load
+
+        images = np.ascontiguousarray(load(source, "test", data_dir).images)
+        images.flags.writeable = False
+        return cls(source, images, dataset_cap(source, images))
+
+    @property
+    def digest(self) -> str:
+        return self.cap["digest"]
+
+    def describe(self) -> str:
+        return (f"{self.name!r} ({self.images.shape[0]} images of {'×'.join(map(str, self.images.shape[1:]))}, "
+                f"digest {self.digest[:12]}…)")
+
+
 @dataclass
 class WorkerState:
     """What one master connection configured."""
@@ -118,6 +149,7 @@ class Worker:
     data_dir: str | None = None
     ssl_context: Any = None
     name: str = "worker"
+    dataset: HeldDataset | None = None  # --dataset: announced in hello, indexed by requests' indices
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -180,7 +212,7 @@ class Worker:
 
     async def _handshake(self, comm: Comm) -> bool:
         """Drive the worker's handshake (protocol/worker_handshake.py) over `comm`: True once welcome is sent."""
-        hs = WorkerHandshake(self.token, worker_caps(self.limits, torch_available()),
+        hs = WorkerHandshake(self.token, worker_caps(self.limits, torch_available(), self.dataset.cap if self.dataset else None),
                              bundle=self.bundle[2] if self.bundle else None, handshake_timeout=self.limits.handshake_timeout)
         try:
             for out in hs.start():
@@ -242,14 +274,30 @@ class Worker:
                       for k, v in msg.arrays.items()}
             if array_digest(arrays) != msg.digest:
                 raise EdgeccError("arrays do not match their digest")
-        dataset = None
-        if msg.dataset is not None:  # aicc-shared only (Configure.check)
-            if msg.dataset not in SHARED_DATASETS:  # names only: a master must not pick files on the worker
-                raise EdgeccError(f"dataset must be one of {SHARED_DATASETS}, got {msg.dataset!r}")
-            dataset = self._dataset(msg.dataset)
+        dataset = None if msg.dataset is None else self._configured_dataset(msg.dataset, spec)  # aicc-shared only
         module, name = COMPUTES[spec.kind]
         compute = getattr(importlib.import_module(module, __package__), name).from_spec(spec, arrays)
         return WorkerState(spec, msg.scheme, dict(msg.params), msg.wire_dtype, compute, dataset)
+
+    def _configured_dataset(self, ref: str, spec: ComputeSpec) -> np.ndarray:
+        """The images `configure.dataset` names, (n, *in_shape): the dataset this worker announced (by its
+        digest), or a built-in name. Never a path: a master must not pick files on the worker."""
+        held = self.dataset
+        if held is not None and ref == held.digest:
+            images, what = held.images, f"this worker's dataset {held.describe()}"
+        elif ref in SHARED_DATASETS:
+            images, what = self._dataset(ref), f"the built-in dataset {ref!r}"
+        elif held is None:
+            raise EdgeccError(f"dataset {ref[:16]!r}: this worker holds no dataset to take indices into (its operator "
+                              "gives it one with `edgecc worker --dataset SOURCE`)")
+        else:
+            raise EdgeccError(f"dataset {ref[:16]!r}… is not the one this worker holds, {held.describe()}: a master "
+                              "names only the dataset a worker announced in its hello")
+        shape = dims(images.shape[1:]) if images.ndim == 4 else tuple(images.shape[1:])  # (n, C, H, W) held, (n, *dims) built-in
+        if shape != spec.in_shape:
+            raise EdgeccError(f"{what} has images of {'×'.join(map(str, images.shape[1:]))}; the compute takes "
+                              f"{'×'.join(map(str, spec.in_shape))}")
+        return images.reshape(images.shape[0], *spec.in_shape)
 
     def _dataset(self, name: str) -> np.ndarray:
         with self._datasets_lock:
@@ -274,8 +322,10 @@ class Worker:
             if inp.name == "indices":  # rows of the dataset this worker holds
                 if state.dataset is None:
                     raise RemoteProtocolError("indices sent but no dataset configured")
-                if a.size and (a.min() < 0 or a.max() >= state.dataset.shape[0]):
-                    raise RemoteProtocolError(f"indices out of range 0..{state.dataset.shape[0] - 1}")
+                n = state.dataset.shape[0]
+                if a.size and (a.min() < 0 or a.max() >= n):
+                    bad = int(a.min() if a.min() < 0 else a.max())
+                    raise RemoteProtocolError(f"index {bad} out of range: the dataset holds {n} images (0..{n - 1})")
                 a = state.dataset[a]
             elif a.dtype.kind == "f":
                 a = a.astype(np.float32, copy=False)
