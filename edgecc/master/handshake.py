@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..protocol.handshake import ClientHandshake
-from ..protocol.messages import Message
+from ..protocol.handshake import ClientHandshake, HandshakeError
+from ..protocol.images import dims
+from ..protocol.messages import Hello, Message
 
 
 class MessageStream(Protocol):
@@ -30,3 +31,27 @@ async def client_handshake(stream: MessageStream, hs: ClientHandshake) -> Client
         for out in hs.receive(msg):
             await stream.write(out, timeout=hs.send_timeout)
     return hs
+
+
+class DatasetMismatch(HandshakeError):
+    """A master that sends dataset indices met a worker that does not hold its dataset (none, another
+    one, or images of another shape): it is not configured, and never sent an index."""
+
+
+def check_dataset(hello: Hello, digest: str, image: tuple[int, ...], who: str = "worker") -> int:
+    """The number of images of the dataset `hello` announces (`hello.caps.dataset`, `edgecc worker
+    --dataset SOURCE`), or DatasetMismatch unless it is the one of SHA-256 `digest`
+    (protocol.messages.dataset_digest) with images of (C, H, W) `image`, the model's."""
+    got = hello.caps.get("dataset")
+    want = "×".join(map(str, image))
+    if got is None:
+        raise DatasetMismatch(f"{who} holds no dataset, and this master sends dataset indices: start it with "
+                              "`edgecc worker --dataset SOURCE`, the source the master's indices refer to")
+    shape = "×".join(map(str, got["shape"]))
+    held = f"{got['name']!r} ({got['images']} images of {shape}, digest {got['digest'][:12]}…)"
+    if dims(got["shape"]) != dims(image):
+        raise DatasetMismatch(f"{who} holds dataset {held}; the model takes {want} images")
+    if got["digest"] != digest:
+        raise DatasetMismatch(f"{who} holds dataset {held}, not the one this master's indices refer to "
+                              f"(digest {digest[:12]}…): start it with the same --dataset source as the others")
+    return int(got["images"])

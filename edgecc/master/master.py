@@ -6,7 +6,6 @@ failed with a reason, within its deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -27,14 +26,19 @@ from ..comm import CommClosedError
 from ..comm.addressing import format_host_port
 from ..process import keep_frame_memory
 from ..protocol.messages import Configure, Hello
-from ..schemes.base import plan_shape
+from ..schemes.base import payloads_many, plan_shape
 from ..schemes.registry import configure_message
+from .handshake import DatasetMismatch, check_dataset
 from .link import MAX_QUEUED_BYTES, AuthError, FrameTooLarge, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
 
 log = logging.getLogger("edgecc.master")
 
 
-SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_encodes)
+SMALL_REQUEST_GROUPS = 4  # requests up to this many groups are latency-bound (see Master.small_parallel)
+# The most groups one encode of waiting small requests takes (see Master._encode_small). Past ~16 groups a
+# call the encoder's cost per group no longer falls (`edgecc bench`, section master), while the first
+# request of a larger batch would wait for all of them.
+COALESCE_GROUPS = 16
 CANCEL_DELAY_S = 0.005  # how long after a request ends its unanswered workers get `cancel` (see _finish)
 ENCODE_SAMPLES = 32  # recent requests whose encode time per group (and workers' time) admission takes the median of
 SERVICE_WINDOW_S = 5.0  # how far back admission looks at the workers' time per request
@@ -83,9 +87,12 @@ class Master:
     def __init__(self, plan, addresses: list[str | tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
                  encode_threads: int | None = None, max_queue: int = 1024,
-                 max_queued_bytes: int = MAX_QUEUED_BYTES):
+                 max_queued_bytes: int = MAX_QUEUED_BYTES, dataset: str | None = None):
         """`addresses`: one per worker, any address comm/ can reach ('tcp://h:p', 'tls://h:p', 'mem://name';
-        a bare 'h:p' or (host, port) is TCP, or TLS when `ssl_context` is given)."""
+        a bare 'h:p' or (host, port) is TCP, or TLS when `ssl_context` is given). `dataset`: the digest
+        (protocol.messages.dataset_digest) of the images every worker holds (`edgecc worker --dataset
+        SOURCE`), for `infer_indices` with the shared placement; a worker that does not announce it is
+        refused at handshake."""
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
@@ -119,7 +126,10 @@ class Master:
         # thread then sends with a large scheduler debt and co-located workers preempt it between the N
         # writes (measured +0.33 ms), and concurrent requests stall behind it.
         self.small_parallel = max(1, self.encode_threads - 1)
-        self.small_encodes = asyncio.Semaphore(self.small_parallel)
+        # Small requests that wait for an encode are encoded together (`_encode_small`): the encoder's
+        # networks cost less per group on several groups at a time.
+        self._small_waiting: deque[_Waiting] = deque()
+        self._small_running = 0  # encodes of small requests in the pool (at most small_parallel)
         self.encoding: set[asyncio.Future] = set()  # requests whose frames are being made in the pool
         # admission: groups waiting for or in encoding, and the measured encode cost per group
         self.queued_groups = 0
@@ -129,13 +139,31 @@ class Master:
         # (when, seconds from send to decode) of recent decoded requests: the workers' side of admission
         self._service_samples: deque[tuple[float, float]] = deque(maxlen=ENCODE_SAMPLES)
         self.stats = {"late_results": 0, "bad_results": 0, "bytes_sent": 0, "worker_errors": 0,
-                      "shed": 0, "deadline_failures": 0, "waited_extra": 0}
+                      "shed": 0, "deadline_failures": 0, "waited_extra": 0,
+                      # requests encoded, and the encoder calls that made them (fewer: small ones coalesce)
+                      "requests_encoded": 0, "encoder_calls": 0}
+        # Remark 1's shared dataset (infer_indices): its digest, its size once a worker announced it, and
+        # the workers refused for not holding it (index -> why)
+        if dataset is not None and plan.placement != "shared":
+            raise EdgeccError(f"dataset indices need the shared placement; this plan's is {plan.placement!r}")
+        self.dataset, self.dataset_size = dataset, None
+        self.dataset_refused: dict[int, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _configure(self, index: int, hello: Hello) -> Configure:
         """Worker `index`'s configure: no arrays when its hello says it preloaded this plan's bundle."""
         arrays = None if hello.bundle == self.plan.digest else self.plan.wire_arrays
-        return configure_message(self.plan, index, arrays)
+        if self.dataset is None:
+            return configure_message(self.plan, index, arrays)
+        try:  # it must hold the dataset the indices refer to; the configure names it by the digest it announced
+            self.dataset_size = check_dataset(hello, self.dataset, self.plan.image, f"worker {index} ({self.links[index].address})")
+        except DatasetMismatch as e:
+            if self.dataset_refused.get(index) != str(e):  # once, not at every reconnect
+                log.error("%s", e)
+            self.dataset_refused[index] = str(e)
+            raise
+        self.dataset_refused.pop(index, None)
+        return configure_message(self.plan, index, arrays, self.dataset)
 
     async def start(self, wait_ready: float = 10.0) -> None:
         """Start all links and wait until at least R workers are ready (or raise after `wait_ready` s)."""
@@ -143,6 +171,11 @@ class Master:
             link.task = asyncio.create_task(link.run())
         deadline = time.monotonic() + wait_ready
         while not self.plan.reachable({l.index for l in self.links if l.ready.is_set()}):
+            refused = dict(self.dataset_refused)
+            if refused and all(l.ready.is_set() or l.index in refused for l in self.links):
+                raise DatasetMismatch(f"{len(refused)} of {self.plan.N} workers do not hold the dataset this master sends "
+                                      f"indices into ({self.plan.need} unreachable): "
+                                      + "; ".join(refused[i] for i in sorted(refused)))
             if time.monotonic() > deadline:
                 errors = "; ".join(f"worker {l.index} ({l.address}): {l.last_error or 'not ready'}" for l in self.links if not l.ready.is_set())
                 raise EdgeccError(f"only {self.ready_count()} of {self.plan.N} workers ready after {wait_ready:g} s, "
@@ -167,6 +200,8 @@ class Master:
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
         for fut in list(self.encoding):  # requests still encoding (a cancelled job never settles its future)
             _settle(fut, None, RequestFailed("master closed while encoding"))
+        while self._small_waiting:  # and those waiting for an encode slot, which no slot will take now
+            _settle(self._small_waiting.popleft().future, None, RequestFailed("master closed while queued for encoding"))
 
     # -- one request -----------------------------------------------------------------------------
     async def infer(self, images: np.ndarray, req_id: int | None = None, *, deadline: float | None = None,
@@ -203,6 +238,24 @@ class Master:
         finally:
             self.admitted.discard(req_id)
 
+    async def infer_indices(self, indices: np.ndarray, req_id: int | None = None, *, deadline: float | None = None,
+                            info: dict[str, Any] | None = None) -> np.ndarray:
+        """`infer` for B groups of images the workers hold (Remark 1's shared dataset): `indices` (B, K) ints
+        into the dataset of the digest this master was made with (`dataset=`), which every worker it
+        configured announced. Only the indices travel; each worker looks its images up and encodes them."""
+        if self.dataset is None:
+            raise EdgeccError("infer_indices needs a Master made with dataset=DIGEST, the dataset every worker "
+                              "holds (`edgecc worker --dataset SOURCE`)")
+        idx = np.asarray(indices)
+        K = self.plan.K
+        if idx.dtype.kind not in "iu" or idx.ndim != 2 or idx.shape[1] != K or not idx.shape[0]:
+            raise ValueError(f"indices must be integers of shape (B, {K}) with B >= 1, got {idx.dtype} {idx.shape}")
+        top = self.dataset_size if self.dataset_size is not None else 2**31
+        if idx.min() < 0 or idx.max() >= top:
+            bad = int(idx.min() if idx.min() < 0 else idx.max())
+            raise ValueError(f"index {bad} out of range: the workers' dataset holds {top} images (0..{top - 1})")
+        return await self.infer(idx.astype(np.int32), req_id, deadline=deadline, info=info)  # plan.payloads sends them
+
     @property
     def encode_s_per_group(self) -> float:
         """Encode seconds per group the admission control plans with (0 until a request was encoded)."""
@@ -238,12 +291,16 @@ class Master:
         phase = "queued for encoding"
         try:
             async with asyncio.timeout(deadline - time.monotonic()):  # relative: loop clocks may differ
-                async with self.small_encodes if small else contextlib.nullcontext():
+                if small:
+                    frames, started, per_group = await self._encode_small(req_id, images, deadline)
+                else:
                     phase, started = "encoding", time.monotonic()
                     frames = await self._encode(req_id, images, deadline)
-            encoded = time.monotonic()
-            self._encode_samples.append((encoded - started) / groups)
-            return frames, started, encoded
+                    per_group = (time.monotonic() - started) / groups
+                    self.stats["encoder_calls"] += 1
+                    self.stats["requests_encoded"] += 1
+            self._encode_samples.append(per_group)
+            return frames, started, time.monotonic()
         except TimeoutError:
             self.stats["deadline_failures"] += 1
             raise RequestFailed(f"request {req_id}: deadline passed while {phase}") from None
@@ -312,6 +369,82 @@ class Master:
         fut.add_done_callback(self.encoding.discard)
         return fut
 
+    def _encode_small(self, req_id: int, images: np.ndarray, deadline: float) -> asyncio.Future:
+        """A small request's frames, encoded together with the small requests waiting beside it: result
+        (frames, encode start, encode seconds per group of its batch).
+
+        No time window: a request that finds an encode slot free is encoded at once, alone; those that
+        arrive while every slot is busy wait, and the next free slot takes all of them (up to
+        COALESCE_GROUPS groups) in one encoder call. So batches form exactly when requests would queue
+        anyway, and a lone request never waits for company."""
+        fut = asyncio.get_running_loop().create_future()
+        self._small_waiting.append(_Waiting(req_id, images, deadline, fut))
+        self._start_small_encodes()
+        return fut
+
+    def _start_small_encodes(self) -> None:
+        """On the loop thread: hand the waiting small requests to the free encode slots."""
+        loop = asyncio.get_running_loop()
+        while self._small_waiting and self._small_running < self.small_parallel:
+            batch, groups = [], 0
+            while self._small_waiting:
+                w = self._small_waiting[0]
+                if w.future.done():  # its deadline passed while it waited
+                    self._small_waiting.popleft()
+                    continue
+                if batch and groups + w.images.shape[0] > COALESCE_GROUPS:
+                    break
+                batch.append(self._small_waiting.popleft())
+                groups += w.images.shape[0]
+            if not batch:
+                return
+            self._small_running += 1
+            try:
+                self.encode_pool.submit(self._encode_batch, loop, batch, groups)
+            except RuntimeError:  # the pool is shut down
+                self._small_running -= 1
+                for w in batch:
+                    _settle(w.future, None, RequestFailed(f"request {w.req_id}: master closed"))
+                return
+            for w in batch:
+                self.encoding.add(w.future)
+                w.future.add_done_callback(self.encoding.discard)
+
+    def _encode_batch(self, loop: asyncio.AbstractEventLoop, batch: list["_Waiting"], groups: int) -> None:
+        """In the encode pool: one encoder call for `batch`; each request gets its own frames."""
+        started = time.monotonic()
+        live = [w for w in batch if started <= w.deadline and not w.future.done()]
+        outcomes: list[tuple[Any, BaseException | None]]
+        frames_ok = True
+        try:
+            frames = self._frames_many([(w.req_id, w.images) for w in live])
+            outcomes = [(f, None) for f in frames]
+        except BaseException:
+            frames_ok = False
+            # one request's bad input must not fail the others: encode each alone, each with its own error
+            outcomes = []
+            for w in live:
+                try:
+                    outcomes.append((self._frames(w.req_id, w.images), None))
+                except BaseException as e:  # handed to the awaiting request, whatever it is
+                    outcomes.append((None, e))
+        per_group = (time.monotonic() - started) / max(1, sum(w.images.shape[0] for w in live))
+
+        def settle() -> None:
+            self._small_running -= 1
+            if live:
+                self.stats["encoder_calls"] += 1 if frames_ok else 1 + len(live)  # the failed batch, then one each
+                self.stats["requests_encoded"] += sum(error is None for _, error in outcomes)
+            for w in batch:
+                if w not in live:
+                    _settle(w.future, None, RequestFailed(f"request {w.req_id}: deadline passed while queued for encoding"))
+            for w, (result, error) in zip(live, outcomes):
+                _settle(w.future, None if error else (result, started, per_group), error)
+            if not self.closing:
+                self._start_small_encodes()
+
+        loop.call_soon_threadsafe(settle)
+
     def _offer(self, p: Pending, link: WorkerLink, force: bool) -> bool:
         p.outstanding.add(link.index)
         try:
@@ -343,9 +476,19 @@ class Master:
         workers (N = 0), the logits it computes at the master instead (Plan.at_master)."""
         if not self.plan.N:
             return self.plan.at_master(images)
+        return self._pack(req_id, self.plan.payloads(images))
+
+    def _frames_many(self, requests: list[tuple[int, np.ndarray]]) -> list[list[bytes] | np.ndarray]:
+        """_frames for several requests, the plan's encoder run once over all of them (Plan.payloads_many)."""
+        if not self.plan.N:
+            return [self.plan.at_master(images) for _, images in requests]
+        many = payloads_many(self.plan, [images for _, images in requests])
+        return [self._pack(req_id, payloads) for (req_id, _), payloads in zip(requests, many)]
+
+    def _pack(self, req_id: int, payloads: list[dict[str, Any]]) -> list[bytes]:
         packed: dict[int, bytes] = {}  # the shared placement sends every worker the same payload: pack it once
         frames = []
-        for pl in self.plan.payloads(images):
+        for pl in payloads:
             if id(pl) not in packed:
                 packed[id(pl)] = encode_frame(Compute(req_id, **_fields(pl)).to_wire(), self.limits.max_frame)
             frames.append(packed[id(pl)])
@@ -443,6 +586,15 @@ class Master:
         """Per worker: connects, whether ready or lagging now, and its outbound counters."""
         return [{"index": l.index, "address": l.address, "connects": l.connects, "ready": l.ready.is_set(),
                  "lagging": l.lagging, "queued_bytes": l.queued_bytes, **l.stats} for l in self.links]
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A small request waiting for an encode slot (Master._encode_small)."""
+    req_id: int
+    images: np.ndarray
+    deadline: float
+    future: asyncio.Future
 
 
 def _median(values) -> float:
