@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def first_steps(cell_name: str, lr: float, seed: int, steps: int, threads: int = 1, every: int = 10,
-                warmup: int = 0, clip: float | None = None) -> list[dict]:
+                warmup: int = 0, clip: float | None = None) -> Iterator[dict]:
+    """Every `every` steps, that stretch's numbers, as they come (a slow probe shows its progress)."""
     import torch
 
     from edgecc import data
@@ -47,7 +49,7 @@ def first_steps(cell_name: str, lr: float, seed: int, steps: int, threads: int =
     perm = torch.randperm(x.shape[0], generator=gen)
     probe = x[: 16 * K].reshape(16, K, 28, 28)
     batch = cfg.batch_for(K)
-    out, losses, t0 = [], [], time.perf_counter()
+    losses, t0 = [], time.perf_counter()
     for s in range(steps):
         idx = perm[s * batch * K : (s + 1) * batch * K]
         set_lr(opt, cfg, s, steps)  # the warm-up's lr for this step; the paper's constant lr is left untouched
@@ -55,9 +57,8 @@ def first_steps(cell_name: str, lr: float, seed: int, steps: int, threads: int =
         if (s + 1) % every == 0:
             with torch.no_grad():
                 spread = model.coefficients(probe).std(0).mean().item()
-            out.append({"step": s + 1, "loss": float(np.mean(losses[-every:])), "loss_max": max(losses[-every:]),
-                        "coef_spread": spread, "seconds": time.perf_counter() - t0})
-    return out
+            yield {"step": s + 1, "loss": float(np.mean(losses[-every:])), "loss_max": max(losses[-every:]),
+                   "coef_spread": spread, "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
