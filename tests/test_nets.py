@@ -147,3 +147,30 @@ def test_mlp_bf16_inference_keeps_cast_weights_until_they_change():
     with torch.inference_mode():
         b = nets.forward_bf16(x)
         assert nets._bf16[1] is not cached and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("image", [(1, 28, 28), (3, 32, 32)])
+def test_cl_bf16_inference_gives_autocasts_numbers_exactly(image):
+    """forward_bf16's fused oneDNN path (nets/blocks.FusedConv) is a speed-up only: the coefficients, and so
+    every encoded input and accuracy, are bf16 autocast's to the bit, at any batch, until the weights change."""
+    from edgecc.nets.blocks import _HAS_FUSED_CONV
+
+    torch.manual_seed(0)
+    nets = CoefNets("cl", 2, 2, image).eval()
+    for B in (1, 5):
+        x = torch.rand(B, 2, *image[1:]) if image[0] == 1 else torch.rand(B, 2, *image)
+        with torch.inference_mode():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                ref = nets(x).float()
+            got = nets.forward_bf16(x)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert torch.equal(got, ref)
+    if not _HAS_FUSED_CONV:
+        pytest.skip("this torch build has no oneDNN fused convolution: forward_bf16 is autocast itself")
+    cached = nets._fused[1]
+    with torch.no_grad():
+        nets.stacks[0].convs[0].weight.mul_(2.0)  # as an optimizer step would
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = nets(x).float()
+        assert torch.equal(nets.forward_bf16(x), ref) and nets._fused[1] is not cached

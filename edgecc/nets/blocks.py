@@ -89,11 +89,25 @@ class CoefNets(nn.Module):
 
     @torch.no_grad()
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference in bf16 with float32 output. The MLP's weights are cast once and kept (autocast would
-        cast all ~30 MB on every call, which costs more than a one-group GEMV); the CL stacks run under autocast."""
+        """Inference in bf16 with float32 output, the same numbers as under bf16 autocast. The weights are
+        cast once and kept (autocast casts every weight on every call: for the MLP all ~30 MB, more than a
+        one-group GEMV costs). The CL stacks run as oneDNN convolutions with the ReLU fused in
+        (`_fused_stacks`) where this torch has them, else under autocast."""
         if self.arch != "mlp":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return self(x).float()
+            layers = self._fused_stacks(x)
+            if layers is None:
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                    return self(x).float()
+            B = x.shape[0]
+            c, h, w = self.image
+            x = x.reshape(B, self.K * c, h, w).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            outs = []
+            for stack in layers:
+                y = x
+                for conv in stack:
+                    y = conv(y)
+                outs.append(y)
+            return torch.cat(outs, dim=1).float().reshape(B, self.n, *self.dims)
         key = tuple((p.data_ptr(), p._version) for p in (self.fc1.weight, self.fc2.weight))
         if getattr(self, "_bf16", (None,))[0] != key:  # training (or loading) changed the weights
             self._bf16 = (key, self.fc1.weight.to(torch.bfloat16), self.fc2.weight.to(torch.bfloat16))
@@ -103,6 +117,43 @@ class CoefNets(nn.Module):
         h = torch.relu(torch.einsum("bni,nio->bno", h, w1).float() + self.fc1.bias)
         y = torch.einsum("bni,nio->bno", h.to(torch.bfloat16), w2).float() + self.fc2.bias
         return y.reshape(B, self.n, *self.dims)
+
+    def _fused_stacks(self, x: torch.Tensor):
+        """Per stack, its layers as bf16 oneDNN convolutions with the ReLU fused (FusedConv), cast once and
+        kept while the weights do not change; None where this torch or device has no such kernel.
+
+        Why: one group (the latency-bound request) is 7 small convolutions per coefficient network, where
+        autocast's casts of weights and inputs, the separate ReLU and its copies cost about a fifth of the
+        time (measured with `edgecc bench`, section master). The fused op rounds the same fp32 accumulator
+        to bf16 once, after the ReLU, which is autocast's result exactly (ReLU commutes with rounding)."""
+        if x.device.type != "cpu" or not _HAS_FUSED_CONV:
+            return None
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = getattr(self, "_fused", None)
+        if cached is None or cached[0] != key:  # training (or loading) changed the weights
+            cached = (key, [[FusedConv(conv, relu=stack.activation and conv is not stack.head)
+                             for conv in (*stack.convs, stack.head)] for stack in self.stacks])
+            self._fused = cached
+        return cached[1]
+
+
+# oneDNN's convolution with a fused pointwise op: the kernel torch.compile's CPU backend emits for conv+ReLU,
+# callable without compiling. Absent from builds without oneDNN (then forward_bf16 uses autocast).
+_HAS_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class FusedConv:
+    """A Conv2d (stride, dilation, padding from the module) as one bf16 channels-last oneDNN call, ReLU fused."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool):
+        self.weight = conv.weight.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        self.bias = None if conv.bias is None else conv.bias.detach().to(torch.bfloat16)
+        self.padding, self.stride, self.dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
+        self.groups, self.op = conv.groups, "relu" if relu else "none"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
+                                                       self.dilation, self.groups, self.op, [], "")
 
 
 class BaseMLP(nn.Module):

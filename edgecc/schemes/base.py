@@ -80,6 +80,12 @@ class Plan(Protocol):
         completes, or unknown), for scenario reports."""
         return None
 
+    def payloads_many(self, batches: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+        """`payloads` for several requests at once (the master encodes the small requests waiting together):
+        one list per batch, each as `payloads(batch)` would give it. A plan whose encoder costs less per
+        group on more groups at a time (AICC's networks) runs it once over all of them."""
+        return [self.payloads(b) for b in batches]
+
     def at_master(self, images: np.ndarray) -> np.ndarray:
         """(B, K, classes) logits the master computes itself, in its encode pool: called instead of `payloads`
         when N = 0 (the request then completes at once); plans with workers never are."""
@@ -95,7 +101,15 @@ class Plan(Protocol):
         return {}
 
 
-# Every member the registry checks a built plan for (the annotated ones and the methods above).
+def payloads_many(plan: Plan, batches: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+    """plan.payloads_many where the plan has it: a plan class written against the members the registry
+    checks (PLAN_MEMBERS), without subclassing Plan, encodes each request on its own."""
+    many = getattr(plan, "payloads_many", None)
+    return many(batches) if many is not None else [plan.payloads(b) for b in batches]
+
+
+# Every member the registry checks a built plan for (the annotated ones and the methods above, but for the
+# later payloads_many, which `payloads_many(plan, ...)` supplies for plans without it).
 PLAN_MEMBERS = ("name", "K", "N", "need", "placement", "wire_dtype", "digest", "wire_arrays", "compute_spec",
                 "scheme_params", "payloads", "complete", "reachable", "decoded", "oracle", "at_master", "summary",
                 "worker_summary")

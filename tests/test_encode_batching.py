@@ -1,0 +1,117 @@
+"""Small requests encoded together: the plan's payloads_many, and the master's coalescing of waiting
+small requests (Master._encode_small) over real worker processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from edgecc.data import load_sample
+from edgecc.master.master import COALESCE_GROUPS, Master, RequestFailed
+from edgecc.modelfile import load_model
+from edgecc.protocol.frames import unpack_array
+from edgecc.schemes.aicc import CodedPlan
+from edgecc.schemes.base import payloads_many
+from edgecc.schemes.registry import build_plan
+
+from .conftest import TOKEN
+
+
+def _groups(n: int, offset: int = 0) -> np.ndarray:
+    images, _ = load_sample()
+    return images[2 * offset: 2 * (offset + n)].reshape(n, 2, 28, 28)
+
+
+@pytest.mark.parametrize("name,precision", [("hb", "bf16"), ("hs", "bf16"), ("hb", "fp32"), ("hs", "fp32")])
+def test_one_encoder_call_gives_each_request_its_own_payloads(tiny_models, name, precision):
+    from edgecc.nets.aicc import native_bf16
+
+    if precision == "bf16" and not native_bf16():
+        pytest.skip("this CPU has no native bf16 kernels: the master encodes in fp32 here")
+    model, info = load_model(tiny_models[name])
+    plan = CodedPlan(model, info, 3, encode_precision=precision)
+    batches = [_groups(1, 0), _groups(3, 1), _groups(2, 4)]
+    many = plan.payloads_many(batches)
+    assert len(many) == 3
+    for batch, got in zip(batches, many):
+        alone = plan.payloads(batch)
+        assert len(got) == len(alone) == plan.N
+        for g, a in zip(got, alone):
+            assert set(g) == set(a)
+            for key in a:
+                x, y = (unpack_array({**d[key], "data": bytes(d[key]["data"])}, key) for d in (g, a))
+                assert x.shape == y.shape and x.dtype == y.dtype
+                if precision == "bf16":  # oneDNN's bf16 kernels give each group the same bits at any batch
+                    assert np.array_equal(x, y), key
+                else:
+                    np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
+
+
+def test_plans_without_payloads_many_encode_each_request_alone():
+    class Minimal:  # a plan written against the registry's checked members only
+        def payloads(self, images):
+            return [{"x": images.shape[0]}]
+
+    assert payloads_many(Minimal(), [_groups(1), _groups(2)]) == [[{"x": 1}], [{"x": 2}]]
+    plan = build_plan("approxifer", 3, 2)
+    assert [len(p) for p in payloads_many(plan, [_groups(1), _groups(2)])] == [3, 3]
+
+
+async def _master(plan, spawn_workers, **kw) -> Master:
+    m = Master(plan, [w.address for w in spawn_workers(plan.N)], TOKEN.encode(), request_timeout=20.0, **kw)
+    await m.start(wait_ready=20)
+    assert await m.wait_all_ready(20)
+    return m
+
+
+async def test_waiting_small_requests_share_an_encoder_call_and_decode_as_alone(tiny_models, spawn_workers):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
+    m = await _master(plan, spawn_workers, encode_threads=2)  # one slot for small requests
+    try:
+        alone = [await m.infer(_groups(1, i)) for i in range(24)]  # one at a time: one call each
+        assert m.stats["encoder_calls"] == m.stats["requests_encoded"] == 24
+        together = await asyncio.gather(*(m.infer(_groups(1, i)) for i in range(24)))
+        calls = m.stats["encoder_calls"] - 24
+        assert m.stats["requests_encoded"] == 48
+        # the first takes the free slot alone; the others wait behind it and go in batches of up to COALESCE_GROUPS
+        assert 2 <= calls <= 1 + -(-23 // min(23, COALESCE_GROUPS)) + 1, calls
+        for a, t in zip(alone, together):
+            np.testing.assert_allclose(a, t, rtol=0, atol=1e-4)  # fp32 encodes of another batch size: ~1e-6 apart
+            assert np.array_equal(a.argmax(-1), t.argmax(-1))
+    finally:
+        await m.close()
+
+
+async def test_a_bad_request_in_a_batch_fails_alone(tiny_models, spawn_workers):
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
+    m = await _master(plan, spawn_workers, encode_threads=2)
+    try:
+        good = [_groups(1, i) for i in range(6)]
+        bad = np.zeros((1, 2, 27, 28), np.uint8)  # the wrong image shape
+        got = await asyncio.gather(*(m.infer(g) for g in good[:3]), m.infer(bad), *(m.infer(g) for g in good[3:]),
+                                   return_exceptions=True)
+        assert isinstance(got[3], Exception) and "28" in str(got[3]), got[3]
+        assert all(isinstance(g, np.ndarray) and g.shape == (1, 2, 10) for i, g in enumerate(got) if i != 3), got
+    finally:
+        await m.close()
+
+
+async def test_small_requests_past_their_deadline_in_the_queue_fail_and_the_rest_go_on(tiny_models, spawn_workers):
+    import time
+
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
+    m = await _master(plan, spawn_workers, encode_threads=2)
+    try:
+        now = time.monotonic()
+        tasks = [m.infer(_groups(1, i), deadline=now + (0.0005 if i % 2 else 20)) for i in range(10)]
+        got = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(g, np.ndarray) for g in got[0::2]), got
+        assert all(isinstance(g, RequestFailed) for g in got[1::2]), got
+        assert isinstance(await m.infer(_groups(1)), np.ndarray)  # the master still encodes
+    finally:
+        await m.close()
