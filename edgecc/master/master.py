@@ -183,8 +183,13 @@ class Master:
             await asyncio.sleep(0.02)
 
     async def wait_all_ready(self, timeout: float) -> bool:
+        # One link after another under one deadline, not a gather: cancelled mid-wait (SIGTERM), a gather
+        # leaves a future whose CancelledError nobody retrieves, and asyncio prints its traceback on exit.
+        end = time.monotonic() + timeout
         try:
-            await asyncio.wait_for(asyncio.gather(*(l.ready.wait() for l in self.links)), timeout)
+            for link in self.links:
+                if not link.ready.is_set():
+                    await asyncio.wait_for(link.ready.wait(), max(0.0, end - time.monotonic()))
             return True
         except asyncio.TimeoutError:
             return False
