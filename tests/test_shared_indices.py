@@ -181,3 +181,46 @@ def test_a_worker_with_an_unreadable_dataset_does_not_start(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgecc.cli", "worker", "--listen", "127.0.0.1:0", "--dataset", "npz:/nonexistent.npz"],
                        env={"EDGECC_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "--dataset" in r.stderr, r.stderr
+
+
+SCENARIO = """
+name = "indices"
+images = "sample"
+requests = 6
+groups_per_request = 2
+schemes = ["aicc"]
+N = 3
+shared_data = "indices"
+[options.aicc]
+model = "{model}"
+placement = "shared"
+[defaults]
+latency = {{ dist = "constant", value = 0.002 }}
+"""
+
+
+def test_a_scenario_starts_its_workers_with_its_images_and_sends_indices(tmp_path, tiny_models):
+    import json
+
+    from edgecc.scenario.runner import run_scenario
+    from edgecc.scenario.spec import load_scenario
+
+    f = tmp_path / "indices.toml"
+    f.write_text(SCENARIO.format(model=tiny_models["hb"]))
+    summaries = run_scenario(load_scenario(f), tmp_path / "out")
+    assert summaries["aicc"]["decoded_fraction"] == 1.0 and summaries["aicc"]["accuracy"] is not None
+    stats = json.loads((tmp_path / "out" / "report.json").read_text())["scenario"]["master_stats"]["aicc"]
+    assert stats["sends"] == "indices" and 3 * 4 < stats["bytes_per_image"] < 100  # 3 workers × 4 bytes, plus headers
+    assert "| aicc | indices |" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra,why", [('shared_data = "pixels"', "must be one of images, indices"),
+                                       ('shared_data = "indices"\nbackend = "ray"', "Ray actors hold no dataset")])
+def test_the_scenario_key_is_checked(tmp_path, extra, why):
+    from edgecc.errors import ConfigError
+    from edgecc.scenario.spec import load_scenario
+
+    f = tmp_path / "s.toml"
+    f.write_text(f'N = 3\nschemes = ["uncoded"]\n{extra}\n')
+    with pytest.raises(ConfigError, match=why):
+        load_scenario(f)

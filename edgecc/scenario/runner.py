@@ -5,6 +5,10 @@ Every scheme gets freshly started workers, so time-based failures (crash at t, f
 scheme at the same moments of its run. Delays are injected by the workers themselves (this kernel
 has no netem); the oracle is computed from the same pure behaviour functions.
 
+With `shared_data = "indices"`, a shared-placement plan sends dataset indices instead of pixels
+(Remark 1): its workers start with `--dataset <the scenario's images>` and the master with that
+dataset's digest; each scheme's report says what it sent per image (`bytes_per_image`).
+
 A scenario with links (spec.LinkSpec) runs each worker in its own network namespace behind a
 tc-shaped veth pair (links.py); link events run on a timer from the workers' start, and the report
 adds each link as configured and as measured from the interface counters.
@@ -40,10 +44,13 @@ class LocalWorkers:
     """The scenario's N workers as local processes with their behaviours, all started together; with
     `links`, worker i runs in link i's namespace and listens on its address there."""
 
-    def __init__(self, scenario: Scenario, token: str, log_dir: Path, links: LinkSet | None = None):
+    def __init__(self, scenario: Scenario, token: str, log_dir: Path, links: LinkSet | None = None,
+                 dataset: str | None = None):
+        """`dataset`: the source every worker holds (`edgecc worker --dataset`), or None."""
+        held = ["--dataset", dataset] if dataset is not None else []
         self.workers = [
             LocalWorker(log_dir, f"worker{i}", ["--behaviour", json.dumps(beh.to_dict()), "--seed", str(scenario.seed),
-                                                "--index", str(i), "--log-level", "warning"], token=token,
+                                                "--index", str(i), "--log-level", "warning", *held], token=token,
                         **({"host": links.endpoints[i].worker_ip, "netns": links.endpoints[i].netns} if links else {}))
             for i, beh in enumerate(scenario.behaviours())]
         self.started_at: list[float] = []
@@ -79,14 +86,18 @@ def _plan(scheme: str, scenario: Scenario, K: int):
 
 
 async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: np.ndarray, started_at: list[float],
-                 progress: Callable[[int], None] | None) -> list[RequestRecord]:
+                 progress: Callable[[int], None] | None, indices: bool = False) -> list[RequestRecord]:
     """Send scenario.requests requests (closed loop or Poisson arrivals); one record per request.
 
     A request's deadline (timeout_s) counts from its arrival: time spent queueing for the master
-    counts against it. Its bytes are the ones the master put on the wire for it alone."""
+    counts against it. Its bytes are the ones the master put on the wire for it alone. With `indices`
+    the master sends the images' indices in the dataset its workers hold (Master.infer_indices)."""
     K, gpr = plan.K, scenario.groups_per_request
     n_groups = images.shape[0] // K
     groups, glabels = images[: n_groups * K].reshape(n_groups, K, *images.shape[1:]), labels[: n_groups * K].reshape(n_groups, K)
+    positions = np.arange(n_groups * K).reshape(n_groups, K)  # each group's images' indices in the dataset
+    infer = master.infer_indices if indices else master.infer
+    inputs = positions if indices else groups
     behaviours = scenario.behaviours()
     t_first = min(started_at)
     records: list[RequestRecord] = []
@@ -101,7 +112,7 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
         t = time.perf_counter()
         latency_ms, correct, outcome = None, 0, "decoded"
         try:
-            logits = await master.infer(groups[idx], req_id=r, deadline=now + scenario.timeout_s, info=info)
+            logits = await infer(inputs[idx], req_id=r, deadline=now + scenario.timeout_s, info=info)
         except Overloaded:
             outcome = "shed"
         except EdgeccError:
@@ -141,23 +152,28 @@ async def _drive(master, plan, scenario: Scenario, images: np.ndarray, labels: n
 async def _run_scheme(scheme: str, scenario: Scenario, K: int, read_images: Callable, log_dir: Path,
                       progress, links: LinkSet | None) -> tuple[list[RequestRecord], dict[str, Any], dict[str, Any] | None]:
     from ..master.master import Master
+    from ..protocol.messages import dataset_digest
     from ..schemes.base import plan_shape
 
     plan = _plan(scheme, scenario, K)
     images, labels = read_images(plan_shape(plan)[0])  # the scenario's images in the shape the plan's model takes
+    # Remark 1: the workers hold the scenario's images and the master sends indices (shared placement only)
+    indices = scenario.shared_data == "indices" and plan.placement == "shared"
+    digest = dataset_digest(np.ascontiguousarray(images)) if indices else None
     token = secrets.token_hex(32)
     specs = [w.link for w in scenario.workers]
     if links is not None:  # every scheme starts from the links' initial state, like it starts fresh workers
         for i, spec in enumerate(specs):
             links.configure(i, spec)
-    workers = _ray_workers(scenario, token) if scenario.backend == "ray" else LocalWorkers(scenario, token, log_dir, links)
+    workers = (_ray_workers(scenario, token) if scenario.backend == "ray"
+               else LocalWorkers(scenario, token, log_dir, links, scenario.images if indices else None))
     timeline = None
     workers.start()
     try:
         if links is not None:
             timeline = LinkTimeline(links, specs, workers.started_at).start()
         # only the workers this scheme uses (uncoded: the first K; local: none)
-        master = Master(plan, workers.addresses[: plan.N], token.encode(), request_timeout=scenario.timeout_s)
+        master = Master(plan, workers.addresses[: plan.N], token.encode(), request_timeout=scenario.timeout_s, dataset=digest)
         try:
             await master.start(wait_ready=60 if links else 30)  # a slow link carries the model to its worker first
             await master.wait_all_ready(60 if links else 10)
@@ -165,11 +181,18 @@ async def _run_scheme(scheme: str, scenario: Scenario, K: int, read_images: Call
             # (tens of ms), which a long-running master pays once, not per request.
             warmup: dict[str, Any] = {}
             with contextlib.suppress(EdgeccError):
-                await master.infer(images[: plan.K].reshape(1, plan.K, *images.shape[1:]), req_id=WARMUP_ID, info=warmup)
+                if indices:
+                    await master.infer_indices(np.arange(plan.K).reshape(1, plan.K), req_id=WARMUP_ID, info=warmup)
+                else:
+                    await master.infer(images[: plan.K].reshape(1, plan.K, *images.shape[1:]), req_id=WARMUP_ID, info=warmup)
             t0 = time.perf_counter()
-            records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress)
+            records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress, indices)
+            sent_images = sum(r.total for r in records)
             stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N,
                      "plan": plan.summary(),
+                     # what the master sent, over every request (failed ones included), per image asked for
+                     "bytes_per_image": sum(r.bytes_sent for r in records) / sent_images if sent_images else 0.0,
+                     "sends": "indices" if indices else ("images" if plan.placement == "shared" else plan.placement),
                      "warmup_bytes_sent": int(warmup.get("bytes_sent", 0)),  # in bytes_sent, not in any request's
                      "connects": [l.connects for l in master.links]}
         finally:
@@ -250,15 +273,25 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress_factory=None)
     if links_meta is not None:
         meta["links"] = {**links_meta, "measured": measured}
     summaries = write_report(results, out, title=f"Scenario {scenario.name}", meta=meta,
-                             extra_markdown=links_markdown([w["link"] for w in meta["workers"]], measured, results,
-                                                            {name: st.get("connects") for name, st in stats.items()},
-                                                            _link_notes(links_meta))
-                             if links_meta else "")
+                             extra_markdown=_bytes_markdown(stats) + (
+                                 links_markdown([w["link"] for w in meta["workers"]], measured, results,
+                                                {name: st.get("connects") for name, st in stats.items()},
+                                                _link_notes(links_meta)) if links_meta else ""))
     from ..modelfile import atomic_write
 
     per_request = {name: [r.__dict__ for r in recs] for name, recs in results.items()}
     atomic_write(out / "requests.json", json.dumps(per_request).encode())
     return {name: s.__dict__ for name, s in summaries.items()}
+
+
+def _bytes_markdown(stats: dict[str, dict[str, Any]]) -> str:
+    """What the master sent per image, per scheme, and what it sent (pixels, encoded inputs, indices)."""
+    rows = ["", "## Bytes sent per image", "",
+            "Every request's frames to every worker (failed requests included), over the images asked for; "
+            "`sends`: the shared placement's images or dataset indices (`shared_data`), else the placement.", "",
+            "| scheme | sends | bytes per image |", "|---|---|---|"]
+    rows += [f"| {name} | {st.get('sends', '—')} | {st.get('bytes_per_image', 0.0):.1f} |" for name, st in stats.items()]
+    return "\n".join(rows) + "\n"
 
 
 def _link_notes(links_meta: dict[str, Any]) -> list[str]:

@@ -16,6 +16,9 @@ the model, the images, the request stream, and how each of the N workers behaves
     backend = "tcp"            # where the workers run: "tcp", local processes; "ray", Ray actors
                                # (pip install 'edgecc[ray]'; docs/ray.md)
     N = 3                      # number of workers; may be left out when [[workers]] are listed
+    shared_data = "images"     # what a shared-placement plan sends: "images" (the pixels), or "indices"
+                               # into `images`, which every worker then holds (`edgecc worker --dataset`;
+                               # Remark 1); other placements ignore it
 
     [options.aicc]             # a scheme's own options (schemes/builtin.py declares each one's), for
     model = "default"          # one of the schemes listed: e.g. AICC's model ("default": the shipped
@@ -78,10 +81,11 @@ from edgecc.scenario.latency import (
 
 DEFAULT_SCHEMES = registry.DEFAULT_SCHEMES  # what a scenario runs when it names no schemes
 ARRIVAL_PROCESSES = ("closed", "poisson")
+SHARED_DATA = ("images", "indices")  # what a shared-placement plan sends (Scenario.shared_data)
 BACKENDS = ("tcp", "ray")  # worker processes on this machine (launch/local.py), Ray actors (launch/ray_workers.py)
 
 _TOP_KEYS = {"name", "seed", "N", "K", "images", "requests", "groups_per_request", "schemes", "options", "timeout_s",
-             "arrival", "defaults", "workers", "also_all_fast", "backend"}
+             "arrival", "defaults", "workers", "also_all_fast", "backend", "shared_data"}
 _WORKER_KEYS = {"latency", "failure", "slowdown", "link", "bandwidth_mbit"}
 _LINK_KEYS = {"rate_mbit", "burst", "queue_ms", "down_at_s", "up_at_s", "rate_changes"}
 MIN_BURST = 3028  # two full Ethernet frames: tbf drops any packet larger than its bucket
@@ -159,6 +163,7 @@ class Scenario:
     arrival: Arrival = field(default_factory=Arrival)
     also_all_fast: bool = False  # also run each scheme with every link at the fastest configured rate
     backend: str = "tcp"  # one of BACKENDS: where the workers run
+    shared_data: str = "images"  # one of SHARED_DATA: "indices" starts the workers with --dataset `images`
     source: str | None = None  # the file it was loaded from
 
     @property
@@ -198,6 +203,7 @@ class Scenario:
                         "rate": self.arrival.rate},
             "also_all_fast": self.also_all_fast,
             "backend": self.backend,
+            "shared_data": self.shared_data,
             "workers": [{**b.to_dict(), "link": w.link.to_dict() if w.link else None}
                         for w, b in zip(self.workers, self.behaviours())],
         }
@@ -413,6 +419,7 @@ def scenario_from_dict(d: Mapping[str, Any], *, name: str = "scenario",
         arrival=_in_section("arrival", _parse_arrival, d.get("arrival", {})),
         also_all_fast=_also_all_fast(d.get("also_all_fast", False), workers),
         backend=_backend(d.get("backend", "tcp"), workers),
+        shared_data=_shared_data(d.get("shared_data", "images"), d.get("backend", "tcp")),
         source=source,
     )
 
@@ -422,6 +429,14 @@ def _backend(value: Any, workers: tuple[WorkerSpec, ...]) -> str:
         raise FieldError("backend", f"must be one of {', '.join(BACKENDS)}; got {value!r}")
     if value == "ray" and any(w.link for w in workers):  # links shape TCP into a namespace per worker process
         raise FieldError("backend", "a scenario with shaped links runs TCP worker processes, not Ray actors")
+    return value
+
+
+def _shared_data(value: Any, backend: Any) -> str:
+    if value not in SHARED_DATA:
+        raise FieldError("shared_data", f"must be one of {', '.join(SHARED_DATA)}; got {value!r}")
+    if value == "indices" and backend == "ray":
+        raise FieldError("shared_data", "\"indices\" starts worker processes with --dataset; Ray actors hold no dataset")
     return value
 
 
