@@ -132,3 +132,20 @@ def test_cli_runs_only_the_sections_asked_for(tmp_path):
     assert out.with_suffix(".md").is_file()
     bad = CliRunner().invoke(main, ["bench", "--sections", "machine,e2e", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown sections ['e2e']" in bad.output
+
+
+def test_small_requests_section_compares_both_settings_on_real_workers(tmp_path):
+    """Real workers: each concurrency has both settings measured in every round; one client never coalesces."""
+    cfg = BenchConfig(quick=True, models=("mlp",), small_rounds=1, small_seconds=0.3)
+    res = run(cfg, tmp_path / "bench.json", sections=("small_requests",))
+    assert not res["meta"]["errors"], res["meta"]["errors"]
+    rows = res["small_requests"]
+    assert [r["concurrency"] for r in rows] == [1, 4, 16]
+    for r in rows:
+        for name in ("alone", "coalesced"):
+            assert r[name]["images_per_s"] > 0 and r[name]["p99_ms"] >= r[name]["p50_ms"] > 0
+        assert r["alone"]["requests_per_encoder_call"] == 1.0
+        assert r["coalesced_over_alone"] == pytest.approx(r["coalesced"]["images_per_s"] / r["alone"]["images_per_s"])
+    assert rows[0]["coalesced"]["requests_per_encoder_call"] == 1.0  # a lone client never waits for company
+    assert rows[-1]["coalesced"]["requests_per_encoder_call"] > 1.0
+    assert "Small requests under load" in render_markdown(res)

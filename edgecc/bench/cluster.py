@@ -43,10 +43,10 @@ class LocalWorkers:
             w.stop()
 
 
-async def connected_master(plan, addresses, token: bytes, request_timeout: float = 60.0):
+async def connected_master(plan, addresses, token: bytes, request_timeout: float = 60.0, **options):
     from ..master.master import Master
 
-    m = Master(plan, addresses, token, request_timeout=request_timeout)
+    m = Master(plan, addresses, token, request_timeout=request_timeout, **options)
     await m.start(wait_ready=30)
     if not await m.wait_all_ready(30):
         await m.close()

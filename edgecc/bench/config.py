@@ -15,7 +15,7 @@ import numpy as np
 
 
 
-SECTIONS = ("machine", "matmul", "training", "master", "worker", "codec", "end_to_end", "latency", "memory", "costs")
+SECTIONS = ("machine", "matmul", "training", "master", "worker", "codec", "end_to_end", "latency", "small_requests", "memory", "costs")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class BenchConfig:
     e2e_Ns: tuple[int, ...] = (3, 10)
     in_flight: int = 4
     latency_requests: int = 100
+    small_rounds: int = 2  # small requests under load: rounds, each running every cell once
+    small_seconds: float = 2.0  # per cell
     latency_rounds: int = 3  # single-request latency: rounds with fresh workers; the p50 reported is their median
     memory_requests: int = 64
     memory_delay: float = 0.5  # seconds each worker holds every answer (raised if encoding all requests takes longer)

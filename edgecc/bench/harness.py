@@ -6,7 +6,7 @@ average is recorded before and after: on a 2-core box shared with a training job
 numbers move, the ratios much less.
 
 Sections (keys of the result), each in its own module: machine, matmul, training (`machine`);
-master, worker (`per_group_cost`); codec; end_to_end; latency (`request_latency`); memory; costs (the
+master, worker (`per_group_cost`); codec; end_to_end; latency (`request_latency`); small_requests; memory; costs (the
 analytic who-computes-what table, `costs`, tabulated here). This module runs them in order.
 """
 
@@ -35,6 +35,7 @@ from .memory import bench_memory
 from .models import CollapseMemo, load_bench_models
 from .per_group_cost import bench_master, bench_worker
 from .request_latency import bench_latency
+from .small_requests import bench_small_requests
 
 
 # -- 9. who computes what -----------------------------------------------------------------------
@@ -94,7 +95,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
         section("matmul", lambda: bench_matmul(cfg))
         section("training", lambda: bench_training(cfg, result.get("matmul")))
         models: dict[str, Any] = {}
-        if set(sections) & {"master", "worker", "end_to_end", "latency", "memory"}:
+        if set(sections) & {"master", "worker", "end_to_end", "latency", "small_requests", "memory"}:
             keys = tuple(dict.fromkeys((*cfg.models, "mlp", "hs")))  # memory uses 'mlp', worker 'hs'
             models = load_bench_models(tmp, keys)
             result["meta"]["models"] = {k: {"label": v["label"], "source": v["source"]} for k, v in models.items()}
@@ -116,6 +117,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike | None = None, sections: tuple[
             result["meta"]["e2e_images_source"] = src
             section("end_to_end", lambda: bench_end_to_end(cfg, models, x, y, tmp, token, threads0))
         section("latency", lambda: bench_latency(cfg, tmp, token))
+        section("small_requests", lambda: bench_small_requests(cfg, models, sample_x, tmp, token))
         section("memory", lambda: bench_memory(cfg, tmp, token))
         section("costs", lambda: bench_costs(cfg, result.get("end_to_end")))
     result["meta"]["loadavg_after"] = loadavg()

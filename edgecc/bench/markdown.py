@@ -135,6 +135,19 @@ def render_markdown(result: dict[str, Any]) -> str:
                         "–" if "ping_rtt_ms" not in r else f"{r['ping_rtt_ms']['p50']:.2f} / {r['ping_rtt_ms']['p99']:.2f} ms"]
                        for r in lat])
 
+    small = result.get("small_requests")
+    if small:
+        out += [f"**Small requests under load** (one group per request, closed loop: `concurrency` clients, "
+                f"{small[0]['seconds_per_cell']:g} s per cell, median of {small[0]['rounds']} rounds, both settings "
+                "alternating on the same workers; 'alone' encodes each request by itself, 'coalesced' encodes the "
+                "requests waiting for the encoder in one call (Master.coalesce_groups); master CPU = the master "
+                "process's CPU time per image)", ""]
+        cell = lambda c: (f"{c['images_per_s']:.0f} img/s, p50 {c['p50_ms']:.1f} / p99 {c['p99_ms']:.1f} ms, "
+                          f"{c['master_cpu_ms_per_image']:.2f} ms CPU, {c['requests_per_encoder_call']:.1f} req/call")
+        out += _table(["model", "N", "concurrency", "alone", "coalesced", "coalesced ÷ alone (img/s)"],
+                      [[r["label"], str(r["N"]), str(r["concurrency"]), cell(r["alone"]), cell(r["coalesced"]),
+                        f"{r['coalesced_over_alone']:.2f}"] for r in small])
+
     mem = result.get("memory")
     if mem:
         out += [f"**Master memory**: {mem['requests']} requests × {mem['groups_per_request']} groups in flight "

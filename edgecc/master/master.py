@@ -87,12 +87,17 @@ class Master:
     def __init__(self, plan, addresses: list[str | tuple[str, int]], token: bytes, *, limits: Limits | None = None,
                  ssl_context=None, request_timeout: float = 10.0, heartbeat_s: float = 1.0, max_backoff: float = 2.0,
                  encode_threads: int | None = None, max_queue: int = 1024,
-                 max_queued_bytes: int = MAX_QUEUED_BYTES, dataset: str | None = None):
+                 max_queued_bytes: int = MAX_QUEUED_BYTES, dataset: str | None = None,
+                 coalesce_groups: int = COALESCE_GROUPS):
         """`addresses`: one per worker, any address comm/ can reach ('tcp://h:p', 'tls://h:p', 'mem://name';
         a bare 'h:p' or (host, port) is TCP, or TLS when `ssl_context` is given). `dataset`: the digest
         (protocol.messages.dataset_digest) of the images every worker holds (`edgecc worker --dataset
         SOURCE`), for `infer_indices` with the shared placement; a worker that does not announce it is
-        refused at handshake."""
+        refused at handshake. `coalesce_groups`: the most groups of waiting small requests one encoder call
+        takes (`_encode_small`); 1 encodes each request alone."""
+        if coalesce_groups < 1:
+            raise ValueError(f"coalesce_groups must be >= 1, got {coalesce_groups}")
+        self.coalesce_groups = coalesce_groups
         if len(addresses) != plan.N:
             raise EdgeccError(f"{len(addresses)} worker addresses for a plan of N={plan.N}")
         self.plan, self.token = plan, token
@@ -380,7 +385,7 @@ class Master:
 
         No time window: a request that finds an encode slot free is encoded at once, alone; those that
         arrive while every slot is busy wait, and the next free slot takes all of them (up to
-        COALESCE_GROUPS groups) in one encoder call. So batches form exactly when requests would queue
+        coalesce_groups groups) in one encoder call. So batches form exactly when requests would queue
         anyway, and a lone request never waits for company."""
         fut = asyncio.get_running_loop().create_future()
         self._small_waiting.append(_Waiting(req_id, images, deadline, fut))
@@ -397,7 +402,7 @@ class Master:
                 if w.future.done():  # its deadline passed while it waited
                     self._small_waiting.popleft()
                     continue
-                if batch and groups + w.images.shape[0] > COALESCE_GROUPS:
+                if batch and groups + w.images.shape[0] > self.coalesce_groups:
                     break
                 batch.append(self._small_waiting.popleft())
                 groups += w.images.shape[0]
