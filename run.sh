@@ -172,7 +172,7 @@ cmd_test() {
     cmd_setup
     ensure_dataset
     ensure_browser
-    cd "$ROOT" && "$ROOT/.venv/bin/python" -m pytest -q "$@"
+    cd "$ROOT" && "$ROOT/.venv/bin/python" -m pytest -q --durations=25 "$@"
 }
 
 # scenario FILE... [--out DIR]: run scenario files with the project's venv.
