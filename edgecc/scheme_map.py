@@ -16,6 +16,12 @@ worker FLOPs per worker call and bytes sent up per image. Two points are not row
   answers decode the K outputs exactly by Lagrange interpolation (affine H_B, E of degree K−1: R = K).
   Its encode/decode math is here (systematic_*), so the benchmark and the tests share it.
 
+- the light master, a design of ours (not the paper's), measured by benchmarks/light_master_poly.py into
+  results/light-master.json: the master sends Lagrange-coded inputs X̃_n = Σ_k ℓ_k(α_n) x_k (a few
+  multiply-adds per pixel) and every worker runs a whole classifier whose one activation is quadratic
+  (degree 2), so f(E(α)) has degree 2(K−1) and any R = 2(K−1) + 1 answers decode the K outputs exactly;
+  with one straggler N = R + 1 (16 at K = 8), more workers than the panel's N, which its row states.
+
 Master FLOPs are the ones schemes.json records (ApproxIFER: Berrut encode + decode; AICC: the encoder
 networks and E at N points, the ≤ 2·K·R·10-FLOP decode not counted). The learned code's row records
 none; its master runs the parity encoder (a CL stack on the k images) and the decoder MLP, counted here
@@ -44,10 +50,13 @@ CLASSES = 10
 SYSTEMATIC = "systematic"  # the design's scheme name in the map
 SYSTEMATIC_LABEL = "systematic encoder (ours, not the paper's)"
 SYSTEMATIC_SCRIPT = "benchmarks/systematic_encoder.py"
+LIGHT = "light-master"  # the light-master design's scheme name in the map
+LIGHT_LABEL = "light master, quadratic network on the workers (ours, not the paper's)"
+LIGHT_SCRIPT = "benchmarks/light_master_poly.py"
 LEARNED_CODE_ARCH = "cl"  # the shipped `learned-code` model (learned-code-conv): a CL-stack parity encoder
-ORDER = ("local", "replication", "uncoded", "approxifer", "learned-code", "aicc", SYSTEMATIC)  # the tables' order
+ORDER = ("local", "replication", "uncoded", "approxifer", "learned-code", "aicc", SYSTEMATIC, LIGHT)  # the tables' order
 NAMES = {"approxifer": "ApproxIFER", "aicc": "AICC", "learned-code": "learned code", "replication": "replication",
-         "uncoded": "uncoded", "local": "local (master alone)", SYSTEMATIC: SYSTEMATIC_LABEL}
+         "uncoded": "uncoded", "local": "local (master alone)", SYSTEMATIC: SYSTEMATIC_LABEL, LIGHT: LIGHT_LABEL}
 
 
 # -- the systematic encoder (ours) -----------------------------------------------------------------
@@ -143,9 +152,24 @@ def local_entries(bases: Mapping[str, float], cnn_flops: float) -> list[dict[str
     return out
 
 
+def light_entries(light: Mapping[str, Any] | None, K: int, S: int, name: str, cnn_flops: float) -> list[dict[str, Any]]:
+    """The light-master design's row at (K, S) from a loaded light-master.json (none when not measured there)."""
+    out = []
+    for r in (light or {}).get("rows", []):
+        if r["K"] == K and r["S"] == S:
+            row = {"scheme": LIGHT, "base": f"poly-mlp {light['model']['hidden']}", "K": K, "N": r["N"], "R": r["R"],
+                   "overall_worst": r["worst_straggler_accuracy"], "overall_mean": r["mean_straggler_accuracy"],
+                   "master_flops_per_image": r["master_flops_per_image"], "worker_flops": r["worker_flops_per_coded_image"],
+                   "up_bytes_per_image": r["up_bytes_per_image"]}
+            out.append(entry(row, f"{LIGHT_SCRIPT} ({name})", cnn_flops))
+    return out
+
+
 def map_points(schemes: Mapping[str, Any], K: int, S: int, systematic: Mapping[str, Any] | None = None,
                schemes_name: str = "results/schemes.json",
-               systematic_name: str = "results/systematic-encoder.json") -> list[dict[str, Any]]:
+               systematic_name: str = "results/systematic-encoder.json",
+               light: Mapping[str, Any] | None = None,
+               light_name: str = "results/light-master.json") -> list[dict[str, Any]]:
     """Every scheme at (K, S): the rows of `schemes` (a loaded schemes.json; not the centralized ones),
     the systematic design's cell from `systematic` (a loaded systematic-encoder.json, or a "not measured"
     line when None or without that cell), and `local`; numbered from 1 in the order listed."""
@@ -160,6 +184,7 @@ def map_points(schemes: Mapping[str, Any], K: int, S: int, systematic: Mapping[s
         stub = {"scheme": SYSTEMATIC, "base": "cnn", "K": K, "S": S, "N": N, "R": K, "overall_worst": None,
                 "status": f"not measured: run {SYSTEMATIC_SCRIPT}", **systematic_costs(K, N)}
         out.append(entry(stub, "edgecc.scheme_map.systematic_costs", cnn_flops))
+    out += light_entries(light, K, S, light_name, cnn_flops)
     out += local_entries(schemes.get("bases", {}), cnn_flops)
     out.sort(key=lambda e: (ORDER.index(e["scheme"]) if e["scheme"] in ORDER else len(ORDER), str(e["base"]),
                             e["N"] or 0, e["label"]))
@@ -198,6 +223,8 @@ def markdown(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]]) -> 
              "encoder and decoder MLP) and the systematic design's (the CNN up to its 100-feature layer, the "
              "encoding and the decode) counted from edgecc.bench.costs. "
              f"The {SYSTEMATIC_LABEL} is described in edgecc/scheme_map.py and measured by `{SYSTEMATIC_SCRIPT}`; "
+             f"the {LIGHT_LABEL} likewise, measured by `{LIGHT_SCRIPT}` (it needs N = 2(K−1) + 2 workers for one "
+             "straggler: its N column); "
              "`local` is the master classifying alone with a centralized base.")
     header = ("| # | scheme | base | K | N | R | worst-straggler accuracy | master FLOPs/img | share of CNN "
               "| worker FLOPs/call | up bytes/img | source |")
@@ -217,11 +244,12 @@ def markdown(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]]) -> 
 
 def _short(e: Mapping[str, Any]) -> str:
     """The plot table's name of a scheme (shorter than the Markdown's)."""
-    return {"local": f"local {e['base']} (master alone)", SYSTEMATIC: "systematic enc. (ours) cnn"}.get(e["scheme"], e["label"])
+    return {"local": f"local {e['base']} (master alone)", SYSTEMATIC: "systematic enc. (ours) cnn",
+            LIGHT: f"light master (ours), N={e['N']}"}.get(e["scheme"], e["label"])
 
 
 MARKERS = {"approxifer": "s", "aicc": "o", "learned-code": "D", "replication": "v", "uncoded": "^",
-           "local": "*", SYSTEMATIC: "P"}
+           "local": "*", SYSTEMATIC: "P", LIGHT: "X"}
 
 
 def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: str | Path) -> None:
@@ -245,7 +273,7 @@ def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: s
             fam, y = e["scheme"], 100 * e["worst"]
             big = fam in ("local", SYSTEMATIC)
             ax.scatter([e["x"]], [y], marker=MARKERS.get(fam, "o"), s=150 if fam == "local" else 90 if big else 60,
-                       color="C4" if fam == SYSTEMATIC else "C2" if fam == "aicc" else "C0" if e["base"] == "mlp" else "C3",
+                       color="C4" if fam in (SYSTEMATIC, LIGHT) else "C2" if fam == "aicc" else "C0" if e["base"] == "mlp" else "C3",
                        label=NAMES.get(fam, fam) if fam not in seen else None, edgecolors="k", linewidths=0.5,
                        zorder=4 if fam == SYSTEMATIC else 3, alpha=0.85 if fam == "local" else 1.0)
             seen.add(fam)
@@ -293,7 +321,10 @@ def write_map(schemes_json: str | Path = "results/schemes.json", out_dir: str | 
     schemes = json.loads(schemes_json.read_text())
     sys_path = Path(systematic_json) if systematic_json else schemes_json.parent / "systematic-encoder.json"
     systematic = json.loads(sys_path.read_text()) if sys_path.is_file() else None
-    panels = [(K, S, map_points(schemes, K, S, systematic, str(schemes_json), str(sys_path))) for K, S in MAPS]
+    light_path = schemes_json.parent / "light-master.json"
+    light = json.loads(light_path.read_text()) if light_path.is_file() else None
+    panels = [(K, S, map_points(schemes, K, S, systematic, str(schemes_json), str(sys_path), light, str(light_path)))
+              for K, S in MAPS]
     out = Path(out_dir)
     png, md = out / "scheme-map.png", out / "scheme-map.md"
     plot(panels, png)

@@ -125,3 +125,20 @@ def test_the_systematic_points():
     assert worst == pytest.approx(10.153, abs=1e-3)
     with pytest.raises(ValueError):
         systematic_decode_weights(2, 3, [0])
+
+
+def test_the_light_master_design_is_a_point_with_its_own_N(tmp_path):
+    """results/light-master.json's row at (K, S) joins the map with the N it needs (R + S), its master share tiny."""
+    import json
+
+    from edgecc.bench import costs
+    from edgecc.scheme_map import LIGHT, map_points
+
+    light = {"model": {"hidden": 64}, "rows": [
+        {"K": 8, "S": 1, "N": 16, "R": 15, "worst_straggler_accuracy": 0.85, "mean_straggler_accuracy": 0.86,
+         "master_flops_per_image": 25388.0, "worker_flops_per_coded_image": 100.0, "up_bytes_per_image": 6272.0}]}
+    schemes = {"rows": [], "bases": {"cnn": 0.9}}
+    (point,) = [e for e in map_points(schemes, 8, 1, light=light) if e["scheme"] == LIGHT]
+    assert point["N"] == 16 and point["R"] == 15 and point["worst"] == 0.85 and point["plotted"]
+    assert point["share"] == 25388.0 / costs.cnn_baseline_flops()
+    assert not [e for e in map_points(schemes, 2, 1, light=light) if e["scheme"] == LIGHT]  # no K=2 row: no point
