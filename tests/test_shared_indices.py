@@ -73,6 +73,9 @@ async def test_the_hello_announces_the_dataset(workers):
     caps = (await probe(workers["good0"].address, TOK))["caps"]
     assert caps["dataset"] == {"name": "sample", "images": 1000, "shape": [1, 28, 28], "digest": DIGEST}
     assert "dataset" not in (await probe(workers["none"].address, TOK))["caps"]  # as before --dataset existed
+    # the hello goes out before the master authenticates: the source's name, not the path of its file
+    other = (await probe(workers["other"].address, TOK))["caps"]["dataset"]
+    assert other["name"] == "npz:reversed.npz" and other["images"] == 1000, other
 
 
 async def test_indices_decode_what_the_images_decode_for_a_fraction_of_the_bytes(workers, plan):
@@ -129,7 +132,7 @@ async def test_workers_without_the_dataset_are_refused_at_handshake_and_named(wo
     assert "2 of 3 workers do not hold the dataset this master sends indices into" in msg
     assert f"worker 1 (127.0.0.1:{ws[1].port}) holds dataset 'sample?size=32x32' (1000 images of 1×32×32" in msg
     assert "the model takes 1×28×28 images" in msg
-    assert f"worker 2 (127.0.0.1:{ws[2].port}) holds dataset 'npz:" in msg and "not the one this master's indices refer to" in msg
+    assert f"worker 2 (127.0.0.1:{ws[2].port}) holds dataset 'npz:reversed.npz'" in msg and "not the one this master's indices refer to" in msg
     assert "worker 0" not in msg
 
 

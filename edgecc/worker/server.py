@@ -93,6 +93,19 @@ def macs_per_group(spec: ComputeSpec) -> int:
     raise ValueError(f"no inline cost for the {spec.kind!r} compute")
 
 
+def public_source_name(source: str) -> str:
+    """The name a worker announces for its --dataset `source`: the source without the directories of its
+    location (the hello goes out before the master authenticates, so it must not tell anyone a local
+    path): 'npz:/home/u/data/x.npz?size=32x32' -> 'npz:x.npz?size=32x32', 'folder:/a/b/c' -> 'folder:c',
+    '/data/x.npz' -> 'x.npz'; built-in names ('sample', 'test', ...) and the options are kept."""
+    text, sep, query = source.strip().partition("?")
+    kind, colon, location = text.partition(":")
+    if not (colon and len(kind) > 1 and kind.replace("-", "").isalnum()):  # not KIND:LOCATION but a bare name
+        kind, colon, location = "", "", text  # or path ('sample', '/data/a:b/x.npz', a Windows drive's 'C:\\x.npz')
+    base = location.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return f"{kind}{colon}{base or location[:1]}{sep}{query}"
+
+
 @dataclass(frozen=True)
 class HeldDataset:
     """The images a worker's operator gave it (`edgecc worker --dataset SOURCE`, Remark 1's shared
@@ -110,7 +123,7 @@ class HeldDataset:
 
         images = np.ascontiguousarray(load(source, "test", data_dir).images)
         images.flags.writeable = False
-        return cls(source, images, dataset_cap(source, images))
+        return cls(source, images, dataset_cap(public_source_name(source), images))
 
     @property
     def digest(self) -> str:
