@@ -150,6 +150,10 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, dataset_sour
               "cifar10:DIR or any source of edgecc.datasets")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="first LIMIT images only")
+@click.option("--indices", is_flag=True,
+              help="send the images' indices instead of their pixels (Remark 1's shared dataset): aicc with "
+              "--placement shared, every worker started with `edgecc worker --dataset` naming the same images as "
+              "--images (checked at handshake by the SHA-256 of all of them)")
 @click.option("--groups-per-request", type=int, default=64, show_default=True)
 @click.option("--in-flight", type=int, default=8, show_default=True, help="requests in flight")
 @click.option("--timeout", "request_timeout", type=float, default=10.0, show_default=True, help="per-request deadline (s)")
@@ -162,7 +166,7 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, dataset_sour
 @click.option("--log-level", default="warning", show_default=True)
 @limit_options
 def master(workers, scheme, k, model, placement, wire_dtype, encode_precision, byzantine, tolerance, points,
-           extra_options, images, data_dir, limit, groups_per_request, in_flight, request_timeout, wait, token_file,
+           extra_options, images, data_dir, limit, indices, groups_per_request, in_flight, request_timeout, wait, token_file,
            tls_ca, json_out, predictions_out, quiet, log_level, max_frame, max_batch, max_in_flight, handshake_timeout,
            idle_timeout):
     """Stream images through N workers, decoding each request from the first R answers."""
@@ -204,21 +208,36 @@ def master(workers, scheme, k, model, placement, wire_dtype, encode_precision, b
     except EdgeccError as e:
         raise click.UsageError(str(e)) from None
     addresses = addresses[: plan.N]  # uncoded (and the learned code) use the first of the workers given
+    if indices and plan.placement != "shared":
+        raise click.UsageError(f"--indices: only the shared placement sends dataset indices (--scheme aicc "
+                               f"--placement shared, its workers holding the images); this {plan.name} plan's "
+                               f"placement is {plan.placement!r}")
+    if indices and any(a.lower().startswith("ray:") for a in addresses):
+        raise click.UsageError("--indices: Ray workers hold no dataset; start `edgecc worker --dataset SOURCE` "
+                               "workers and give their addresses")
     from ..schemes.base import plan_shape
 
-    x, y = images_from(images, data_dir, limit, image=plan_shape(plan)[0])  # in the shape the plan's model takes
+    # in the shape the plan's model takes; with --indices, the workers' dataset is the whole set, before --limit
+    x, y = images_from(images, data_dir, None if indices else limit, image=plan_shape(plan)[0])
+    dataset = None
+    if indices:
+        from ..protocol.messages import dataset_digest
+
+        dataset = dataset_digest(np.ascontiguousarray(x))  # what each worker must announce in its hello
+        x, y = (x[:limit], y[:limit]) if limit else (x, y)
     token = load_token(token_file)
     limits = make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout)
 
     async def go():
-        m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout, ssl_context=ssl_context)
+        m = Master(plan, addresses, token, limits=limits, request_timeout=request_timeout, ssl_context=ssl_context,
+                   dataset=dataset)
         try:
             await m.start(wait_ready=wait)
             await m.wait_all_ready(min(wait, 2.0))
             if quiet:
-                return await run_stream(m, x, y, groups_per_request, in_flight)
+                return await run_stream(m, x, y, groups_per_request, in_flight, indices=indices)
             with click.progressbar(length=x.shape[0] - x.shape[0] % plan.K, label="images", file=click.get_text_stream("stderr")) as bar:
-                return await run_stream(m, x, y, groups_per_request, in_flight, progress=bar.update)
+                return await run_stream(m, x, y, groups_per_request, in_flight, progress=bar.update, indices=indices)
         finally:
             await m.close()
 

@@ -1,5 +1,6 @@
 """Stream a labelled image set through a master, request by request, and summarise what came back:
-accuracy, latency percentiles, failures by reason, bytes and the links' counters (`edgecc master`)."""
+accuracy, latency percentiles, failures by reason, bytes and the links' counters (`edgecc master`).
+With `indices`, the workers hold the images (Remark 1's shared dataset) and only their indices travel."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import EdgeccError
 from ..protocol.images import dims
 from ..schemes.base import plan_shape
 from .master import Master, RequestFailed
@@ -18,11 +20,24 @@ log = logging.getLogger("edgecc.master")
 
 
 async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, groups_per_request: int = 64,
-                     in_flight: int = 8, progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Stream `images` through the master; returns (summary, predictions with -1 where a request failed)."""
+                     in_flight: int = 8, progress: Callable[[int], None] | None = None, *,
+                     indices: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """Stream `images` through the master; returns (summary, predictions with -1 where a request failed).
+
+    With `indices`, `images` are the first images of the dataset every worker holds, the one the master
+    was made with (`Master(dataset=digest)`), and each request sends their positions in it
+    (`Master.infer_indices`) instead of their pixels."""
     K = master.plan.K
     n = images.shape[0] - images.shape[0] % K
-    groups = images[:n].reshape(-1, K, *dims(plan_shape(master.plan)[0]))
+    if indices:
+        if master.dataset is None:
+            raise EdgeccError("run_stream(indices=True) needs a Master made with dataset=DIGEST, the dataset every "
+                              "worker holds (`edgecc worker --dataset SOURCE`)")
+        groups = np.arange(n).reshape(-1, K)  # each group's images' positions in the workers' dataset
+        infer = master.infer_indices
+    else:
+        groups = images[:n].reshape(-1, K, *dims(plan_shape(master.plan)[0]))
+        infer = master.infer
     preds = np.full(n, -1, dtype=np.int64)
     latencies: list[float] = []
     failures: dict[str, int] = {}
@@ -34,7 +49,7 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
             batch = groups[start : start + groups_per_request]
             t = time.perf_counter()
             try:
-                logits = await master.infer(batch)
+                logits = await infer(batch)
             except RequestFailed as e:
                 reason = str(e).split(": ", 1)[-1].split(" (")[0]
                 failures[reason] = failures.get(reason, 0) + 1
@@ -61,6 +76,10 @@ async def run_stream(master: Master, images: np.ndarray, labels: np.ndarray, gro
         "elapsed_s": elapsed, "images_per_s": n / elapsed if elapsed > 0 else 0.0,
         **{k: master.stats[k] for k in ("bytes_sent", "late_results", "bad_results", "worker_errors", "shed",
                                         "deadline_failures", "waited_extra")},
+        # every request's frames to every worker (failed requests included) over the images streamed, and what
+        # they carried: the shared placement's images or dataset indices, else the placement's own inputs
+        "bytes_per_image": master.stats["bytes_sent"] / n if n else 0.0,
+        "sends": "indices" if indices else ("images" if master.plan.placement == "shared" else master.plan.placement),
         "groups_per_request": groups_per_request, "in_flight": in_flight,
         "workers": [{**ls, **master.plan.worker_summary(ls["index"])} for ls in master.link_stats()],
     }
