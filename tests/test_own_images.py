@@ -107,8 +107,10 @@ def test_a_resnet18_base_runs_under_approxifer_and_uncoded(cifar_dir, tmp_path, 
            *TRAIN, "--out", str(model))
     workers = ",".join(f"127.0.0.1:{w.port}" for w in spawn_workers(3))
     for scheme in ("approxifer", "uncoded"):
+        # --wait: each worker builds a ResNet-18 in torch on configure, seconds on a loaded 2-core machine
         summary = edgecc("master", "--workers", workers, "--scheme", scheme, "--model", str(model), "--k", "2",
-                         "--images", f"cifar10:{cifar_dir}", "--limit", "8", "--groups-per-request", "2", "--quiet")
+                         "--images", f"cifar10:{cifar_dir}", "--limit", "8", "--groups-per-request", "2",
+                         "--wait", "60", "--quiet")
         assert summary["requests_failed"] == 0 and summary["images"] == 8, (scheme, summary)
 
 
