@@ -12,7 +12,10 @@ Trains f on the Fashion-MNIST training set (fp32, CPU, seeded), then decodes the
 from every set of N − 1 workers (each worker the straggler in turn): the worst and mean accuracy over those
 choices, f's own (direct) accuracy, the largest |decoded − direct| logit, the largest Σ|decode weights|, and
 the master's and workers' FLOPs and the bytes sent per image. Writes results/light-master.json and the trained
-f as results/checkpoints/poly-mlp.safetensors (safetensors: no pickle).
+f as results/checkpoints/poly-mlp.safetensors, a model file of kind "poly-mlp" (edgecc.modelfile.save_model:
+safetensors, no pickle; edgecc.nets.poly_mlp.PolyMLP). The runtime scheme `light-master`
+(edgecc/schemes/light_master.py) runs the shipped copy, edgecc/assets/poly-mlp.safetensors (model "poly-mlp"):
+copy a retrained checkpoint there to ship it. The points and the Lagrange basis are edgecc.coding.lagrange's.
 
     python benchmarks/light_master_poly.py [--hidden 512] [--epochs 20] [--seed 0] [--threads 1]
 """
@@ -20,7 +23,6 @@ f as results/checkpoints/poly-mlp.safetensors (safetensors: no pickle).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import sys
@@ -33,39 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def chebyshev(n: int, scale: float = 1.0) -> np.ndarray:
-    """Chebyshev nodes of the first kind on [-scale, scale], increasing: they keep interpolation well conditioned."""
-    return np.sort(scale * np.cos((2 * np.arange(n) + 1) * np.pi / (2 * n)))
-
-
-def lagrange_basis(nodes: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """(len(at), len(nodes)) matrix L with L[i, j] = ℓ_j(at_i), the Lagrange basis on `nodes` (float64)."""
-    nodes, at = np.asarray(nodes, np.float64), np.asarray(at, np.float64)
-    L = np.ones((at.size, nodes.size))
-    for j, xj in enumerate(nodes):
-        for m, xm in enumerate(nodes):
-            if m != j:
-                L[:, j] *= (at - xm) / (xj - xm)
-    return L
+from edgecc.coding.lagrange import chebyshev, lagrange_basis  # shared with the scheme (schemes/light_master.py)
 
 
 def build(hidden: int):
-    import torch
-    from torch import nn
+    """784 → hidden (σ(h) = h + c·h², c per unit) → 10: a polynomial of degree 2 in its input."""
+    from edgecc.nets.poly_mlp import PolyMLP
 
-    class PolyMLP(nn.Module):
-        """784 → hidden (σ(h) = h + c·h², c per unit) → 10: a polynomial of degree 2 in its input."""
-
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.fc2 = nn.Linear(784, hidden), nn.Linear(hidden, 10)
-            self.c = nn.Parameter(torch.full((hidden,), 0.1))
-
-        def forward(self, x):
-            h = self.fc1(x.reshape(x.shape[0], -1))
-            return self.fc2(h + self.c * h * h)
-
-    return PolyMLP()
+    return PolyMLP(hidden=(hidden,))
 
 
 def train(hidden: int, epochs: int, seed: int, lr: float):
@@ -118,7 +95,7 @@ def evaluate(model, K: int, x_test: np.ndarray, y_test: np.ndarray) -> dict:
         decoded = np.einsum("kr,brv->bkv", W, results[:, used].astype(np.float64))
         worst_err = max(worst_err, float(np.abs(decoded - direct).max()))
         per_straggler.append(float((decoded.argmax(-1) == labels).mean()))
-    H = model.fc1.out_features
+    H = model.mlp.fc1.out_features
     worker_flops = 2 * (784 * H + H * 10) + 3 * H  # one coded image: both layers and the quadratic
     return {"K": K, "R": R, "N": N, "S": 1, "alphas": alphas.tolist(), "betas": betas.tolist(),
             "direct_accuracy": float((direct.argmax(-1) == labels).mean()),
@@ -147,19 +124,23 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(ROOT / "results" / "checkpoints" / "poly-mlp.safetensors"))
     args = ap.parse_args()
     import torch
-    from safetensors.torch import save_file
 
     from edgecc import data
     from edgecc.bench import costs
+    from edgecc.modelfile import save_model
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = train(args.hidden, args.epochs, args.seed, args.lr)
     train_s = time.perf_counter() - t0
-    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.checkpoint)
     x_np, y_np = data.load_split("test")
     x_test = data.to_float(x_np).reshape(-1, 784)
+    with torch.inference_mode():
+        direct = float((model(torch.from_numpy(x_test)).argmax(-1).numpy() == y_np).mean())
+    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    save_model(args.checkpoint, model, model.info(training={"epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+                                                            "dataset": "fashion-mnist train"},
+                                                  metrics={"test_accuracy": direct}))
     cnn = costs.cnn_baseline_flops()
     rows = []
     for K in (2, 4, 8):

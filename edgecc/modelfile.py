@@ -23,19 +23,20 @@ from .fileio import atomic_write  # noqa: F401  (re-exported: callers import it 
 
 FORMAT = "edgecc-model"
 VERSION = 1
-KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "centralized-resnet18", "learned-code")
+KINDS = ("aicc", "centralized-mlp", "centralized-cnn", "centralized-resnet18", "learned-code", "poly-mlp")
 STORAGES = ("f32", "f16", "q8")
 SCALE = "#scale"  # suffix of the per-row float32 scales of an int8 ("q8") tensor
 
 
 # Models shipped in the package, by name: the default AICC model (Table 2's CNN+CNN H_B cell) and the
-# centralized MLP that the uncoded / replication comparators' workers run.
+# centralized MLP that the uncoded / replication comparators' workers run; the light master's quadratic MLP.
 SHIPPED = {"default": "default-k2-cnn-cnn-hb.safetensors", "default-mlp": "centralized-mlp.safetensors",
-           "learned-code": "learned-code-conv.safetensors"}  # Table 2's [10] with the conv parity encoder (1 MB)
+           "learned-code": "learned-code-conv.safetensors",  # Table 2's [10] with the conv parity encoder (1 MB)
+           "poly-mlp": "poly-mlp.safetensors"}  # the light master's (ours): benchmarks/light_master_poly.py (1.6 MB)
 
 
 def resolve(name: str | os.PathLike) -> Path:
-    """A shipped model's name ('default', 'default-mlp', 'learned-code') or a path."""
+    """A shipped model's name ('default', 'default-mlp', 'learned-code', 'poly-mlp') or a path."""
     if str(name) in SHIPPED:
         from importlib import resources
 
@@ -168,6 +169,14 @@ def build_model(info: dict[str, Any]):
         if code.get("arch") not in ("mlp", "cl") or not isinstance(code.get("k"), int) or code["k"] < 1:
             raise ModelFileError(f"learned-code model needs code.arch in (mlp, cl) and an integer code.k, got {code!r}")
         return LearnedCode(code["arch"], code["k"], CentralizedMLP(image, classes), image, classes)
+    if kind == "poly-mlp":
+        from .nets.poly_mlp import PolyMLP
+
+        hidden = info.get("hidden")
+        if (not isinstance(hidden, list) or not 1 <= len(hidden) <= 7
+                or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 1 << 16 for h in hidden)):
+            raise ModelFileError(f"poly-mlp model needs hidden: a list of 1 to 7 layer widths, got {hidden!r}")
+        return PolyMLP(image, classes, hidden)
     if kind == "centralized-resnet18":
         from .nets.resnet import ResNet18
 

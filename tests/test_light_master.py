@@ -16,6 +16,14 @@ lm = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lm)
 
 
+def test_the_benchmark_shares_the_schemes_math_and_network():
+    from edgecc.coding import lagrange
+    from edgecc.nets.poly_mlp import PolyMLP
+
+    assert lm.chebyshev is lagrange.chebyshev and lm.lagrange_basis is lagrange.lagrange_basis
+    assert isinstance(lm.build(16), PolyMLP) and lm.build(16).info()["kind"] == "poly-mlp"
+
+
 def test_lagrange_basis_is_the_identity_on_its_nodes_and_reproduces_polynomials():
     nodes = lm.chebyshev(5)
     assert np.allclose(lm.lagrange_basis(nodes, nodes), np.eye(5))

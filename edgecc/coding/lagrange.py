@@ -40,6 +40,18 @@ def decode_weights(alphas: Sequence[float], betas: Sequence[float]) -> np.ndarra
     return W
 
 
+def chebyshev(n: int, scale: float = 1.0) -> np.ndarray:
+    """n Chebyshev nodes of the first kind on [-scale, scale], increasing (float64): they keep interpolation
+    well conditioned (the light master's α's and β's, schemes/light_master.py)."""
+    return np.sort(scale * np.cos((2 * np.arange(n) + 1) * np.pi / (2 * n)))
+
+
+def lagrange_basis(nodes: Sequence[float], at: Sequence[float]) -> np.ndarray:
+    """(len(at), len(nodes)) float64 matrix L with L[i, j] = ℓ_j(at_i), the Lagrange basis on `nodes`:
+    L @ values at the nodes = the interpolating polynomial's values at `at` (= decode_weights(nodes, at))."""
+    return decode_weights(nodes, at)
+
+
 @lru_cache(maxsize=4096)
 def _cached_weights(alphas: tuple[float, ...], betas: tuple[float, ...]) -> np.ndarray:
     W = decode_weights(alphas, betas)

@@ -2,5 +2,6 @@
 
 from .aicc import AICC, encode_precision
 from .baselines import CentralizedCNN, CentralizedMLP
+from .poly_mlp import PolyMLP
 
-__all__ = ["AICC", "encode_precision", "CentralizedCNN", "CentralizedMLP"]
+__all__ = ["AICC", "encode_precision", "CentralizedCNN", "CentralizedMLP", "PolyMLP"]

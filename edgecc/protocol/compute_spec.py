@@ -9,9 +9,14 @@ master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edge
   affine        encoded    no     affine.weight (out, n), affine.bias      x: in_shape   (n = prod(in_shape))
   affine-hs     encoded    no     affine.weight (out, n), affine.bias      x: in_shape, v: (P+1, *in_shape)
   mlp           plain      no     mlp.mlp.fc{1..L}.{weight,bias}           x: in_shape   (widths n, *hidden, out)
+                                  (+ mlp.mlp.c{1..L-1} with act "quad")
   cnn           plain      yes    cnn.* (the centralized CNN, Table 2)     x: in_shape
   resnet18      plain      yes    resnet.* (nets/resnet.ResNet18)          x: in_shape
   aicc-shared   shared     yes    model.* (the AICC network) + affine.*    images: (K, *in_shape) u1, or indices: (K,) i4
+
+Optional keys (OPTIONAL) may be left out, with the meaning of their default: the mlp kind's `act`, the hidden
+activation, "relu" (absent: what every master sent before the key existed) or "quad", σ(h) = h + c ⊙ h² with
+one array mlp.mlp.c{i} of shape (hidden[i-1],) per hidden layer (the light master's degree-2 network).
 
 in_shape is one image's layout, (H, W) for one channel or (C, H, W) with C = 3 (protocol/images.py);
 the paper's is (28, 28).
@@ -70,6 +75,11 @@ KEYS: dict[str, dict[str, Callable[[Any], bool]]] = {
                     "computation": _one_of("hb", "hs"), "encoder": _one_of("mlp", "cl"),
                     "compute_arch": _one_of("mlp", "cl"), "alpha": _alpha},
 }
+# kind -> {key: (check, default)}: keys a spec may leave out; absent, the default holds (and is not sent)
+MLP_ACTIVATIONS = ("relu", "quad")
+OPTIONAL: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] = {
+    "mlp": {"act": (_one_of(*MLP_ACTIVATIONS), "relu")},
+}
 KINDS = tuple(KEYS)
 PLACEMENT = {"affine": "encoded", "affine-hs": "encoded", "mlp": "plain", "cnn": "plain", "resnet18": "plain",
              "aicc-shared": "shared"}
@@ -90,26 +100,33 @@ class ComputeSpec:
         kind = d.get("kind")
         if not isinstance(kind, str) or kind not in KEYS:
             raise RemoteProtocolError(f"configure.compute.kind must be one of {KINDS}, got {kind!r}")
-        keys = KEYS[kind]
+        keys, optional = KEYS[kind], OPTIONAL.get(kind, {})
         given = set(d) - {"kind"}
-        if given != set(keys):
+        if not set(keys) <= given <= set(keys) | set(optional):
             raise RemoteProtocolError(f"compute kind {kind!r}: missing keys {sorted(set(keys) - given)}, "
-                                      f"unknown keys {sorted(map(str, given - set(keys)))}")
+                                      f"unknown keys {sorted(map(str, given - set(keys) - set(optional)))}")
         for key, ok in keys.items():
             if not ok(d[key]):
                 raise RemoteProtocolError(f"configure.compute.{key} of kind {kind!r}: invalid value {d[key]!r}")
+        for key, (ok, _) in optional.items():
+            if key in d and not ok(d[key]):
+                choices = f" (one of {', '.join(MLP_ACTIVATIONS)})" if (kind, key) == ("mlp", "act") else ""
+                raise RemoteProtocolError(f"configure.compute.{key} of kind {kind!r}: invalid value {d[key]!r}"
+                                          f"{choices}")
         shape = d["in_shape"]
         if kind in IMAGE_KINDS and not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 3)):
             raise RemoteProtocolError(f"compute kind {kind!r} takes images: in_shape [H, W] (gray) or [3, H, W] "
                                       f"(colour), got {shape}")
         if kind == "aicc-shared" and d["computation"] == "hb" and d["P"] != 1:
             raise RemoteProtocolError("compute kind 'aicc-shared' with computation 'hb' needs P = 1")
-        return cls(kind, {k: d[k] for k in keys})
+        return cls(kind, {k: d[k] for k in (*keys, *optional) if k in d})
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.fields}
 
     def __getitem__(self, key: str) -> Any:
+        if key not in self.fields and key in OPTIONAL.get(self.kind, {}):
+            return OPTIONAL[self.kind][key][1]  # an optional key left out: its default
         return self.fields[key]
 
     @property
@@ -151,9 +168,11 @@ def affine(in_shape: tuple[int, ...] = IMAGE, out: int = 10, P: int | None = Non
     return ComputeSpec.from_wire({"kind": "affine-hs", "in_shape": list(in_shape), "out": out, "P": P})
 
 
-def mlp(hidden: list[int], out: int = 10, in_shape: tuple[int, ...] = IMAGE) -> ComputeSpec:
-    """A ReLU MLP of widths prod(in_shape), *hidden, out."""
-    return ComputeSpec.from_wire({"kind": "mlp", "in_shape": list(in_shape), "hidden": list(hidden), "out": out})
+def mlp(hidden: list[int], out: int = 10, in_shape: tuple[int, ...] = IMAGE, act: str = "relu") -> ComputeSpec:
+    """An MLP of widths prod(in_shape), *hidden, out with activation `act` between layers: "relu", or "quad"
+    (h + c ⊙ h², arrays mlp.mlp.c{i}). ReLU is sent without `act`, as masters did before the key existed."""
+    extra = {} if act == "relu" else {"act": act}
+    return ComputeSpec.from_wire({"kind": "mlp", "in_shape": list(in_shape), "hidden": list(hidden), "out": out, **extra})
 
 
 def cnn(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:

@@ -81,10 +81,16 @@ APPROXIFER = SchemeDef(
              _wire_dtype(), _byzantine()),
     model_kinds=CENTRALIZED)
 
+LIGHT_MASTER = SchemeDef(
+    "light-master", "edgecc.schemes.light_master:build",
+    "ours, not the paper's: Lagrange-coded inputs to a quadratic-activation MLP; any R = 2(K−1)+1 of N decode exactly",
+    options=(_model("poly-mlp", ("poly-mlp",)), _wire_dtype()),
+    model_kinds=("poly-mlp",))
+
 LOCAL = SchemeDef(
     "local", "edgecc.schemes.local:build",
     "the master classifies with the centralized model itself, no workers: the baseline for when coding pays",
     options=(_model(BASELINE, CENTRALIZED),), model_kinds=CENTRALIZED)
 
-BUILTIN = (AICC, UNCODED, REPLICATION, LEARNED_CODE, APPROXIFER, LOCAL)
-DEFAULT_SCHEMES = ("aicc", "uncoded", "replication")  # the learned code, ApproxIFER and local run where named
+BUILTIN = (AICC, UNCODED, REPLICATION, LEARNED_CODE, APPROXIFER, LOCAL, LIGHT_MASTER)
+DEFAULT_SCHEMES = ("aicc", "uncoded", "replication")  # the learned code, ApproxIFER, the light master and local run where named

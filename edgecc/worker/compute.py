@@ -3,7 +3,8 @@
 `AffineCompute` runs the "affine" and "affine-hs" compute kinds (protocol/compute_spec.py): AICC's
 encoded placement, where the worker receives X̃_n = E(α_n) (and, for H_S, V_0..V_P) and applies the
 collapsed affine map. `PlainCompute` runs the "mlp" kind: a centralized MLP on whatever image it is
-sent (the uncoded/replication comparators, the learned code, ApproxIFER's MLP base). The kinds that
+sent (the uncoded/replication comparators, the learned code, ApproxIFER's MLP base; with act "quad",
+the light master's degree-2 network on Lagrange-coded inputs). The kinds that
 need torch live in `plain_cnn.py` ("cnn") and `shared_compute.py` ("aicc-shared").
 
 Every compute class has `from_spec(spec, arrays)` (the worker's configure step) and is called with
@@ -65,11 +66,16 @@ class EncodedCompute(AffineCompute):
 
 
 class PlainCompute:
-    """The "mlp" kind: a centralized MLP (ReLU between layers) on raw images; arrays
-    mlp.mlp.fc{1..L}.{weight,bias}. Without `widths` the layers are read from the arrays."""
+    """The "mlp" kind: a centralized MLP on raw images; arrays mlp.mlp.fc{1..L}.{weight,bias}. Between layers
+    ReLU (act "relu"), or σ(h) = h + c ⊙ h² (act "quad", arrays mlp.mlp.c{1..L-1}: the light master's
+    degree-2 network). Without `widths` the layers are read from the arrays; without `act`, "quad" when the
+    arrays hold mlp.mlp.c1, else "relu"."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], widths: list[int] | None = None):
+    def __init__(self, arrays: dict[str, np.ndarray], widths: list[int] | None = None, act: str | None = None):
         count = len(widths) - 1 if widths is not None else len(_mlp_weight_shapes(arrays))
+        self.act = act if act is not None else ("quad" if "mlp.mlp.c1" in arrays else "relu")
+        if self.act not in compute_spec.MLP_ACTIVATIONS:
+            raise ConfigError(f"MLP activation must be one of {', '.join(compute_spec.MLP_ACTIVATIONS)}, got {self.act!r}")
         try:
             self.layers = [(arrays[f"mlp.mlp.fc{i}.weight"].T.astype(np.float32), arrays[f"mlp.mlp.fc{i}.bias"].astype(np.float32))
                            for i in range(1, count + 1)]
@@ -81,29 +87,39 @@ class PlainCompute:
         want = widths or [shapes[0][0], *(s[1] for s in shapes)]
         if shapes != list(zip(want[:-1], want[1:])) or any(b.shape != (w.shape[1],) for w, b in self.layers):
             raise ConfigError(f"plain worker MLP has shapes {shapes}, expected widths {want}")
+        self.c: list[np.ndarray] = []
+        if self.act == "quad":  # one c per hidden layer, of its width
+            try:
+                self.c = [arrays[f"mlp.mlp.c{i}"].astype(np.float32) for i in range(1, count)]
+            except KeyError as e:
+                raise ConfigError(f"plain worker arrays lack {e} (the quadratic activation's c)") from None
+            got, need = [c.shape for c in self.c], [(w,) for w in want[1:-1]]
+            if got != need:
+                raise ConfigError(f"plain worker MLP's quadratic activations have shapes {got}, expected {need}")
         self.n = want[0]
 
     @classmethod
     def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "PlainCompute":
-        return cls(arrays, [math.prod(spec.in_shape), *spec["hidden"], spec.out])
+        return cls(arrays, [math.prod(spec.in_shape), *spec["hidden"], spec.out], spec["act"])
 
     def __call__(self, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
         h = x.reshape(x.shape[0], self.n)
         for i, (w, b) in enumerate(self.layers):
             h = h @ w + b
             if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
+                h = h + self.c[i] * (h * h) if self.c else np.maximum(h, 0.0)
         return h
 
 
 def mlp_spec(arrays: dict[str, np.ndarray], image=PAPER_IMAGE) -> ComputeSpec:
     """The "mlp" compute spec of these arrays for images of `image` (C, H, W) (a plan sends it with them):
-    widths read from the weights."""
+    widths read from the weights; act "quad" when they hold the quadratic activations' mlp.mlp.c1."""
     shapes = _mlp_weight_shapes(arrays)
     if not shapes or shapes[0][1] != pixels(image):
         raise ConfigError(f"an MLP of {'×'.join(map(str, image))} images needs mlp.mlp.fc1.weight of shape "
                           f"(h, {pixels(image)}), got {shapes[:1]}")
-    return compute_spec.mlp([s[0] for s in shapes[:-1]], shapes[-1][0], dims(image))
+    return compute_spec.mlp([s[0] for s in shapes[:-1]], shapes[-1][0], dims(image),
+                            "quad" if "mlp.mlp.c1" in arrays else "relu")
 
 
 def _mlp_weight_shapes(arrays: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
