@@ -113,25 +113,40 @@ def learned_code_master_flops(k: int, arch: str = LEARNED_CODE_ARCH) -> float:
     return (costs.coef_net_flops(arch, k) + decoder) / k
 
 
+# Presentation per scheme name, as the rows of results/schemes.json name them: looked up, not compared with, so
+# that the only code asking which scheme it runs stays in edgecc/schemes (tests/test_schemes_registry.py).
+def _aicc_base(r: Mapping[str, Any]) -> str:
+    parts = str(r["base"]).split()  # "K=2 G=1 P=1 CNN+CNN H_S" (Scheme.label)
+    return f"{' '.join(parts[3:])} {' '.join(parts[1:3])}" if len(parts) >= 5 else str(r["base"])
+
+
+BASE_TEXT = {"aicc": _aicc_base, "approxifer": lambda r: f"{r['base']} (points {r.get('points')})"}
+R_IS_K = frozenset({"approxifer", SYSTEMATIC})  # decoded from any K answers; their rows record no R
+MASTER_COUNTED_HERE = {"learned-code": lambda r: learned_code_master_flops(int(r["K"]))}  # rows without master FLOPs
+COLOURS = {SYSTEMATIC: "C4", LIGHT: "C4", "aicc": "C2"}  # others: by base, blue for the MLP, red for the CNN
+SIZES = {"local": 150, SYSTEMATIC: 90}
+
+
+def _base_text(r: Mapping[str, Any]) -> str:
+    """The base as the tables show it (AICC: its architecture and degrees; ApproxIFER: its points too)."""
+    text = BASE_TEXT.get(r["scheme"])
+    return text(r) if text else str(r.get("base", "") or "")
+
+
 def _label(r: Mapping[str, Any]) -> str:
-    s = r["scheme"]
-    if s == "aicc":
-        parts = str(r["base"]).split()  # "K=2 G=1 P=1 CNN+CNN H_S" (Scheme.label)
-        return f"AICC {' '.join(parts[3:])} {' '.join(parts[1:3])}" if len(parts) >= 5 else f"AICC {r['base']}"
-    if s == "approxifer":
-        return f"ApproxIFER {r['base']} (points {r.get('points')})"
-    return f"{NAMES.get(s, s)} {r.get('base', '')}".strip()
+    return f"{NAMES.get(r['scheme'], r['scheme'])} {_base_text(r)}".strip()
 
 
 def entry(r: Mapping[str, Any], source: str, cnn_flops: float) -> dict[str, Any]:
     """One scheme's line of the map from a schemes.json-style row."""
     master = r.get("master_flops_per_image")
-    if master is None and r["scheme"] == "learned-code":
-        master, source = learned_code_master_flops(int(r["K"])), source + "; master FLOPs from edgecc.bench.costs"
+    counted = MASTER_COUNTED_HERE.get(r["scheme"])
+    if master is None and counted is not None:
+        master, source = counted(r), source + "; master FLOPs from edgecc.bench.costs"
     share = None if master is None else master / cnn_flops
     worst = r.get("overall_worst")
     return {"scheme": r["scheme"], "label": _label(r), "base": r.get("base"), "K": r.get("K"), "N": r.get("N"),
-            "R": r.get("R", r.get("K") if r["scheme"] in ("approxifer", SYSTEMATIC) else None),
+            "R": r.get("R", r.get("K") if r["scheme"] in R_IS_K else None), "base_text": _base_text(r),
             "worst": worst, "mean": r.get("overall_mean"), "status": r.get("status"),
             "master_flops": master, "share": share,
             "x": None if share is None else max(share, FLOOR), "floored": share is not None and share < FLOOR,
@@ -233,8 +248,7 @@ def markdown(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]]) -> 
         lines += [f"## K={K}, S={S}", "", header,
                   "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
         for e in entries:
-            base = (e["label"].removeprefix("AICC ") if e["scheme"] == "aicc" else
-                    e["label"].removeprefix("ApproxIFER ") if e["scheme"] == "approxifer" else e["base"])
+            base = e["base_text"]
             lines.append(f"| {e['id']} | {NAMES.get(e['scheme'], e['scheme'])} | {base} | {_num(e['K'], 'd')} "
                          f"| {_num(e['N'], 'd')} | {_num(e['R'], 'd')} | {_acc(e)} | {_num(e['master_flops'])} "
                          f"| {_share(e)} | {_num(e['worker_flops'])} | {_num(e['up_bytes'], ',.1f')} | {e['source']} |")
@@ -271,11 +285,11 @@ def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: s
             if not e["plotted"]:
                 continue
             fam, y = e["scheme"], 100 * e["worst"]
-            big = fam in ("local", SYSTEMATIC)
-            ax.scatter([e["x"]], [y], marker=MARKERS.get(fam, "o"), s=150 if fam == "local" else 90 if big else 60,
-                       color="C4" if fam in (SYSTEMATIC, LIGHT) else "C2" if fam == "aicc" else "C0" if e["base"] == "mlp" else "C3",
+            size = SIZES.get(fam, 60)
+            ax.scatter([e["x"]], [y], marker=MARKERS.get(fam, "o"), s=size,
+                       color=COLOURS.get(fam, "C0" if e["base"] == "mlp" else "C3"),
                        label=NAMES.get(fam, fam) if fam not in seen else None, edgecolors="k", linewidths=0.5,
-                       zorder=4 if fam == SYSTEMATIC else 3, alpha=0.85 if fam == "local" else 1.0)
+                       zorder=4 if size == 90 else 3, alpha=0.85 if size == 150 else 1.0)
             seen.add(fam)
             spots.setdefault((round(math.log10(e["x"]), 2), round(y, 1)), []).append(e)
         for group in spots.values():  # points on one spot (e.g. local CNN and the systematic design) share a label
