@@ -19,7 +19,7 @@ from edgecc.schemes.registry import DEFAULT_SCHEMES, build_plan, check_options, 
 from edgecc.scenario import spec
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgecc"
-BUILTIN = ("aicc", "uncoded", "replication", "learned-code", "approxifer", "local")
+BUILTIN = ("aicc", "uncoded", "replication", "learned-code", "approxifer", "local", "light-master")
 
 
 @pytest.fixture
@@ -46,6 +46,7 @@ def test_the_schemes_come_in_their_declared_order_and_scenarios_accept_exactly_t
 @pytest.mark.parametrize("name, N, plan_N, placement", [
     ("aicc", 3, 3, "encoded"), ("uncoded", 3, 2, "plain"), ("replication", 3, 3, "plain"),
     ("learned-code", 3, 3, "plain"), ("approxifer", 3, 3, "plain"), ("local", 3, 0, "master"),
+    ("light-master", 3, 3, "plain"),
 ])
 def test_every_scheme_builds_from_its_defaults_into_a_plan(name, N, plan_N, placement):
     plan = build_plan(name, N)
