@@ -79,6 +79,15 @@ def render_markdown(result: dict[str, Any]) -> str:
                              f"{b['encoded_over_centralized_cnn']:.2g}", f"{b['shared_over_centralized_cnn']:.2g}"])
         out += _table(["model", "groups/batch", "torch threads", "encode fp32", "encode bf16 (speed-up)", "plan precision",
                        "payloads", "decode", "encoded total", "shared total", "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
+        ratios = []
+        for r in ms["models"]:  # what a lone group pays over its share of the largest batch, one thread, the plan's payloads
+            one = {b["groups"]: b for b in r["by_batch"] if b.get("torch_threads") == 1}
+            if 1 in one and len(one) > 1:
+                most = max(one)
+                ratios.append(f"{r['label']}: {one[1]['seconds_per_group']['payloads_encoded'] / one[most]['seconds_per_group']['payloads_encoded']:.2f}× "
+                              f"its per-group cost at {most} groups")
+        if ratios:
+            out += ["", "One group alone (1 torch thread, plan.payloads): " + "; ".join(ratios) + "."]
 
     wk = result.get("worker")
     if wk:

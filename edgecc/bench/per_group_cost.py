@@ -20,6 +20,7 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
     op, several requests in parallel; torch's default is one op on all cores)."""
     import torch
 
+    from ..master.master import COALESCE_GROUPS
     from ..nets import CentralizedCNN
     from ..schemes.registry import build_plan
 
@@ -37,7 +38,9 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
         row: dict[str, Any] = {"model": key, "label": m["label"], "source": m["source"], "plan_build_s": plan_build_s,
                                "plan_encode_precision": plan.encode_precision, "by_batch": []}
         rng = np.random.default_rng(0)
-        for B, nthreads in [(B, n) for B in (cfg.batch, 1) for n in dict.fromkeys(threads)]:
+        # 64 groups (a large request), COALESCE_GROUPS (the most the master encodes of waiting small requests
+        # at once) and 1 (a lone small request): the per-group price of each
+        for B, nthreads in [(B, n) for B in dict.fromkeys((cfg.batch, COALESCE_GROUPS, 1)) for n in dict.fromkeys(threads)]:
             imgs = make_groups(images, s.K, B)
             x = torch.from_numpy(imgs.astype(np.float32) / 255.0)
             xc = x.reshape(B * s.K, 28, 28)
