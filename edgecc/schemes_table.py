@@ -69,7 +69,55 @@ def base_computes(cnn_path: str = CNN_BASE) -> dict[str, Any]:
 
 
 def worker_flops(base: str) -> int:
+    if base == "resnet18":
+        return resnet18_flops()
     return costs.mlp_baseline_flops() if base == "mlp" else costs.cnn_baseline_flops()
+
+
+def resnet18_flops(image: tuple[int, int, int] = (1, 28, 28), classes: int = 10) -> int:
+    """nets/resnet.ResNet18 on ONE image, 2 FLOPs per multiply-add (convolutions and the linear layer; batch
+    norm, ReLU and pooling left out, as in bench/costs): 0.91 G for a 1×28×28 image."""
+    from .nets.resnet import BLOCKS_PER_STAGE, STAGES
+
+    c, h, w = image
+    flops, cin = 2 * 9 * c * 64 * h * w, 64
+    for cout, stride in STAGES:
+        for i in range(BLOCKS_PER_STAGE):
+            s = stride if i == 0 else 1
+            h, w = -(-h // s), -(-w // s)  # a 3×3 conv, padding 1, stride s
+            flops += 2 * 9 * (cin + cout) * cout * h * w + (2 * cin * cout * h * w if s != 1 or cin != cout else 0)
+            cin = cout
+    return flops + 2 * cin * classes
+
+
+# -- a base model from a file (`edgecc compare --base FILE`) --------------------------------------
+BASE_LABELS = {"mlp": "MLP", "cnn": "CNN", "resnet18": "ResNet-18"}
+
+
+def file_base(path: str | Path) -> tuple[str, Callable, dict[str, Any]]:
+    """(name, compute, info) of a centralized model file: its name in cell ids and rows ("resnet18" for a
+    centralized-resnet18), the numpy-in, numpy-out compute its plain workers run (worker/plain_cnn), its info."""
+    from .modelfile import load_model
+    from .protocol.images import PAPER_IMAGE, model_image
+    from .schemes.base import CENTRALIZED, base_arrays
+    from .worker.plain_cnn import plain_compute
+
+    model, info = load_model(path)
+    if info["kind"] not in CENTRALIZED:
+        raise ValueError(f"{path} holds a {info['kind']!r} model; a base is one of {', '.join(CENTRALIZED)}")
+    if model_image(info) != PAPER_IMAGE:
+        raise ValueError(f"{path} takes {model_image(info)} images; the table's images are Fashion-MNIST's {PAPER_IMAGE}")
+    return info["kind"].removeprefix("centralized-"), plain_compute(base_arrays(model, info)), info
+
+
+def base_cells(name: str, points: str = "n") -> list[str]:
+    """The cell ids of one base model, in the order they run: the model alone, replication and uncoded (cheap once
+    the model has run on the test set), then ApproxIFER at worker point set `points`, K and S ascending."""
+    ids = [f"base-{name}"]
+    for S in SS:
+        for K in KS:
+            ids += [f"replication-{name}-K{K}-S{S}", f"uncoded-{name}-K{K}-S{S}"]
+    return ids + [f"approxifer-{name}-K{K}-S{S}-{points}" for S in SS for K in KS]
 
 
 def groups(x: np.ndarray, y: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,16 +310,18 @@ def measured_worker_seconds(computes: dict[str, Any], n: int = 512) -> dict[str,
     x = rng.random((n, 28, 28), dtype=np.float32)
     affine = EncodedCompute(Scheme(K=2), {"affine.weight": rng.normal(size=(10, 784)).astype(np.float32),
                                           "affine.bias": np.zeros(10, np.float32)})
-    out = {}
-    for name, f in {"mlp": computes["mlp"], "cnn": computes["cnn"], "aicc-affine": affine}.items():
-        f(x[:8])
-        best = math.inf
-        for _ in range(3):
-            t = time.perf_counter()
-            f(x)
-            best = min(best, time.perf_counter() - t)
-        out[name] = best / n
-    return out
+    return {name: seconds_per_image(f, x) for name, f in {"mlp": computes["mlp"], "cnn": computes["cnn"], "aicc-affine": affine}.items()}
+
+
+def seconds_per_image(f: Callable, x: np.ndarray) -> float:
+    """Seconds per image of compute f on images x, best of 3 (after a warm-up call on 8 images)."""
+    f(x[:8])
+    best = math.inf
+    for _ in range(3):
+        t = time.perf_counter()
+        f(x)
+        best = min(best, time.perf_counter() - t)
+    return best / x.shape[0]
 
 
 def previous_worker_seconds(results_dir: str | Path = "results") -> dict[str, float] | None:
@@ -305,27 +355,41 @@ def plan_cells(results_dir: str | Path = "results") -> list[str]:
 
 def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None, only: tuple[str, ...] = (),
         log: Callable[[str], None] = print, cached_only: bool = False, results_dir: str | Path = "results",
-        train_runs: str | Path = TRAIN_RUNS, partial: bool = False) -> list[dict[str, Any]]:
+        train_runs: str | Path = TRAIN_RUNS, partial: bool = False, base_file: str | Path | None = None,
+        points: str = "n") -> list[dict[str, Any]]:
     """Every cell's row, computed or read back from RUNS_DIR (`cached_only`: read back only, compute nothing), then a
     row for each K = 8 cell still training: its status, or with `partial` its last epoch's checkpoint evaluated
-    (minutes of CPU per epoch for the width-160 encoders: opt-in; cached per epoch)."""
+    (minutes of CPU per epoch for the width-160 encoders: opt-in; cached per epoch).
+
+    With `base_file` (a centralized model file): only that model's cells (base_cells: the model alone, replication,
+    uncoded, ApproxIFER at `points`), cached under RUNS_DIR/<name>-<the file's content id>, so a retrained model
+    is computed afresh."""
     from .data import to_float
     from .datasets import load_arrays
 
     runs = Path(runs_dir)
-    runs.mkdir(parents=True, exist_ok=True)
     x_u8, y = load_arrays(images)
     if limit:
         x_u8, y = x_u8[:limit], y[:limit]
     y = y.astype(np.int64)
     x = to_float(x_u8)
-    computes = base_computes()
-    aicc = {c: (p, N) for c, p, N, *_ in aicc_cells(results_dir)}
+    if base_file is not None:
+        from .train import _content_id
+
+        name, compute, _ = file_base(base_file)
+        computes, aicc, cells = {name: compute}, {}, base_cells(name, points)
+        runs = runs / f"{name}-{_content_id(str(base_file)).removeprefix('sha256:')}"
+    else:
+        computes = base_computes()
+        aicc = {c: (p, N) for c, p, N, *_ in aicc_cells(results_dir)}
+        cells = plan_cells(results_dir)
+    runs.mkdir(parents=True, exist_ok=True)
     tag = f"{images}-{len(y)}"
     base_correct: dict[str, np.ndarray] = {}
     rows = []
-    for cid in plan_cells(results_dir):
-        if only and not any(cid.startswith(o) for o in only):
+    for cid in cells:
+        keep = base_file is not None and cid.startswith("base-")  # a base file's own accuracy: every row's 'rel.'
+        if only and not keep and not any(cid.startswith(o) for o in only):
             continue
         path = runs / f"{cid}@{tag}.json"
         if path.exists():
@@ -355,6 +419,8 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         atomic_write(path, json.dumps(row, indent=1).encode())
         log(f"{cid}: overall {row['overall_worst']:.4f} ({row['seconds']:.0f} s)")
         rows.append(row)
+    if base_file is not None:
+        return rows
     for p in k8_progress(results_dir, train_runs):
         cid = f"aicc-{p['cell']}"
         if only and not any(cid.startswith(o) for o in only):
@@ -378,8 +444,8 @@ def assemble(rows: list[dict[str, Any]], measured: dict[str, float] | None, imag
     bases = {r["base"]: r["no_straggler"] for r in rows if r["scheme"] == "centralized"}
     for r in rows:
         b = bases.get(r["base"])
-        r["relative_to_base"] = None if b is None or r.get("overall_worst") is None else r["overall_worst"] / b
-        r["degraded_relative_to_base"] = None if b is None or r.get("degraded_worst") is None else r["degraded_worst"] / b
+        r["relative_to_base"] = None if not b or r.get("overall_worst") is None else r["overall_worst"] / b  # (b = 0: untrained)
+        r["degraded_relative_to_base"] = None if not b or r.get("degraded_worst") is None else r["degraded_worst"] / b
         if r.get("points") in WORKER_POINT_SETS and (r["K"], r["S"]) in PAPER:  # ApproxIFER's rows
             r["paper"] = PAPER[(r["K"], r["S"])]
             r["paper_relative_to_base"] = PAPER[(r["K"], r["S"])] / PAPER_BASE
@@ -404,9 +470,11 @@ def markdown(table: dict[str, Any], points: str = "n") -> str:
     berrut = [r for r in rows if r.get("points") in WORKER_POINT_SETS]  # ApproxIFER's rows, at either point set
     other = {(r["base"], r["K"], r["S"]): r for r in berrut if r["points"] != points}
     b = table["bases"]
+    shown = list(b) if set(b) - {"mlp", "cnn"} else ["mlp", "cnn"]  # the main table names both, measured or not
+    bases = ", ".join(f"{BASE_LABELS.get(k, k)} {_pct(b.get(k))}" for k in shown)
     out = [f"Fashion-MNIST test set ({table['images']:,} images). Accuracy in %, worst case over every set of S "
-           f"straggling workers ('mean': over all those sets); 'rel.' = overall / the scheme's own centralized base (MLP {_pct(b.get('mlp'))}, "
-           f"CNN {_pct(b.get('cnn'))}; ApproxIFER's paper: ResNet-18 at {100 * PAPER_BASE:.0f}). ApproxIFER's workers "
+           f"straggling workers ('mean': over all those sets); 'rel.' = overall / the scheme's own centralized base ({bases}"
+           f"; ApproxIFER's paper: ResNet-18 at {100 * PAPER_BASE:.0f}). ApproxIFER's workers "
            f"at cos(iπ/{'N' if points == 'n' else '(N−1)'}); the other point set in the last-but-one column.",
            "",
            "| scheme | base | K | S | N | degraded | overall | mean | rel. | no straggler | other points | paper (rel.) "
@@ -429,10 +497,11 @@ def markdown(table: dict[str, Any], points: str = "n") -> str:
                    f"{_num(r.get('up_bytes_per_image'))} |")
     out += ["", "✗: cannot tolerate S stragglers: the worst straggler set leaves a slot unanswered at the deadline "
             "(counted wrong; degraded = that slot); uncoded sends N images to N workers per round. Worker FLOPs/img = one worker call × worker calls per image (N/K). "
-            "Up bytes/img: f4 payload per classified image (no framing).",
-            "AICC at K=8 (`edgecc reproduce run --table k8`): each trained cell at its N=9 and at N = R + S, S = 1-3. "
-            "'not trained' and 'training, epoch e/20' rows have no accuracy yet; a 'partial (epoch e of 20)' row is "
-            "that run's last per-epoch checkpoint evaluated the same way, not the paper protocol's 20-epoch result."]
+            "Up bytes/img: f4 payload per classified image (no framing)."]
+    if any(r["scheme"] == "aicc" for r in rows):
+        out += ["AICC at K=8 (`edgecc reproduce run --table k8`): each trained cell at its N=9 and at N = R + S, S = 1-3. "
+                "'not trained' and 'training, epoch e/20' rows have no accuracy yet; a 'partial (epoch e of 20)' row is "
+                "that run's last per-epoch checkpoint evaluated the same way, not the paper protocol's 20-epoch result."]
     out.append("ApproxIFER's published Fashion-MNIST figures (ResNet-18 base, 97% clean): "
                + "; ".join(f"K={k}, S={s_}: {100 * v:.1f}" for (k, s_), v in PAPER.items())
                + " (the S=2, 3 figures are shown beside K=8). Its point sets measured side by side: 'other points'.")
@@ -447,5 +516,85 @@ def write(table: dict[str, Any], results_dir: str | Path = "results") -> tuple[P
     d = Path(results_dir)
     j, m = d / "schemes.json", d / "schemes.md"
     atomic_write(j, json.dumps(table, indent=1).encode())
-    atomic_write(m, ("# Straggler-mitigation schemes side by side\n\nWritten by `edgecc compare`.\n\n" + markdown(table, table.get("main_points", "n"))).encode())
+    others = sorted(f.name for f in d.glob("schemes-*.md"))  # base_table's companion tables (`compare --base`)
+    link = ("\nThe same schemes over other base models (`edgecc compare --base FILE`): "
+            + ", ".join(f"[{n}]({n})" for n in others) + ".\n") if others else ""
+    atomic_write(m, ("# Straggler-mitigation schemes side by side\n\nWritten by `edgecc compare`.\n\n"
+                     + markdown(table, table.get("main_points", "n")) + link).encode())
     return j, m
+
+
+# -- one base model's table (`edgecc compare --base FILE`) ----------------------------------------
+def base_paths(name: str, results_dir: str | Path = "results") -> tuple[Path, Path]:
+    """Where a base model's companion table goes: results/schemes-resnet18.{json,md}."""
+    return Path(results_dir) / f"schemes-{name}.json", Path(results_dir) / f"schemes-{name}.md"
+
+
+def model_summary(path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """What a base model file says about itself: its kind, storage and how it was trained."""
+    tr = info.get("training", {})
+    last = (tr.get("history") or [{}])[-1]
+    keys = ("epochs", "train_images", "seed", "recipe", "lr", "batch", "precision", "train_seconds", "torch")
+    return {"file": str(path), "kind": info["kind"], "storage": info.get("storage", "f32"),
+            **{k: tr.get(k) for k in keys}, "training_test_accuracy": last.get("test_accuracy_direct"),
+            "training_test_precision": last.get("test_precision")}
+
+
+def machine() -> dict[str, Any]:
+    """The CPU these rows were computed on, and torch's threads."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def base_table(base_file: str | Path, runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None,
+               only: tuple[str, ...] = (), points: str = "n", results_dir: str | Path = "results", cached_only: bool = False,
+               log: Callable[[str], None] = print, command: str | None = None) -> tuple[dict[str, Any], Path, Path]:
+    """The rows of one centralized model file as the schemes' base (run with base_file), assembled and written to
+    results/schemes-<name>.{json,md} with the model's training, the machine and `command`; the main table is
+    left alone (write() links the companion)."""
+    rows = run(runs_dir, images, limit, only, log, cached_only, results_dir, base_file=base_file, points=points)
+    name, compute, info = file_base(base_file)
+    j, m = base_paths(name, results_dir)
+    measured = json.loads(j.read_text()).get("worker_seconds_per_image") if cached_only and j.exists() else None
+    if measured is None:
+        measured = {name: seconds_per_image(compute, np.random.default_rng(0).random((16, 28, 28), dtype=np.float32))}
+    table = assemble(rows, measured, max((r["images"] for r in rows), default=0))
+    table.update(main_points=points, base=name, model=model_summary(base_file, info), command=command, machine=machine())
+    atomic_write(j, json.dumps(table, indent=1).encode())
+    atomic_write(m, base_markdown(table).encode())
+    return table, j, m
+
+
+def base_markdown(table: dict[str, Any]) -> str:
+    """A companion table: the base model, how it was trained, the command and machine, then markdown()'s rows."""
+    mo, name = table["model"], table["base"]
+    label = BASE_LABELS.get(name, name)
+    acc = table["bases"].get(name)
+    trained = (f"{mo['epochs']} epoch{'s' if mo['epochs'] != 1 else ''} on the first {mo['train_images']:,} Fashion-MNIST "
+               f"training images, seed {mo['seed']}, recipe {mo['recipe']} (Adam lr {mo['lr']:g}, batch {mo['batch']}, "
+               f"{mo['precision']} autocast; {mo['train_seconds']:.0f} s of training)" if mo.get("epochs") else "untrained")
+    mc = table["machine"]
+    at_training = mo.get("training_test_accuracy")
+    before = ("" if at_training is None or mo["storage"] == "f32" else
+              f"; {at_training:.2f} in its training run's {mo['training_test_precision']} test pass, before it was stored as {mo['storage']}")
+    paragraphs = [
+        f"# Straggler-mitigation schemes over a {label} base",
+        "Written by `edgecc compare --base`; the main table (MLP and CNN bases, AICC, the learned code): [schemes.md](schemes.md).",
+        (f"Base model: `{mo['file']}` ({mo['kind']}, stored as {mo['storage']}): {trained}; its test accuracy here "
+         f"{_pct(acc)} (fp32, from the stored file{before})."),
+        f"Command: `{table.get('command') or 'edgecc compare --base ' + mo['file']}`",
+        f"Machine: {mc['cpu']}, {mc['cpus']} CPUs, torch {mc['torch']} with {mc['torch_threads']} thread(s).",
+        (f"ApproxIFER's workers at the one point set shown ('other points' not computed); its paper's figures (ResNet-18 at "
+         f"{100 * PAPER_BASE:.0f}% clean) in 'paper (rel.)', ours relative to this base in 'rel.'."),
+    ]
+    return "\n\n".join(paragraphs) + "\n\n" + markdown(table, table.get("main_points", "n"))

@@ -321,10 +321,26 @@ def reproduce_render(file, tables, results_dir):
 @click.option("--partial", is_flag=True, help="evaluate each K=8 cell still training from its last epoch's checkpoint "
               "(a row labelled partial; minutes of CPU per cell)")
 @click.option("--train-runs", default="runs/reproduce", show_default=True, help="`edgecc reproduce run`'s --runs-dir")
-def compare(images, limit, only, points, runs_dir, results_dir, cached_only, partial, train_runs):
+@click.option("--base", "base_file", default=None, metavar="FILE",
+              help="a centralized model file (MLP, CNN or ResNet-18) as the base of ApproxIFER (at --points), replication "
+              "and uncoded: only its rows, labelled with its name, written to RESULTS_DIR/schemes-<name>.{json,md}")
+def compare(images, limit, only, points, runs_dir, results_dir, cached_only, partial, train_runs, base_file):
     """ApproxIFER, AICC, the learned code, replication and uncoded side by side: writes results/schemes.{json,md}."""
     from .. import schemes_table as st
 
+    if base_file:
+        import shlex
+
+        command = shlex.join(["edgecc", "compare", "--base", base_file, "--images", images, "--points", points]
+                             + (["--limit", str(limit)] if limit else []) + [a for o in only for a in ("--only", o)])
+        try:
+            _, j, m = st.base_table(base_file, runs_dir, images, limit, tuple(only), points, results_dir, cached_only,
+                                    log=lambda msg: click.echo(msg, err=True), command=command)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--base") from None
+        click.echo(m.read_text())
+        click.echo(f"wrote {j} and {m}", err=True)
+        return
     rows = st.run(runs_dir, images, limit, tuple(only), log=lambda m: click.echo(m, err=True), cached_only=cached_only,
                   results_dir=results_dir, train_runs=train_runs, partial=partial)
     measured = (st.previous_worker_seconds(results_dir) if cached_only else None) or st.measured_worker_seconds(st.base_computes())
