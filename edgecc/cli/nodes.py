@@ -23,6 +23,10 @@ from .options import SchemeName, collect_scheme_options, images_from, limit_opti
               help="hold these images for the shared placement (any edgecc.datasets source: sample, test, train, "
               "idx:DIR, cifar10:DIR, folder:DIR, npz:FILE, with ?size=HxW&channels=C); the worker announces it "
               "(count, shape, SHA-256) and masters then send indices instead of pixels")
+@click.option("--base", "base_spec", default=None, metavar="MODULE:CALLABLE",
+              help="run this operator's own base model for the model-agnostic schemes (uncoded, replication, "
+              "approxifer with --model worker): a callable on the PYTHONPATH returning a torch.nn.Module, "
+              "?shape=HxW or ?shape=3xHxW for its input; announced by name, shape, classes and weights' SHA-256")
 @click.option("--behaviour", default=None, help="JSON straggler behaviour (scenarios): latency/failure model")
 @click.option("--seed", type=int, default=0, help="seed of the behaviour's delays")
 @click.option("--index", type=int, default=0, help="this worker's index in the scenario (seeds its delays)")
@@ -34,7 +38,7 @@ from .options import SchemeName, collect_scheme_options, images_from, limit_opti
               help="exit when the process that started this worker exits (edgecc's local launchers set it)")
 @click.option("--log-level", default="info", show_default=True)
 @limit_options
-def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, dataset_source, behaviour, seed, index, port_file, metrics_port, lie,
+def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, dataset_source, base_spec, behaviour, seed, index, port_file, metrics_port, lie,
            exit_with_parent, log_level, max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout):
     """Serve computations for a master (needs no torch for the encoded-only placement)."""
     import os
@@ -91,8 +95,17 @@ def worker(listen, token_file, bundle, tls_cert, tls_key, data_dir, dataset_sour
         if not torch_available():
             click.echo("edgecc worker: warning: --dataset serves the shared placement, which needs torch "
                        "(pip install 'edgecc[ml]')", err=True)
+    base = None
+    if base_spec:
+        from ..worker.user_base import UserBase
+
+        try:
+            base = UserBase.load(base_spec)
+        except EdgeccError as e:
+            raise click.UsageError(str(e)) from None
+        click.echo(f"edgecc worker runs base {base.describe()}", err=True)
     w = Worker(load_token(token_file), make_limits(max_frame, max_batch, max_in_flight, handshake_timeout, idle_timeout),
-               loaded, faults, data_dir, tls, name=f"worker {index}", dataset=held)
+               loaded, faults, data_dir, tls, name=f"worker {index}", dataset=held, base=base)
     if metrics_port is not None:
         if host is None:
             raise click.UsageError(f"--metrics-port serves HTTP beside a TCP worker, not at {listen!r}")
@@ -203,6 +216,9 @@ def master(workers, scheme, k, model, placement, wire_dtype, encode_precision, b
             from ..modelfile import read_header
 
             options.setdefault("model", "default")
+            if str(options["model"]).partition("?")[0] == "worker":
+                raise EdgeccError("--model worker (the workers' own base) runs with uncoded, replication or "
+                                  "approxifer: name one with --scheme")
             scheme = scheme_for_model(read_header(options["model"])["kind"])
         plan = build_plan(scheme, len(addresses), k, **options)
     except EdgeccError as e:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from ..process import keep_frame_memory
 from ..protocol.messages import Configure, Hello
 from ..schemes.base import payloads_many, plan_shape
 from ..schemes.registry import configure_message
-from .handshake import DatasetMismatch, check_dataset
+from .handshake import BaseMismatch, DatasetMismatch, WorkerMismatch, check_base, check_dataset
 from .link import MAX_QUEUED_BYTES, AuthError, FrameTooLarge, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
 
 log = logging.getLogger("edgecc.master")
@@ -152,23 +152,47 @@ class Master:
         if dataset is not None and plan.placement != "shared":
             raise EdgeccError(f"dataset indices need the shared placement; this plan's is {plan.placement!r}")
         self.dataset, self.dataset_size = dataset, None
-        self.dataset_refused: dict[int, str] = {}
+        # the workers refused for not holding what the plan needs of them, the dataset or a base (index -> why)
+        self.refused: dict[int, str] = {}
+        # with model "worker" (schemes/base.WorkerBase): the base's digest, and the worker that announced it first
+        self.base_digest: tuple[str, str] | None = None
+
+    @property
+    def dataset_refused(self) -> dict[int, str]:
+        return self.refused
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _configure(self, index: int, hello: Hello) -> Configure:
-        """Worker `index`'s configure: no arrays when its hello says it preloaded this plan's bundle."""
+        """Worker `index`'s configure: no arrays when its hello says it preloaded this plan's bundle, or when
+        the plan runs the workers' own base (then named by the digest they announced)."""
         arrays = None if hello.bundle == self.plan.digest else self.plan.wire_arrays
-        if self.dataset is None:
-            return configure_message(self.plan, index, arrays)
-        try:  # it must hold the dataset the indices refer to; the configure names it by the digest it announced
-            self.dataset_size = check_dataset(hello, self.dataset, self.plan.image, f"worker {index} ({self.links[index].address})")
-        except DatasetMismatch as e:
-            if self.dataset_refused.get(index) != str(e):  # once, not at every reconnect
+        who = f"worker {index} ({self.links[index].address})"
+        try:
+            base = self._check_base(hello, who)
+            if self.dataset is not None:  # it must hold the dataset the indices refer to, named by its digest
+                self.dataset_size = check_dataset(hello, self.dataset, self.plan.image, who)
+        except WorkerMismatch as e:
+            if self.refused.get(index) != str(e):  # once, not at every reconnect
                 log.error("%s", e)
-            self.dataset_refused[index] = str(e)
+            self.refused[index] = str(e)
             raise
-        self.dataset_refused.pop(index, None)
-        return configure_message(self.plan, index, arrays, self.dataset)
+        self.refused.pop(index, None)
+        msg = configure_message(self.plan, index, arrays, self.dataset)
+        return msg if base is None else replace(msg, digest=base, arrays=None)
+
+    def _check_base(self, hello: Hello, who: str) -> str | None:
+        """With model "worker": the digest of the base every worker must run, the plan's pin or the first
+        worker's to answer, once `hello` announced it (BaseMismatch otherwise). None for any other plan."""
+        base = getattr(self.plan, "worker_base", None)
+        if base is None:
+            return None
+        pinned, reference = base.digest, "the plan pins"
+        if pinned is None and self.base_digest is not None:
+            pinned, reference = self.base_digest[0], f"{self.base_digest[1]} runs"
+        digest = check_base(hello, base.in_shape, base.classes, pinned, who, reference)
+        if self.base_digest is None:
+            self.base_digest = (digest, who)
+        return digest
 
     async def start(self, wait_ready: float = 10.0) -> None:
         """Start all links and wait until at least R workers are ready (or raise after `wait_ready` s)."""
@@ -176,11 +200,13 @@ class Master:
             link.task = asyncio.create_task(link.run())
         deadline = time.monotonic() + wait_ready
         while not self.plan.reachable({l.index for l in self.links if l.ready.is_set()}):
-            refused = dict(self.dataset_refused)
+            refused = dict(self.refused)
             if refused and all(l.ready.is_set() or l.index in refused for l in self.links):
-                raise DatasetMismatch(f"{len(refused)} of {self.plan.N} workers do not hold the dataset this master sends "
-                                      f"indices into ({self.plan.need} unreachable): "
-                                      + "; ".join(refused[i] for i in sorted(refused)))
+                error, what = ((BaseMismatch, "run the base model this master's plan runs")
+                               if getattr(self.plan, "worker_base", None) is not None
+                               else (DatasetMismatch, "hold the dataset this master sends indices into"))
+                raise error(f"{len(refused)} of {self.plan.N} workers do not {what} ({self.plan.need} unreachable): "
+                            + "; ".join(refused[i] for i in sorted(refused)))
             if time.monotonic() > deadline:
                 errors = "; ".join(f"worker {l.index} ({l.address}): {l.last_error or 'not ready'}" for l in self.links if not l.ready.is_set())
                 raise EdgeccError(f"only {self.ready_count()} of {self.plan.N} workers ready after {wait_ready:g} s, "

@@ -13,6 +13,8 @@ master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edge
   cnn           plain      yes    cnn.* (the centralized CNN, Table 2)     x: in_shape
   resnet18      plain      yes    resnet.* (nets/resnet.ResNet18)          x: in_shape
   aicc-shared   shared     yes    model.* (the AICC network) + affine.*    images: (K, *in_shape) u1, or indices: (K,) i4
+  user          plain      yes    none: the worker's own base model        x: in_shape
+                                  (`edgecc worker --base`, announced in hello.caps.base; configure.digest names it)
 
 Optional keys (OPTIONAL) may be left out, with the meaning of their default: the mlp kind's `act`, the hidden
 activation, "relu" (absent: what every master sent before the key existed) or "quad", σ(h) = h + c ⊙ h² with
@@ -74,6 +76,7 @@ KEYS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "aicc-shared": {"in_shape": _shape, "out": _OUT, "K": _uint(1, 64), "G": _uint(1, 64), "P": _uint(1, 64),
                     "computation": _one_of("hb", "hs"), "encoder": _one_of("mlp", "cl"),
                     "compute_arch": _one_of("mlp", "cl"), "alpha": _alpha},
+    "user": {"in_shape": _shape, "out": _OUT},
 }
 # kind -> {key: (check, default)}: keys a spec may leave out; absent, the default holds (and is not sent)
 MLP_ACTIVATIONS = ("relu", "quad")
@@ -82,9 +85,9 @@ OPTIONAL: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] = {
 }
 KINDS = tuple(KEYS)
 PLACEMENT = {"affine": "encoded", "affine-hs": "encoded", "mlp": "plain", "cnn": "plain", "resnet18": "plain",
-             "aicc-shared": "shared"}
-NEEDS_TORCH = {"cnn", "resnet18", "aicc-shared"}
-IMAGE_KINDS = {"cnn", "resnet18", "aicc-shared"}  # convolutional networks: in_shape must be an image, (H, W) or (3, H, W)
+             "user": "plain", "aicc-shared": "shared"}
+NEEDS_TORCH = {"cnn", "resnet18", "user", "aicc-shared"}
+IMAGE_KINDS = {"cnn", "resnet18", "user", "aicc-shared"}  # convolutional networks: in_shape must be an image, (H, W) or (3, H, W)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,11 @@ def cnn(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
 def resnet18(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
     """ResNet-18 for small images (nets/resnet.py) on images of `in_shape`."""
     return ComputeSpec.from_wire({"kind": "resnet18", "in_shape": list(in_shape), "out": out})
+
+
+def user(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
+    """The base model the worker's operator loaded (`edgecc worker --base`), x (B, *in_shape) -> (B, out)."""
+    return ComputeSpec.from_wire({"kind": "user", "in_shape": list(in_shape), "out": out})
 
 
 def aicc_shared(scheme: dict[str, Any], alpha: float, in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:

@@ -89,6 +89,8 @@ class Hello(Message):
                 raise RemoteProtocolError(f"hello.caps.{key}: unexpected value of type {type(self.caps[key]).__name__}")
         if "dataset" in self.caps:
             _check_dataset_cap(self.caps["dataset"])
+        if "base" in self.caps:
+            _check_base_cap(self.caps["base"])
 
 
 # -- hello.caps.dataset: the images a worker holds (Remark 1's shared dataset) -----------------------
@@ -120,6 +122,29 @@ def _check_dataset_cap(v: Any) -> None:
     if not ok:
         raise RemoteProtocolError("hello.caps.dataset must be a map of name (str), images (uint), shape ([C, H, W] "
                                   "uints) and digest (64 lowercase hex digits)")
+
+
+# -- hello.caps.base: the worker's own base model (`edgecc worker --base module:callable`) ---------------
+BASE_CAP_KEYS = ("name", "in_shape", "classes", "digest")
+MAX_CLASSES = 4096  # as a compute spec's `out`
+
+
+def base_cap(name: str, in_shape: Any, classes: int, digest: str) -> dict[str, Any]:
+    """`hello.caps.base` of a base model loaded from `name` (its spec without directories; at most MAX_TEXT
+    bytes): one image's in_shape, [H, W] or [3, H, W], the logits per image, and the SHA-256 of its weights."""
+    short = name if _utf8_len(name) <= MAX_TEXT else name.encode("utf-8", "surrogatepass")[:MAX_TEXT].decode("utf-8", "ignore")
+    return {"name": short, "in_shape": [int(d) for d in in_shape], "classes": int(classes), "digest": digest}
+
+
+def _check_base_cap(v: Any) -> None:
+    ok = (isinstance(v, dict) and set(v) == set(BASE_CAP_KEYS) and isinstance(v["name"], str)
+          and _utf8_len(v["name"]) <= MAX_TEXT and isinstance(v["in_shape"], list)
+          and (len(v["in_shape"]) == 2 or (len(v["in_shape"]) == 3 and v["in_shape"][0] == 3))
+          and all(_count(d) and 1 <= d <= 4096 for d in v["in_shape"]) and _count(v["classes"])
+          and 1 <= v["classes"] <= MAX_CLASSES and _is_digest(v["digest"]))
+    if not ok:
+        raise RemoteProtocolError("hello.caps.base must be a map of name (str), in_shape ([H, W] or [3, H, W] uints), "
+                                  f"classes (1..{MAX_CLASSES}) and digest (64 lowercase hex digits)")
 
 
 def _is_digest(v: Any) -> bool:
@@ -193,6 +218,8 @@ class Configure(Message):
             raise RemoteProtocolError(f"configure.wire_dtype must be 'f4' or 'f2', got {self.wire_dtype!r}")
         if self.dataset is not None and spec.kind != "aicc-shared":
             raise RemoteProtocolError(f"configure.dataset is for the 'aicc-shared' compute only, not {spec.kind!r}")
+        if spec.kind == "user" and self.arrays:
+            raise RemoteProtocolError("configure.arrays must be nil for the 'user' compute: the worker holds its base")
         if self.dataset is not None and not 1 <= _utf8_len(self.dataset) <= DIGEST_HEX:
             raise RemoteProtocolError(f"configure.dataset must be a digest or a name of 1 to {DIGEST_HEX} bytes")
 

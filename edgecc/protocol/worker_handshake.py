@@ -37,16 +37,21 @@ class HandshakeRefused(RemoteProtocolError):
         self.reply = reply
 
 
-def worker_caps(limits: Limits, torch: bool, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+def worker_caps(limits: Limits, torch: bool, dataset: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> dict[str, Any]:
     """`hello.caps` (§5.1) of a worker with these limits, with or without torch; `dataset`: the images
     its operator gave it (messages.dataset_cap), announced as `caps.dataset` (absent when None, so a
-    worker without one says exactly what it said before)."""
+    worker without one says exactly what it said before); `base`: the base model its operator loaded
+    (messages.base_cap, `edgecc worker --base`), announced as `caps.base`, and only then the "user"
+    compute in `caps.computes`."""
     caps = {"placements": ["encoded", "plain", "shared"] if torch else ["encoded", "plain"], "wire_dtypes": ["f4", "f2"],
             "torch": torch, "max_frame": limits.max_frame, "max_batch": limits.max_batch,
             "max_in_flight": limits.max_in_flight, "proto_minor": PROTOCOL_MINOR,
-            "computes": [k for k in KINDS if torch or k not in NEEDS_TORCH]}
+            "computes": [k for k in KINDS if (torch or k not in NEEDS_TORCH) and (k != "user" or base is not None)]}
     if dataset is not None:
         caps["dataset"] = dataset
+    if base is not None:
+        caps["base"] = base
     return caps
 
 

@@ -6,8 +6,10 @@ combination u(z_n) of the K images of each group. The master decodes from whiche
 first (N = K + S tolerates S stragglers); with `byzantine` = E it waits for 2K + 2E − 1 answers and
 decodes around up to E wrong ones, naming them (N = 2K + S + 2E − 1).
 
-Workers get the "mlp" or "cnn" compute spec (protocol/compute_spec.py); the Berrut node z_n of
-worker n travels in its configure's scheme parameters, for the worker's log: the code lives here.
+Workers get the "mlp", "cnn" or "resnet18" compute spec (protocol/compute_spec.py), or with model
+"worker" the "user" one: the base each worker's operator loaded (`edgecc worker --base`). The Berrut
+node z_n of worker n travels in its configure's scheme parameters, for the worker's log: the code
+lives here.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import digest
 from ..coding.berrut import WORKER_POINT_SETS, BerrutCode, needed_results
 from ..errors import ConfigError
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
-from ..worker.plain_cnn import plain_spec
-from .base import CENTRALIZED, Plan, base_arrays, check_groups, kth_fastest, load_model_option, set_shape
+from .base import Plan, check_groups, kth_fastest, load_base_option, set_base
 
 
 class ApproxIFERPlan(Plan):
@@ -41,16 +41,12 @@ class ApproxIFERPlan(Plan):
         if N < self.threshold:
             raise ConfigError(f"ApproxIFER with K={K}" + (f" and E={byzantine} liar(s)" if byzantine else "")
                               + f" needs N >= {self.threshold}, got N={N}")
-        self.model, self.info = model.eval(), info
+        self.model, self.info = model, info
         self.K, self.N, self.byzantine, self.wire_dtype = K, N, byzantine, wire_dtype
         self.code = BerrutCode(K, N, points)
         self.points = [float(z) for z in self.code.z]
         self.point_set = points
-        set_shape(self, info)
-        self.arrays = base_arrays(model, info)
-        self.spec = plain_spec(self.arrays, self.image, self.classes)
-        self.digest = digest(self.arrays)
-        self.wire_arrays = {k: pack_array(v, "f4") for k, v in self.arrays.items()}
+        set_base(self, model, info)
         self.suspect_groups = [0] * N  # per worker: groups where its result was located as a lie
 
     def compute_spec(self, index: int) -> ComputeSpec:
@@ -101,4 +97,4 @@ class ApproxIFERPlan(Plan):
 
 def build(N: int, K: int, *, model, points: str, wire_dtype: str, byzantine: int) -> ApproxIFERPlan:
     """The registry's builder (schemes/builtin.py declares the options)."""
-    return ApproxIFERPlan(*load_model_option(model, CENTRALIZED, "approxifer"), K, N, points, wire_dtype, byzantine)
+    return ApproxIFERPlan(*load_base_option(model, "approxifer"), K, N, points, wire_dtype, byzantine)

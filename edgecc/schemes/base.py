@@ -250,6 +250,86 @@ def base_arrays(model, info: dict[str, Any]) -> dict[str, np.ndarray]:
 
 CENTRALIZED = ("centralized-mlp", "centralized-cnn", "centralized-resnet18")
 
+# -- the workers' own base model (`edgecc worker --base MODULE:CALLABLE`) ------------------------------
+WORKER_BASE = "worker"  # the model option's value that names it (with ?shape=...&classes=...&digest=...)
+
+
+@dataclass(frozen=True)
+class WorkerBase:
+    """A model option of "worker[?shape=HxW&classes=C&digest=HEX]": the plain workers run the base model their
+    operators loaded (`edgecc worker --base`, announced in hello.caps.base) instead of one the master sends.
+    `in_shape` is one image's shape, (H, W) or (3, H, W) (default the paper's 28×28), `classes` the logits per
+    image (default 10); `digest`, when given, pins the base's weights (worker/user_base.weights_digest),
+    otherwise every worker must announce the digest the first one to answer announced (master/master.py)."""
+    in_shape: tuple[int, ...] = tuple(dims(PAPER_IMAGE))
+    classes: int = PAPER_CLASSES
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any, scheme: str) -> "WorkerBase | None":
+        """The WorkerBase `value` names, None when it names a model file (ConfigError when malformed)."""
+        if isinstance(value, WorkerBase):
+            return value
+        if not isinstance(value, str) or value.partition("?")[0] != WORKER_BASE:
+            return None
+        where = f"scheme {scheme!r}: model {value!r}"
+        got: dict[str, Any] = {}
+        for item in filter(None, value.partition("?")[2].split("&")):
+            key, _, text = item.partition("=")
+            try:
+                if key == "shape":
+                    got["in_shape"] = tuple(int(d) for d in text.lower().split("x"))
+                elif key == "classes":
+                    got["classes"] = int(text)
+                elif key == "digest":
+                    got["digest"] = text.lower()
+                else:
+                    raise ConfigError(f"{where}: unknown option {key!r} (shape=HxW or 3xHxW, classes=C, digest=HEX)")
+            except ValueError:
+                raise ConfigError(f"{where}: {key} must be {'HxW or 3xHxW' if key == 'shape' else 'an integer'}, "
+                                  f"got {text!r}") from None
+        base = cls(**got)
+        shape = base.in_shape
+        if not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 3)) or not all(1 <= d <= 4096 for d in shape):
+            raise ConfigError(f"{where}: shape must be HxW (one channel) or 3xHxW")
+        if not 1 <= base.classes <= 4096:
+            raise ConfigError(f"{where}: classes must be 1..4096, got {base.classes}")
+        if base.digest is not None and (len(base.digest) != 64 or any(c not in "0123456789abcdef" for c in base.digest)):
+            raise ConfigError(f"{where}: digest must be 64 hex digits (the SHA-256 a worker announces)")
+        return base
+
+
+def load_base_option(value: str | Loaded, scheme: str) -> tuple[Any, dict[str, Any]]:
+    """A plain scheme's model option: (WorkerBase, {"kind": "worker"}) for "worker[?...]", else (module, header)
+    of a centralized model (load_model_option)."""
+    base = WorkerBase.parse(value, scheme)
+    if base is not None:
+        return base, {"kind": WORKER_BASE}
+    return load_model_option(value, CENTRALIZED, scheme)
+
+
+def set_base(plan: Any, model: Any, info: dict[str, Any]) -> None:
+    """A plain plan's base: its image, classes, compute spec, arrays (packed: wire_arrays), their digest and
+    `worker_base` (the WorkerBase, or None for a centralized model whose weights the master sends)."""
+    from ..bundle import digest
+    from ..protocol import compute_spec
+    from ..protocol.frames import pack_array
+    from ..protocol.images import image_of
+    from ..worker.plain_cnn import plain_spec
+
+    if isinstance(model, WorkerBase):  # nothing to send: the configure names the digest the workers announce
+        plan.worker_base, plan.image, plan.classes = model, image_of(model.in_shape), model.classes
+        plan.arrays, plan.wire_arrays, plan.digest = {}, {}, model.digest or ""
+        plan.spec = compute_spec.user(model.in_shape, model.classes)
+        return
+    plan.worker_base = None
+    model.eval()
+    set_shape(plan, info)
+    plan.arrays = base_arrays(model, info)
+    plan.spec = plain_spec(plan.arrays, plan.image, plan.classes)
+    plan.digest = digest(plan.arrays)
+    plan.wire_arrays = {k: pack_array(v, "f4") for k, v in plan.arrays.items()}
+
 
 def plan_shape(plan: Any) -> tuple[tuple[int, int, int], int]:
     """(image, classes) of a plan: a plan class that does not subclass Plan and names neither runs the paper's."""

@@ -21,6 +21,13 @@ def _model(default: str, kinds: tuple[str, ...]) -> Option:
                   model=True)
 
 
+def _plain_model() -> Option:
+    """The model option of the model-agnostic schemes: a centralized model the master sends, or the workers' own."""
+    return Option("model", BASELINE, f"the model it runs ({' or '.join(CENTRALIZED)}): a shipped name or a model "
+                  "file; or worker[?shape=HxW&classes=C&digest=HEX]: the base each worker's operator loaded "
+                  "(`edgecc worker --base MODULE:CALLABLE`), checked at handshake", model=True)
+
+
 def _wire_dtype() -> Option:
     return Option("wire_dtype", "f4", "dtype of the results (and inputs) on the wire", choices=WIRE_DTYPES)
 
@@ -60,12 +67,12 @@ AICC = SchemeDef(
 UNCODED = SchemeDef(
     "uncoded", "edgecc.schemes.replicated:build_uncoded",
     "K workers run the centralized model on one image each; wait for all",
-    options=(_model(BASELINE, CENTRALIZED), _wire_dtype()), model_kinds=CENTRALIZED)
+    options=(_plain_model(), _wire_dtype()), model_kinds=CENTRALIZED)
 
 REPLICATION = SchemeDef(
     "replication", "edgecc.schemes.replicated:build_replication",
     "N workers run the centralized model, worker n on image n mod K; the first copy wins",
-    options=(_model(BASELINE, CENTRALIZED), _wire_dtype()), model_kinds=CENTRALIZED)
+    options=(_plain_model(), _wire_dtype()), model_kinds=CENTRALIZED)
 
 LEARNED_CODE = SchemeDef(
     "learned-code", "edgecc.schemes.learned_code:build",
@@ -76,7 +83,7 @@ LEARNED_CODE = SchemeDef(
 APPROXIFER = SchemeDef(
     "approxifer", "edgecc.schemes.approxifer:build",
     "Soleymani et al.: Berrut-coded inputs to the centralized model; any K of N decode, approximately",
-    options=(_model(BASELINE, CENTRALIZED),
+    options=(_plain_model(),
              Option("points", "n", "worker nodes cos(iπ/N) (n) or cos(iπ/(N−1)) (n-1)", choices=WORKER_POINT_SETS),
              _wire_dtype(), _byzantine()),
     model_kinds=CENTRALIZED)

@@ -1,6 +1,7 @@
 """Uncoded and replication, the comparators without a code: every worker runs the centralized model
 ("plain" placement) on one image of each group, image n mod K for worker n. Uncoded: N = K workers,
-wait for all. Replication: N workers, the first copy of each image wins.
+wait for all. Replication: N workers, the first copy of each image wins. The model is one the master
+sends, or with model "worker" the base each worker's operator loaded (`edgecc worker --base`).
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..protocol.frames import pack_array
-from .base import CENTRALIZED, PlainWorkers, base_arrays, check_groups, load_model_option
+from .base import CENTRALIZED, WORKER_BASE, PlainWorkers, check_groups, load_base_option, set_base
 
 
 class ReplicatedPlan(PlainWorkers):
     """Worker n runs the centralized model on image n mod K; `name` is the scheme that built it."""
 
     def __init__(self, model, info: dict[str, Any], K: int, N: int, wire_dtype: str = "f4", name: str = "replication"):
-        if info["kind"] not in CENTRALIZED:
+        if info["kind"] not in (*CENTRALIZED, WORKER_BASE):
             raise ConfigError(f"uncoded and replication workers run a centralized model, not {info['kind']!r}")
         if N < K:
             raise ConfigError(f"{N} workers cannot hold one copy of each of K={K} images")
-        self.model, self.info, self.name = model.eval(), info, name
-        self._configure_plain(base_arrays(model, info), K, N, wire_dtype, info)
+        self.model, self.info, self.name = model, info, name
+        self.K, self.N, self.wire_dtype = K, N, wire_dtype
+        set_base(self, model, info)
         self.copies = [[n for n in range(N) if n % K == k] for k in range(K)]
 
     @property
@@ -61,9 +63,9 @@ def build_uncoded(N: int, K: int, *, model, wire_dtype: str) -> ReplicatedPlan:
     """The registry's builder of "uncoded": the run's first K workers, one image each."""
     if N < K:
         raise ConfigError(f"uncoded needs K={K} workers, the run has {N}")
-    return ReplicatedPlan(*load_model_option(model, CENTRALIZED, "uncoded"), K, K, wire_dtype, "uncoded")
+    return ReplicatedPlan(*load_base_option(model, "uncoded"), K, K, wire_dtype, "uncoded")
 
 
 def build_replication(N: int, K: int, *, model, wire_dtype: str) -> ReplicatedPlan:
     """The registry's builder of "replication": all N workers, image n mod K on worker n."""
-    return ReplicatedPlan(*load_model_option(model, CENTRALIZED, "replication"), K, N, wire_dtype, "replication")
+    return ReplicatedPlan(*load_base_option(model, "replication"), K, N, wire_dtype, "replication")

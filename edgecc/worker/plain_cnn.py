@@ -5,6 +5,7 @@ ApproxIFER's, replication's and uncoded's workers run the unmodified centralized
 (combination of) image(s); with a convolutional base that model needs torch, so these computes load
 it (only when a master sends such weights: the MLP plain worker stays numpy-only). Arrays: the
 model's state dict under "cnn." or "resnet."; the network is built for the spec's in_shape and out.
+`TorchModelCompute` runs any torch network so, the worker operator's own base too (worker/user_base.py).
 """
 
 from __future__ import annotations
@@ -50,8 +51,28 @@ def plain_spec(arrays: dict[str, np.ndarray], image=PAPER_IMAGE, classes: int = 
     return mlp_spec(arrays, image)
 
 
-class PlainTorchCompute:
-    """x (B, *in_shape) float32 -> (B, out) float32 logits of a centralized torch network, in fp32 on the CPU."""
+class TorchModelCompute:
+    """x (B, *in_shape) float32 -> (B, classes) float32 logits of a torch network in eval mode, fp32 on the CPU,
+    in inference mode, `batch` groups at a time: a plain worker's computation, whatever the network."""
+
+    def __init__(self, model, classes: int, batch: int = 256):
+        import torch
+
+        self.torch, self.model, self.classes, self.batch = torch, model, classes, batch
+
+    def __call__(self, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
+        if v is not None:
+            raise ConfigError("a plain worker takes no v")
+        out = []
+        with self.torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch):
+                xb = np.array(x[i : i + self.batch], dtype=np.float32)  # a copy: arrays from frames are read-only
+                out.append(self.model(self.torch.from_numpy(xb)).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.classes), np.float32)
+
+
+class PlainTorchCompute(TorchModelCompute):
+    """The centralized CNN or ResNet-18, built for the spec's in_shape and out, with the weights a master sent."""
 
     def __init__(self, kind: str, arrays: dict[str, np.ndarray], image=PAPER_IMAGE, classes: int = 10, batch: int = 256):
         try:
@@ -61,12 +82,13 @@ class PlainTorchCompute:
         if kind == "resnet18":
             from ..nets.resnet import ResNet18
 
-            prefix, self.model = RESNET_PREFIX, ResNet18(tuple(image), classes)
+            prefix, model = RESNET_PREFIX, ResNet18(tuple(image), classes)
         else:
             from ..nets.baselines import CentralizedCNN
 
-            prefix, self.model = PREFIX, CentralizedCNN(image=tuple(image), classes=classes)
-        self.torch, self.kind, self.batch, self.classes = torch, kind, batch, classes
+            prefix, model = PREFIX, CentralizedCNN(image=tuple(image), classes=classes)
+        super().__init__(model, classes, batch)
+        self.kind = kind
         # integer buffers (batch-norm's step count) travel as f4 like every array; cast back to their dtype
         dtypes = {k: v.dtype for k, v in self.model.state_dict().items()}
         state = {k[len(prefix):]: torch.from_numpy(np.array(v, dtype=np.float32)).to(dtypes.get(k[len(prefix):], torch.float32))
@@ -81,16 +103,6 @@ class PlainTorchCompute:
     @classmethod
     def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "PlainTorchCompute":
         return cls(spec.kind, arrays, image_of(spec.in_shape), spec.out)
-
-    def __call__(self, x: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
-        if v is not None:
-            raise ConfigError("a plain worker takes no v")
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, x.shape[0], self.batch):
-                xb = np.array(x[i : i + self.batch], dtype=np.float32)  # a copy: arrays from frames are read-only
-                out.append(self.model(self.torch.from_numpy(xb)).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.classes), np.float32)
 
 
 def cnn_arrays(model) -> dict[str, np.ndarray]:

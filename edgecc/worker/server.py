@@ -67,6 +67,7 @@ COMPUTES: dict[str, tuple[str, str]] = {
     "cnn": (".plain_cnn", "PlainTorchCompute"),
     "resnet18": (".plain_cnn", "PlainTorchCompute"),
     "aicc-shared": (".shared_compute", "SharedCompute"),
+    "user": (".user_base", "UserBase"),  # the operator's own base (--base): its `compute`, not from_spec
 }
 assert set(COMPUTES) == set(KINDS), "every compute kind needs its class"
 
@@ -163,6 +164,7 @@ class Worker:
     ssl_context: Any = None
     name: str = "worker"
     dataset: HeldDataset | None = None  # --dataset: announced in hello, indexed by requests' indices
+    base: Any = None  # --base: the operator's own base model (worker/user_base.UserBase), announced in hello
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -225,7 +227,9 @@ class Worker:
 
     async def _handshake(self, comm: Comm) -> bool:
         """Drive the worker's handshake (protocol/worker_handshake.py) over `comm`: True once welcome is sent."""
-        hs = WorkerHandshake(self.token, worker_caps(self.limits, torch_available(), self.dataset.cap if self.dataset else None),
+        caps = worker_caps(self.limits, torch_available(), self.dataset.cap if self.dataset else None,
+                           self.base.cap if self.base else None)
+        hs = WorkerHandshake(self.token, caps,
                              bundle=self.bundle[2] if self.bundle else None, handshake_timeout=self.limits.handshake_timeout)
         try:
             for out in hs.start():
@@ -278,6 +282,11 @@ class Worker:
         spec = msg.spec()
         if spec.needs_torch and not torch_available():
             raise EdgeccError(f"the {spec.kind!r} compute needs torch on the worker (pip install 'edgecc[ml]')")
+        if spec.kind == "user":  # the base this worker's operator loaded, named by the digest it announced
+            if self.base is None:
+                raise EdgeccError("the 'user' compute runs the worker's own base model, and this worker has none "
+                                  "(its operator gives it one with `edgecc worker --base MODULE:CALLABLE`)")
+            return WorkerState(spec, msg.scheme, dict(msg.params), msg.wire_dtype, self.base.compute(spec, msg.digest))
         if msg.arrays is None:
             if not self.bundle or self.bundle[2] != msg.digest:
                 raise EdgeccError(f"no arrays sent and this worker does not hold bundle {msg.digest[:12]}")
