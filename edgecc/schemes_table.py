@@ -40,6 +40,13 @@ KS = (2, 4, 8, 12)
 SS = (1, 2, 3)
 CNN_BASE = "results/checkpoints/table2/baseline-cnn.safetensors"
 AICC_TABLES = ("table2", "table3", "table-k8", "table-k8-anneal")  # results/<name>.json with AICC rows
+# A note under the table for each scheme that has rows in it (keyed, not compared: only edgecc/schemes asks
+# which scheme it runs, tests/test_schemes_registry.py)
+SCHEME_NOTES = {
+    "aicc": "AICC at K=8 (`edgecc reproduce run --table k8`): each trained cell at its N=9 and at N = R + S, S = 1-3. "
+            "'not trained' and 'training, epoch e/20' rows have no accuracy yet; a 'partial (epoch e of 20)' row is "
+            "that run's last per-epoch checkpoint evaluated the same way, not the paper protocol's 20-epoch result.",
+}
 TRAIN_RUNS = "runs/reproduce"  # where `edgecc reproduce run` keeps each cell's per-epoch checkpoint
 # ApproxIFER's plotted Fashion-MNIST degraded-mode accuracy (ResNet-18 base at 0.97; SPEC §4), by (K, S).
 # The S=2 and S=3 figures are shown beside K=8, the operating point of the paper's straggler sweep.
@@ -498,10 +505,7 @@ def markdown(table: dict[str, Any], points: str = "n") -> str:
     out += ["", "✗: cannot tolerate S stragglers: the worst straggler set leaves a slot unanswered at the deadline "
             "(counted wrong; degraded = that slot); uncoded sends N images to N workers per round. Worker FLOPs/img = one worker call × worker calls per image (N/K). "
             "Up bytes/img: f4 payload per classified image (no framing)."]
-    if any(r["scheme"] == "aicc" for r in rows):
-        out += ["AICC at K=8 (`edgecc reproduce run --table k8`): each trained cell at its N=9 and at N = R + S, S = 1-3. "
-                "'not trained' and 'training, epoch e/20' rows have no accuracy yet; a 'partial (epoch e of 20)' row is "
-                "that run's last per-epoch checkpoint evaluated the same way, not the paper protocol's 20-epoch result."]
+    out += [SCHEME_NOTES[s] for s in dict.fromkeys(r["scheme"] for r in rows) if s in SCHEME_NOTES]
     out.append("ApproxIFER's published Fashion-MNIST figures (ResNet-18 base, 97% clean): "
                + "; ".join(f"K={k}, S={s_}: {100 * v:.1f}" for (k, s_), v in PAPER.items())
                + " (the S=2, 3 figures are shown beside K=8). Its point sets measured side by side: 'other points'.")
