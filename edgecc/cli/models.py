@@ -349,3 +349,7 @@ def compare(images, limit, only, points, runs_dir, results_dir, cached_only, par
     j, m = st.write(table, results_dir)
     click.echo(st.markdown(table, points))
     click.echo(f"wrote {j} and {m}", err=True)
+    from ..scheme_map import write_map  # the same rows as points: accuracy against the master's cost
+
+    png, md = write_map(j, results_dir)
+    click.echo(f"wrote {png} and {md}", err=True)
