@@ -150,3 +150,11 @@ def test_quad_spec_refuses_missing_or_misshaped_c():
     relu = PlainCompute.from_spec(compute_spec.mlp([8]), {**arrays, "mlp.mlp.c1": c})  # relu ignores c
     np.testing.assert_allclose(relu(x), np.maximum(h, 0) @ arrays["mlp.mlp.fc2.weight"].T + arrays["mlp.mlp.fc2.bias"],
                                rtol=1e-5)
+
+
+def test_half_precision_results_are_refused_not_decoded_unchecked():
+    from edgecc.errors import ConfigError
+    from edgecc.schemes.registry import build_plan
+
+    with pytest.raises(ConfigError, match="float32 results only"):
+        build_plan("light-master", 4, 2, wire_dtype="f2")

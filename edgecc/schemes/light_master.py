@@ -73,6 +73,12 @@ class LightMasterPlan(Plan):
         if N < self.R:
             raise ConfigError(f"light-master with K={K} needs N >= R = {self.degree}(K−1)+1 = {self.R} workers "
                               f"(any R answers decode), got N={N}")
+        if wire_dtype != "f4":
+            # The decode is an extrapolation that amplifies each result's rounding by up to Σ|w| (~20 at K=8,
+            # benchmarks/light_master_poly.py); that is measured for float32 results only: refuse rather than
+            # return logits nobody has checked.
+            raise ConfigError(f"light-master decodes exactly from float32 results only (its decode amplifies their "
+                              f"rounding; {wire_dtype} results are not measured): use --wire-dtype f4")
         self.model, self.info = model.eval(), info
         self.K, self.N, self.wire_dtype = K, N, wire_dtype
         set_shape(self, info)
