@@ -25,6 +25,21 @@ class WorkerProcess(LocalWorker):
         super().__init__(tmp, name, ["--log-level", "info", *(extra or [])], {"EDGECC_TOKEN": TOKEN, **(env or {})})
 
 
+def started_together(tmp: Path, args: dict[str, list[str]], env: dict | None = None):
+    """Named workers (name -> extra arguments), launched in parallel and yielded once all listen; killed
+    after. For module-scoped fixtures: `yield from started_together(...)`."""
+    ws = {name: WorkerProcess(tmp, name, extra, env) for name, extra in args.items()}
+    try:
+        for w in ws.values():
+            w.launch()
+        for w in ws.values():
+            w.wait_started()
+        yield ws
+    finally:
+        for w in ws.values():
+            w.kill()
+
+
 @pytest.fixture
 def spawn_workers(tmp_path):
     started: list[WorkerProcess] = []

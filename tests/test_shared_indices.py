@@ -20,7 +20,7 @@ from edgecc.protocol.frames import RemoteProtocolError
 from edgecc.protocol.messages import Hello, dataset_cap, dataset_digest, parse
 from edgecc.schemes.aicc import CodedPlan
 
-from .conftest import TOKEN, WorkerProcess
+from .conftest import TOKEN, started_together
 
 TOK = TOKEN.encode()
 SAMPLE = load("sample")  # (1000, 1, 28, 28)
@@ -36,16 +36,7 @@ def workers(tmp_path_factory):
     np.savez(other, x=SAMPLE.images[::-1, 0], y=SAMPLE.labels[::-1])
     args = {"good0": ["--dataset", "sample"], "good1": ["--dataset", "sample"], "good2": ["--dataset", "sample"],
             "resized": ["--dataset", "sample?size=32x32"], "other": ["--dataset", f"npz:{other}"], "none": []}
-    ws = {name: WorkerProcess(tmp, name, extra) for name, extra in args.items()}
-    try:
-        for w in ws.values():
-            w.launch()
-        for w in ws.values():
-            w.wait_started()
-        yield ws
-    finally:
-        for w in ws.values():
-            w.kill()
+    yield from started_together(tmp, args)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from edgecc.protocol.frames import RemoteProtocolError
 from edgecc.protocol.messages import parse
 from edgecc.schemes.registry import build_plan
 
-from .conftest import TOKEN, WorkerProcess
+from .conftest import TOKEN, started_together
 
 torch = pytest.importorskip("torch")
 
@@ -74,16 +74,7 @@ def workers(user_dir):
     env = {"PYTHONPATH": str(user_dir)}
     args = {f"good{i}": ["--base", "mymod_user_base:make"] for i in range(3)}
     args |= {"other": ["--base", "mymod_user_base:make_other"], "none": []}
-    ws = {name: WorkerProcess(user_dir, name, extra, env) for name, extra in args.items()}
-    try:
-        for w in ws.values():
-            w.launch()
-        for w in ws.values():
-            w.wait_started()
-        yield ws
-    finally:
-        for w in ws.values():
-            w.kill()
+    yield from started_together(user_dir, args, env)
 
 
 def _good(workers):
