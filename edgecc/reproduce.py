@@ -231,10 +231,11 @@ def status(table: int | str, recipe: str = "paper", results_dir: str | Path = "r
             entry.update(state="done", accuracy=r["accuracy"], delta=r["delta"], epochs=r["epochs"],
                          minutes=r["train_seconds"] / 60)
         elif (run := run_progress(Path(runs_dir) / name / cell.name)) is not None:
-            per_epoch = run["train_seconds"] / max(1, run["epoch"])
-            entry.update(state="partial", epochs=run["epoch"], of=target, minutes=run["train_seconds"] / 60,
-                         last_accuracy=run["history"][-1]["test_accuracy_direct"],
-                         minutes_left=per_epoch * max(0, target - run["epoch"]) / 60)
+            done = run["epochs_done"]  # fractional after a mid-epoch checkpoint
+            per_epoch = run["train_seconds"] / done if done else 0.0
+            entry.update(state="partial", epochs=run["epoch"], epochs_done=round(done, 2), of=target, minutes=run["train_seconds"] / 60,
+                         last_accuracy=run["history"][-1]["test_accuracy_direct"] if run["history"] else None,
+                         minutes_left=per_epoch * max(0.0, target - done) / 60)
         else:
             entry.update(state="not started")
         out.append(entry)

@@ -261,5 +261,5 @@ def test_table_k8_status_and_rows_without_a_paper_figure(tmp_path):
     out = CliRunner().invoke(cli.main, ["reproduce", "status", "--table", "k8", "--results-dir", str(results),
                                         "--runs-dir", str(runs)])
     assert out.exit_code == 0, out.output
-    assert "k8-r4-hb-g3p1        partial  epoch 1/20" in out.output
+    assert "k8-r4-hb-g3p1        partial  1 of 20 epochs, test accuracy" in out.output
     assert "k8-r8-hb-g7p1        done      70.50 (no paper figure), 20 epochs" in out.output

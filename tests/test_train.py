@@ -179,3 +179,40 @@ def test_precision_auto_resolves_to_what_the_device_runs_natively():
     assert replace(TrainConfig(precision="fp32"), seed=1).precision == "fp32"  # resolved once, kept by replace
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
+
+
+def test_a_run_killed_inside_an_epoch_resumes_from_its_last_step_to_the_same_model(tmp_path, monkeypatch):
+    """Checkpoints inside an epoch (here after every step) hold the step, the loss so far and the generator the
+    augment recipe draws from: a run killed in the middle of epoch 2 resumes there and equals a straight run,
+    history (the epoch's mean loss) included, without redoing the steps it had done."""
+    import edgecc.train as train_module
+    from edgecc.train import run_progress
+
+    cfg = TrainConfig.for_recipe("augment", epochs=2, limit=2000, threads=1, seed=5)
+    train("aicc", SCHEME, cfg, tmp_path / "a.safetensors")
+
+    class Killed(Exception):
+        pass
+
+    real_step, calls = train_module.train_step, []
+
+    def dies_at_step_21(*args, **kwargs):  # 16 steps per epoch: the 5th step of epoch 2
+        calls.append(1)
+        if len(calls) == 21:
+            raise Killed
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", dies_at_step_21)
+    with pytest.raises(Killed):
+        train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", checkpoint_every_s=0)
+    progress = run_progress(tmp_path / "b.run")
+    assert progress["epoch"] == 1 and progress["epochs_done"] == 1 + 4 / 16
+    calls.clear()
+    monkeypatch.setattr(train_module, "train_step", lambda *a, **k: (calls.append(1), real_step(*a, **k))[1])
+    train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", resume=True)
+    assert len(calls) == 12  # the rest of epoch 2 only
+    a, info_a = load_model(tmp_path / "a.safetensors")
+    b, info_b = load_model(tmp_path / "b.safetensors")
+    assert [h["loss"] for h in info_b["training"]["history"]] == [h["loss"] for h in info_a["training"]["history"]]
+    for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(wa, wb), k

@@ -284,7 +284,9 @@ def reproduce_status(table, recipe, results_dir, runs_dir):
             what = (f"done     {r['accuracy']:6.2f} ({vs}), {r['epochs']} epochs; "
                     f"this recipe's training took {span(r['minutes'])}")
         elif r["state"] == "partial":
-            what = (f"partial  epoch {r['epochs']}/{r['of']}, test accuracy {r['last_accuracy']:.2f}, {span(r['minutes'])} of "
+            tested = ("no epoch finished yet" if r["last_accuracy"] is None
+                      else f"test accuracy {r['last_accuracy']:.2f} after epoch {r['epochs']}")
+            what = (f"partial  {r['epochs_done']:g} of {r['of']} epochs, {tested}, {span(r['minutes'])} of "
                     f"training so far, about {span(r['minutes_left'])} left at this pace (test passes not counted)")
         else:
             what = "not started"
