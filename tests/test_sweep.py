@@ -91,6 +91,12 @@ def test_a_live_sweep_writes_table_plot_and_one_report_per_rate(tmp_path, tiny_m
     assert (d / "rate-5" / "report.json").exists() and (d / "rate-20" / "requests.json").exists()
     assert (d / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| aicc | 5 |" in (d / "sweep.md").read_text()
+    # where the CPU went at each rate, measured: the master's encode threads, its event loop, the worker processes
+    for row in res["schemes"]["aicc"]:
+        c = row["cpu_cores"]
+        assert c["encoder"] > 0 and c["event_loop"] > 0 and c["workers"] > 0, c
+        assert c["encoder"] + c["event_loop"] + c["workers"] <= res["cpus"] + 0.5
+    assert "| scheme | requests/s | encoder | event loop | workers | total |" in (d / "sweep.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "edgecc.cli", "scenario", "sweep", str(f), "--rates", "5,x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "expected numbers separated by commas" in bad.stderr

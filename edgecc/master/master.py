@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +148,9 @@ class Master:
                       "shed": 0, "deadline_failures": 0, "waited_extra": 0,
                       # requests encoded, and the encoder calls that made them (fewer: small ones coalesce)
                       "requests_encoded": 0, "encoder_calls": 0}
+        # CPU seconds the encode pool's threads spent encoding, one entry per thread, each written by its own
+        # thread only (no lock): where a saturated master's CPU goes (encoder_cpu_s)
+        self._encode_cpu: dict[int, float] = {}
         # Remark 1's shared dataset (infer_indices): its digest, its size once a worker announced it, and
         # the workers refused for not holding it (index -> why)
         if dataset is not None and plan.placement != "shared":
@@ -391,10 +395,12 @@ class Master:
             if time.monotonic() > deadline or fut.done():  # given up while it waited in the pool: skip the work
                 loop.call_soon_threadsafe(_settle, fut, None, RequestFailed(f"request {req_id}: deadline passed while queued for encoding"))
                 return
+            cpu = time.thread_time()
             try:
                 result, error = self._frames(req_id, images), None
             except BaseException as e:  # handed to the awaiting request, whatever it is
                 result, error = None, e
+            self._count_encode_cpu(cpu)
             loop.call_soon_threadsafe(_settle, fut, result, error)
 
         try:
@@ -448,7 +454,7 @@ class Master:
 
     def _encode_batch(self, loop: asyncio.AbstractEventLoop, batch: list["_Waiting"], groups: int) -> None:
         """In the encode pool: one encoder call for `batch`; each request gets its own frames."""
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         live = [w for w in batch if started <= w.deadline and not w.future.done()]
         outcomes: list[tuple[Any, BaseException | None]]
         frames_ok = True
@@ -465,6 +471,7 @@ class Master:
                 except BaseException as e:  # handed to the awaiting request, whatever it is
                     outcomes.append((None, e))
         per_group = (time.monotonic() - started) / max(1, sum(w.images.shape[0] for w in live))
+        self._count_encode_cpu(cpu)
 
         def settle() -> None:
             self._small_running -= 1
@@ -480,6 +487,16 @@ class Master:
                 self._start_small_encodes()
 
         loop.call_soon_threadsafe(settle)
+
+    def _count_encode_cpu(self, since: float) -> None:
+        """In an encode thread: add its CPU time since `since` (time.thread_time) to its own entry."""
+        me = threading.get_ident()
+        self._encode_cpu[me] = self._encode_cpu.get(me, 0.0) + time.thread_time() - since
+
+    def encoder_cpu_s(self) -> float:
+        """CPU seconds spent encoding so far, over all encode threads (the rest of the process's CPU is the
+        event loop: framing, sends, results, decoding)."""
+        return sum(list(self._encode_cpu.values()))
 
     def _offer(self, p: Pending, link: WorkerLink, force: bool) -> bool:
         p.outstanding.add(link.index)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..datasets import load_arrays
 from ..errors import ConfigError, EdgeccError
-from ..launch.local import LocalWorker
+from ..launch.local import LocalWorker, process_cpu_s
 from ..master.master import Overloaded
 from .links import LinkSet, LinkTimeline, kernel_features, require, tcp_congestion_control
 from .report import RequestRecord, links_markdown, write_report
@@ -185,10 +185,12 @@ async def _run_scheme(scheme: str, scenario: Scenario, K: int, read_images: Call
                     await master.infer_indices(np.arange(plan.K).reshape(1, plan.K), req_id=WARMUP_ID, info=warmup)
                 else:
                     await master.infer(images[: plan.K].reshape(1, plan.K, *images.shape[1:]), req_id=WARMUP_ID, info=warmup)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu_now(master, workers)
             records = await _drive(master, plan, scenario, images, labels, workers.started_at, progress, indices)
+            elapsed = time.perf_counter() - t0
             sent_images = sum(r.total for r in records)
-            stats = {**master.stats, "elapsed_s": time.perf_counter() - t0, "workers_used": plan.N,
+            stats = {**master.stats, "elapsed_s": elapsed, "workers_used": plan.N,
+                     "cpu_s": _cpu_split(cpu0, _cpu_now(master, workers)),
                      "plan": plan.summary(),
                      # what the master sent, over every request (failed ones included), per image asked for
                      "bytes_per_image": sum(r.bytes_sent for r in records) / sent_images if sent_images else 0.0,
@@ -201,6 +203,25 @@ async def _run_scheme(scheme: str, scenario: Scenario, K: int, read_images: Call
         workers.stop()
         measured = timeline.stop() if timeline is not None else None
     return records, stats, measured
+
+
+def _cpu_now(master, workers) -> dict[str, Any]:
+    """CPU seconds so far: this process (the master and the request driver), its encode threads, and each
+    local worker process (None for workers that are not local processes: Ray actors)."""
+    procs = getattr(workers, "workers", None)
+    return {"process": process_cpu_s(), "encoder": master.encoder_cpu_s(),
+            "workers": None if procs is None else [process_cpu_s(w.pid) if w.pid else 0.0 for w in procs]}
+
+
+def _cpu_split(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Where the CPU went during a scheme's run, in CPU seconds: the master's encoder threads, the rest of the
+    master process (its event loop: framing, sends, results, decoding; and the request driver beside it),
+    and the workers. A worker gone by the end of the run (killed by its scenario) counts 0: its /proc entry is gone."""
+    encoder = after["encoder"] - before["encoder"]
+    out = {"encoder": encoder, "event_loop": max(0.0, after["process"] - before["process"] - encoder), "workers": None}
+    if before["workers"] is not None:
+        out["workers"] = sum(max(0.0, a - b) for a, b in zip(after["workers"], before["workers"]))
+    return out
 
 
 def _ray_workers(scenario: Scenario, token: str):

@@ -12,6 +12,7 @@ of ParM, Kosaian et al., SOSP 2019).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,6 +47,15 @@ def latency_row(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "p999_ms": percentile(lat, 99.9)}
 
 
+def cpu_row(stats: dict[str, Any]) -> dict[str, Any]:
+    """Where the CPU went at one rate, in cores busy (CPU seconds over the run's wall time): the master's
+    encoder, its event loop (and the request driver), the workers; {} for a run that did not measure it."""
+    cpu, elapsed = stats.get("cpu_s"), stats.get("elapsed_s")
+    if not cpu or not elapsed:
+        return {}
+    return {"cpu_cores": {k: None if v is None else v / elapsed for k, v in cpu.items()}}
+
+
 def saturation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """First offered load (requests/s) at which a scheme saturates, and the last it sustained."""
     base = next((r["p99_ms"] for r in rows if r["p99_ms"] is not None), None)
@@ -76,13 +86,14 @@ def run_sweep(scenario: Scenario, rates: Sequence[float], out_dir: str | Path, d
         run_dir = out / f"rate-{rate:g}"
         run_scenario(sc, run_dir, progress_factory)
         per_request = json.loads((run_dir / "requests.json").read_text())
+        stats = json.loads((run_dir / "report.json").read_text())["scenario"]["master_stats"]
         for scheme, records in per_request.items():
             if images_per_request is None and records:
                 images_per_request = records[0]["total"]
-            table.setdefault(scheme, []).append({"rate": rate, **latency_row(records)})
+            table.setdefault(scheme, []).append({"rate": rate, **latency_row(records), **cpu_row(stats.get(scheme, {}))})
     result = {
         "scenario": scenario.name, "source": scenario.source, "rates": rates, "duration_s": duration_s,
-        "images_per_request": images_per_request, "schemes": table,
+        "images_per_request": images_per_request, "cpus": os.cpu_count(), "schemes": table,
         "saturation": {s: saturation(rows) for s, rows in table.items()},
         "saturation_rule": f"p99 > {SATURATION_FACTOR:g}x the p99 at the lowest rate, or < {MIN_DECODED:.0%} decoded",
     }
@@ -106,6 +117,20 @@ def render_markdown(result: dict[str, Any]) -> str:
             o = r["outcomes"]
             lines.append(f"| {scheme} | {r['rate']:g} | {r['rate'] * ipr:g} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
                          f"| {_fmt(r['p999_ms'])} | {r['decoded']}/{r['requests']} | {o.get('shed', 0)} | {o.get('failed', 0)} |")
+    if any("cpu_cores" in r for rows in result["schemes"].values() for r in rows):
+        cpus = result.get("cpus")
+        lines += ["", "CPU at each rate, in cores busy (CPU seconds over the run's wall time"
+                  + (f"; the machine has {cpus}" if cpus else "") + "): the master's encoder threads, the rest of the "
+                  "master process (event loop: framing, sends, results, decoding; and the request driver), the workers.", "",
+                  "| scheme | requests/s | encoder | event loop | workers | total |", "|---|---|---|---|---|---|"]
+        for scheme, rows in result["schemes"].items():
+            for r in rows:
+                c = r.get("cpu_cores")
+                if c:
+                    parts = [c["encoder"], c["event_loop"], c["workers"]]
+                    total = sum(p for p in parts if p is not None)
+                    lines.append(f"| {scheme} | {r['rate']:g} | " + " | ".join("–" if p is None else f"{p:.2f}" for p in parts)
+                                 + f" | {total:.2f} |")
     lines += ["", f"Saturation ({result['saturation_rule']}):", "",
               "| scheme | unloaded p99 ms | sustained up to (requests/s) | saturated at (requests/s) |", "|---|---|---|---|"]
     for scheme, s in result["saturation"].items():
