@@ -115,3 +115,37 @@ async def test_small_requests_past_their_deadline_in_the_queue_fail_and_the_rest
         assert isinstance(await m.infer(_groups(1)), np.ndarray)  # the master still encodes
     finally:
         await m.close()
+
+
+async def test_a_full_batch_waiting_opens_the_core_kept_for_the_loop(tiny_models, spawn_workers):
+    """Small requests encode one batch at a time while few wait (a core stays with the event loop), and on
+    every encode thread once a full batch (coalesce_groups requests) waits behind the running encode: the
+    backlog's latency is the queue's by then, and a kept core would cap the master's throughput."""
+    import threading
+    import time
+
+    model, info = load_model(tiny_models["hb"])
+    plan = CodedPlan(model, info, 3, encode_precision="fp32")
+    m = await _master(plan, spawn_workers, encode_threads=2, coalesce_groups=4)
+    running, peak, lock = [0], [0], threading.Lock()
+    real = m._frames_many
+
+    def slow_frames_many(items):  # an encode that takes long enough for requests to line up behind it
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.05)
+            return real(items)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    m._frames_many = slow_frames_many
+    try:
+        await asyncio.gather(*(m.infer(_groups(1, i)) for i in range(3)))  # never a full batch waiting
+        assert peak[0] == 1
+        got = await asyncio.gather(*(m.infer(_groups(1, i)) for i in range(13)))
+        assert peak[0] == 2 and all(g.shape == (1, 2, 10) for g in got)
+    finally:
+        await m.close()

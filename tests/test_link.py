@@ -272,10 +272,14 @@ def test_admission_plans_with_the_median_encode_time_so_one_stall_sheds_nothing(
     assert m.encode_s_per_group == pytest.approx(0.003)
     now = time.monotonic()
     m.queued_groups = 90
-    m._admit(1, 1, True, now, now + 0.5)  # 91 groups x 3 ms on one encode thread: 0.27 s, within 0.5 s
+    m._admit(1, 1, True, now, now + 0.5)  # a backlog: 91 groups x 3 ms on both encode threads, 0.14 s, within 0.5 s
     with pytest.raises(Overloaded, match="past capacity"):
-        m._admit(2, 1, True, now, now + 0.2)
-    assert m.stats["shed"] == 1
+        m._admit(2, 1, True, now, now + 0.1)
+    m.queued_groups = 3  # no full batch waiting: one thread (the other core stays with the loop), 4 x 3 ms
+    m._admit(3, 1, True, now, now + 0.013)
+    with pytest.raises(Overloaded, match="past capacity"):
+        m._admit(4, 1, True, now, now + 0.010)
+    assert m.stats["shed"] == 2
     m.encode_pool.shutdown()
 
 

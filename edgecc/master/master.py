@@ -131,11 +131,16 @@ class Master:
         # Not on the loop thread, even for a lone request: it saves two thread hops (~0.2 ms), but the loop
         # thread then sends with a large scheduler debt and co-located workers preempt it between the N
         # writes (measured +0.33 ms), and concurrent requests stall behind it.
+        # A backlog is another matter: once a full batch (coalesce_groups requests) waits behind the running
+        # encodes, latency is already the queue's, and the core kept for the loop encodes too (every
+        # encode thread busy: `_small_slots`). Measured on 2 cores, Poisson single-group requests at 500/s:
+        # one slot kept its thread 92% busy and the requests queued for ~0.9 s while the machine ran 1.05
+        # of its 2 cores (the sweep's CPU split).
         self.small_parallel = max(1, self.encode_threads - 1)
         # Small requests that wait for an encode are encoded together (`_encode_small`): the encoder's
         # networks cost less per group on several groups at a time.
         self._small_waiting: deque[_Waiting] = deque()
-        self._small_running = 0  # encodes of small requests in the pool (at most small_parallel)
+        self._small_running = 0  # encodes of small requests in the pool (at most _small_slots())
         self.encoding: set[asyncio.Future] = set()  # requests whose frames are being made in the pool
         # admission: groups waiting for or in encoding, and the measured encode cost per group
         self.queued_groups = 0
@@ -308,7 +313,7 @@ class Master:
         if len(self.admitted) >= self.max_queue:
             self.stats["shed"] += 1
             raise Overloaded(f"request {req_id}: shed, {len(self.admitted)} requests already queued (max_queue)")
-        parallel = self.small_parallel if small else self.encode_threads
+        parallel = self._small_slots(self.queued_groups) if small else self.encode_threads
         wait = (self.queued_groups + groups) * self.encode_s_per_group / max(1, parallel)
         service = self.workers_s(now)
         if now + wait + service > deadline:
@@ -424,10 +429,15 @@ class Master:
         self._start_small_encodes()
         return fut
 
+    def _small_slots(self, waiting: int) -> int:
+        """Encode slots for small requests with `waiting` of them (or their groups) in line: small_parallel,
+        every encode thread once a full batch waits (see __init__)."""
+        return self.encode_threads if waiting >= self.coalesce_groups else self.small_parallel
+
     def _start_small_encodes(self) -> None:
         """On the loop thread: hand the waiting small requests to the free encode slots."""
         loop = asyncio.get_running_loop()
-        while self._small_waiting and self._small_running < self.small_parallel:
+        while self._small_waiting and self._small_running < self._small_slots(len(self._small_waiting)):
             batch, groups = [], 0
             while self._small_waiting:
                 w = self._small_waiting[0]
