@@ -84,7 +84,11 @@ def test_tiny_run_structure(tmp_path):
     assert timed | ({"encode_bf16"} if native_bf16("cpu") else set()) == set(b["seconds_per_group"])
     assert res["machine"]["bf16_native"] == native_bf16("cpu")
     assert res["worker"]["compute"] and res["worker"]["protocol"]
+    one = res["master"]["models"][0]["one_group"]  # a lone group against its share of the batch, in alternating rounds
+    assert one["groups"] == 4 and len(one["rounds"]) >= 5
+    assert one["ratio_min"] <= one["ratio"] <= one["ratio_max"] and one["ratio"] > 0
     md = render_markdown(res)
+    assert "alternating rounds" in md
     assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md
     assert ("no native bf16 kernels" in md) == (not native_bf16("cpu"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 
@@ -81,6 +82,13 @@ def render_markdown(result: dict[str, Any]) -> str:
                        "payloads", "decode", "encoded total", "shared total", "centralized CNN", "encoded ÷ CNN", "shared ÷ CNN"], rows)
         ratios = []
         for r in ms["models"]:  # what a lone group pays over its share of the largest batch, one thread, the plan's payloads
+            if "one_group" in r:  # timed in alternation: the ratio a drifting machine cannot skew
+                o = r["one_group"]
+                ratios.append(f"{r['label']}: {o['ratio']:.2f}× its per-group cost at {o['groups']} groups "
+                              f"(median of {len(o['rounds'])} alternating rounds, range {o['ratio_min']:.2f}–{o['ratio_max']:.2f}; "
+                              f"{_t(statistics.median(x['one_s'] for x in o['rounds']))} vs "
+                              f"{_t(statistics.median(x['share_s'] for x in o['rounds']))})")
+                continue
             one = {b["groups"]: b for b in r["by_batch"] if b.get("torch_threads") == 1}
             if 1 in one and len(one) > 1:
                 most = max(one)

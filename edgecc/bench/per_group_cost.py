@@ -74,9 +74,27 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
                 "encode_gflops": costs.master_encode_flops(s, N) / t["encode"] / 1e9,
                 "centralized_cnn_gflops": s.K * costs.cnn_baseline_flops() / t["centralized_cnn"] / 1e9,
             })
-        log(f"master {m['label']}: encode {row['by_batch'][0]['seconds_per_group']['encode'] * 1e3:.2f} ms/group at B={cfg.batch}")
+        with torch_threads(1):
+            row["one_group"] = one_group_price(plan, make_groups(images, s.K, 1), make_groups(images, s.K, cfg.batch),
+                                               max(5, cfg.repeats), cfg.min_time)
+        log(f"master {m['label']}: encode {row['by_batch'][0]['seconds_per_group']['encode'] * 1e3:.2f} ms/group at B={cfg.batch}; "
+            f"one group alone {row['one_group']['ratio']:.2f}x its share of {cfg.batch}")
         out["models"].append(row)
     return out
+
+
+def one_group_price(plan, one: np.ndarray, many: np.ndarray, rounds: int, min_time: float) -> dict[str, Any]:
+    """What a lone group's plan.payloads costs over its per-group share of a large request, the two timed in
+    alternation, round by round (each a median of >= min_time samples), and the median of the rounds' ratios:
+    this VM's speed drifts by 2x within minutes, and timing the two sizes minutes apart measured the drift."""
+    per_round = []
+    for _ in range(rounds):
+        t1 = in_thread(timeit, lambda: plan.payloads(one), 3, min_time)["median_s"]
+        tb = in_thread(timeit, lambda: plan.payloads(many), 3, min_time)["median_s"] / many.shape[0]
+        per_round.append({"one_s": t1, "share_s": tb, "ratio": t1 / tb})
+    ratios = sorted(r["ratio"] for r in per_round)
+    return {"groups": many.shape[0], "rounds": per_round, "ratio": float(np.median(ratios)),
+            "ratio_min": ratios[0], "ratio_max": ratios[-1]}
 
 
 # -- 5. worker cost per group -------------------------------------------------------------------
