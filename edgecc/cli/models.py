@@ -195,7 +195,7 @@ def _training(f):
 
 
 _RESULTS_DIR = click.option("--results-dir", default="results", show_default=True)
-_RUNS_DIR = click.option("--runs-dir", default="runs/reproduce", show_default=True, help="per-epoch checkpoints (resumable)")
+_RUNS_DIR = click.option("--runs-dir", default="runs/reproduce", show_default=True, help="checkpoints after every epoch and every 10 minutes of training (resumable)")
 
 
 def _config(recipe, epochs, seed, precision, device, threads, limit):
