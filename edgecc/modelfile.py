@@ -151,7 +151,7 @@ def save_model(path: str | os.PathLike, model, info: dict[str, Any], storage: st
 def build_model(info: dict[str, Any]):
     """An untrained torch module of the kind, scheme and image shape `info` describes (files that predate
     `image` and `classes` hold the paper's 1×28×28 images and 10 classes)."""
-    from .coding.schemes import Scheme
+    from .coding.schemes import SYSTEMATIC, Scheme
     from .nets import AICC, CentralizedCNN, CentralizedMLP
     from .protocol.images import model_classes, model_image
 
@@ -161,7 +161,12 @@ def build_model(info: dict[str, Any]):
     except ValueError as e:
         raise ModelFileError(str(e)) from None
     if kind == "aicc":
-        return AICC(Scheme.from_dict(info["scheme"]), image, classes)
+        scheme = Scheme.from_dict(info["scheme"])  # validates the scheme's own points, where it records them
+        if scheme.encoder == SYSTEMATIC:  # ours, not the paper's: a centralized CNN's features, Lagrange-coded
+            from .nets.systematic import SystematicAICC
+
+            return SystematicAICC(scheme, image, classes)
+        return AICC(scheme, image, classes)
     if kind == "learned-code":
         from .nets.learned_code import LearnedCode
 

@@ -7,6 +7,6 @@ from __future__ import annotations
 from .group import main
 
 # the commands register themselves on `main` when their modules are imported
-from . import experiments, models, nodes, scheme_map, serving  # noqa: E402,F401
+from . import experiments, models, nodes, scheme_map, serving, systematic  # noqa: E402,F401
 
 __all__ = ["main"]

@@ -5,6 +5,7 @@ Imports nothing heavy: workers without torch read schemes from model files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 
@@ -12,6 +13,14 @@ from ..errors import ConfigError
 
 ARCHS = ("mlp", "cl")
 COMPUTATIONS = ("hb", "hs")
+# Not a learned Γ: the systematic encoder (ours, not the paper's; nets/systematic.py) Lagrange-combines the K
+# images' features from a centralized CNN at the master. Only an AICC model's `encoder` may name it.
+SYSTEMATIC = "systematic"
+SYSTEMATIC_LABEL = "systematic encoder (ours, not the paper's)"
+# Rules that place the N workers' points α from N alone, so that a model file can record them whatever N a run
+# picks: "chebyshev-extreme" is α_n = cos(nπ/(N−1)), n = 0..N−1 (the systematic encoder's, from 1 down to −1).
+WORKER_POINT_RULES = ("chebyshev-extreme",)
+OPTIONAL_FIELDS = ("data_points", "worker_points")  # left out of to_dict() when unset: older files stay as they were
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,11 @@ class Scheme:
     computation: str = "hb"  # "hb": affine H_B on the encoded input only; "hs": H_S uses V_p = Λ_p(X)
     encoder: str = "cl"  # architecture of Γ_g: "mlp" or "cl" (dilated CNN)
     compute_arch: str = "cl"  # architecture of Λ_p (H_S) or of the H_B stack before Base-MLP
+    # The model's own points, recorded in its file because decoding depends on them (unset: the paper's k/K and
+    # the master's choice of α). data_points: the K points β_k at which D gives image k's logits;
+    # worker_points: a rule of WORKER_POINT_RULES placing the workers' α for any N.
+    data_points: tuple[float, ...] | None = None
+    worker_points: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("K", "G", "P"):
@@ -32,11 +46,27 @@ class Scheme:
                 raise ConfigError(f"scheme field {name} must be an integer >= 1, got {v!r}")
         if self.computation not in COMPUTATIONS:
             raise ConfigError(f"scheme computation must be one of {COMPUTATIONS}, got {self.computation!r}")
-        for name in ("encoder", "compute_arch"):
-            if getattr(self, name) not in ARCHS:
-                raise ConfigError(f"scheme {name} must be one of {ARCHS}, got {getattr(self, name)!r}")
+        if self.encoder not in ARCHS + (SYSTEMATIC,):
+            raise ConfigError(f"scheme encoder must be one of {ARCHS + (SYSTEMATIC,)}, got {self.encoder!r}")
+        if self.compute_arch not in ARCHS:
+            raise ConfigError(f"scheme compute_arch must be one of {ARCHS}, got {self.compute_arch!r}")
         if self.computation == "hb" and self.P != 1:
             raise ConfigError("H_B is affine in the encoded input: P must be 1")
+        if self.data_points is not None:
+            object.__setattr__(self, "data_points", _data_points(self.data_points, self.K))
+        if self.worker_points is not None and self.worker_points not in WORKER_POINT_RULES:
+            raise ConfigError(f"scheme worker_points must be one of {WORKER_POINT_RULES}, got {self.worker_points!r}")
+        if self.encoder == SYSTEMATIC:
+            # E(α) = Σ_k ℓ_k(α) φ(x_k) has degree K−1 in α and H_B is affine: anything else would decode wrong
+            if self.K < 2:
+                raise ConfigError(f"the {SYSTEMATIC_LABEL} needs K >= 2 images per group, got K={self.K} "
+                                  "(one image per group is replication: use the replication scheme)")
+            if self.computation != "hb" or self.G != self.K - 1 or self.compute_arch != "mlp":
+                raise ConfigError(f"the {SYSTEMATIC_LABEL} is H_B (compute_arch 'mlp': the base's last affine layer) "
+                                  f"with G = K−1 = {self.K - 1}, got computation={self.computation!r} G={self.G} "
+                                  f"compute_arch={self.compute_arch!r}")
+            if self.data_points is None or self.worker_points is None:
+                raise ConfigError(f"the {SYSTEMATIC_LABEL} records its points: data_points (K β's) and worker_points")
 
     @property
     def degree(self) -> int:
@@ -49,15 +79,30 @@ class Scheme:
         return self.degree + 1
 
     def betas(self) -> list[float]:
-        return default_betas(self.K)
+        """The K decoding points: the model's own where its scheme records them, else the paper's k/K."""
+        return list(self.data_points) if self.data_points is not None else default_betas(self.K)
+
+    def alphas(self, N: int) -> list[float] | None:
+        """The N workers' points by the model's own rule, or None when it records none (the master chooses)."""
+        if self.worker_points is None:
+            return None
+        return worker_point_rule(self.worker_points, N)
 
     def label(self) -> str:
+        if self.encoder == SYSTEMATIC:
+            return f"K={self.K} G={self.G} {SYSTEMATIC_LABEL}, H_B = the base CNN's last affine layer"
         arch = {"mlp": "MLP", "cl": "CNN"}
         return (f"K={self.K} G={self.G} P={self.P} {arch[self.encoder]}+{arch[self.compute_arch]} "
                 f"{'H_S' if self.computation == 'hs' else 'H_B'}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if d[name] is None:
+                del d[name]
+            elif isinstance(d[name], tuple):
+                d[name] = list(d[name])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scheme":
@@ -73,6 +118,35 @@ class Scheme:
 def default_betas(K: int) -> list[float]:
     """Decoding points β_k = k/K (fixed for training and test)."""
     return [float(Fraction(k, K)) for k in range(1, K + 1)]
+
+
+def _data_points(v, K: int) -> tuple[float, ...]:
+    """K distinct finite numbers as a tuple of floats, or ConfigError (a file's β's are checked as it loads)."""
+    if (not isinstance(v, (list, tuple)) or len(v) != K
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v)):
+        raise ConfigError(f"scheme data_points must be a list of K={K} finite numbers, got {v!r}")
+    pts = tuple(float(b) for b in v)
+    if len(set(pts)) != K:
+        raise ConfigError(f"scheme data_points must be distinct, got {list(pts)}")
+    return pts
+
+
+def worker_point_rule(rule: str, N: int) -> list[float]:
+    """The N workers' points of a WORKER_POINT_RULES rule."""
+    if rule == "chebyshev-extreme":
+        if N < 2:
+            raise ConfigError(f"the chebyshev-extreme points cos(nπ/(N−1)) need N >= 2 workers, got N={N}")
+        import numpy as np  # the same expression as edgecc.scheme_map.systematic_points, so the same bits
+
+        return [float(a) for a in np.cos(np.arange(N) * np.pi / (N - 1))]
+    raise ConfigError(f"unknown worker point rule {rule!r} (one of {WORKER_POINT_RULES})")
+
+
+def systematic_betas(K: int) -> list[float]:
+    """The systematic encoder's β_k = cos((2k+1)π/(2K)), k = 0..K−1: the K Chebyshev nodes, from ~1 down to ~−1."""
+    import numpy as np  # as edgecc.scheme_map.systematic_points computes them (benchmarks/systematic_encoder.py)
+
+    return [float(b) for b in np.cos((2 * np.arange(K) + 1) * np.pi / (2 * K))]
 
 
 def default_alphas(N: int) -> list[float]:

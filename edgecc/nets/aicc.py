@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,6 +130,11 @@ class AICC(nn.Module):
         pts = torch.as_tensor(points, dtype=coef.dtype, device=coef.device)
         vand = powers(pts, self.scheme.G)  # (n, G+1)
         return torch.einsum("ng,bg...->bn...", vand, coef)
+
+    def encoder_matrix(self, points: Sequence[float]) -> np.ndarray:
+        """(n, G+1) float64: E(points) = this matrix @ the coefficients C_g (the powers of each point). The
+        master's error bound evaluates E with it in float64 (schemes/aicc.result_errors)."""
+        return np.vander(np.asarray(points, np.float64), self.scheme.G + 1, increasing=True)
 
     def compute(self, xt: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         """Worker computation H on encoded inputs xt (B, n, *dims); v = Λ(X) (B, P+1, *dims) for H_S."""

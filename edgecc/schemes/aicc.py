@@ -19,7 +19,7 @@ from ..coding.conditioning import DEFAULT_TOLERANCE, Choice, choose, chosen_alph
 from ..coding.lagrange import Decoder
 from ..errors import ConfigError, DecodeError
 from ..coding.robust import robust_decode
-from ..coding.schemes import Scheme, check_workers, default_alphas
+from ..coding.schemes import SYSTEMATIC, Scheme, check_workers, default_alphas
 from ..export import PLACEMENTS, worker_arrays
 from ..nets import encode_precision as resolve_precision
 from ..protocol import compute_spec
@@ -58,7 +58,7 @@ def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, 
     coef, v = calibration
     xt = model.evaluate_encoder(coef, list(points)).numpy()  # (B, n, *dims(image)) fp32, as the master encodes
     c64 = coef.double().numpy()
-    vand = np.vander(np.asarray(points, np.float64), scheme.G + 1, increasing=True)  # (n, G+1)
+    vand = model.encoder_matrix(points)  # (n, G+1): the powers of α (AICC), the Lagrange basis (systematic)
     xt64 = np.einsum("ng,bg...->bn...", vand, c64)
     wire_np = _NP_WIRE[wire]
     compute = EncodedCompute(scheme, arrays, image, classes)
@@ -106,8 +106,11 @@ class CodedPlan(Plan):
         self.tolerance, self.policy, self.points = float(tolerance), policy, points
         # the master's encoder precision (nets.encode_precision); shared-placement workers always encode in fp32
         self.encode_precision = resolve_precision(encode_precision) if placement == "encoded" else "fp32"
-        betas = tuple(self.scheme.betas())
-        self.alphas = list(chosen_alphas(N, self.R, betas)) if points == "chosen" else default_alphas(N)
+        if placement == "shared" and self.scheme.encoder == SYSTEMATIC:
+            raise ConfigError(f"the {self.scheme.label()} encodes at the master only (its workers run one affine "
+                              "layer, not the CNN): use --placement encoded")
+        betas = tuple(self.scheme.betas())  # the model's own β where its file records them
+        self.alphas = self._points(N, points)
         self.decoder = Decoder(self.alphas, betas, self.scheme.R)
         self.arrays = worker_arrays(model, info, placement)
         self.digest = digest(self.arrays)
@@ -141,6 +144,14 @@ class CodedPlan(Plan):
         if self.policy == "bound" and not byzantine and self.best_case.bound > self.tolerance:
             raise ConfigError(self._refusal())
 
+    def _points(self, N: int, points: str) -> list[float]:
+        """The N workers' α: "chosen" places them for N (coding/conditioning.chosen_alphas), or by the model's own
+        rule where its file records one (the systematic encoder's cos(nπ/(N−1))); "uniform" at n/(N+1)."""
+        if points == "uniform":
+            return default_alphas(N)
+        own = self.scheme.alphas(N)
+        return own if own is not None else list(chosen_alphas(N, self.scheme.R, tuple(self.scheme.betas())))
+
     @property
     def K(self) -> int:
         return self.scheme.K
@@ -154,8 +165,14 @@ class CodedPlan(Plan):
     def compute_spec(self, index: int) -> ComputeSpec:
         """What worker `index` runs: the collapsed affine map (encoded), or E(α_index) and H (shared)."""
         if self.placement == "shared":
-            return compute_spec.aicc_shared(self.scheme.to_dict(), self.alphas[index], dims(self.image), self.classes)
+            return compute_spec.aicc_shared(self._shared_scheme(), self.alphas[index], dims(self.image), self.classes)
         return compute_spec.affine(dims(self.image), self.classes, P=self.scheme.P if self.scheme.computation == "hs" else None)
+
+    def _shared_scheme(self) -> dict[str, Any]:
+        """The scheme fields a shared-placement worker evaluates E(α_n) with: β's are the master's, not its."""
+        from ..worker.shared_compute import SCHEME_KEYS
+
+        return {k: v for k, v in self.scheme.to_dict().items() if k in SCHEME_KEYS}
 
     def scheme_params(self, index: int) -> dict[str, Any]:
         """AICC's own parameters for worker `index` (configure.params: logged by the worker)."""
@@ -195,7 +212,7 @@ class CodedPlan(Plan):
             hints.append(f"--wire-dtype f4 (bound {b4:.3g})")
         fewer = None  # the largest N that decodes within tolerance, scanning up from R (it fails fast when none does)
         for n in range(self.R, self.N):
-            pts = chosen_alphas(n, self.R, tuple(self.decoder.betas))
+            pts = self._points(n, "chosen")
             if choose(pts, self.decoder.betas, self.R, range(n), self.errors_for(self.wire_dtype, pts)).bound > self.tolerance:
                 break
             fewer = n
