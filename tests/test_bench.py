@@ -4,6 +4,7 @@ No assertions on timing values."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -87,6 +88,7 @@ def test_tiny_run_structure(tmp_path):
     one = res["master"]["models"][0]["one_group"]  # a lone group against its share of the batch, in alternating rounds
     assert one["groups"] == 4 and len(one["rounds"]) >= 5
     assert one["ratio_min"] <= one["ratio"] <= one["ratio_max"] and one["ratio"] > 0
+    assert ("ratio_side_by_side" in one) == ((os.cpu_count() or 1) > 1)  # the master's way, where there is a core to spare
     md = render_markdown(res)
     assert "alternating rounds" in md
     assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md

@@ -149,3 +149,48 @@ async def test_a_full_batch_waiting_opens_the_core_kept_for_the_loop(tiny_models
         assert peak[0] == 2 and all(g.shape == (1, 2, 10) for g in got)
     finally:
         await m.close()
+
+
+@pytest.mark.skipif(not __import__("edgecc.nets.blocks", fromlist=["_HAS_FUSED_CONV"])._HAS_FUSED_CONV,
+                    reason="this torch has no fused oneDNN convolution (forward_bf16 runs under autocast)")
+def test_encoder_networks_side_by_side_give_their_own_coefficients_bit_for_bit():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from edgecc.nets.blocks import stacks_on
+
+    model, _ = load_model("default")
+    x = torch.from_numpy(_groups(3).astype(np.float32) / 255.0)
+    alone = model.gamma.forward_bf16(x)
+    with ThreadPoolExecutor(1) as pool, stacks_on(pool):
+        side = model.gamma.forward_bf16(x)
+    assert torch.equal(alone, side)
+
+
+async def test_a_lone_small_request_runs_its_networks_on_the_idle_core_and_decodes_the_same(spawn_workers):
+    """On 2 encode threads a lone small request's encoder networks run side by side (the stack pool takes all
+    but the first), a large one's do not; the answers equal a one-thread master's, bit for bit."""
+    model, info = load_model("default")
+    plan = CodedPlan(model, info, 3)
+    workers = [w.address for w in spawn_workers(3)]
+    got = {}
+    for threads in (1, 2):
+        m = Master(plan, workers, TOKEN.encode(), request_timeout=20.0, encode_threads=threads)
+        await m.start(wait_ready=20)
+        assert await m.wait_all_ready(20)
+        try:
+            assert (m.stack_pool is None) == (threads == 1)
+            submitted = []
+            if m.stack_pool is not None:
+                real = m.stack_pool.submit
+                m.stack_pool.submit = lambda *a, **k: (submitted.append(1), real(*a, **k))[1]
+            cpu0 = m.encoder_cpu_s()
+            got[threads] = await m.infer(_groups(1))
+            assert len(submitted) == (plan.scheme.G if threads == 2 else 0)  # all networks but the first
+            assert m.encoder_cpu_s() > cpu0
+            await m.infer(_groups(8))  # not small: one network after the other
+            assert len(submitted) == (plan.scheme.G if threads == 2 else 0)
+        finally:
+            await m.close()
+    np.testing.assert_array_equal(got[1], got[2])

@@ -84,10 +84,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         for r in ms["models"]:  # what a lone group pays over its share of the largest batch, one thread, the plan's payloads
             if "one_group" in r:  # timed in alternation: the ratio a drifting machine cannot skew
                 o = r["one_group"]
-                ratios.append(f"{r['label']}: {o['ratio']:.2f}× its per-group cost at {o['groups']} groups "
-                              f"(median of {len(o['rounds'])} alternating rounds, range {o['ratio_min']:.2f}–{o['ratio_max']:.2f}; "
-                              f"{_t(statistics.median(x['one_s'] for x in o['rounds']))} vs "
-                              f"{_t(statistics.median(x['share_s'] for x in o['rounds']))})")
+                text = (f"{r['label']}: {o['ratio']:.2f}× its per-group cost at {o['groups']} groups "
+                        f"(median of {len(o['rounds'])} alternating rounds, range {o['ratio_min']:.2f}–{o['ratio_max']:.2f}; "
+                        f"{_t(statistics.median(x['one_s'] for x in o['rounds']))} vs "
+                        f"{_t(statistics.median(x['share_s'] for x in o['rounds']))})")
+                if "ratio_side_by_side" in o:
+                    text += (f", {o['ratio_side_by_side']:.2f}× with its networks side by side as the master runs a lone "
+                             f"small request (range {o['ratio_side_by_side_min']:.2f}–{o['ratio_side_by_side_max']:.2f}; "
+                             f"{_t(statistics.median(x['side_by_side_s'] for x in o['rounds']))})")
+                ratios.append(text)
                 continue
             one = {b["groups"]: b for b in r["by_batch"] if b.get("torch_threads") == 1}
             if 1 in one and len(one) > 1:

@@ -84,17 +84,37 @@ def bench_master(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: np
 
 
 def one_group_price(plan, one: np.ndarray, many: np.ndarray, rounds: int, min_time: float) -> dict[str, Any]:
-    """What a lone group's plan.payloads costs over its per-group share of a large request, the two timed in
+    """What a lone group's plan.payloads costs over its per-group share of a large request, the sizes timed in
     alternation, round by round (each a median of >= min_time samples), and the median of the rounds' ratios:
-    this VM's speed drifts by 2x within minutes, and timing the two sizes minutes apart measured the drift."""
+    this VM's speed drifts by 2x within minutes, and timing the two sizes minutes apart measured the drift.
+    The lone group both ways: its encoder networks one after the other, and side by side on the other cores
+    (one torch thread each), as the Master encodes a lone small request."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from ..nets.blocks import stacks_on
+
+    def side_by_side() -> None:  # as the Master encodes a lone small request (Master._side_by_side)
+        with stacks_on(pool):
+            plan.payloads(one)
+
     per_round = []
-    for _ in range(rounds):
-        t1 = in_thread(timeit, lambda: plan.payloads(one), 3, min_time)["median_s"]
-        tb = in_thread(timeit, lambda: plan.payloads(many), 3, min_time)["median_s"] / many.shape[0]
-        per_round.append({"one_s": t1, "share_s": tb, "ratio": t1 / tb})
+    with ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        for _ in range(rounds):
+            t1 = in_thread(timeit, lambda: plan.payloads(one), 3, min_time)["median_s"]
+            ts = in_thread(timeit, side_by_side, 3, min_time)["median_s"] if (os.cpu_count() or 1) > 1 else None
+            tb = in_thread(timeit, lambda: plan.payloads(many), 3, min_time)["median_s"] / many.shape[0]
+            per_round.append({"one_s": t1, "side_by_side_s": ts, "share_s": tb, "ratio": t1 / tb,
+                              "ratio_side_by_side": None if ts is None else ts / tb})
     ratios = sorted(r["ratio"] for r in per_round)
-    return {"groups": many.shape[0], "rounds": per_round, "ratio": float(np.median(ratios)),
-            "ratio_min": ratios[0], "ratio_max": ratios[-1]}
+    out = {"groups": many.shape[0], "rounds": per_round, "ratio": float(np.median(ratios)),
+           "ratio_min": ratios[0], "ratio_max": ratios[-1]}
+    if per_round[0]["ratio_side_by_side"] is not None:
+        side = sorted(r["ratio_side_by_side"] for r in per_round)
+        out.update(ratio_side_by_side=float(np.median(side)), ratio_side_by_side_min=side[0], ratio_side_by_side_max=side[-1])
+    return out
 
 
 # -- 5. worker cost per group -------------------------------------------------------------------

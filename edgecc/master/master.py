@@ -6,6 +6,7 @@ failed with a reason, within its deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -139,6 +140,12 @@ class Master:
         self.small_parallel = max(1, self.encode_threads - 1)
         # Small requests that wait for an encode are encoded together (`_encode_small`): the encoder's
         # networks cost less per group on several groups at a time.
+        # A lone small request's encoder networks run side by side (nets/blocks.stacks_on): the first in its
+        # encode thread, the others here, on the cores the small requests leave free. Only while so few groups
+        # are encoding that those cores are idle (at most SMALL_REQUEST_GROUPS, see _encode_batch).
+        self.stack_pool = (_EncoderPool(self._count_encode_cpu, max_workers=self.encode_threads - self.small_parallel,
+                                        thread_name_prefix="edgecc-stack", initializer=_one_torch_thread)
+                           if self.encode_threads > self.small_parallel else None)
         self._small_waiting: deque[_Waiting] = deque()
         self._small_running = 0  # encodes of small requests in the pool (at most _small_slots())
         self.encoding: set[asyncio.Future] = set()  # requests whose frames are being made in the pool
@@ -243,6 +250,8 @@ class Master:
         for p in list(self.pending.values()):
             self._fail(p, "master closed")
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.stack_pool is not None:
+            self.stack_pool.shutdown(wait=False, cancel_futures=True)
         for fut in list(self.encoding):  # requests still encoding (a cancelled job never settles its future)
             _settle(fut, None, RequestFailed("master closed while encoding"))
         while self._small_waiting:  # and those waiting for an encode slot, which no slot will take now
@@ -469,7 +478,8 @@ class Master:
         outcomes: list[tuple[Any, BaseException | None]]
         frames_ok = True
         try:
-            frames = self._frames_many([(w.req_id, w.images) for w in live])
+            with self._side_by_side(sum(w.images.shape[0] for w in live)):
+                frames = self._frames_many([(w.req_id, w.images) for w in live])
             outcomes = [(f, None) for f in frames]
         except BaseException:
             frames_ok = False
@@ -497,6 +507,16 @@ class Master:
                 self._start_small_encodes()
 
         loop.call_soon_threadsafe(settle)
+
+    def _side_by_side(self, groups: int):
+        """The context an encode of `groups` groups runs in: its encoder networks side by side on stack_pool
+        while no more than SMALL_REQUEST_GROUPS groups encode (only one small batch runs then: the others'
+        cores are idle), else one after the other. Plans without torch networks never load torch for it."""
+        if self.stack_pool is None or groups > SMALL_REQUEST_GROUPS or self._small_running > 1 or "torch" not in sys.modules:
+            return contextlib.nullcontext()
+        from ..nets.blocks import stacks_on
+
+        return stacks_on(self.stack_pool)
 
     def _count_encode_cpu(self, since: float) -> None:
         """In an encode thread: add its CPU time since `since` (time.thread_time) to its own entry."""
@@ -667,6 +687,30 @@ def _median(values) -> float:
     if not n:
         return 0.0
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+class _EncoderPool(ThreadPoolExecutor):
+    """A thread pool whose tasks' CPU time counts as the encoder's (Master.encoder_cpu_s)."""
+
+    def __init__(self, count_cpu, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._count_cpu = count_cpu
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._counted, fn, args, kwargs)
+
+    def _counted(self, fn, args, kwargs):
+        since = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._count_cpu(since)
+
+
+def _one_torch_thread() -> None:
+    """A stack_pool thread's initializer: one intra-op thread, as the encode threads run (set in __init__)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:

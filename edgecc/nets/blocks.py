@@ -8,8 +8,11 @@ channels-last layout: measured on a 2-core AVX-512 CPU, a grouped convolution (g
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Sequence
+from concurrent.futures import Executor
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -101,12 +104,12 @@ class CoefNets(nn.Module):
             B = x.shape[0]
             c, h, w = self.image
             x = x.reshape(B, self.K * c, h, w).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-            outs = []
-            for stack in layers:
-                y = x
-                for conv in stack:
-                    y = conv(y)
-                outs.append(y)
+            pool = _STACK_POOL.get()
+            if pool is None:
+                outs = [_run_stack(stack, x) for stack in layers]
+            else:  # the other networks on the pool while this thread runs the first (oneDNN releases the GIL)
+                others = [pool.submit(_run_stack, stack, x) for stack in layers[1:]]
+                outs = [_run_stack(layers[0], x)] + [f.result() for f in others]
             return torch.cat(outs, dim=1).float().reshape(B, self.n, *self.dims)
         key = tuple((p.data_ptr(), p._version) for p in (self.fc1.weight, self.fc2.weight))
         if getattr(self, "_bf16", (None,))[0] != key:  # training (or loading) changed the weights
@@ -135,6 +138,30 @@ class CoefNets(nn.Module):
                              for conv in (*stack.convs, stack.head)] for stack in self.stacks])
             self._fused = cached
         return cached[1]
+
+
+def _run_stack(stack: list["FusedConv"], x: torch.Tensor) -> torch.Tensor:
+    for conv in stack:
+        x = conv(x)
+    return x
+
+
+# The pool `stacks_on` hands to forward_bf16 in this context (thread), None: one network after the other.
+_STACK_POOL: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("edgecc_stack_pool", default=None)
+
+
+@contextlib.contextmanager
+def stacks_on(pool: Executor | None) -> Iterator[None]:
+    """Inside (in this thread), CoefNets.forward_bf16 runs its coefficient networks at the same time: the first
+    in the calling thread, the others on `pool` (threads with one torch thread each). For a lone group, whose
+    latency a master pays in full: the networks are independent, and one small convolution gains little from
+    a second intra-op thread (oneDNN at batch 1 on 28×28), while a second network beside it runs at full speed.
+    The results are the networks' own, bit for bit (each is computed as before, only elsewhere)."""
+    token = _STACK_POOL.set(pool)
+    try:
+        yield
+    finally:
+        _STACK_POOL.reset(token)
 
 
 # oneDNN's convolution with a fused pointwise op: the kernel torch.compile's CPU backend emits for conv+ReLU,
