@@ -147,7 +147,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lat = result.get("latency")
     if lat:
         out += ["**Single-request latency** (one group per request, sequential, no injected delay; overhead = e2e − in-process "
-                "encode (in the master's precision) + H + decode of the same group, measured alternately, per pair; "
+                "encode (in the master's precision, its networks side by side as the master runs a lone request) + H + decode of the same group, measured alternately, per pair; "
                 f"{lat[0].get('rounds', 1)} rounds with fresh workers, overhead p50 = the median of the rounds' p50s (each in brackets); "
                 "ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
         rounds = lambda r: " (" + ", ".join(f"{x:.2f}" for x in r["overhead_ms"].get("p50_rounds", [])) + ")" if r["overhead_ms"].get("p50_rounds") else ""
