@@ -85,7 +85,19 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecc-bench")
-    return _POOL.submit(fn, *args).result()
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return _POOL.submit(fn, *args).result()
+    # torch.set_num_threads in the caller (torch_threads) does not reach a thread that already ran a torch op:
+    # that thread keeps the count it started with (measured: 2 in the pool while the caller had set 1), so the
+    # pool thread takes the caller's count for this call
+    threads = torch.get_num_threads()
+
+    def with_threads() -> Any:
+        torch.set_num_threads(threads)
+        return fn(*args)
+
+    return _POOL.submit(with_threads).result()
 
 
 @contextlib.contextmanager
