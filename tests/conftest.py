@@ -25,6 +25,17 @@ class WorkerProcess(LocalWorker):
         super().__init__(tmp, name, ["--log-level", "info", *(extra or [])], {"EDGECC_TOKEN": TOKEN, **(env or {})})
 
 
+async def until_lost(master, index: int) -> None:
+    """Wait (up to 5 s) until `master` has noticed that worker `index` is gone."""
+    import asyncio
+
+    for _ in range(100):
+        if not master.links[index].ready.is_set():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the master never noticed worker {index} died")
+
+
 def started_together(tmp: Path, args: dict[str, list[str]], env: dict | None = None):
     """Named workers (name -> extra arguments), launched in parallel and yielded once all listen; killed
     after. For module-scoped fixtures: `yield from started_together(...)`."""

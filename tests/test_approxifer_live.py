@@ -18,7 +18,7 @@ from edgecc.master.master import Master
 from edgecc.master.stream import run_stream
 from edgecc.worker.plain_cnn import PlainTorchCompute, plain_compute
 
-from .conftest import TOKEN
+from .conftest import TOKEN, until_lost
 
 TOK = TOKEN.encode()
 
@@ -35,14 +35,6 @@ async def started(plan, workers) -> Master:
     await m.start(wait_ready=20)
     assert await m.wait_all_ready(20)
     return m
-
-
-async def until_lost(m: Master, index: int) -> None:
-    for _ in range(100):
-        if not m.links[index].ready.is_set():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the master never noticed worker {index} died")
 
 
 async def test_decodes_over_real_workers_as_in_process_from_any_K_and_with_a_killed_worker(spawn_workers):

@@ -4,7 +4,6 @@ decoded exactly from any R = 2(K−1)+1 answers, with a straggler and with a kil
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 
@@ -23,7 +22,7 @@ from edgecc.schemes.light_master import LightMasterPlan
 from edgecc.schemes.registry import build_plan, get, scheme_for_model
 from edgecc.worker.compute import PlainCompute
 
-from .conftest import REPO, TOKEN
+from .conftest import REPO, TOKEN, until_lost
 
 TOK = TOKEN.encode()
 
@@ -58,14 +57,6 @@ def test_the_numpy_worker_runs_the_torch_model_and_every_R_subset_decodes_it():
     assert len(report["subset"]) == plan.R
     with pytest.raises(Exception, match="R=3"):
         plan.decoded({n: outs[n] for n in range(2)})
-
-
-async def until_lost(m: Master, index: int) -> None:
-    for _ in range(100):
-        if not m.links[index].ready.is_set():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the master never noticed worker {index} died")
 
 
 async def test_decodes_over_real_workers_past_a_straggler_and_a_killed_worker(spawn_workers):

@@ -26,7 +26,7 @@ from edgecc.modelfile import load_model, read_header, resolve, save_model
 from edgecc.schemes.registry import build_plan
 from edgecc.worker.compute import EncodedCompute
 
-from .conftest import REPO, TOKEN
+from .conftest import REPO, TOKEN, until_lost
 
 BASE = REPO / "results" / "checkpoints" / "table2" / "baseline-cnn.safetensors"  # the schemes table's CNN, 91.83%
 TOL = 1e-3  # float32 logits: measured ≤ 4.1e-5 from every 8 of 9 at K=8 (edgecc eval)
@@ -124,14 +124,6 @@ def test_the_papers_schemes_are_unchanged():
     shipped = read_header("default")["scheme"]
     assert Scheme.from_dict(shipped).to_dict() == shipped
     assert systematic_betas(2) == pytest.approx([np.cos(np.pi / 4), np.cos(3 * np.pi / 4)], abs=0)
-
-
-async def until_lost(m: Master, index: int) -> None:
-    for _ in range(100):
-        if not m.links[index].ready.is_set():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the master never noticed worker {index} died")
 
 
 async def test_live_over_real_workers_past_a_killed_worker(spawn_workers, tmp_path):

@@ -59,7 +59,8 @@ AICC = SchemeDef(
                "configuration that cannot reach it is refused at start", type=float),
         Option("policy", "bound", "bound: wait until the results in hand decode within the tolerance; first-r: "
                "decode the first R", choices=("bound", "first-r")),
-        Option("points", "chosen", "the workers' evaluation points α: chosen for N, or uniform n/(N+1)",
+        Option("points", "chosen", "the workers' evaluation points α: chosen for N (the model's own rule where its file "
+               "records one: the systematic encoder's), or uniform n/(N+1)",
                choices=("chosen", "uniform")),
     ),
     model_kinds=("aicc",), group_size=aicc_group_size)
