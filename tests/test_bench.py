@@ -105,6 +105,10 @@ def test_latency_section_pairs_requests_over_rounds(tmp_path):
     assert row["overhead_ms"]["p50"] == pytest.approx(float(np.median(row["overhead_ms"]["p50_rounds"])))
     assert row["e2e_ms"]["p50"] > 0 and row["inprocess_ms"]["encode"] > 0
     assert "rounds with fresh workers" in render_markdown(res)
+    st = row["stages_p50_ms"]  # the e2e by stage: each measured, each a part of the whole
+    assert set(st) == {"queue", "encode", "first_result", "rth_result", "decode", "rest"}
+    assert 0 < st["first_result"] <= st["rth_result"] < row["e2e_ms"]["p50"] and st["encode"] > 0
+    assert "Where a request's time went" in render_markdown(res)
 
 
 def test_training_section_times_trains_own_step(monkeypatch):

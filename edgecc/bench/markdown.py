@@ -156,6 +156,16 @@ def render_markdown(result: dict[str, Any]) -> str:
                         f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms{rounds(r)}", f"{r['overhead_ms']['p99']:.2f} ms",
                         "–" if "ping_rtt_ms" not in r else f"{r['ping_rtt_ms']['p50']:.2f} / {r['ping_rtt_ms']['p99']:.2f} ms"]
                        for r in lat])
+        staged = [r for r in lat if "stages_p50_ms" in r]
+        if staged:
+            out += ["", "Where a request's time went (p50 of each stage, ms, from Master.infer's timings): queued for the "
+                    "encoder; encode (its thread's start until the event loop holds the frames: both thread hops and the "
+                    "framing included) against the in-process encode; from the sends to the first and to the R-th result "
+                    "against the in-process H and the ping; decode; the rest (the awaiting task's wake-ups)", ""]
+            out += _table(["model", "queue", "encode (in-process)", "first result", "R-th result (in-process H)", "decode", "rest"],
+                          [[r["label"], f"{st['queue']:.3f}", f"{st['encode']:.2f} ({r['inprocess_ms']['encode']:.2f})",
+                            f"{st['first_result']:.2f}", f"{st['rth_result']:.2f} ({r['inprocess_ms']['worker_compute']:.3f})",
+                            f"{st['decode']:.3f}", f"{st['rest']:.3f}"] for r in staged for st in [r["stages_p50_ms"]]])
 
     small = result.get("small_requests")
     if small:

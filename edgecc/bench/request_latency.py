@@ -68,7 +68,7 @@ def latency_rows(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token:
     """Single-group requests against in-process compute of the same group, in rounds (this process)."""
     rows = []
     ping_all: list[float] = []
-    per_model: dict[str, list[tuple[list[float], list[tuple[float, float, float]]]]] = {k: [] for k in cfg.models}
+    per_model: dict[str, list[tuple[list[float], list[tuple[float, float, float]], list[tuple[float, ...]]]]] = {k: [] for k in cfg.models}
     for rnd in range(cfg.latency_rounds):  # fresh workers each round: one noisy stretch of the machine is one round
         with LocalWorkers(N, tmp, token, tag=f"lat{rnd}") as workers:
             ping_all += run_coroutine(ping_rtts(workers.addresses(1)[0], token.encode(), cfg.latency_requests))
@@ -80,9 +80,10 @@ def latency_rows(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token:
         m = models[key]
         lat = np.concatenate([np.array(r[0]) for r in per_model[key]])
         inp = np.concatenate([np.array(r[1]) for r in per_model[key]])  # (requests, 3)
+        stg = np.concatenate([np.array(r[2]) for r in per_model[key]])  # (requests, len(STAGES))
         inp_total = inp.sum(axis=1)
         diff = lat - inp_total
-        rounds = [float(np.percentile(np.array(la) - np.array(ip).sum(axis=1), 50)) * 1e3 for la, ip in per_model[key]]
+        rounds = [float(np.percentile(np.array(la) - np.array(ip).sum(axis=1), 50)) * 1e3 for la, ip, _ in per_model[key]]
         rows.append({"model": key, "label": m["label"], "N": N, "requests": int(lat.size), "rounds": len(rounds),
                      "inprocess_torch_threads": 1,  # as the Master runs its encoder
                      "e2e_ms": {**ms(lat), "mean": float(lat.mean()) * 1e3, "min": float(lat.min()) * 1e3},
@@ -92,14 +93,31 @@ def latency_rows(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token:
                                       "p99": float(np.percentile(inp_total, 99)) * 1e3},
                      # p50: the median of the rounds' p50s; every round's p50 is listed beside it
                      "overhead_ms": {"p50": float(np.median(rounds)), "p99": ms(diff)["p99"], "p50_rounds": rounds},
-                     "ping_rtt_ms": ms(ping)})
+                     "ping_rtt_ms": ms(ping),
+                     # where the e2e time went, p50 of each stage (ms); "rest": e2e minus queue, encode, the R-th
+                     # result and decode (the awaiting task's wake-ups and the request's bookkeeping)
+                     "stages_p50_ms": {**{k: float(np.nanmedian(stg[:, i])) * 1e3 for i, k in enumerate(STAGES)},
+                                       "rest": float(np.nanmedian(lat - stg[:, [0, 1, 3, 4]].sum(axis=1))) * 1e3}})
         log(f"latency {m['label']}: p50 {np.percentile(lat, 50) * 1e3:.2f} ms, in-process {np.median(inp_total) * 1e3:.2f} ms, "
              f"paired overhead p50 {np.median(rounds):.2f} ms (rounds {', '.join(f'{r:.2f}' for r in rounds)})")
     return rows
 
 
+STAGES = ("queue", "encode", "first_result", "rth_result", "decode")
+
+
+def request_stages(info: dict[str, Any], R: int) -> tuple[float, ...]:
+    """A request's time by stage from Master.infer's info, in seconds: queued for the encoder, encoding (from the
+    encode thread's start until the loop holds the frames: both thread hops and the framing included), from
+    the sends to the first and to the R-th result, and decoding."""
+    results = sorted(info.get("result_ms", {}).values())
+    rth = results[R - 1] if len(results) >= R else float("nan")
+    return (info["queue_ms"] / 1e3, info["encode_ms"] / 1e3, (results[0] if results else float("nan")) / 1e3,
+            rth / 1e3, info["decode_ms"] / 1e3)
+
+
 def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, workers: "LocalWorkers", token: str,
-                   N: int) -> tuple[list[float], list[tuple[float, float, float]]]:
+                   N: int) -> tuple[list[float], list[tuple[float, float, float]], list[tuple[float, ...]]]:
     """cfg.latency_requests single-group requests, each right after the same group computed in process."""
     import torch
 
@@ -136,18 +154,20 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
         """Alternate one in-process group and one request, so both meet the same background load."""
         master = await connected_master(plan, workers.addresses(N), token.encode())
         loop = asyncio.get_running_loop()
-        lat, inp = [], []
+        lat, inp, stages = [], [], []
         try:
             for r in range(cfg.latency_requests + 5):
                 parts = await loop.run_in_executor(None, in_thread, inprocess)
+                info: dict[str, Any] = {}
                 t0 = time.perf_counter()
-                await master.infer(one)
+                await master.infer(one, info=info)
                 if r >= 5:  # warm-up
                     lat.append(time.perf_counter() - t0)
                     inp.append(parts)
+                    stages.append(request_stages(info, s.R))
         finally:
             await master.close()
-        return lat, inp
+        return lat, inp, stages
 
     try:
         return run_coroutine(measure())
