@@ -109,6 +109,8 @@ def test_latency_section_pairs_requests_over_rounds(tmp_path):
     assert set(st) == {"queue", "encode", "first_result", "rth_result", "decode", "rest"}
     assert 0 < st["first_result"] <= st["rth_result"] < row["e2e_ms"]["p50"] and st["encode"] > 0
     assert "Where a request's time went" in render_markdown(res)
+    assert set(row["ping_after_idle_ms"]) == {"2", "20"} and all(v["p50"] > 0 for v in row["ping_after_idle_ms"].values())
+    assert "ping p50 after 2 / 20 ms idle" in render_markdown(res)
 
 
 def test_training_section_times_trains_own_step(monkeypatch):

@@ -151,10 +151,14 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{lat[0].get('rounds', 1)} rounds with fresh workers, overhead p50 = the median of the rounds' p50s (each in brackets); "
                 "ping = Ping/Pong round trip on one authenticated connection, the transport alone)", ""]
         rounds = lambda r: " (" + ", ".join(f"{x:.2f}" for x in r["overhead_ms"].get("p50_rounds", [])) + ")" if r["overhead_ms"].get("p50_rounds") else ""
-        out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99", "ping p50 / p99"],
+        idle = next((list(r["ping_after_idle_ms"]) for r in lat if "ping_after_idle_ms" in r), None)
+        out += _table(["model", "N", "requests", "e2e p50", "e2e p99", "in-process", "overhead p50", "overhead p99", "ping p50 / p99",
+                       "ping p50 after " + (" / ".join(idle) + " ms idle" if idle else "idle")],
                       [[r["label"], str(r["N"]), str(r["requests"]), f"{r['e2e_ms']['p50']:.2f} ms", f"{r['e2e_ms']['p99']:.2f} ms",
                         f"{r['inprocess_ms']['total']:.2f} ms", f"{r['overhead_ms']['p50']:.2f} ms{rounds(r)}", f"{r['overhead_ms']['p99']:.2f} ms",
-                        "–" if "ping_rtt_ms" not in r else f"{r['ping_rtt_ms']['p50']:.2f} / {r['ping_rtt_ms']['p99']:.2f} ms"]
+                        "–" if "ping_rtt_ms" not in r else f"{r['ping_rtt_ms']['p50']:.2f} / {r['ping_rtt_ms']['p99']:.2f} ms",
+                        "–" if "ping_after_idle_ms" not in r else
+                        " / ".join(f"{v['p50']:.2f}" for v in r["ping_after_idle_ms"].values()) + " ms"]
                        for r in lat])
         staged = [r for r in lat if "stages_p50_ms" in r]
         if staged:

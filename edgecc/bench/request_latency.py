@@ -23,9 +23,14 @@ from .models import load_bench_models, make_groups
 
 
 # -- 7. single-request latency ------------------------------------------------------------------
-async def ping_rtts(address: tuple[str, int], token: bytes, count: int) -> list[float]:
+IDLE_GAPS_S = (0.002, 0.02)  # pauses before a ping: a request follows ~2 ms of in-process compute in this section
+
+
+async def ping_rtts(address: tuple[str, int], token: bytes, count: int, idle_s: float = 0.0) -> list[float]:
     """Round trips of Ping/Pong on an authenticated connection: the transport and framing alone
-    (the worker answers pings on its event loop, no compute thread)."""
+    (the worker answers pings on its event loop, no compute thread); each after `idle_s` of sleep: on a VM a
+    process that slept is woken on an idle virtual CPU, which can cost more than the round trip itself
+    (results/bench.md has the numbers beside the back-to-back ping)."""
     from ..protocol.handshake import ClientHandshake
     from ..protocol.messages import Ping, Pong
     from ..master.handshake import client_handshake
@@ -37,6 +42,8 @@ async def ping_rtts(address: tuple[str, int], token: bytes, count: int) -> list[
         await client_handshake(comm, ClientHandshake(token))
         rtts = []
         for i in range(count + 5):
+            if idle_s:
+                await asyncio.sleep(idle_s)
             t0 = time.perf_counter()
             await comm.write(Ping(i))
             while not isinstance(await comm.read(timeout=5.0), Pong):
@@ -68,10 +75,14 @@ def latency_rows(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token:
     """Single-group requests against in-process compute of the same group, in rounds (this process)."""
     rows = []
     ping_all: list[float] = []
+    ping_idle: dict[float, list[float]] = {g: [] for g in IDLE_GAPS_S}
     per_model: dict[str, list[tuple[list[float], list[tuple[float, float, float]], list[tuple[float, ...]]]]] = {k: [] for k in cfg.models}
     for rnd in range(cfg.latency_rounds):  # fresh workers each round: one noisy stretch of the machine is one round
         with LocalWorkers(N, tmp, token, tag=f"lat{rnd}") as workers:
             ping_all += run_coroutine(ping_rtts(workers.addresses(1)[0], token.encode(), cfg.latency_requests))
+            for gap in IDLE_GAPS_S:
+                ping_idle[gap] += run_coroutine(ping_rtts(workers.addresses(1)[0], token.encode(),
+                                                          max(10, cfg.latency_requests // 2), gap))
             for key in cfg.models:
                 per_model[key].append(latency_round(cfg, models[key], images, workers, token, N))
     ping = np.array(ping_all)
@@ -94,6 +105,8 @@ def latency_rows(cfg: BenchConfig, models, images: np.ndarray, tmp: Path, token:
                      # p50: the median of the rounds' p50s; every round's p50 is listed beside it
                      "overhead_ms": {"p50": float(np.median(rounds)), "p99": ms(diff)["p99"], "p50_rounds": rounds},
                      "ping_rtt_ms": ms(ping),
+                     # the same ping after the machine idled: what waking a sleeping worker costs here
+                     "ping_after_idle_ms": {f"{g * 1e3:g}": ms(np.array(v)) for g, v in ping_idle.items()},
                      # where the e2e time went, p50 of each stage (ms); "rest": e2e minus queue, encode, the R-th
                      # result and decode (the awaiting task's wake-ups and the request's bookkeeping)
                      "stages_p50_ms": {**{k: float(np.nanmedian(stg[:, i])) * 1e3 for i, k in enumerate(STAGES)},
