@@ -89,6 +89,7 @@ def test_tiny_run_structure(tmp_path):
     assert one["groups"] == 4 and len(one["rounds"]) >= 5
     assert one["ratio_min"] <= one["ratio"] <= one["ratio_max"] and one["ratio"] > 0
     assert ("ratio_side_by_side" in one) == ((os.cpu_count() or 1) > 1)  # the master's way, where there is a core to spare
+    assert one["after_idle"]["calls"] == 30 and 0 < one["after_idle"]["p50_s"] <= one["after_idle"]["p99_s"]
     md = render_markdown(res)
     assert "alternating rounds" in md
     assert "Who computes what" in md and "Master cost per group" in md and "| --- " not in md

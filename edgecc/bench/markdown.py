@@ -92,6 +92,10 @@ def render_markdown(result: dict[str, Any]) -> str:
                     text += (f", {o['ratio_side_by_side']:.2f}× with its networks side by side as the master runs a lone "
                              f"small request (range {o['ratio_side_by_side_min']:.2f}–{o['ratio_side_by_side_max']:.2f}; "
                              f"{_t(statistics.median(x['side_by_side_s'] for x in o['rounds']))})")
+                if "after_idle" in o:
+                    a = o["after_idle"]
+                    text += (f"; after {a['idle_s'] * 1e3:g} ms idle, as sparse requests meet it, {_t(a['p50_s'])} p50, "
+                             f"{_t(a['p99_s'])} p99 ({a['calls']} calls)")
                 ratios.append(text)
                 continue
             one = {b["groups"]: b for b in r["by_batch"] if b.get("torch_threads") == 1}
