@@ -97,10 +97,10 @@ def one_group_price(plan, one: np.ndarray, many: np.ndarray, rounds: int, min_ti
 
     import torch
 
-    from ..nets.blocks import stacks_on
+    from ..schemes.base import side_by_side as plan_side_by_side
 
     def side_by_side() -> None:  # as the Master encodes a lone small request (Master._side_by_side)
-        with stacks_on(pool):
+        with plan_side_by_side(plan, pool):
             plan.payloads(one)
 
     per_round = []

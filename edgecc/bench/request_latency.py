@@ -147,7 +147,7 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..nets.blocks import stacks_on
+    from ..schemes.base import side_by_side
 
     # the encoder's networks side by side on the other cores, as the Master encodes a lone small request
     pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), initializer=torch.set_num_threads, initargs=(1,))
@@ -155,7 +155,7 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
     def inprocess() -> tuple[float, float, float]:
         """One group computed here: encode at the N points, H on one, decode from R (seconds each)."""
         t0 = time.perf_counter()
-        with torch.inference_mode(), stacks_on(pool if (os.cpu_count() or 1) > 1 else None):
+        with torch.inference_mode(), side_by_side(plan, pool if (os.cpu_count() or 1) > 1 else None):
             xt = model.encode(torch.from_numpy(one.astype(np.float32) / 255.0), plan.alphas, plan.encode_precision).numpy()
         t1 = time.perf_counter()
         comp(xt[:, 0])

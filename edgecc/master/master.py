@@ -28,7 +28,7 @@ from ..comm import CommClosedError
 from ..comm.addressing import format_host_port
 from ..process import keep_frame_memory
 from ..protocol.messages import Configure, Hello
-from ..schemes.base import payloads_many, plan_shape
+from ..schemes.base import payloads_many, plan_shape, side_by_side
 from ..schemes.registry import configure_message
 from .handshake import BaseMismatch, DatasetMismatch, WorkerMismatch, check_base, check_dataset
 from .link import MAX_QUEUED_BYTES, AuthError, FrameTooLarge, LinkConfig, WorkerLink  # noqa: F401  (AuthError: part of this module's API)
@@ -511,12 +511,10 @@ class Master:
     def _side_by_side(self, groups: int):
         """The context an encode of `groups` groups runs in: its encoder networks side by side on stack_pool
         while no more than SMALL_REQUEST_GROUPS groups encode (only one small batch runs then: the others'
-        cores are idle), else one after the other. Plans without torch networks never load torch for it."""
-        if self.stack_pool is None or groups > SMALL_REQUEST_GROUPS or self._small_running > 1 or "torch" not in sys.modules:
+        cores are idle), else one after the other (Plan.side_by_side: a plan without networks ignores it)."""
+        if self.stack_pool is None or groups > SMALL_REQUEST_GROUPS or self._small_running > 1:
             return contextlib.nullcontext()
-        from ..nets.blocks import stacks_on
-
-        return stacks_on(self.stack_pool)
+        return side_by_side(self.plan, self.stack_pool)
 
     def _count_encode_cpu(self, since: float) -> None:
         """In an encode thread: add its CPU time since `since` (time.thread_time) to its own entry."""

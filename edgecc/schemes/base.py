@@ -12,8 +12,10 @@ light; the plans that need torch import it in their own modules.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
@@ -86,6 +88,12 @@ class Plan(Protocol):
         group on more groups at a time (AICC's networks) runs it once over all of them."""
         return [self.payloads(b) for b in batches]
 
+    def side_by_side(self, pool: Executor) -> contextlib.AbstractContextManager:
+        """The context in which `payloads` may run the plan's independent encoder networks at the same time,
+        the others on `pool`'s threads (the master enters it for a lone small request, whose latency it pays in
+        full, when it has idle cores). Default: one after the other, as always."""
+        return contextlib.nullcontext()
+
     def at_master(self, images: np.ndarray) -> np.ndarray:
         """(B, K, classes) logits the master computes itself, in its encode pool: called instead of `payloads`
         when N = 0 (the request then completes at once); plans with workers never are."""
@@ -108,8 +116,14 @@ def payloads_many(plan: Plan, batches: list[np.ndarray]) -> list[list[dict[str, 
     return many(batches) if many is not None else [plan.payloads(b) for b in batches]
 
 
+def side_by_side(plan: Plan, pool: Executor) -> contextlib.AbstractContextManager:
+    """plan.side_by_side(pool) where the plan has it (a plan written without subclassing Plan may not)."""
+    fn = getattr(plan, "side_by_side", None)
+    return fn(pool) if fn is not None else contextlib.nullcontext()
+
+
 # Every member the registry checks a built plan for (the annotated ones and the methods above, but for the
-# later payloads_many, which `payloads_many(plan, ...)` supplies for plans without it).
+# later payloads_many and side_by_side, which the functions of those names supply for plans without them).
 PLAN_MEMBERS = ("name", "K", "N", "need", "placement", "wire_dtype", "digest", "wire_arrays", "compute_spec",
                 "scheme_params", "payloads", "complete", "reachable", "decoded", "oracle", "at_master", "summary",
                 "worker_summary")
