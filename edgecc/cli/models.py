@@ -39,7 +39,7 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 @click.option("--data-dir", default=None, help="folder with the source's files (Fashion-MNIST: the IDX files)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="model file to write (.safetensors)")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
-@click.option("--resume", is_flag=True, help="continue from the last epoch checkpoint")
+@click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
 def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, batch, lr, seed, precision, device,
           threads, limit, data, data_dir, out, run_dir, resume, quiet):
