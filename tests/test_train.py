@@ -116,12 +116,22 @@ def test_best_recipe_schedule_and_augmentation():
     assert set(xs.tolist()) >= {10, 27 - 10}  # mirrored and not
 
 
-def test_augment_recipe_resumes_to_the_same_model(tmp_path):
+AUGMENT = TrainConfig.for_recipe("augment", epochs=2, limit=2000, threads=1, seed=5)
+
+
+@pytest.fixture(scope="module")
+def augment_straight(tmp_path_factory):
+    """A straight (never interrupted) 2-epoch run of the augment recipe: the model the resume tests must equal."""
+    path = tmp_path_factory.mktemp("straight") / "a.safetensors"
+    train("aicc", SCHEME, AUGMENT, path)
+    return path
+
+
+def test_augment_recipe_resumes_to_the_same_model(tmp_path, augment_straight):
     """The improved recipes' schedule spans all epochs (and augment draws from the epoch's generator): a run
     stopped after epoch 1 and resumed equals a straight one."""
 
-    cfg = TrainConfig.for_recipe("augment", epochs=2, limit=2000, threads=1, seed=5)
-    train("aicc", SCHEME, cfg, tmp_path / "a.safetensors")
+    cfg = AUGMENT
 
     class Stop(Exception):
         pass
@@ -133,7 +143,7 @@ def test_augment_recipe_resumes_to_the_same_model(tmp_path):
     with pytest.raises(Stop):
         train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", progress=stop_after_first_epoch)
     train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", resume=True)
-    a, _ = load_model(tmp_path / "a.safetensors")
+    a, _ = load_model(augment_straight)
     b, info = load_model(tmp_path / "b.safetensors")
     assert info["training"]["recipe"] == "augment" and info["training"]["epochs"] == 2
     for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -181,15 +191,14 @@ def test_precision_auto_resolves_to_what_the_device_runs_natively():
         TrainConfig(precision="fp16")
 
 
-def test_a_run_killed_inside_an_epoch_resumes_from_its_last_step_to_the_same_model(tmp_path, monkeypatch):
+def test_a_run_killed_inside_an_epoch_resumes_from_its_last_step_to_the_same_model(tmp_path, monkeypatch, augment_straight):
     """Checkpoints inside an epoch (here after every step) hold the step, the loss so far and the generator the
     augment recipe draws from: a run killed in the middle of epoch 2 resumes there and equals a straight run,
     history (the epoch's mean loss) included, without redoing the steps it had done."""
     import edgecc.train as train_module
     from edgecc.train import run_progress
 
-    cfg = TrainConfig.for_recipe("augment", epochs=2, limit=2000, threads=1, seed=5)
-    train("aicc", SCHEME, cfg, tmp_path / "a.safetensors")
+    cfg = AUGMENT
 
     class Killed(Exception):
         pass
@@ -211,7 +220,7 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_last_step_to_the_same_mod
     monkeypatch.setattr(train_module, "train_step", lambda *a, **k: (calls.append(1), real_step(*a, **k))[1])
     train("aicc", SCHEME, cfg, tmp_path / "b.safetensors", run_dir=tmp_path / "b.run", resume=True)
     assert len(calls) == 12  # the rest of epoch 2 only
-    a, info_a = load_model(tmp_path / "a.safetensors")
+    a, info_a = load_model(augment_straight)
     b, info_b = load_model(tmp_path / "b.safetensors")
     assert [h["loss"] for h in info_b["training"]["history"]] == [h["loss"] for h in info_a["training"]["history"]]
     for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
