@@ -478,7 +478,7 @@ class Master:
         outcomes: list[tuple[Any, BaseException | None]]
         frames_ok = True
         try:
-            with self._side_by_side(sum(w.images.shape[0] for w in live)):
+            with self._side_by_side(sum(w.images.shape[0] for w in live), len(batch)):
                 frames = self._frames_many([(w.req_id, w.images) for w in live])
             outcomes = [(f, None) for f in frames]
         except BaseException:
@@ -508,11 +508,14 @@ class Master:
 
         loop.call_soon_threadsafe(settle)
 
-    def _side_by_side(self, groups: int):
-        """The context an encode of `groups` groups runs in: its encoder networks side by side on stack_pool
-        while no more than SMALL_REQUEST_GROUPS groups encode (only one small batch runs then: the others'
-        cores are idle), else one after the other (Plan.side_by_side: a plan without networks ignores it)."""
-        if self.stack_pool is None or groups > SMALL_REQUEST_GROUPS or self._small_running > 1:
+    def _side_by_side(self, groups: int, requests: int):
+        """The context an encode of `groups` groups for `requests` requests runs in: its encoder networks side by
+        side on stack_pool while it is small (at most SMALL_REQUEST_GROUPS groups) and the only encode running
+        (the other cores idle), else one after the other (Plan.side_by_side: a plan without networks ignores
+        it). Read from the encode thread: `encoding` may lag the loop by a request, which errs either way by
+        one encode at most."""
+        if (self.stack_pool is None or groups > SMALL_REQUEST_GROUPS or self._small_running > 1
+                or len(self.encoding) > requests):  # a large request (or another batch) is encoding too
             return contextlib.nullcontext()
         return side_by_side(self.plan, self.stack_pool)
 
