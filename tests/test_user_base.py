@@ -96,6 +96,16 @@ async def _started(plan, addresses, wait: float = 20.0) -> Master:
     return m
 
 
+async def _infer_once(plan, addresses, images: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One request through a master started on `addresses`, closed after: (logits, info)."""
+    m = await _started(plan, addresses)
+    try:
+        info: dict = {}
+        return await m.infer(images, info=info), info
+    finally:
+        await m.close()
+
+
 async def test_the_hello_announces_the_base_and_the_user_compute(workers, mymod):
     from edgecc.worker.user_base import weights_digest
 
@@ -113,12 +123,7 @@ async def test_uncoded_runs_the_workers_base_and_returns_its_logits(workers, mym
     plan = build_plan("uncoded", 3, 3, model="worker")
     assert plan.spec.to_wire() == {"kind": "user", "in_shape": [28, 28], "out": 10} and plan.wire_arrays == {}
     images = _groups(4, 3)
-    m = await _started(plan, _good(workers))
-    try:
-        info = {}
-        got = await m.infer(images, info=info)
-    finally:
-        await m.close()
+    got, info = await _infer_once(plan, _good(workers), images)
     with torch.inference_mode():
         want = mymod.make().eval()(torch.from_numpy(images.reshape(12, 28, 28).astype(np.float32) / 255.0)).numpy()
     np.testing.assert_allclose(got.reshape(12, 10), want, rtol=1e-5, atol=1e-5)
@@ -128,12 +133,7 @@ async def test_uncoded_runs_the_workers_base_and_returns_its_logits(workers, mym
 async def test_approxifer_decodes_from_any_k_of_the_workers_base(workers, mymod):
     plan = build_plan("approxifer", 3, 2, model="worker")
     images = _groups(8, 2)
-    m = await _started(plan, _good(workers))
-    try:
-        info = {}
-        got = await m.infer(images, info=info)
-    finally:
-        await m.close()
+    got, info = await _infer_once(plan, _good(workers), images)
     assert got.shape == (8, 2, 10) and np.isfinite(got).all()
     # what the K workers that answered first computed, here: the in-process model on their Berrut combinations
     subset = info["decode"]["subset"]

@@ -100,6 +100,15 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return _POOL.submit(with_threads).result()
 
 
+def side_by_side_pool() -> ThreadPoolExecutor | None:
+    """Threads for an encoder's other networks (Plan.side_by_side), one torch thread each, on the cores a lone
+    request leaves idle, as the Master's stack_pool; None on one core. The caller shuts it down."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    return ThreadPoolExecutor(cores - 1, initializer=torch.set_num_threads, initargs=(1,)) if cores > 1 else None
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """torch's intra-op thread count set to n inside, restored after (Master() sets it to 1 process-wide)."""

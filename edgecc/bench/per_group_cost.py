@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import costs
-from .config import BenchConfig, in_thread, log, timeit, torch_threads
+from .config import BenchConfig, in_thread, log, side_by_side_pool, timeit, torch_threads
 from .machine import bench_precisions
 from .models import make_groups
 
@@ -92,37 +92,37 @@ def one_group_price(plan, one: np.ndarray, many: np.ndarray, rounds: int, min_ti
     this VM's speed drifts by 2x within minutes, and timing the two sizes minutes apart measured the drift.
     The lone group both ways: its encoder networks one after the other, and side by side on the other cores
     (one torch thread each), as the Master encodes a lone small request."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
     from ..schemes.base import side_by_side as plan_side_by_side
+
+    pool = side_by_side_pool()  # None on one core: then the networks run one after the other
 
     def side_by_side() -> None:  # as the Master encodes a lone small request (Master._side_by_side)
         with plan_side_by_side(plan, pool):
             plan.payloads(one)
 
+    # the same lone group after the machine idled, as a master between sparse requests meets it (a sleeping
+    # thread woken on an idle virtual CPU, its caches cold): each call after IDLE_S of sleep
+    def after_idle() -> list[float]:
+        times = []
+        for _ in range(IDLE_CALLS):
+            time.sleep(IDLE_S)
+            t0 = time.perf_counter()
+            side_by_side()
+            times.append(time.perf_counter() - t0)
+        return times
+
     per_round = []
-    with ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    try:
         for _ in range(rounds):
             t1 = in_thread(timeit, lambda: plan.payloads(one), 3, min_time)["median_s"]
-            ts = in_thread(timeit, side_by_side, 3, min_time)["median_s"] if (os.cpu_count() or 1) > 1 else None
+            ts = in_thread(timeit, side_by_side, 3, min_time)["median_s"] if pool is not None else None
             tb = in_thread(timeit, lambda: plan.payloads(many), 3, min_time)["median_s"] / many.shape[0]
             per_round.append({"one_s": t1, "side_by_side_s": ts, "share_s": tb, "ratio": t1 / tb,
                               "ratio_side_by_side": None if ts is None else ts / tb})
-        # the same lone group after the machine idled, as a master between sparse requests meets it (a sleeping
-        # thread woken on an idle virtual CPU, its caches cold): each call after IDLE_S of sleep
-        def after_idle() -> list[float]:
-            times = []
-            for _ in range(IDLE_CALLS):
-                time.sleep(IDLE_S)
-                t0 = time.perf_counter()
-                side_by_side() if (os.cpu_count() or 1) > 1 else plan.payloads(one)
-                times.append(time.perf_counter() - t0)
-            return times
-
         idle = in_thread(after_idle)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     ratios = sorted(r["ratio"] for r in per_round)
     out = {"groups": many.shape[0], "rounds": per_round, "ratio": float(np.median(ratios)),
            "ratio_min": ratios[0], "ratio_max": ratios[-1],

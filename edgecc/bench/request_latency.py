@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .cluster import LocalWorkers, connected_master, run_coroutine
-from .config import BenchConfig, in_thread, jsonable, log
+from .config import BenchConfig, in_thread, jsonable, log, side_by_side_pool
 from .models import load_bench_models, make_groups
 
 
@@ -145,17 +145,15 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
     rng = np.random.default_rng(0)
     res = {i: rng.standard_normal((1, 10)).astype(np.float32) for i in range(s.R)}
 
-    from concurrent.futures import ThreadPoolExecutor
-
     from ..schemes.base import side_by_side
 
     # the encoder's networks side by side on the other cores, as the Master encodes a lone small request
-    pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), initializer=torch.set_num_threads, initargs=(1,))
+    pool = side_by_side_pool()
 
     def inprocess() -> tuple[float, float, float]:
         """One group computed here: encode at the N points, H on one, decode from R (seconds each)."""
         t0 = time.perf_counter()
-        with torch.inference_mode(), side_by_side(plan, pool if (os.cpu_count() or 1) > 1 else None):
+        with torch.inference_mode(), side_by_side(plan, pool):
             xt = model.encode(torch.from_numpy(one.astype(np.float32) / 255.0), plan.alphas, plan.encode_precision).numpy()
         t1 = time.perf_counter()
         comp(xt[:, 0])
@@ -185,7 +183,8 @@ def latency_round(cfg: BenchConfig, m: dict[str, Any], images: np.ndarray, worke
     try:
         return run_coroutine(measure())
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
 
 
 def _main() -> None:

@@ -152,7 +152,8 @@ _STACK_POOL: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("e
 
 @contextlib.contextmanager
 def stacks_on(pool: Executor | None) -> Iterator[None]:
-    """Inside (in this thread), CoefNets.forward_bf16 runs its coefficient networks at the same time: the first
+    """Inside (in this thread), CoefNets.forward_bf16 runs its coefficient networks at the same time (on its fused
+    oneDNN path; under the autocast fallback they stay one after the other): the first
     in the calling thread, the others on `pool` (threads with one torch thread each). For a lone group, whose
     latency a master pays in full: the networks are independent, and one small convolution gains little from
     a second intra-op thread (oneDNN at batch 1 on 28×28), while a second network beside it runs at full speed.
