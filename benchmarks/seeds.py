@@ -1,10 +1,13 @@
 """Seed variance of one Table 2/3 cell: train it with other seeds by the same protocol and summarise.
 
     python benchmarks/seeds.py learned-code-conv --seeds 1 2 [--table 2] [--threads 1]
+    python benchmarks/seeds.py cnn+cnn-hs --seeds 1 2 --recipe anneal
 
 Each seed trains in its own results folder (results/seeds/CELL/seedN, with its checkpoint) and run
-folder (runs/seeds/CELL/seedN), resumably; the committed row of results/table{N}.json is seed 0.
-Writes results/seeds/CELL.json: every seed's accuracy, the mean and the sample standard deviation.
+folder (runs/seeds/CELL/seedN), resumably; the committed row of results/table{N}[-RECIPE].json is seed 0.
+The anneal recipe continues the seed's own paper-protocol model, so that seed trains by the paper
+protocol first (its paper row is kept in the seed's folder too).
+Writes results/seeds/CELL[-RECIPE].json: every seed's accuracy, the mean and the sample standard deviation.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--table", type=int, default=2, choices=(2, 3))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--recipe", default="paper", choices=("paper", "anneal"))
     ap.add_argument("--results", default="results")
     args = ap.parse_args()
     if args.cell not in {c.name for c in TABLES[args.table]}:
         raise SystemExit(f"unknown cell {args.cell!r}")
     results = Path(args.results)
     runs = {}
-    main_rows = read_rows(results, args.table) or {}
+    main_rows = read_rows(results, args.table, args.recipe) or {}
     if args.cell in main_rows:
         runs[main_rows[args.cell]["seed"]] = main_rows[args.cell]["accuracy"]
     for seed in args.seeds:
@@ -40,15 +44,19 @@ def main() -> None:
         base = out / "checkpoints" / "table2" / "baseline-mlp.safetensors"  # the learned code's frozen base model
         base.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results / "checkpoints" / "table2" / "baseline-mlp.safetensors", base)
-        (row,) = reproduce(args.table, [args.cell], TrainConfig(seed=seed, threads=args.threads), out,
-                           Path("runs") / "seeds" / args.cell / f"seed{seed}")
+        runs_dir = Path("runs") / "seeds" / args.cell / f"seed{seed}"
+        for recipe in ("paper", "anneal")[: 2 if args.recipe == "anneal" else 1]:
+            cfg = TrainConfig.for_recipe(recipe, seed=seed, threads=args.threads)
+            (row,) = reproduce(args.table, [args.cell], cfg, out, runs_dir)
         runs[seed] = row["accuracy"]
         base.unlink()  # the copy is not part of this seed's results
     accs = [runs[s] for s in sorted(runs)]
     summary = {"cell": args.cell, "table": args.table, "paper": next(c.paper for c in TABLES[args.table] if c.name == args.cell),
                "accuracy_by_seed": {str(s): runs[s] for s in sorted(runs)}, "mean": statistics.mean(accs),
                "stdev": statistics.stdev(accs) if len(accs) > 1 else None, "seeds": len(accs)}
-    atomic_write(results / "seeds" / f"{args.cell}.json", (json.dumps(summary, indent=2) + "\n").encode())
+    name = args.cell if args.recipe == "paper" else f"{args.cell}-{args.recipe}"
+    summary["recipe"] = args.recipe
+    atomic_write(results / "seeds" / f"{name}.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(json.dumps(summary))
 
 

@@ -55,12 +55,16 @@ def aicc_outputs(model, info: dict[str, Any], x: np.ndarray, alphas: list[float]
     def sent(a: np.ndarray) -> np.ndarray:  # what arrives: the wire dtype, widened to float32 by the worker
         return a.astype(wire).astype(np.float32)
 
+    hs = scheme.computation == "hs"
     direct, workers = [], []
     for i in range(0, x.shape[0], batch):
         xb = torch.from_numpy(x[i : i + batch])
-        direct.append(model(xb).numpy())
-        xt = sent(model.encode(xb, alphas, encode_precision).numpy())  # (b, N, *dims(image))
-        v = sent(model.lambdas(xb, encode_precision).numpy()) if scheme.computation == "hs" else None
+        coef, v = model.coefficients(xb), model.lambdas(xb) if hs else None  # the fp32 reference's
+        direct.append(model.at_points(coef, v).numpy())  # = model(xb), without running the encoder twice
+        if encode_precision != "fp32":  # the master's coefficients, in its precision
+            coef, v = model.coefficients(xb, encode_precision), model.lambdas(xb, encode_precision) if hs else None
+        xt = sent(model.evaluate_encoder(coef, alphas).numpy())  # (b, N, *dims(image))
+        v = sent(v.numpy()) if hs else None
         workers.append(np.stack([sent(worker(xt[:, n], v)) for n in range(len(alphas))], axis=1))
     return np.concatenate(direct), np.concatenate(workers)
 

@@ -151,7 +151,10 @@ class AICC(nn.Module):
     # -- training / direct evaluation ----------------------------------------------------------
     def forward(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
         """D(point) = H(E(point)) for each point (default: β_1..β_K): (B, K, *dims) -> (B, n, classes)."""
-        pts = self.betas if points is None else points
-        xt = self.encode(x, pts)
-        v = self.lambdas(x) if self.scheme.computation == "hs" else None
-        return self.compute(xt, v)
+        return self.at_points(self.coefficients(x), self.lambdas(x) if self.scheme.computation == "hs" else None, points)
+
+    def at_points(self, coef: torch.Tensor, v: torch.Tensor | None = None,
+                  points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+        """D(point) from coefficients already computed (C_g, and V_p for H_S): forward without running the
+        encoder networks again, for a caller that also needs the coefficients (evaluate)."""
+        return self.compute(self.evaluate_encoder(coef, self.betas if points is None else points), v)

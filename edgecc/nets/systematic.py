@@ -114,7 +114,12 @@ class SystematicAICC(nn.Module):
 
     def forward(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
         """D(point) = H_B(E(point)) (default: β_1..β_K, the CNN's logits): (B, K, *dims) -> (B, n, classes)."""
-        return self.compute(self.encode(x, self._betas if points is None else points))
+        return self.at_points(self.coefficients(x), None, points)
+
+    def at_points(self, coef: torch.Tensor, v: torch.Tensor | None = None,
+                  points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+        """D(point) from the features already computed (AICC.at_points)."""
+        return self.compute(self.evaluate_encoder(coef, self._betas if points is None else points))
 
     @classmethod
     def from_base(cls, cnn: CentralizedCNN, K: int, image: Sequence[int] = PAPER_IMAGE, classes: int = 10) -> SystematicAICC:
