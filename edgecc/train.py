@@ -29,6 +29,7 @@ from . import data
 from .coding.schemes import Scheme
 from .modelfile import atomic_write, build_model, save_model
 from .nets.aicc import resolve_precision
+from .nets.blocks import variance_preserving_init
 from .protocol.images import PAPER_IMAGE, dims, model_image
 
 
@@ -58,6 +59,10 @@ class TrainConfig:
     # to at most this global L2 norm before each step, so one spiking batch cannot throw the encoder off.
     warmup_steps: int = 0
     clip_norm: float | None = None
+    # weight_init "variance": the CL stacks' convolutions start from a variance-preserving (He) init instead of
+    # PyTorch's default (nets.blocks.variance_preserving_init); at K=8 this lets Adam at lr 1e-4 leave chance
+    # within ~40 steps where the default init sits there for hundreds (docs/k8.md).
+    weight_init: str = "default"
 
     def __post_init__(self) -> None:  # validates; rows, checkpoints and resume checks record what actually ran
         object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
@@ -65,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
 
     def batch_for(self, K: int) -> int:
         return self.batch if self.batch is not None else max(1, 128 // K)
@@ -79,7 +86,8 @@ class TrainConfig:
         return cls(recipe=recipe, **{**defaults, **{k: v for k, v in settings.items() if v is not None}})
 
 
-REMEDIES_OFF = {"warmup_steps": 0, "clip_norm": None}  # TrainConfig's fields beyond the paper, and their off values
+REMEDIES_OFF = {"warmup_steps": 0, "clip_norm": None, "weight_init": "default"}  # fields beyond the paper, and their off values
+WEIGHT_INITS = ("default", "variance")
 
 
 # The improved recipes: same networks, same data per epoch, same recovery threshold.
@@ -272,7 +280,10 @@ def _start(kind: str, scheme: Scheme | None, cfg: TrainConfig, code: dict[str, A
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # cuDNN's fastest dilated convs for these fixed shapes
     torch.manual_seed(cfg.seed)
-    model = build_model(info).to(dev).train()
+    model = build_model(info)
+    if cfg.weight_init == "variance" and not variance_preserving_init(model, cfg.seed):
+        raise ValueError("weight_init 'variance' re-draws CL (CNN) stacks, and this model has none")
+    model = model.to(dev).train()
     return info, K, dev, model, make_optimizer(model, cfg, dev.type == "cuda")
 
 

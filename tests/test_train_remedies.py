@@ -106,3 +106,59 @@ def test_remedies_are_validated_and_recorded_only_when_set(tmp_path):
         train("aicc", SCHEME, TrainConfig(epochs=2, limit=256, threads=1), tmp_path / "m.safetensors", resume=True)
     paper = train("aicc", SCHEME, TrainConfig(epochs=1, limit=256, threads=1), tmp_path / "p.safetensors")
     assert not {"warmup_steps", "clip_norm"} & set(paper["training"])
+
+
+CL_SCHEME = Scheme(K=2, G=1, computation="hb", encoder="cl", compute_arch="cl")  # CL stacks in Γ and H_B
+
+
+def _spread(model, K: int = 2) -> float:
+    """How much the encoder's coefficients vary across 16 random groups (their std over the groups, mean over pixels)."""
+    x = torch.rand(16, K, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model.coefficients(x).std(0).mean().item()
+
+
+def test_variance_init_keeps_the_input_in_the_encoders_output_and_is_recorded(tmp_path):
+    """weight_init "variance" (beyond the paper): under PyTorch's default init the CL stack's seven layers leave
+    its output almost independent of its input; the He init keeps the input's scale."""
+    _, _, _, default, _ = _start("aicc", CL_SCHEME, TrainConfig(threads=1), None)
+    _, _, _, he, _ = _start("aicc", CL_SCHEME, TrainConfig(threads=1, weight_init="variance"), None)
+    _, _, _, again, _ = _start("aicc", CL_SCHEME, TrainConfig(threads=1, weight_init="variance"), None)
+    _, _, _, other, _ = _start("aicc", CL_SCHEME, TrainConfig(threads=1, weight_init="variance", seed=1), None)
+    assert _spread(default) < 2e-3 and _spread(he) > 50 * _spread(default)  # (measured: 4e-4 and ~0.1)
+    first = he.gamma.stacks[0].convs[0]
+    assert torch.equal(first.weight, again.gamma.stacks[0].convs[0].weight)  # the seed decides the draw
+    assert not torch.equal(first.weight, other.gamma.stacks[0].convs[0].weight)
+    assert all(float(c.bias.detach().abs().max()) == 0 for s in he.modules() if hasattr(s, "convs") for c in s.convs)
+    # the ReLU layers at std sqrt(2 / fan_in), the affine head and H_B stack at sqrt(1 / fan_in)
+    assert first.weight.std().item() == pytest.approx((2 / first.weight[0].numel()) ** 0.5, rel=0.05)
+    hb_conv = he.hb.stack.convs[3]
+    assert hb_conv.weight.std().item() == pytest.approx((1 / hb_conv.weight[0].numel()) ** 0.5, rel=0.05)
+
+    with pytest.raises(ValueError, match="weight_init"):
+        TrainConfig(weight_init="he")
+    with pytest.raises(ValueError, match="has none"):  # an MLP-only model: nothing to re-draw, said, not ignored
+        _start("aicc", SCHEME, TrainConfig(threads=1, weight_init="variance"), None)
+    assert "weight_init" not in _identity(TrainConfig())
+    assert _identity(TrainConfig(weight_init="variance"))["weight_init"] == "variance"
+
+
+def test_edgecc_train_takes_weight_init_and_records_it(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecc import cli
+    from edgecc.data import load_sample
+    from edgecc.modelfile import read_header
+
+    from .test_reproduce import write_idx_dir
+
+    images, labels = load_sample()  # 64 real training and 16 test images on disk: the run's test pass stays short
+    data = write_idx_dir(tmp_path / "data", images[:64], labels[:64], images[64:80], labels[64:80])
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--K", "2", "--encoder", "cnn", "--compute", "cnn", "--epochs", "1", "--data-dir", str(data),
+            "--threads", "1", "--quiet", "--out", str(out)]
+    r = CliRunner().invoke(cli.main, args + ["--weight-init", "variance"])
+    assert r.exit_code == 0, r.output
+    assert read_header(str(out))["training"]["weight_init"] == "variance"
+    r = CliRunner().invoke(cli.main, args + ["--weight-init", "he"])
+    assert r.exit_code == 2 and "'he' is not one of" in r.output

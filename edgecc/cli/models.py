@@ -26,6 +26,9 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 @click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
               help="model file to start from (same kind and scheme; the anneal recipe needs one)")
 @click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
+@click.option("--weight-init", type=click.Choice(["default", "variance"]), default="default", show_default=True,
+              help="variance: He init for the CL stacks' convolutions, beyond the paper (docs/k8.md: K=8 leaves "
+              "chance within ~40 steps at lr 1e-4 where the default init sits there for hundreds)")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
 @click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -41,15 +44,16 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, batch, lr, seed, precision, device,
-          threads, limit, data, data_dir, out, run_dir, resume, quiet):
+def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, weight_init, batch, lr, seed, precision,
+          device, threads, limit, data, data_dir, out, run_dir, resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from ..coding.schemes import Scheme
     from ..train import TrainConfig, train as run_training
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
-                                 threads=threads, limit=limit, data=data, data_dir=data_dir, init=init)
+                                 threads=threads, limit=limit, data=data, data_dir=data_dir, init=init,
+                                 weight_init=weight_init)
 
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:

@@ -47,6 +47,29 @@ class DilatedStack(nn.Module):
         return self.head(x)
 
 
+def variance_preserving_init(model: nn.Module, seed: int) -> int:
+    """Re-draw every convolution of `model`'s CL stacks so that a signal keeps its scale through them: std
+    sqrt(2 / fan_in) (He et al. 2015) for a conv a ReLU follows, sqrt(1 / fan_in) for one that stays affine
+    (the 1×1 heads, the H_B stack), biases 0. A remedy beyond the paper, whose networks keep PyTorch's default
+    init (TrainConfig.weight_init; docs/k8.md).
+
+    Why: under the default init (uniform, bound 1/sqrt(fan_in)) a ReLU layer keeps about 1/6 of its input's
+    variance, so after a stack's seven layers the encoder's output barely depends on its input (its spread
+    across inputs is 4e-4 against the input's 0.26, at every K); at K=8 Adam then sits at chance for hundreds
+    of steps. The draw uses its own generator from `seed`, so it does not depend on how the model was built.
+    Returns how many stacks it re-drew."""
+    gen = torch.Generator().manual_seed(seed * 7919 + 1)
+    stacks = [m for m in model.modules() if isinstance(m, DilatedStack)]
+    for stack in stacks:
+        for conv in (*stack.convs, stack.head):
+            gain = 2.0 if stack.activation and conv is not stack.head else 1.0
+            fan_in = conv.weight[0].numel()
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * gain ** 0.5 / fan_in ** 0.5)
+                conv.bias.zero_()
+    return len(stacks)
+
+
 class GroupedLinear(nn.Module):
     """n independent Linear(in→out) layers applied to n inputs: (B, n, in) -> (B, n, out)."""
 
