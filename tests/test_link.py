@@ -47,15 +47,17 @@ class SlowReaderWorker(Worker):
     """Reads its socket in short bursts (5 ms every 100 ms): a slow link whose backlog at the master
     grows while requests keep coming, but never stops draining."""
 
+    burst_s: float | None = 0.005  # None: one loop turn, i.e. one pipe chunk (64 kB) per 100 ms
+
     async def _serve(self, comm) -> None:
         writer = comm.writer
 
         async def trickle() -> None:
             while True:
                 writer.transport.pause_reading()
-                await asyncio.sleep(0.095)
+                await asyncio.sleep(0.1 - (self.burst_s or 0))
                 writer.transport.resume_reading()
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(self.burst_s or 0)
 
         t = asyncio.create_task(trickle())
         try:
@@ -66,7 +68,11 @@ class SlowReaderWorker(Worker):
 
 class MuteSlowReaderWorker(SlowReaderWorker):
     """A hung or desynchronised worker whose socket still drains: it keeps reading (slowly, so the
-    master's backlog never empties) but from its first request on it sends nothing, not even a pong."""
+    master's backlog never empties) but from its first request on it sends nothing, not even a pong.
+    It reads one pipe chunk per 100 ms: a 5 ms burst on a loaded machine spans enough loop turns to
+    empty the whole backlog, and a link with nothing waiting is dropped by the silence rule instead."""
+
+    burst_s = None
 
     async def _request(self, comm, state, msg) -> None:
         async def swallow(*args, **kwargs) -> int:
@@ -165,8 +171,12 @@ async def test_a_worker_that_takes_pings_and_never_answers_is_dropped_though_its
                              max_queued_bytes=1 << 30) as (m, linked):
         mute = m.links[2]
         t0 = time.monotonic()
-        while mute.connects < 2 and time.monotonic() - t0 < 5.0:
-            await asyncio.gather(*(m.infer(x[i * 16:(i + 1) * 16]) for i in range(4)))
+
+        async def keep_sending(i: int) -> None:  # 4 requests always in flight: the mute link's backlog never
+            while mute.connects < 2 and time.monotonic() - t0 < 5.0:  # empties between rounds of requests
+                await m.infer(x[i * 16:(i + 1) * 16])
+
+        await asyncio.gather(*(keep_sending(i) for i in range(4)))
         assert mute.connects >= 2, mute.last_error
         assert "took our ping" in mute.last_error, mute.last_error
         assert [l.connects for l in m.links[:2]] == [1, 1]
