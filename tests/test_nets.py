@@ -174,3 +174,17 @@ def test_cl_bf16_inference_gives_autocasts_numbers_exactly(image):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ref = nets(x).float()
         assert torch.equal(nets.forward_bf16(x), ref) and nets._fused[1] is not cached
+
+
+@pytest.mark.parametrize("computation,P", [("hb", 1), ("hs", 2)])
+def test_at_points_from_computed_coefficients_is_forward_bit_for_bit(computation, P):
+    """evaluate() reuses the encoder's coefficients for the direct logits and the workers' inputs: the same numbers
+    as running forward, which computes them again."""
+    torch.manual_seed(0)
+    model = AICC(Scheme(K=2, G=1, P=P, computation=computation, encoder="cl", compute_arch="cl")).eval()
+    x = torch.rand(5, 2, 28, 28)
+    with torch.inference_mode():
+        v = model.lambdas(x) if computation == "hs" else None
+        coef = model.coefficients(x)
+        assert torch.equal(model.at_points(coef, v), model(x))
+        assert torch.equal(model.at_points(coef, v, [0.3, 0.7]), model(x, [0.3, 0.7]))
