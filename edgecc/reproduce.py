@@ -35,14 +35,15 @@ class Cell:
     N: int | None = None  # workers for the decoded evaluation (None: R + 1)
     paper_params: int | None = None  # Table 3's "params" column: % of FULL_PARAMS
     lr: float | None = None  # this cell's Adam lr (the peak of a scheduled recipe) where the protocol's 1e-3 fails
+    weight_init: str = "default"  # TrainConfig.weight_init; "variance" is beyond the paper (docs/k8.md)
 
 
 FULL_PARAMS = 2_218_197  # the paper's 100% of Table 3: K=4, G=1, P=4, CL H_S (SPEC §2)
 
 
-def _aicc(name, paper, enc, comp, computation, K=2, G=1, P=1, N=None, pct=None, lr=None):
+def _aicc(name, paper, enc, comp, computation, K=2, G=1, P=1, N=None, pct=None, lr=None, weight_init="default"):
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp)
-    return Cell(name, "aicc", paper, scheme, N=N, paper_params=pct, lr=lr)
+    return Cell(name, "aicc", paper, scheme, N=N, paper_params=pct, lr=lr, weight_init=weight_init)
 
 
 TABLE2 = [
@@ -76,6 +77,10 @@ K8_LR = 1e-4
 TABLE_K8 = [  # the cheaper low-R cell first: `reproduce run --table k8` trains the cells in this order
     _aicc("k8-r4-hb-g3p1", None, "cl", "cl", "hb", K=8, G=3, N=9, lr=K8_LR),
     _aicc("k8-r8-hb-g7p1", None, "cl", "cl", "hb", K=8, G=7, N=9, lr=K8_LR),
+    # the same cells from a variance-preserving (He) init, beyond the paper: at lr 1e-4 the default init sits at
+    # chance for most of an epoch, the He init leaves it within ~40 steps (docs/k8.md)
+    _aicc("k8-r4-hb-g3p1-he", None, "cl", "cl", "hb", K=8, G=3, N=9, lr=K8_LR, weight_init="variance"),
+    _aicc("k8-r8-hb-g7p1-he", None, "cl", "cl", "hb", K=8, G=7, N=9, lr=K8_LR, weight_init="variance"),
 ]
 TABLES: dict[int | str, list[Cell]] = {2: TABLE2, 3: TABLE3, "k8": TABLE_K8}
 
@@ -164,6 +169,8 @@ def select(table: int | str, only: list[str] | None) -> list[Cell]:
 def _cell_config(cell: Cell, cfg: TrainConfig) -> TrainConfig:
     if cell.lr is not None:
         cfg = replace(cfg, lr=cell.lr)
+    if cell.weight_init != "default":
+        cfg = replace(cfg, weight_init=cell.weight_init)
     return replace(cfg, weight_decay=1e-5) if cell.kind == "learned-code" else cfg  # [10]'s Adam settings
 
 
@@ -205,6 +212,7 @@ def reproduce(table: int | str, only: list[str] | None, cfg: TrainConfig, result
             "train_seconds": info["training"]["train_seconds"],
             "device": cfg.device, "checkpoint": str(path), "storage": storage,
             "checkpoint_in_git": path.stat().st_size <= GIT_LIMIT,
+            **({"weight_init": ccfg.weight_init} if ccfg.weight_init != "default" else {}),
         }
         protocol = (f"paper (SPEC §1): Adam {ccfg.lr:g}, batch 128//K groups, each image once per epoch" if cfg.recipe == "paper" else
                     f"{cfg.recipe} (edgecc.train): {cfg.epochs} epochs, Adam peak lr {ccfg.lr:g}, warmup + cosine"

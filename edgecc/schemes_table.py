@@ -182,11 +182,13 @@ def aicc_cells(results_dir: str | Path = "results") -> list[tuple[str, str, int,
     return cells
 
 
-def _aicc_costs(s, N: int) -> dict[str, Any]:
-    """What an AICC scheme costs per classified image at N workers (from the scheme alone, trained or not)."""
+def _aicc_costs(s, N: int, weight_init: str = "default") -> dict[str, Any]:
+    """What an AICC scheme costs per classified image at N workers (from the scheme alone, trained or not); a
+    model trained from an init beyond the paper's says so in its label."""
     worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
     up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
-    return {"scheme": "aicc", "base": s.label(), "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
+    label = s.label() + (", He init (ours, not the paper's)" if weight_init == "variance" else "")
+    return {"scheme": "aicc", "base": label, "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
             "worker_flops": worker, "worker_calls_per_image": N / s.K,
             "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
             "up_bytes_per_image": N * up / s.K, "down_bytes_per_image": N * OUT_BYTES / s.K}
@@ -202,7 +204,7 @@ def aicc_cell(path: str, N: int, x_u8: np.ndarray, y: np.ndarray, model_info: tu
     s = Scheme.from_dict(info["scheme"])
     ev = evaluate(model, info, x_u8, y, N, max_subsets=None, encode_precision="fp32")
     recipe = info.get("training", {}).get("recipe", "paper")
-    return {**_aicc_costs(s, N), **({"status": f"{recipe} recipe"} if recipe != "paper" else {}),
+    return {**_aicc_costs(s, N, info.get("training", {}).get("weight_init", "default")), **({"status": f"{recipe} recipe"} if recipe != "paper" else {}),
             "overall_worst": ev["accuracy_decoded_min"] / 100, "degraded_worst": ev["accuracy_decoded_min"] / 100,
             "overall_mean": ev["accuracy_decoded_mean"] / 100, "best_subset": ev["accuracy_decoded_max"] / 100,
             "no_straggler": ev["accuracy_direct"] / 100,  # any R answers decode the same polynomial
@@ -219,7 +221,7 @@ def k8_progress(results_dir: str | Path = "results", train_runs: str | Path = TR
     for st, cell in zip(status("k8", "paper", results_dir, train_runs), TABLE_K8):
         if st["state"] == "done" and checkpoint_path(results_dir, "k8", "paper", cell.name).is_file():
             continue  # aicc_cells evaluates it
-        out.append({"cell": cell.name, "scheme": cell.scheme, "N": cell.N, "state": st["state"],
+        out.append({"cell": cell.name, "scheme": cell.scheme, "weight_init": cell.weight_init, "N": cell.N, "state": st["state"],
                     "epoch": st.get("epochs", 0) if st["state"] == "partial" else 0, "of": st.get("of", 20),
                     "last_accuracy": st.get("last_accuracy"),
                     "run_dir": Path(train_runs) / results_name("k8", "paper") / cell.name})
@@ -233,7 +235,7 @@ def k8_status_row(p: dict[str, Any]) -> dict[str, Any]:
     status = ("trained, checkpoint not here" if p["state"] == "done" else
               f"training, epoch {p['epoch']}/{p['of']}; direct accuracy then {p['last_accuracy']:.2f}, not decoded"
               if p["epoch"] else "not trained")
-    return {**_aicc_costs(p["scheme"], p["N"]), "cell": f"aicc-{p['cell']}", "status": status, "overall_worst": None,
+    return {**_aicc_costs(p["scheme"], p["N"], p["weight_init"]), "cell": f"aicc-{p['cell']}", "status": status, "overall_worst": None,
             "degraded_worst": None, "overall_mean": None, "no_straggler": None, "images": 0}
 
 

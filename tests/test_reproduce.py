@@ -214,14 +214,19 @@ def test_table_k8_names_its_cells_and_estimates_them_at_the_papers_batch_rule(tm
     with pytest.raises(ValueError, match="unknown table"):
         reproduce_module.table_key("k9")
     cells = reproduce_module.select("k8", None)
-    assert [(c.name, c.scheme.K, c.scheme.R, c.N, c.paper) for c in cells] == [
-        ("k8-r4-hb-g3p1", 8, 4, 9, None), ("k8-r8-hb-g7p1", 8, 8, 9, None)]  # the cheaper low-R cell trains first
+    assert [(c.name, c.scheme.K, c.scheme.R, c.N, c.paper, c.weight_init) for c in cells] == [  # low R trains first
+        ("k8-r4-hb-g3p1", 8, 4, 9, None, "default"), ("k8-r8-hb-g7p1", 8, 8, 9, None, "default"),
+        ("k8-r4-hb-g3p1-he", 8, 4, 9, None, "variance"), ("k8-r8-hb-g7p1-he", 8, 8, 9, None, "variance")]
+    # the He-init cells are the same cells but for the init (beyond the paper), and train with it
+    assert [c.scheme for c in cells[2:]] == [c.scheme for c in cells[:2]]
+    assert reproduce_module._cell_config(cells[2], TrainConfig()).weight_init == "variance"
+    assert reproduce_module._cell_config(cells[0], TrainConfig()).weight_init == "default"
     assert reproduce_module.results_name("k8", "paper") == "table-k8"
     assert reproduce_module.checkpoint_path("results", "k8", "anneal", "k8-r8-hb-g7p1").as_posix() == \
         "results/checkpoints/table-k8-anneal/k8-r8-hb-g7p1.safetensors"
     assert TrainConfig().batch_for(8) == 16
     # Adam's lr: the protocol's 1e-3 collapses the width-160 encoders (benchmarks/k8_first_steps.py); K8_LR here only
-    assert [reproduce_module._cell_config(c, TrainConfig()).lr for c in cells] == [reproduce_module.K8_LR] * 2 == [1e-4] * 2
+    assert [reproduce_module._cell_config(c, TrainConfig()).lr for c in cells] == [reproduce_module.K8_LR] * 4 == [1e-4] * 4
     assert reproduce_module._cell_config(reproduce_module.TABLE3[0], TrainConfig()).lr == 1e-3
 
     # one real optimizer step of the R=4 model (batch 1 keeps it short; the run's batch is 16)

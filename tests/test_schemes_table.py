@@ -42,26 +42,29 @@ def test_k8_cells_show_their_training_state_and_never_an_unmeasured_accuracy(tmp
     rows = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, cached_only=True, results_dir=results,
                   train_runs=train_runs)
     assert [(r["cell"], r["status"], r["S"], r["overall_worst"]) for r in rows] == [
-        ("aicc-k8-r4-hb-g3p1", "not trained", 5, None), ("aicc-k8-r8-hb-g7p1", "not trained", 1, None)]
+        ("aicc-k8-r4-hb-g3p1", "not trained", 5, None), ("aicc-k8-r8-hb-g7p1", "not trained", 1, None),
+        ("aicc-k8-r4-hb-g3p1-he", "not trained", 5, None), ("aicc-k8-r8-hb-g7p1-he", "not trained", 1, None)]
     md = st.markdown(st.assemble(rows, None, 16))
     assert "| aicc (not trained) | K=8 G=7 P=1 CNN+CNN H_B | 8 | 1 | 9 | — | — | — | — | — |" in md
+    # the He-init cells are labelled as beyond the paper
+    assert "| aicc (not trained) | K=8 G=7 P=1 CNN+CNN H_B, He init (ours, not the paper's) | 8 | 1 | 9 |" in md
 
     images, labels = load_sample()
     data = write_idx_dir(tmp_path / "data", images[:64], labels[:64], images[64:80], labels[64:80])
     low = TABLE_K8[0]
     train(low.kind, low.scheme, TrainConfig(epochs=1, threads=1, data_dir=str(data)), tmp_path / "p.safetensors",
           run_dir=train_runs / "table-k8" / low.name, resume=True)  # one of its 20 epochs so far
-    (row, _) = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, results_dir=results,
-                      train_runs=train_runs)
+    (row, *_) = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, results_dir=results,
+                       train_runs=train_runs)
     assert row["status"].startswith("training, epoch 1/20; direct accuracy then ") and row["overall_worst"] is None
 
-    (row, _) = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, results_dir=results,
-                      train_runs=train_runs, partial=True)
+    (row, *_) = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, results_dir=results,
+                       train_runs=train_runs, partial=True)
     assert row["status"] == "partial (epoch 1 of 20; not the paper protocol's result)" and row["epoch"] == 1
     assert row["straggler_sets"] == math.comb(9, 4) and row["images"] == 16 and (row["K"], row["S"], row["N"]) == (8, 5, 9)
     assert 0 <= row["overall_worst"] <= row["overall_mean"] <= row["best_subset"] <= 1
     assert (cache / "aicc-k8-r4-hb-g3p1-partial-e1@sample-16.json").is_file()
-    again, _ = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, results_dir=results,
+    again, *_ = st.run(cache, "sample", 16, only=("aicc-k8",), log=lambda m: None, results_dir=results,
                       train_runs=train_runs, cached_only=True, partial=True)
     assert again == row  # read back, not recomputed
     assert "| aicc (partial (epoch 1 of 20; not the paper protocol's result)) |" in st.markdown(st.assemble([row], None, 16))
@@ -83,7 +86,8 @@ def test_k8_cells_show_their_training_state_and_never_an_unmeasured_accuracy(tmp
                                                          "train_seconds": 1.0, "checkpoint": str(path)})
     assert [(c, n) for c, _, n, *_ in st.aicc_cells(results)] == [
         ("aicc-k8-r4-hb-g3p1-N5", 5), ("aicc-k8-r4-hb-g3p1-N6", 6), ("aicc-k8-r4-hb-g3p1-N7", 7), ("aicc-k8-r4-hb-g3p1", 9)]
-    assert [p["cell"] for p in st.k8_progress(results, train_runs)] == ["k8-r8-hb-g7p1"]  # the trained one has rows
+    assert [p["cell"] for p in st.k8_progress(results, train_runs)] == [  # the trained one has rows
+        "k8-r8-hb-g7p1", "k8-r4-hb-g3p1-he", "k8-r8-hb-g7p1-he"]
     trained = st.aicc_cell(str(path), 5, images[:16], labels[:16].astype(np.int64))
     assert (trained["S"], trained["straggler_sets"]) == (1, 5) and "status" not in trained
 
