@@ -51,7 +51,7 @@ QUEUE += [(3, "anneal", c) for c in ("k4-r5-hs-g4p1", "k4-r5-hb-g4p1", "k4-r5-hs
                                      "k2-r3-hs-g1p2", "k4-r3-hs-g2p1", "k2-r3-hb-g2p1", "k4-r3-hs-g1p2", "k4-r3-hb-g2p1")]
 QUEUE += [(2, "anneal", c) for c in ("mlp+cnn-hs", "cnn+cnn-hb")]
 # AICC at ApproxIFER's K=8 operating point (table k8): the He-init cells first (beyond the paper: they leave chance
-# within ~40 steps where the default init takes most of an epoch, docs/k8.md), the cheaper low-R cell first
+# within ~40 steps, the default init is still at chance after 150, docs/k8.md), the cheaper low-R cell first
 QUEUE += [("k8", "paper", c) for c in ("k8-r4-hb-g3p1-he", "k8-r8-hb-g7p1-he", "k8-r4-hb-g3p1", "k8-r8-hb-g7p1")]
 MAX_FILES = 7  # tarballs per call: a call brings back 8 files from $OUT, one is kept for the call's log
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # the only names a file from $OUT comes back under

@@ -77,8 +77,8 @@ K8_LR = 1e-4
 TABLE_K8 = [  # the cheaper low-R cell first: `reproduce run --table k8` trains the cells in this order
     _aicc("k8-r4-hb-g3p1", None, "cl", "cl", "hb", K=8, G=3, N=9, lr=K8_LR),
     _aicc("k8-r8-hb-g7p1", None, "cl", "cl", "hb", K=8, G=7, N=9, lr=K8_LR),
-    # the same cells from a variance-preserving (He) init, beyond the paper: at lr 1e-4 the default init sits at
-    # chance for most of an epoch, the He init leaves it within ~40 steps (docs/k8.md)
+    # the same cells from a variance-preserving (He) init, beyond the paper: at lr 1e-4 the default init is still at
+    # chance after 150 steps, the He init leaves it within ~40 (docs/k8.md)
     _aicc("k8-r4-hb-g3p1-he", None, "cl", "cl", "hb", K=8, G=3, N=9, lr=K8_LR, weight_init="variance"),
     _aicc("k8-r8-hb-g7p1-he", None, "cl", "cl", "hb", K=8, G=7, N=9, lr=K8_LR, weight_init="variance"),
 ]

@@ -61,7 +61,7 @@ class TrainConfig:
     clip_norm: float | None = None
     # weight_init "variance": the CL stacks' convolutions start from a variance-preserving (He) init instead of
     # PyTorch's default (nets.blocks.variance_preserving_init); at K=8 this lets Adam at lr 1e-4 leave chance
-    # within ~40 steps where the default init sits there for hundreds (docs/k8.md).
+    # within ~40 steps; with the default init it is still at chance after 150 (docs/k8.md).
     weight_init: str = "default"
 
     def __post_init__(self) -> None:  # validates; rows, checkpoints and resume checks record what actually ran

@@ -28,7 +28,7 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 @click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
 @click.option("--weight-init", type=click.Choice(["default", "variance"]), default="default", show_default=True,
               help="variance: He init for the CL stacks' convolutions, beyond the paper (docs/k8.md: K=8 leaves "
-              "chance within ~40 steps at lr 1e-4 where the default init sits there for hundreds)")
+              "chance within ~40 steps at lr 1e-4; the default init is still there after 150)")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
 @click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)

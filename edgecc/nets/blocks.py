@@ -55,8 +55,8 @@ def variance_preserving_init(model: nn.Module, seed: int) -> int:
 
     Why: under the default init (uniform, bound 1/sqrt(fan_in)) a ReLU layer keeps about 1/6 of its input's
     variance, so after a stack's seven layers the encoder's output barely depends on its input (its spread
-    across inputs is 4e-4 against the input's 0.26, at every K); at K=8 Adam then sits at chance for hundreds
-    of steps. The draw uses its own generator from `seed`, so it does not depend on how the model was built.
+    across inputs is 4e-4 against the input's 0.26, at every K); at K=8 and Adam's lr 1e-4 the loss is then
+    still at chance after 150 steps (docs/k8.md). The draw uses its own generator from `seed`, so it does not depend on how the model was built.
     Returns how many stacks it re-drew."""
     gen = torch.Generator().manual_seed(seed * 7919 + 1)
     stacks = [m for m in model.modules() if isinstance(m, DilatedStack)]
