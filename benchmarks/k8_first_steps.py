@@ -11,8 +11,8 @@ and the test accuracy at 10%, and plain Adam does not bring it back.
 linear lr warm-up over the first N steps (the lr of each step set as `edgecc.train.train` sets it), and the
 gradient of all parameters clipped to global norm X before each Adam step. --init variance re-draws the CL
 stacks' convolutions with a variance-preserving (He) init (TrainConfig.weight_init), and --norm puts a
-GroupNorm before every ReLU of the encoder (a probe only; both beyond the paper). Without them the steps are the paper recipe's. Every row also gives
-the share of the encoder's ReLU channels that are zero on every probe input (dead), and the last row the
+GroupNorm before every ReLU of the encoder (a probe only; both beyond the paper). Without them the steps
+are the paper recipe's. Every row also gives the share of the encoder's ReLU channels that are zero on every probe input (dead), and the last row the
 direct test accuracy on the first 2,000 test images. Results: results/table-k8-remedies.txt, docs/k8.md.
 
     python benchmarks/k8_first_steps.py [--cell k8-r4-hb-g3p1] [--lr 1e-3 1e-4] [--seed 0] [--steps 100]
@@ -77,6 +77,14 @@ def dead_channels(model, probe) -> float:
     return dead / total
 
 
+def coef_spread(model, probe) -> float:
+    """How much the encoder's coefficients C_g vary across the probe groups: std over the groups, mean over pixels."""
+    import torch
+
+    with torch.no_grad():
+        return model.coefficients(probe).std(0).mean().item()
+
+
 def test_accuracy(model, K: int, images: int = 2000) -> float:
     """Direct accuracy D(β_k) on the first `images` test images, as `edgecc eval` reports it (all groups)."""
     import torch
@@ -116,19 +124,15 @@ def first_steps(cell_name: str, lr: float, seed: int, steps: int, threads: int =
     probe = x[: 16 * K].reshape(16, K, 28, 28)
     batch = cfg.batch_for(K)
     losses, t0 = [], time.perf_counter()
-    with torch.no_grad():
-        spread = model.coefficients(probe).std(0).mean().item()
-    yield {"step": 0, "loss": float("nan"), "loss_max": float("nan"), "coef_spread": spread,
+    yield {"step": 0, "loss": float("nan"), "loss_max": float("nan"), "coef_spread": coef_spread(model, probe),
            "dead": dead_channels(model, probe), "seconds": 0.0}
     for s in range(steps):
         idx = perm[s * batch * K : (s + 1) * batch * K]
         set_lr(opt, cfg, s, steps)  # the warm-up's lr for this step; the paper's constant lr is left untouched
         losses.append(train_step(model, opt, cell.kind, x[idx], y[idx], K, cfg, gen).item())
         if (s + 1) % every == 0 or s + 1 == steps:
-            with torch.no_grad():
-                spread = model.coefficients(probe).std(0).mean().item()
             row = {"step": s + 1, "loss": float(np.mean(losses[-every:])), "loss_max": max(losses[-every:]),
-                   "coef_spread": spread, "dead": dead_channels(model, probe), "seconds": time.perf_counter() - t0}
+                   "coef_spread": coef_spread(model, probe), "dead": dead_channels(model, probe), "seconds": time.perf_counter() - t0}
             if s + 1 == steps:
                 row["test_accuracy"] = test_accuracy(model, K)
             yield row
@@ -143,7 +147,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=0, help="linear lr warm-up over this many steps (beyond the paper; 0 = off)")
     ap.add_argument("--clip", type=float, default=None, help="clip the gradient's global norm to this (beyond the paper; default off)")
-    ap.add_argument("--init", choices=("default", "variance"), default="default",
+    from edgecc.train import WEIGHT_INITS
+
+    ap.add_argument("--init", choices=WEIGHT_INITS, default="default",
                     help="variance: He init for the CL stacks' convs (TrainConfig.weight_init; beyond the paper, which keeps "
                     "PyTorch's default)")
     ap.add_argument("--norm", action="store_true", help="GroupNorm before every ReLU of the encoder (beyond the paper's architecture)")

@@ -125,7 +125,10 @@ def test_the_old_flags_name_the_subcommand_that_replaced_them():
 
 
 def test_the_cli_offers_every_recipe():
+    from edgecc.train import WEIGHT_INITS
+
     assert cli_options.RECIPES == RECIPES
+    assert cli_options.WEIGHT_INITS == WEIGHT_INITS  # and every init
 
 
 def test_training_from_a_model_of_another_scheme_is_refused(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .group import main
-from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
+from .options import ARCH, PRECISION, RECIPES, WEIGHT_INITS, arch_family, images_from
 
 
 @main.command()
@@ -26,7 +26,7 @@ from .options import ARCH, PRECISION, RECIPES, arch_family, images_from
 @click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
               help="model file to start from (same kind and scheme; the anneal recipe needs one)")
 @click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
-@click.option("--weight-init", type=click.Choice(["default", "variance"]), default="default", show_default=True,
+@click.option("--weight-init", type=click.Choice(WEIGHT_INITS), default="default", show_default=True,
               help="variance: He init for the CL stacks' convolutions, beyond the paper (docs/k8.md: K=8 leaves "
               "chance within ~40 steps at lr 1e-4; the default init is still there after 150)")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")

@@ -8,6 +8,7 @@ from ..protocol.images import PAPER_IMAGE
 
 ARCH = click.Choice(["mlp", "cnn", "cl"])
 RECIPES = ("paper", "best", "augment", "anneal")  # edgecc.train.RECIPES, spelled out so the CLI starts without torch
+WEIGHT_INITS = ("default", "variance")  # edgecc.train.WEIGHT_INITS, likewise
 PRECISION = click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
                          help="training arithmetic: auto = bf16 autocast where the device runs bf16 natively, else fp32")
 
