@@ -11,8 +11,10 @@ Whatever is stored, loading gives float32, so a file evaluates the same wherever
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +147,39 @@ def save_model(path: str | os.PathLike, model, info: dict[str, Any], storage: st
             tensors[k] = v.to(torch.float32 if storage == "f32" else torch.float16)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "version": str(VERSION), "info": json.dumps(info, sort_keys=True)}
-    atomic_write(path, save(tensors, metadata=meta))
+    atomic_write(path, canonical_bytes(save(tensors, metadata=meta)))
+
+
+def canonical_bytes(blob: bytes) -> bytes:
+    """A safetensors file with its JSON header rewritten in one fixed form (keys sorted, no spaces).
+
+    safetensors writes the metadata keys in a per-process hash order, so the same weights and info saved
+    twice gave different bytes: a finished run that was saved again no longer matched the content id a
+    run started from it had recorded, and a committed model changed on every re-save. The tensor data
+    is untouched (offsets count from the end of the header, so its length may change freely)."""
+    if len(blob) < 8:
+        raise ModelFileError("not a safetensors file: shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > len(blob) - 8:
+        raise ModelFileError(f"not a safetensors file: header length {n} runs past the end ({len(blob)} bytes)")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"not a safetensors file: unreadable header ({e})") from None
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces, so the data stays aligned
+    return struct.pack("<Q", len(text)) + text + blob[8 + n :]
+
+
+def content_id(path: str | os.PathLike) -> str:
+    """A model file by its content (weights and info), not its name or the order its header was written
+    in: what a run started from a file records, and what resuming that run compares."""
+    path = resolve(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
+    return "sha256:" + hashlib.sha256(canonical_bytes(blob)).hexdigest()[:16]
 
 
 def build_model(info: dict[str, Any]):

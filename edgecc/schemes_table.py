@@ -383,11 +383,11 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     y = y.astype(np.int64)
     x = to_float(x_u8)
     if base_file is not None:
-        from .train import _content_id
+        from .modelfile import content_id
 
         name, compute, _ = file_base(base_file)
         computes, aicc, cells = {name: compute}, {}, base_cells(name, points)
-        runs = runs / f"{name}-{_content_id(str(base_file)).removeprefix('sha256:')}"
+        runs = runs / f"{name}-{content_id(base_file).removeprefix('sha256:')}"
     else:
         computes = base_computes()
         aicc = {c: (p, N) for c, p, N, *_ in aicc_cells(results_dir)}

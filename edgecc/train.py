@@ -12,7 +12,6 @@ step, the loss so far and the state of the generator that draws the step's rando
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from . import data
 from .coding.schemes import Scheme
-from .modelfile import atomic_write, build_model, save_model
+from .modelfile import atomic_write, build_model, content_id, save_model
 from .nets.aicc import resolve_precision
 from .nets.blocks import variance_preserving_init
 from .protocol.images import PAPER_IMAGE, dims, model_image
@@ -155,22 +154,13 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     paper recipe, how many epochs: a finished run may be resumed with a larger --epochs; the best
     recipe's lr schedule spans all epochs, so there they count)."""
     ident = asdict(replace(cfg, threads=None, data_dir=None, epochs=cfg.epochs if cfg.recipe != "paper" else 0,
-                           init=_content_id(cfg.init) if cfg.init else None))
+                           init=content_id(cfg.init) if cfg.init else None))
     # the remedies beyond the paper are recorded only when set: a run without them records (and its model file
     # and checkpoints hold) exactly what a run from before they existed did, and such checkpoints still resume
     for key, off in REMEDIES_OFF.items():
         if ident[key] == off:
             del ident[key]
     return ident
-
-
-def _content_id(model_file: str) -> str:
-    """The starting model by its bytes, not its path: the same run resumes whether its init was named
-    relative or absolute (a device run and a later `edgecc reproduce` did both), and a retrained init
-    is a different run."""
-    from .modelfile import resolve
-
-    return "sha256:" + hashlib.sha256(resolve(model_file).read_bytes()).hexdigest()[:16]
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ from edgecc.bundle import digest, load_bundle, save_bundle
 from edgecc.coding.schemes import Scheme
 from edgecc.errors import ModelFileError
 from edgecc.export import collapse_affine, worker_arrays
-from edgecc.modelfile import load_model, read_header, save_model
+from edgecc.modelfile import canonical_bytes, content_id, load_model, read_header, save_model
 from edgecc.nets import AICC
 from edgecc.worker.compute import EncodedCompute
 
@@ -27,6 +27,46 @@ def test_round_trip_keeps_weights_and_config(tmp_path):
         assert torch.equal(a, b), k
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
 
+
+
+_SAVE_IN_A_FRESH_PROCESS = """
+import sys, torch
+from edgecc.modelfile import save_model
+torch.manual_seed(0)
+save_model(sys.argv[1], torch.nn.Linear(4, 3), {"kind": "centralized-mlp", "training": {"epochs": 1, "seed": 0}})
+"""
+
+
+def test_saving_the_same_model_gives_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its metadata keys in a per-process hash order; the model file must not depend on
+    it, or a run started from a re-saved model refuses to resume (its content id changed) and a committed
+    model changes on every re-save. Three processes: unsorted headers would all agree with chance 1/36."""
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", _SAVE_IN_A_FRESH_PROCESS, str(f)], check=True)
+    assert len({f.read_bytes() for f in files}) == 1
+    assert len({content_id(f) for f in files}) == 1
+
+
+def test_content_id_ignores_the_header_order_and_refuses_garbage(tmp_path):
+    s = Scheme(K=2, G=1, P=1, computation="hb", encoder="cl", compute_arch="cl")
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.safetensors", AICC(s), {"kind": "aicc", "scheme": s.to_dict()})
+    blob = (tmp_path / "m.safetensors").read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    reordered = json.dumps(dict(reversed(list(header.items()))), separators=(", ", ": ")).encode()  # another writer's form
+    (tmp_path / "r.safetensors").write_bytes(len(reordered).to_bytes(8, "little") + reordered + blob[8 + n :])
+    assert (tmp_path / "r.safetensors").read_bytes() != blob
+    assert content_id(tmp_path / "r.safetensors") == content_id(tmp_path / "m.safetensors")
+    assert canonical_bytes((tmp_path / "r.safetensors").read_bytes()) == blob
+    m2, _ = load_model(tmp_path / "r.safetensors")  # the reordered file is still a valid model file
+    for junk, why in ((b"\x01", "shorter than"), (b"\xff" * 8 + b"{}", "runs past the end"), (b"\x04" + b"\x00" * 7 + b"{{{{", "unreadable header")):
+        (tmp_path / "j").write_bytes(junk)
+        with pytest.raises(ModelFileError, match=why):
+            content_id(tmp_path / "j")
+    with pytest.raises(ModelFileError, match="not found"):
+        content_id(tmp_path / "missing.safetensors")
 
 def _stored(tmp_path, storage):
     """An MLP-encoder model saved in float32 and in `storage`: (model, info, size ratio storage / float32)."""

@@ -46,7 +46,7 @@ def test_cells_merge_into_one_table_and_the_best_recipe_is_its_own_column(tmp_pa
     assert row["recipe"] == "anneal" and row["epochs"] == 2
     annealed = read_header(results / "checkpoints" / "table2-anneal" / "baseline-mlp.safetensors")["training"]
     assert annealed["init"].endswith("table2/baseline-mlp.safetensors") and annealed["init_epochs"] == 1
-    assert annealed["init_id"].startswith("sha256:")  # the starting model by its bytes (what a resume compares)
+    assert annealed["init_id"].startswith("sha256:")  # the starting model by its content (what a resume compares)
     assert "anneal recipe" in render_markdown(2, results).splitlines()[0]
 
 

@@ -56,8 +56,8 @@ def test_resume_refuses_a_different_configuration(tmp_path):
 
 
 def test_a_run_from_a_model_resumes_under_any_path_to_it_but_not_from_another_model(tmp_path, monkeypatch):
-    """The starting model counts by its bytes: a GPU run named it by its absolute path, the session's
-    `edgecc reproduce` by a relative one, and the resume was refused."""
+    """The starting model counts by its content (modelfile.content_id), not its path: a device run may name
+    it by an absolute path and the `edgecc reproduce` that resumes it by a relative one."""
     train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "paper.safetensors")
     monkeypatch.chdir(tmp_path)
     rel = TrainConfig.for_recipe("anneal", epochs=1, limit=1000, threads=1, init="paper.safetensors")
