@@ -33,20 +33,22 @@ def test_shipped_default_model_records_how_it_was_trained():
     assert [h["epoch"] for h in t["history"]] == list(range(1, 21))
 
 
+FP32_FIRST_2000 = 89.10  # the shipped model's decoded fp32 accuracy on the first 2,000 test images (`edgecc eval default --N 3 --limit 2000`)
+
+
 def test_bf16_encoding_keeps_the_shipped_models_accuracy():
     """The master encodes the CNN encoder in bf16 where the CPU has native bf16 ("auto"); the workers' inputs
-    stay on one polynomial, so decoding is still exact, and accuracy moves by at most 0.1 points (measured:
-    88.40 -> 88.36). Where bf16 is only emulated (far slower, and "auto" picks fp32) the same path is
-    checked on the first 1,000 test images against fp32 on those images."""
+    stay on one polynomial, so decoding is still exact, and accuracy moves by at most 0.15 points (measured on
+    the first 2,000 test images: 89.10 -> 89.00; on all 10,000: 88.40 -> 88.36). Checked on the first 2,000
+    images against fp32 on those images: the full test set is the fp32 test's, and bf16 adds no other path.
+    Where bf16 is only emulated (far slower, and "auto" picks fp32) the first 1,000 images are evaluated both ways."""
     from edgecc.nets.aicc import native_bf16
 
     if native_bf16("cpu"):
-        res = _eval("--encode-precision", "bf16")
-        assert res["encode_precision"] == "bf16" and res["images"] == 10000
-        assert res["accuracy_decoded_min"] >= PAPER
-        assert abs(res["accuracy_decoded_min"] - 88.40) <= 0.1
-        return
-    res, ref = _eval("--encode-precision", "bf16", "--limit", "1000"), _eval("--limit", "1000")
-    assert res["encode_precision"] == "bf16" and res["images"] == ref["images"] == 1000
-    assert abs(res["accuracy_decoded_min"] - ref["accuracy_decoded_min"]) <= 0.3  # three images of 1,000
+        res, ref_accuracy, limit = _eval("--encode-precision", "bf16", "--limit", "2000"), FP32_FIRST_2000, 2000
+    else:
+        res, ref, limit = _eval("--encode-precision", "bf16", "--limit", "1000"), _eval("--limit", "1000"), 1000
+        ref_accuracy = ref["accuracy_decoded_min"]
+    assert res["encode_precision"] == "bf16" and res["images"] == limit
+    assert abs(res["accuracy_decoded_min"] - ref_accuracy) <= 300 / limit + 1e-9  # three images either way
     assert abs(res["accuracy_decoded_max"] - res["accuracy_decoded_min"]) <= 0.05  # decoding stays exact

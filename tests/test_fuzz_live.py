@@ -37,7 +37,7 @@ async def test_master_survives_a_fuzzing_worker_and_decodes_correctly():
 
 
 async def test_soak_under_kills_and_pauses_loses_nothing():
-    r = await soak(15, seed=0, in_flight=3, extra_down_prob=0.3, chaos_min_s=0.2, chaos_max_s=1.2, final_requests=5, log=False)
+    r = await soak(8, seed=0, in_flight=3, extra_down_prob=0.3, chaos_min_s=0.2, chaos_max_s=1.2, final_requests=5, log=False)
     q = r["requests"]
     assert q["submitted"] > 0 and q["decoded"] > 0
     assert q["lost"] == 0 and q["hung"] == 0 and q["crashed"] == 0
