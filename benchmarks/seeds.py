@@ -4,7 +4,7 @@
     python benchmarks/seeds.py cnn+cnn-hs --seeds 1 2 --recipe anneal
 
 Each seed trains in its own results folder (results/seeds/CELL/seedN, with its checkpoint) and run
-folder (runs/seeds/CELL/seedN), resumably; the committed row of results/table{N}[-RECIPE].json is seed 0.
+folder (runs/seeds/CELL/seedN, or --runs-dir), resumably; the committed row of results/table{N}[-RECIPE].json is seed 0.
 The anneal recipe continues the seed's own paper-protocol model, so that seed trains by the paper
 protocol first (its paper row is kept in the seed's folder too).
 Writes results/seeds/CELL[-RECIPE].json: every seed's accuracy, the mean and the sample standard deviation.
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--recipe", default="paper", choices=("paper", "anneal"))
     ap.add_argument("--results", default="results")
+    ap.add_argument("--runs-dir", default="runs/seeds",
+                    help="where each seed's resumable checkpoints live (RUNS_DIR/CELL/seedN)")
     args = ap.parse_args()
     if args.cell not in {c.name for c in TABLES[args.table]}:
         raise SystemExit(f"unknown cell {args.cell!r}")
@@ -44,7 +46,7 @@ def main() -> None:
         base = out / "checkpoints" / "table2" / "baseline-mlp.safetensors"  # the learned code's frozen base model
         base.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results / "checkpoints" / "table2" / "baseline-mlp.safetensors", base)
-        runs_dir = Path("runs") / "seeds" / args.cell / f"seed{seed}"
+        runs_dir = Path(args.runs_dir) / args.cell / f"seed{seed}"
         for recipe in ("paper", "anneal")[: 2 if args.recipe == "anneal" else 1]:
             cfg = TrainConfig.for_recipe(recipe, seed=seed, threads=args.threads)
             (row,) = reproduce(args.table, [args.cell], cfg, out, runs_dir)
