@@ -1,7 +1,7 @@
 """Seed variance of one Table 2/3 cell: train it with other seeds by the same protocol and summarise.
 
     python benchmarks/seeds.py learned-code-conv --seeds 1 2 [--table 2] [--threads 1]
-    python benchmarks/seeds.py cnn+cnn-hs --seeds 1 2 --recipe anneal
+    python benchmarks/seeds.py cnn+cnn-hs --seeds 1 2 --recipe anneal [--compile]
 
 Each seed trains in its own results folder (results/seeds/CELL/seedN, with its checkpoint) and run
 folder (runs/seeds/CELL/seedN, or --runs-dir), resumably; the committed row of results/table{N}[-RECIPE].json is seed 0.
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--table", type=int, default=2, choices=(2, 3))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training steps (TrainConfig.compile)")
     ap.add_argument("--recipe", default="paper", choices=("paper", "anneal"))
     ap.add_argument("--results", default="results")
     ap.add_argument("--runs-dir", default="runs/seeds",
@@ -48,7 +49,7 @@ def main() -> None:
         shutil.copyfile(results / "checkpoints" / "table2" / "baseline-mlp.safetensors", base)
         runs_dir = Path(args.runs_dir) / args.cell / f"seed{seed}"
         for recipe in ("paper", "anneal")[: 2 if args.recipe == "anneal" else 1]:
-            cfg = TrainConfig.for_recipe(recipe, seed=seed, threads=args.threads)
+            cfg = TrainConfig.for_recipe(recipe, seed=seed, threads=args.threads, compile=args.compile)
             (row,) = reproduce(args.table, [args.cell], cfg, out, runs_dir)
         runs[seed] = row["accuracy"]
         base.unlink()  # the copy is not part of this seed's results

@@ -12,7 +12,7 @@ from edgecc.coding.schemes import Scheme
 from edgecc.data import load_split, to_float
 from edgecc.evaluate import evaluate
 from edgecc.modelfile import load_model
-from edgecc.train import TrainConfig, accuracy_direct, train
+from edgecc.train import TrainConfig, _cxx_compiler, accuracy_direct, train
 
 SCHEME = Scheme(K=2, G=1, computation="hb", encoder="mlp", compute_arch="mlp")
 
@@ -47,6 +47,32 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(wa, wb), k
 
+
+
+@pytest.mark.skipif(not _cxx_compiler(), reason="torch.compile on a CPU needs a C++ compiler (g++ or clang++); none on PATH")
+def test_a_compiled_run_continues_an_eager_one_and_computes_the_same(tmp_path):
+    """compile is how the steps run, not what they compute: an eager run's checkpoint resumes compiled (not
+    refused as another configuration), the model file is the same form (no torch.compile wrapper names), and
+    the compiled epoch's loss matches an eager run's."""
+    eager = TrainConfig(epochs=2, limit=1000, threads=1, seed=3)
+    straight = train("aicc", SCHEME, eager, tmp_path / "a.safetensors")
+    train("aicc", SCHEME, replace(eager, epochs=1), tmp_path / "b.safetensors", run_dir=tmp_path / "b.run")
+    mixed = train("aicc", SCHEME, replace(eager, compile=True), tmp_path / "b.safetensors", run_dir=tmp_path / "b.run",
+                  resume=True)
+    assert [h["epoch"] for h in mixed["training"]["history"]] == [1, 2] and "compile" not in mixed["training"]
+    a, _ = load_model(tmp_path / "a.safetensors")
+    b, _ = load_model(tmp_path / "b.safetensors")
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert mixed["training"]["history"][0]["loss"] == straight["training"]["history"][0]["loss"]  # epoch 1 ran eager in both
+    assert abs(mixed["training"]["history"][1]["loss"] - straight["training"]["history"][1]["loss"]) < 1e-3
+
+
+def test_compile_without_a_cxx_compiler_is_refused_up_front(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no g++ or clang++
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match="compile on a CPU needs a C\\+\\+ compiler"):
+        TrainConfig(compile=True)
+    TrainConfig(compile=False)  # eager training needs none
 
 def test_resume_refuses_a_different_configuration(tmp_path):
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .group import main
-from .options import ARCH, PRECISION, RECIPES, WEIGHT_INITS, arch_family, images_from
+from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_family, images_from
 
 
 @main.command()
@@ -35,6 +35,7 @@ from .options import ARCH, PRECISION, RECIPES, WEIGHT_INITS, arch_family, images
 @PRECISION
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
+@COMPILE
 @click.option("--limit", type=int, default=None, help="train on the first LIMIT images only")
 @click.option("--data", "data", default="fashion-mnist", show_default=True,
               help="image source: its train split trains, its test split tests (fashion-mnist, cifar10:DIR, an .npz, "
@@ -45,7 +46,7 @@ from .options import ARCH, PRECISION, RECIPES, WEIGHT_INITS, arch_family, images
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
 def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, weight_init, batch, lr, seed, precision,
-          device, threads, limit, data, data_dir, out, run_dir, resume, quiet):
+          device, threads, compile_steps, limit, data, data_dir, out, run_dir, resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from ..coding.schemes import Scheme
     from ..train import TrainConfig, train as run_training
@@ -53,7 +54,7 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epoch
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
     cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
                                  threads=threads, limit=limit, data=data, data_dir=data_dir, init=init,
-                                 weight_init=weight_init)
+                                 weight_init=weight_init, compile=compile_steps)
 
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
@@ -191,6 +192,7 @@ def _training(f):
         PRECISION,
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda"),
         click.option("--threads", type=int, default=None, help="torch CPU threads"),
+        COMPILE,
         click.option("--limit", type=int, default=None,
                      help="train on the first LIMIT images only (smoke runs; rows record train_images)"),
     ]):
@@ -202,11 +204,11 @@ _RESULTS_DIR = click.option("--results-dir", default="results", show_default=Tru
 _RUNS_DIR = click.option("--runs-dir", default="runs/reproduce", show_default=True, help="checkpoints after every epoch and every 10 minutes of training (resumable)")
 
 
-def _config(recipe, epochs, seed, precision, device, threads, limit):
+def _config(recipe, epochs, seed, precision, device, threads, compile_steps, limit):
     from ..train import TrainConfig
 
     return TrainConfig.for_recipe(recipe, epochs=epochs, seed=seed, precision=precision, device=device, threads=threads,
-                                  limit=limit)
+                                  compile=compile_steps, limit=limit)
 
 
 @reproduce.command("run")
@@ -216,14 +218,14 @@ def _config(recipe, epochs, seed, precision, device, threads, limit):
 @_training
 @_RESULTS_DIR
 @_RUNS_DIR
-def reproduce_run(table, only, recipe, epochs, seed, precision, device, threads, limit, results_dir, runs_dir):
+def reproduce_run(table, only, recipe, epochs, seed, precision, device, threads, compile_steps, limit, results_dir, runs_dir):
     """Train and evaluate cells (resumable); rows merge into results/ as each cell finishes, then print the table."""
     from ..reproduce import render_markdown, reproduce as run_cells
 
     def progress(cell, text):
         click.echo(f"\r[{cell}] {text}".ljust(110), nl=not text.startswith("epoch") or "done" in text, err=True)
 
-    cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
+    cfg = _config(recipe, epochs, seed, precision, device, threads, compile_steps, limit)
     try:
         run_cells(_key(table), list(only) or None, cfg, results_dir, runs_dir, progress)
     except ValueError as e:  # an unknown cell, a run dir of another configuration, anneal without its model
@@ -255,11 +257,11 @@ def reproduce_check(table, only, recipe, results_dir):
 @_only
 @_recipe
 @_training
-def reproduce_estimate(table, only, recipe, epochs, seed, precision, device, threads, limit):
+def reproduce_estimate(table, only, recipe, epochs, seed, precision, device, threads, compile_steps, limit):
     """Time a few training steps of each cell on this device; print what each run would take. Trains nothing."""
     from ..reproduce import estimate
 
-    cfg = _config(recipe, epochs, seed, precision, device, threads, limit)
+    cfg = _config(recipe, epochs, seed, precision, device, threads, compile_steps, limit)
     try:
         rows = estimate(_key(table), list(only) or None, cfg)
     except ValueError as e:
