@@ -2,6 +2,7 @@
 
     python benchmarks/seeds.py learned-code-conv --seeds 1 2 [--table 2] [--threads 1]
     python benchmarks/seeds.py cnn+cnn-hs --seeds 1 2 --recipe anneal [--compile]
+    python benchmarks/seeds.py k8-r4-hb-g3p1-he --table k8 --seeds 1 2 --compile
 
 Each seed trains in its own results folder (results/seeds/CELL/seedN, with its checkpoint) and run
 folder (runs/seeds/CELL/seedN, or --runs-dir), resumably; the committed row of results/table{N}[-RECIPE].json is seed 0.
@@ -19,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from edgecc.modelfile import atomic_write
-from edgecc.reproduce import TABLES, read_rows, reproduce
+from edgecc.reproduce import TABLES, read_rows, reproduce, table_key
 from edgecc.train import TrainConfig
 
 
@@ -27,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cell")
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
-    ap.add_argument("--table", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--table", type=table_key, default=2, metavar="{2,3,k8}")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the training steps (TrainConfig.compile)")
     ap.add_argument("--recipe", default="paper", choices=("paper", "anneal"))
