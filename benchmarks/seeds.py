@@ -9,6 +9,8 @@ folder (runs/seeds/CELL/seedN, or --runs-dir), resumably; the committed row of r
 The anneal recipe continues the seed's own paper-protocol model, so that seed trains by the paper
 protocol first (its paper row is kept in the seed's folder too).
 Writes results/seeds/CELL[-RECIPE].json: every seed's accuracy, the mean and the sample standard deviation.
+`edgecc reproduce render` shows every cell with two or more seeds in docs/results.md (edgecc.reproduce.render_seeds),
+from the rows themselves, so a seed counts there as soon as it finishes.
 """
 
 from __future__ import annotations

@@ -319,23 +319,72 @@ def render_markdown(table: int | str, results_dir: str | Path = "results") -> st
     return "\n".join(lines)
 
 
+SEEDS = "seeds"  # the rendered block of cells trained with several seeds (render_seeds), beside TABLES' keys
+
+
+def seed_accuracies(results_dir: str | Path = "results") -> list[dict[str, Any]]:
+    """Every (table, recipe, cell) trained with more than one seed, in TABLES' order: seed 0 is the row of
+    results/table{N}[-RECIPE].json, every other seed the row in results/seeds/CELL/seedN/ that
+    benchmarks/seeds.py writes. Read from the rows themselves, so a seed counts as soon as it finishes."""
+    import statistics
+
+    found: dict[tuple[Any, str, str], dict[int, float]] = {}
+    for folder in Path(results_dir, "seeds").glob("*/seed*"):
+        cell, seed = folder.parent.name, folder.name.removeprefix("seed")
+        if not seed.isdigit():
+            continue
+        for f in folder.glob("table*.json"):
+            d = json.loads(f.read_text())
+            for row in d["rows"]:
+                if row["cell"] == cell:
+                    found.setdefault((d["table"], d.get("recipe", "paper"), cell), {})[int(seed)] = row["accuracy"]
+    order = {key: i for i, key in enumerate((t, c.name) for t, cells in TABLES.items() for c in cells)}
+    out = []
+    for (table, recipe, cell), by_seed in sorted(found.items(), key=lambda kv: (order.get((kv[0][0], kv[0][2]), 1e9), kv[0][1] != "paper", kv[0][1])):
+        main = (read_rows(results_dir, table, recipe) or {}).get(cell)
+        if main is not None:
+            by_seed.setdefault(main.get("seed", 0), main["accuracy"])
+        if len(by_seed) < 2:
+            continue
+        accs = [by_seed[s] for s in sorted(by_seed)]
+        paper = next((c.paper for c in TABLES.get(table, []) if c.name == cell), None)
+        out.append({"table": table, "recipe": recipe, "cell": cell, "paper": paper, "by_seed": dict(sorted(by_seed.items())),
+                    "mean": statistics.mean(accs), "stdev": statistics.stdev(accs)})
+    return out
+
+
+def render_seeds(results_dir: str | Path = "results") -> str:
+    """The cells trained with several seeds: every seed's accuracy, the mean and the sample standard deviation."""
+    lines = ["| table | cell | recipe | paper | accuracy by seed | mean ± sd | seeds |", "|---|---|---|---|---|---|---|"]
+    for r in seed_accuracies(results_dir):
+        seeds = " / ".join(f"{a:.2f}" for a in r["by_seed"].values())
+        lines.append(f"| {r['table']} | {r['cell']} | {r['recipe']} | {'–' if r['paper'] is None else r['paper']} | {seeds} "
+                     f"(seeds {', '.join(map(str, r['by_seed']))}) | {r['mean']:.2f} ± {r['stdev']:.2f} | {len(r['by_seed'])} |")
+    return "\n".join(lines)
+
+
+def render_block(key: int | str, results_dir: str | Path = "results") -> str:
+    return render_seeds(results_dir) if key == SEEDS else render_markdown(key, results_dir)
+
+
 RESULTS_DOC = "docs/results.md"  # the document whose Tables 2 and 3 `edgecc reproduce render` keeps in step with results/
 
 
 def marker(table: int | str) -> str:
-    """The comment line a rendered table sits under; the table runs to the next blank line."""
+    """The comment line a rendered table (or the seeds block, SEEDS) sits under; it runs to the next blank line."""
     return f"<!-- table {table}: rendered from results/ by `edgecc reproduce render`, not edited by hand -->"
 
 
 def render_into(doc: str | Path = RESULTS_DOC, tables: list[int] | None = None, results_dir: str | Path = "results") -> dict[int, bool]:
-    """Replace the table under each table's marker line in `doc` with render_markdown(table): {table: changed}.
+    """Replace the table under each table's marker line in `doc` with render_block(table): {table: changed}
+    (a table of TABLES, or SEEDS).
     `tables` None: every table whose marker the file has (at least one). The markers stay, so the prose
     around the tables is never touched."""
     from .modelfile import atomic_write
 
     doc = Path(doc)
     text = original = doc.read_text()
-    present = [t for t in TABLES if marker(t) in text]
+    present = [t for t in [*TABLES, SEEDS] if marker(t) in text]
     if tables is None and not present:
         raise ValueError(f"{doc} has no table marker; a line such as {marker(2)!r} marks where a table goes")
     changed = {}
@@ -345,7 +394,7 @@ def render_into(doc: str | Path = RESULTS_DOC, tables: list[int] | None = None, 
         start = text.index(marker(table)) + len(marker(table)) + 1
         end = text.find("\n\n", start)
         end = len(text.rstrip("\n")) if end < 0 else end
-        new = text[:start] + render_markdown(table, results_dir) + text[end:]
+        new = text[:start] + render_block(table, results_dir) + text[end:]
         changed[table], text = new != text, new
     if text != original:
         atomic_write(doc, text.encode())

@@ -81,9 +81,31 @@ def test_status_tells_done_partial_and_unstarted_cells_apart(tmp_path):
 
 def test_the_tables_in_docs_results_are_what_the_committed_results_render():
     text = open(RESULTS_DOC).read()
-    for table in reproduce_module.TABLES:
-        assert f"{marker(table)}\n{render_markdown(table)}\n\n" in text, \
+    for table in [*reproduce_module.TABLES, reproduce_module.SEEDS]:
+        assert f"{marker(table)}\n{reproduce_module.render_block(table)}\n\n" in text, \
             f"{RESULTS_DOC}'s Table {table} is stale: run `edgecc reproduce render {RESULTS_DOC}`"
+
+
+def test_seed_table_takes_seed_0_from_its_table_and_the_others_from_their_folders(tmp_path):
+    """benchmarks/seeds.py's layout: seed 0 is the table's own row, seed N the row in results/seeds/CELL/seedN/;
+    a cell counts once two seeds have rows, each recipe on its own line, in the tables' cell order."""
+    row = lambda cell, acc, seed: {"cell": cell, "accuracy": acc, "delta": None, "params": 1, "epochs": 20, "seed": seed}
+    reproduce_module.merge_row(tmp_path / "table2.json", 2, "paper", row("cnn+cnn-hs", 90.0, 0))
+    reproduce_module.merge_row(tmp_path / "table2-anneal.json", 2, "anneal", row("cnn+cnn-hs", 92.0, 0))
+    reproduce_module.merge_row(tmp_path / "table2.json", 2, "paper", row("mlp+mlp-hb", 85.0, 0))
+    for seed, paper, anneal in ((1, 89.0, 91.0), (2, 88.0, None)):
+        folder = tmp_path / "seeds" / "cnn+cnn-hs" / f"seed{seed}"
+        reproduce_module.merge_row(folder / "table2.json", 2, "paper", row("cnn+cnn-hs", paper, seed))
+        if anneal is not None:
+            reproduce_module.merge_row(folder / "table2-anneal.json", 2, "anneal", row("cnn+cnn-hs", anneal, seed))
+    reproduce_module.merge_row(tmp_path / "seeds" / "k8-r4-hb-g3p1" / "seed1" / "table-k8.json", "k8", "paper",
+                               row("k8-r4-hb-g3p1", 60.0, 1))  # seed 0 not trained yet: one seed, no line
+    got = reproduce_module.seed_accuracies(tmp_path)
+    assert [(r["table"], r["cell"], r["recipe"], r["by_seed"]) for r in got] == [
+        (2, "cnn+cnn-hs", "paper", {0: 90.0, 1: 89.0, 2: 88.0}), (2, "cnn+cnn-hs", "anneal", {0: 92.0, 1: 91.0})]
+    assert got[0]["mean"] == pytest.approx(89.0) and got[0]["stdev"] == pytest.approx(1.0)
+    assert "| 2 | cnn+cnn-hs | paper | 86.62 | 90.00 / 89.00 / 88.00 (seeds 0, 1, 2) | 89.00 ± 1.00 | 3 |" in \
+        reproduce_module.render_seeds(tmp_path)
 
 
 def test_render_rewrites_each_table_under_its_marker_and_keeps_the_prose(tmp_path):

@@ -301,15 +301,16 @@ def reproduce_status(table, recipe, results_dir, runs_dir):
 
 @reproduce.command("render")
 @click.argument("file", default="docs/results.md", type=click.Path(exists=True, dir_okay=False))
-@click.option("--table", "tables", type=click.Choice(TABLE_NAMES), multiple=True,
+@click.option("--table", "tables", type=click.Choice([*TABLE_NAMES, "seeds"]), multiple=True,
               help="only this table (default: every table whose marker line FILE has)")
 @_RESULTS_DIR
 def reproduce_render(file, tables, results_dir):
-    """Re-render Tables 2, 3 and k8 from results/ under their marker lines in FILE (docs/results.md)."""
+    """Re-render Tables 2, 3 and k8, and the cells trained with several seeds, from results/ under their marker
+    lines in FILE (docs/results.md)."""
     from ..reproduce import render_into
 
     try:
-        changed = render_into(file, [_key(t) for t in tables] or None, results_dir)
+        changed = render_into(file, [t if t == "seeds" else _key(t) for t in tables] or None, results_dir)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for table, c in changed.items():
