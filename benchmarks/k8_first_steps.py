@@ -102,34 +102,47 @@ def test_accuracy(model, K: int, images: int = 2000) -> float:
 
 
 def first_steps(cell_name: str, lr: float, seed: int, steps: int, threads: int = 1, every: int = 10,
-                warmup: int = 0, clip: float | None = None, init: str = "default", norm: bool = False) -> Iterator[dict]:
+                warmup: int = 0, clip: float | None = None, init: str = "default", norm: bool = False,
+                start: str | None = None, compile_steps: bool = False) -> Iterator[dict]:
     """Every `every` steps, that stretch's numbers, as they come (a slow probe shows its progress); the last
-    row also has the direct test accuracy on the first 2,000 test images."""
+    row also has the direct test accuracy on the first 2,000 test images. `start`: a training run's
+    checkpoint.pt (edgecc.train) to continue from instead of a fresh model, weights and Adam moments, on the
+    next epoch's images, at `lr` (step 0 then has its test accuracy too)."""
     import torch
 
     from edgecc import data
     from edgecc.reproduce import TABLE_K8
-    from edgecc.train import TrainConfig, _start, make_optimizer, set_lr, train_step
+    from edgecc.train import TrainConfig, _start, make_optimizer, set_lr, stepping, train_step
 
     cell = next(c for c in TABLE_K8 if c.name == cell_name)
-    cfg = TrainConfig(seed=seed, lr=lr, threads=threads, warmup_steps=warmup, clip_norm=clip, weight_init=init)
+    cfg = TrainConfig(seed=seed, lr=lr, threads=threads, warmup_steps=warmup, clip_norm=clip, weight_init=init,
+                      compile=compile_steps)
     _, K, _, model, opt = _start(cell.kind, cell.scheme, cfg, None)
     if norm:
         group_normed(model)
         opt = make_optimizer(model, cfg, False)  # over the changed model's parameters (no step taken yet)
+    epoch = 0
+    if start:
+        ck = torch.load(start, map_location="cpu", weights_only=True)  # tensors and plain types only: no pickle code
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        for group in opt.param_groups:  # the probe's lr, not the run's
+            group["lr"] = lr
+        epoch = ck["epoch"]  # the run's next epoch: images it has not seen since its last checkpoint's epoch
+    stepper = stepping(model, cfg)
     x_np, y_np = data.load_split("train")
     x, y = torch.from_numpy(data.to_float(x_np)), torch.from_numpy(y_np.astype(np.int64))
-    gen = torch.Generator().manual_seed(seed * 1_000_003)  # epoch 0's permutation, as train() draws it
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # that epoch's permutation, as train() draws it
     perm = torch.randperm(x.shape[0], generator=gen)
     probe = x[: 16 * K].reshape(16, K, 28, 28)
     batch = cfg.batch_for(K)
     losses, t0 = [], time.perf_counter()
     yield {"step": 0, "loss": float("nan"), "loss_max": float("nan"), "coef_spread": coef_spread(model, probe),
-           "dead": dead_channels(model, probe), "seconds": 0.0}
+           "dead": dead_channels(model, probe), "seconds": 0.0, **({"test_accuracy": test_accuracy(model, K)} if start else {})}
     for s in range(steps):
         idx = perm[s * batch * K : (s + 1) * batch * K]
         set_lr(opt, cfg, s, steps)  # the warm-up's lr for this step; the paper's constant lr is left untouched
-        losses.append(train_step(model, opt, cell.kind, x[idx], y[idx], K, cfg, gen).item())
+        losses.append(train_step(stepper, opt, cell.kind, x[idx], y[idx], K, cfg, gen).item())
         if (s + 1) % every == 0 or s + 1 == steps:
             row = {"step": s + 1, "loss": float(np.mean(losses[-every:])), "loss_max": max(losses[-every:]),
                    "coef_spread": coef_spread(model, probe), "dead": dead_channels(model, probe), "seconds": time.perf_counter() - t0}
@@ -153,17 +166,22 @@ def main() -> None:
                     help="variance: He init for the CL stacks' convs (TrainConfig.weight_init; beyond the paper, which keeps "
                     "PyTorch's default)")
     ap.add_argument("--norm", action="store_true", help="GroupNorm before every ReLU of the encoder (beyond the paper's architecture)")
+    ap.add_argument("--start", default=None, metavar="CHECKPOINT",
+                    help="continue a training run's checkpoint.pt (weights and Adam moments, its next epoch's images) at each --lr "
+                    "instead of a fresh model; --seed must be the run's")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the steps (TrainConfig.compile: same losses, faster)")
     args = ap.parse_args()
     remedies = ([f"lr warm-up over {args.warmup} steps"] if args.warmup else []) + \
         ([f"gradient norm clipped to {args.clip:g}"] if args.clip is not None else []) + \
         (["variance-preserving (He) init of the CL stacks"] if args.init == "variance" else []) + \
         (["GroupNorm(8) before the encoder's ReLUs"] if args.norm else [])
     remedy = "remedy beyond the paper: " + " + ".join(remedies) if remedies else "no remedy (the paper's recipe)"
-    print(f"{args.cell}, seed {args.seed}, {remedy}: mean loss / largest loss / encoder output spread across inputs / "
-          f"share of the encoder's ReLU channels dead on every probe input, every 10 steps (step 0: the fresh model)")
+    origin = f"continuing {args.start}" if args.start else "from a fresh model"
+    print(f"{args.cell}, seed {args.seed}, {origin}, {remedy}: mean loss / largest loss / encoder output spread across inputs / "
+          f"share of the encoder's ReLU channels dead on every probe input, every 10 steps (step 0: the starting model)")
     for lr in args.lr:
         for r in first_steps(args.cell, lr, args.seed, args.steps, args.threads, warmup=args.warmup, clip=args.clip,
-                             init=args.init, norm=args.norm):
+                             init=args.init, norm=args.norm, start=args.start, compile_steps=args.compile):
             acc = f"; direct test accuracy {r['test_accuracy']:.2f}% (first 2,000 test images)" if "test_accuracy" in r else ""
             print(f"lr {lr:g} step {r['step']:4d}: loss {r['loss']:.3f} max {r['loss_max']:6.2f} "
                   f"coef spread {r['coef_spread']:.2e} dead {r['dead']:.3f} ({r['seconds']:.0f} s){acc}", flush=True)
