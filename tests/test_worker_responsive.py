@@ -31,8 +31,8 @@ from edgecc.protocol.messages import Configured, Error, Message, Pong, Result, W
 
 from .conftest import TOKEN, WorkerProcess
 
-HIDDEN = [2048, 2048, 2048]  # ~10 M multiply-adds per group
-GROUPS = 4096
+HIDDEN = [2048] * 5  # ~18 M multiply-adds per group: about 0.9 s per request on a 2-core AVX-512 VM, so a faster CPU still meets MIN_REQUEST_S
+GROUPS = 4096  # the most one request may carry
 REQUESTS = 4  # in flight at once; the last one is cancelled while it waits for the compute thread
 MIN_REQUEST_S = 0.5  # the premise: each request keeps the compute thread busy this long
 PING_MEDIAN_S, PING_MAX_S = 0.050, 0.250
@@ -132,8 +132,8 @@ SLOW = mlp_arrays(HIDDEN)
 
 @pytest.fixture
 def worker(tmp_path):
-    """The slow role's 40 MB of arrays are the worker's preloaded bundle, so the configure frame is
-    small: reading a frame of 40 MB takes the worker's loop tens of milliseconds by itself, which is
+    """The slow role's 70 MB of arrays are the worker's preloaded bundle, so the configure frame is
+    small: reading a frame of 70 MB takes the worker's loop tens of milliseconds by itself, which is
     not what this test measures."""
     save_bundle(tmp_path / "slow.safetensors", {"kind": "mlp"}, SLOW)
     w = WorkerProcess(tmp_path, "slow", ["--log-level", "warning", "--bundle", str(tmp_path / "slow.safetensors")])
