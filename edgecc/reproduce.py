@@ -339,9 +339,10 @@ def seed_accuracies(results_dir: str | Path = "results") -> list[dict[str, Any]]
                 if row["cell"] == cell:
                     found.setdefault((d["table"], d.get("recipe", "paper"), cell), {})[int(seed)] = row["accuracy"]
     order = {key: i for i, key in enumerate((t, c.name) for t, cells in TABLES.items() for c in cells)}
+    tables = {(t, r): read_rows(results_dir, t, r) or {} for t, r, _ in found}
     out = []
     for (table, recipe, cell), by_seed in sorted(found.items(), key=lambda kv: (order.get((kv[0][0], kv[0][2]), 1e9), kv[0][1] != "paper", kv[0][1])):
-        main = (read_rows(results_dir, table, recipe) or {}).get(cell)
+        main = tables[table, recipe].get(cell)
         if main is not None:
             by_seed.setdefault(main.get("seed", 0), main["accuracy"])
         if len(by_seed) < 2:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -252,10 +254,11 @@ def _describe(kind: str, scheme: Scheme | None, code: dict[str, Any] | None,
 
 
 def _cxx_compiler() -> str | None:
-    import os
-    import shutil
-
-    return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)), None)
+    """The C++ compiler torch's inductor would use on a CPU ($CXX, else g++ or clang++ on PATH), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
 
 
 def stepping(model, cfg: TrainConfig):
