@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from edgecc.modelfile import atomic_write
-from edgecc.reproduce import TABLES, read_rows, reproduce, table_key
+from edgecc.reproduce import TABLES, read_rows, reproduce, seed_results_dir, table_key
 from edgecc.train import TrainConfig
 
 
@@ -40,13 +40,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.cell not in {c.name for c in TABLES[args.table]}:
         raise SystemExit(f"unknown cell {args.cell!r}")
+    if 0 in args.seeds:
+        raise SystemExit("seed 0 is the row of the cell's own table: train it with `edgecc reproduce run`")
     results = Path(args.results)
     runs = {}
     main_rows = read_rows(results, args.table, args.recipe) or {}
     if args.cell in main_rows:
         runs[main_rows[args.cell]["seed"]] = main_rows[args.cell]["accuracy"]
     for seed in args.seeds:
-        out = results / "seeds" / args.cell / f"seed{seed}"
+        out = seed_results_dir(results, args.cell, seed)
         base = out / "checkpoints" / "table2" / "baseline-mlp.safetensors"  # the learned code's frozen base model
         base.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results / "checkpoints" / "table2" / "baseline-mlp.safetensors", base)

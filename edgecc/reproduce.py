@@ -139,6 +139,12 @@ def start_model(results_dir: str | Path, table: int | str, recipe: str, cell: st
     return checkpoint_path(results_dir, table, "paper", cell) if recipe == "anneal" else None
 
 
+def seed_results_dir(results_dir: str | Path, cell: str, seed: int) -> Path:
+    """Where a cell's rows and models for `seed` live: results/ itself for seed 0 (the tables' rows), and
+    results/seeds/CELL/seedN/ for every other seed (benchmarks/seeds.py; seed_accuracies reads them there)."""
+    return Path(results_dir) if seed == 0 else Path(results_dir) / "seeds" / cell / f"seed{seed}"
+
+
 def read_rows(results_dir: str | Path, table: int | str, recipe: str = "paper") -> dict[str, dict] | None:
     """{cell: row} of a results file, in its order; None where that table and recipe have none yet."""
     f = Path(results_dir) / f"{results_name(table, recipe)}.json"
