@@ -342,6 +342,26 @@ def run_progress(run_dir: str | Path) -> dict[str, Any] | None:
             "train_seconds": ck["train_seconds"] + part["seconds"], "history": ck["history"]}
 
 
+def run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a resumable run at its last checkpoint, in eval mode, and its info: what a model file holds,
+    with a "training" entry that names the run and how far it had come ("snapshot": {run, epochs_done}, the
+    fraction of an epoch a mid-epoch checkpoint holds included), so the file is never taken for the finished
+    run's model. Reads only the checkpoint this code writes (torch's weights-only loader)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet: a run writes one after each epoch and every "
+                                "10 minutes of training")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    info = dict(ck["info"])
+    model = build_model(info)
+    model.load_state_dict(ck["model"])
+    part = ck.get("partial") or {"step": 0, "steps": 1}
+    info["training"] = {**ck["config"], "epochs": ck["epoch"], "train_seconds": round(ck["train_seconds"], 1),
+                        "torch": torch.__version__, "history": ck["history"],
+                        "snapshot": {"run": str(run_dir), "epochs_done": round(ck["epoch"] + part["step"] / part["steps"], 3)}}
+    return model.eval(), info
+
+
 def train(
     kind: str,
     scheme: Scheme | None,

@@ -74,8 +74,8 @@ def test_compile_without_a_cxx_compiler_is_refused_up_front(monkeypatch, tmp_pat
         TrainConfig(compile=True)
     TrainConfig(compile=False)  # eager training needs none
 
-def test_resume_refuses_a_different_configuration(tmp_path):
 
+def test_resume_refuses_a_different_configuration(tmp_path):
     train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match=r"different configuration \(lr: 0.001 there, 0.0005 here\)"):
         train("aicc", SCHEME, TrainConfig(epochs=2, limit=1000, threads=1, lr=5e-4), tmp_path / "m.safetensors", resume=True)
@@ -104,6 +104,23 @@ def test_train_cli_centralized_baseline(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgecc.cli", "eval", str(out), "--images", "sample", "--json"],
                        capture_output=True, text=True, check=True)
     assert json.loads(r.stdout)["kind"] == "centralized-mlp"
+
+
+def test_a_snapshot_of_a_run_is_its_model_so_far_and_says_so(tmp_path):
+    """`edgecc snapshot RUN_DIR` writes the run's last checkpoint as a model file: after the run's last epoch it
+    holds the same weights as the run's own model file, and its info names the run and the epochs done."""
+    train("aicc", SCHEME, TrainConfig(epochs=1, limit=1000, threads=1), tmp_path / "m.safetensors", run_dir=tmp_path / "m.run")
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "snapshot", str(tmp_path / "m.run"), "--out", str(tmp_path / "s.safetensors")],
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout)["epochs_done"] == 1
+    final, _ = load_model(tmp_path / "m.safetensors")
+    snap, info = load_model(tmp_path / "s.safetensors")
+    assert info["training"]["snapshot"] == {"run": str(tmp_path / "m.run"), "epochs_done": 1.0}
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), snap.state_dict().values()))
+    (tmp_path / "empty.run").mkdir()
+    r = subprocess.run([sys.executable, "-m", "edgecc.cli", "snapshot", str(tmp_path / "empty.run"), "--out", str(tmp_path / "e.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "has no checkpoint yet" in r.stderr and not (tmp_path / "e.safetensors").exists()
 
 
 def test_best_recipe_schedule_and_augmentation():

@@ -1,4 +1,4 @@
-"""Commands on models: train, eval, export, reproduce (the paper's tables), compare (schemes side by side)."""
+"""Commands on models: train, snapshot (a run in training as a model file), eval, export, reproduce (the paper's tables), compare (schemes side by side)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,26 @@ def eval_cmd(model, N, images, data_dir, limit, max_subsets, encode_precision, w
                    f"{k:28s} {v:.2f}" if isinstance(v, float) else f"{k:28s} {v}")
     if refused:
         click.echo(f"REFUSED: the master would not start this configuration: {refused}", err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="model file to write (.safetensors)")
+def snapshot(run_dir, out):
+    """Write the model of a run still training (RUN_DIR: `edgecc train`'s --run-dir, or a cell's folder under
+    `reproduce run`'s --runs-dir) at its last checkpoint as a model file, for `edgecc eval`, `master` or `serve`.
+    The file records the run and the epochs done; the run goes on untouched."""
+    from ..modelfile import save_model
+    from ..train import run_model
+
+    try:
+        model, info = run_model(run_dir)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e)) from None
+    save_model(out, model, info)
+    history = info["training"]["history"]
+    click.echo(json.dumps({"out": out, "kind": info["kind"], "epochs_done": info["training"]["snapshot"]["epochs_done"],
+                           "test_accuracy_direct": history[-1]["test_accuracy_direct"] if history else None}))
 
 
 @main.command()
