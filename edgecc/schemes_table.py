@@ -173,7 +173,7 @@ def aicc_cells(results_dir: str | Path = "results") -> list[tuple[str, str, int,
             if r.get("kind") != "aicc" or not Path(r.get("checkpoint", "")).exists():
                 continue
             K, N, R = int(r["scheme"]["K"]), int(r["N"]), int(r["R"])
-            if t["table"] != "k8":  # (ids as before table k8 existed: runs/schemes caches stay valid)
+            if t["table"] != "k8":  # (ids as before table k8 existed)
                 cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], N, K, float(r["accuracy"])))
                 continue
             cid = f"aicc-{r['cell']}" + ("" if t.get("recipe", "paper") == "paper" else f"-{t['recipe']}")
@@ -357,11 +357,24 @@ def plan_cells(results_dir: str | Path = "results") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _model_id(cid: str, aicc: dict[str, tuple[str, int]]) -> str:
+    """The content id of the model file cell `cid`'s row is computed from: its checkpoint (AICC), the shipped
+    learned code, or the centralized base its scheme runs (base-, replication-, uncoded-, approxifer-BASE-...)."""
+    from .modelfile import content_id
+
+    if cid in aicc:
+        return content_id(aicc[cid][0])
+    if cid == LEARNED_CODE_CELL:
+        return content_id("learned-code")
+    return content_id({"mlp": "default-mlp", "cnn": CNN_BASE}[cid.split("-")[1]])
+
+
 def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None, only: tuple[str, ...] = (),
         log: Callable[[str], None] = print, cached_only: bool = False, results_dir: str | Path = "results",
         train_runs: str | Path = TRAIN_RUNS, partial: bool = False, base_file: str | Path | None = None,
         points: str = "n") -> list[dict[str, Any]]:
-    """Every cell's row, computed or read back from RUNS_DIR (`cached_only`: read back only, compute nothing), then a
+    """Every cell's row, computed or read back from RUNS_DIR, where each row is cached under its cell and the content
+    of the model file it came from (`cached_only`: read back only, compute nothing), then a
     row for each K = 8 cell still training: its status, or with `partial` its last epoch's checkpoint evaluated
     (minutes of CPU per epoch for the width-160 encoders: opt-in; cached per epoch).
 
@@ -395,7 +408,10 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         keep = base_file is not None and cid.startswith("base-")  # a base file's own accuracy: every row's 'rel.'
         if only and not keep and not any(cid.startswith(o) for o in only):
             continue
-        path = runs / f"{cid}@{tag}.json"
+        # a cached row counts for the model file it was computed from: a retrained model is computed afresh
+        # (a --base file's cells are cached under a folder named by its content already)
+        model_tag = "" if base_file is not None else "-" + _model_id(cid, aicc).removeprefix("sha256:")
+        path = runs / f"{cid}@{tag}{model_tag}.json"
         if path.exists():
             rows.append(json.loads(path.read_text()))
             continue

@@ -95,3 +95,28 @@ def test_k8_cells_show_their_training_state_and_never_an_unmeasured_accuracy(tmp
     assert st.previous_worker_seconds(results) is None
     st.write(st.assemble([trained], {"aicc-affine": 2e-7}, 16), results)
     assert st.previous_worker_seconds(results) == {"aicc-affine": 2e-7}
+
+
+def test_a_cached_row_counts_only_for_the_model_file_it_was_computed_from(tmp_path):
+    """`edgecc compare` caches each cell's row; retraining a cell's model into the same path must not bring back
+    the old model's row (it would be silently wrong): the cache is keyed by the file's content."""
+    from edgecc.coding.schemes import Scheme
+    from edgecc.reproduce import merge_row
+    from edgecc.train import TrainConfig, train
+    from .test_reproduce import write_idx_dir
+
+    images, labels = load_sample()
+    data = write_idx_dir(tmp_path / "data", images[:64], labels[:64], images[64:80], labels[64:80])
+    results, cache = tmp_path / "results", tmp_path / "schemes"
+    model = results / "checkpoints" / "table2" / "cnn+cnn-hb.safetensors"
+    scheme = Scheme(K=2, G=1, computation="hb", encoder="cl", compute_arch="cl")
+    train("aicc", scheme, TrainConfig(epochs=1, threads=1, data_dir=str(data)), model, run_dir=tmp_path / "a.run")
+    merge_row(results / "table2.json", 2, "paper", {"cell": "cnn+cnn-hb", "kind": "aicc", "scheme": scheme.to_dict(), "accuracy": 10.0,
+                                                   "N": 3, "R": 2, "checkpoint": str(model)})
+    run = lambda **kw: st.run(cache, "sample", 16, only=("aicc-t2-cnn+cnn-hb",), log=lambda m: None, results_dir=results, **kw)
+    (first,) = run()
+    assert run(cached_only=True) == [first]  # read back
+    train("aicc", scheme, TrainConfig(epochs=1, threads=1, data_dir=str(data), seed=1), model, run_dir=tmp_path / "b.run")
+    assert run(cached_only=True) == []  # the retrained model's row is not in the cache: left out, not the old row
+    (second,) = run()
+    assert second["checkpoint"] == first["checkpoint"] and len(list(cache.glob("aicc-t2-cnn+cnn-hb@*.json"))) == 2
