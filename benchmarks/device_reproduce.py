@@ -63,6 +63,13 @@ class Job(NamedTuple):
         """The model this run continues (anneal: the same seed's paper-protocol model), None where it starts fresh."""
         return start_model(self.results(results), self.table, self.recipe, self.cell)
 
+    def rows_file(self, results: Path) -> Path:
+        return self.results(results) / f"{_name(self.table, self.recipe)}.json"
+
+    def model_file(self, results: Path) -> PurePosixPath:
+        """Where the run's model lives, relative to `results` (its path inside a tarball, too)."""
+        return PurePosixPath(checkpoint_path(self.results(results), self.table, self.recipe, self.cell).relative_to(results).as_posix())
+
     def label(self) -> str:
         return f"{_name(self.table, self.recipe)} {self.cell}" + (f" seed {self.seed}" if self.seed else "")
 
@@ -209,10 +216,10 @@ def _pack(out: Path, results: Path, job: Job) -> dict:
     """One tarball per finished run: its checkpoint (under its path in results/) and its row (a 2.2 M-parameter
     K=4 cell is 9 MB); the row."""
     out.mkdir(parents=True, exist_ok=True)
-    doc = json.loads((job.results(results) / f"{_name(job.table, job.recipe)}.json").read_text())
+    doc = json.loads(job.rows_file(results).read_text())
     row = next(r for r in doc["rows"] if r["cell"] == job.cell)
     with tarfile.open(out / tarball_name(job), "w:gz") as tar:
-        arc = checkpoint_path(job.results(results), job.table, job.recipe, job.cell).relative_to(results).as_posix()
+        arc = job.model_file(results).as_posix()
         tar.add(results / arc, arcname=arc)
         data = json.dumps({"table": job.table, "recipe": job.recipe, "seed": job.seed, "checkpoint": arc,
                            "protocol": doc.get("protocol"), "row": row}).encode()
@@ -245,13 +252,13 @@ def unpack(files_at: Path, results: Path, aside: Path = ASIDE) -> None:
             job, row = Job(got["table"], got["recipe"], got["row"]["cell"], got.get("seed", 0)), got["row"]
             arc = PurePosixPath(got["checkpoint"])
             # the one path a tarball may write to: this run's own model file, inside results/
-            if arc != PurePosixPath(checkpoint_path(job.results(results), job.table, job.recipe, job.cell).relative_to(results).as_posix()):
+            if arc != job.model_file(results):
                 raise SystemExit(f"{tgz.name}: its model is at {arc}, not where {job.label()} keeps it")
             dest = results / arc
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(tar.extractfile(arc.as_posix()).read())
         row["checkpoint"] = str(Path("results") / arc)
-        merge_row(job.results(results) / f"{_name(job.table, job.recipe)}.json", job.table, job.recipe, row, got.get("protocol"))
+        merge_row(job.rows_file(results), job.table, job.recipe, row, got.get("protocol"))
         print(f"{job.label()}: {row['accuracy']:.2f} (paper {row['paper']}) on {row['device']}")
 
 

@@ -357,16 +357,14 @@ def plan_cells(results_dir: str | Path = "results") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _model_id(cid: str, aicc: dict[str, tuple[str, int]]) -> str:
-    """The content id of the model file cell `cid`'s row is computed from: its checkpoint (AICC), the shipped
-    learned code, or the centralized base its scheme runs (base-, replication-, uncoded-, approxifer-BASE-...)."""
-    from .modelfile import content_id
-
+def _model_file(cid: str, aicc: dict[str, tuple[str, int]]) -> str:
+    """The model file cell `cid`'s row is computed from: its checkpoint (AICC), the shipped learned code, or the
+    centralized base its scheme runs (base-, replication-, uncoded-, approxifer-BASE-...)."""
     if cid in aicc:
-        return content_id(aicc[cid][0])
+        return aicc[cid][0]
     if cid == LEARNED_CODE_CELL:
-        return content_id("learned-code")
-    return content_id({"mlp": "default-mlp", "cnn": CNN_BASE}[cid.split("-")[1]])
+        return "learned-code"
+    return {"mlp": "default-mlp", "cnn": CNN_BASE}[cid.split("-")[1]]
 
 
 def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int | None = None, only: tuple[str, ...] = (),
@@ -383,6 +381,7 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     is computed afresh."""
     from .data import to_float
     from .datasets import load_arrays
+    from .modelfile import content_id
 
     runs = Path(runs_dir)
     x_u8, y = load_arrays(images)
@@ -391,8 +390,6 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     y = y.astype(np.int64)
     x = to_float(x_u8)
     if base_file is not None:
-        from .modelfile import content_id
-
         name, compute, _ = file_base(base_file)
         computes, aicc, cells = {name: compute}, {}, base_cells(name, points)
         runs = runs / f"{name}-{content_id(base_file).removeprefix('sha256:')}"
@@ -403,6 +400,7 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     runs.mkdir(parents=True, exist_ok=True)
     tag = f"{images}-{len(y)}"
     base_correct: dict[str, np.ndarray] = {}
+    model_ids: dict[str, str] = {}  # by file: ~100 cells share the two base models, a K=8 checkpoint serves 4 N's
     rows = []
     for cid in cells:
         keep = base_file is not None and cid.startswith("base-")  # a base file's own accuracy: every row's 'rel.'
@@ -410,7 +408,12 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
             continue
         # a cached row counts for the model file it was computed from: a retrained model is computed afresh
         # (a --base file's cells are cached under a folder named by its content already)
-        model_tag = "" if base_file is not None else "-" + _model_id(cid, aicc).removeprefix("sha256:")
+        model_tag = ""
+        if base_file is None:
+            f = _model_file(cid, aicc)
+            if f not in model_ids:
+                model_ids[f] = content_id(f).removeprefix("sha256:")
+            model_tag = f"-{model_ids[f]}"
         path = runs / f"{cid}@{tag}{model_tag}.json"
         if path.exists():
             rows.append(json.loads(path.read_text()))

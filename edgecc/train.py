@@ -337,9 +337,14 @@ def run_progress(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    part = ck.get("partial") or {"step": 0, "steps": 1, "seconds": 0.0}
-    return {"epoch": ck["epoch"], "epochs_done": ck["epoch"] + part["step"] / part["steps"],
-            "train_seconds": ck["train_seconds"] + part["seconds"], "history": ck["history"]}
+    return {"epoch": ck["epoch"], "epochs_done": _epochs_done(ck),
+            "train_seconds": ck["train_seconds"] + (ck.get("partial") or {}).get("seconds", 0.0), "history": ck["history"]}
+
+
+def _epochs_done(ck: dict[str, Any]) -> float:
+    """The epochs a checkpoint holds, with the fraction of an epoch a mid-epoch checkpoint adds."""
+    part = ck.get("partial") or {"step": 0, "steps": 1}
+    return ck["epoch"] + part["step"] / part["steps"]
 
 
 def run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -355,10 +360,9 @@ def run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     info = dict(ck["info"])
     model = build_model(info)
     model.load_state_dict(ck["model"])
-    part = ck.get("partial") or {"step": 0, "steps": 1}
     info["training"] = {**ck["config"], "epochs": ck["epoch"], "train_seconds": round(ck["train_seconds"], 1),
                         "torch": torch.__version__, "history": ck["history"],
-                        "snapshot": {"run": str(run_dir), "epochs_done": round(ck["epoch"] + part["step"] / part["steps"], 3)}}
+                        "snapshot": {"run": str(run_dir), "epochs_done": round(_epochs_done(ck), 3)}}
     return model.eval(), info
 
 

@@ -1,4 +1,5 @@
-"""Commands on models: train, snapshot (a run in training as a model file), eval, export, reproduce (the paper's tables), compare (schemes side by side)."""
+"""Commands on models: train, snapshot (a run in training as a model file), eval, export, reproduce (the paper's
+tables), compare (schemes side by side)."""
 
 from __future__ import annotations
 
@@ -343,7 +344,8 @@ def reproduce_render(file, tables, results_dir):
 @click.option("--only", multiple=True, help="cell id prefix(es) to run, e.g. approxifer-cnn-K8 (default: every cell)")
 @click.option("--points", type=click.Choice(["n", "n-1"]), default="n", show_default=True,
               help="ApproxIFER worker point set the table's main column shows: cos(iπ/N) or cos(iπ/(N−1))")
-@click.option("--runs-dir", default="runs/schemes", show_default=True, help="one JSON per finished cell and model file (resumable; a retrained model is computed afresh)")
+@click.option("--runs-dir", default="runs/schemes", show_default=True,
+              help="one JSON per finished cell and model file (resumable; a retrained model is computed afresh)")
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--cached-only", is_flag=True, help="compute nothing: write the table from the cells already in --runs-dir "
               "(and the worker timings already in --results-dir's schemes.json, where it has them)")
