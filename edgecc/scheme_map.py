@@ -116,14 +116,16 @@ def learned_code_master_flops(k: int, arch: str = LEARNED_CODE_ARCH) -> float:
 # Presentation per scheme name, as the rows of results/schemes.json name them: looked up, not compared with, so
 # that the only code asking which scheme it runs stays in edgecc/schemes (tests/test_schemes_registry.py).
 def _aicc_base(r: Mapping[str, Any]) -> str:
-    parts = str(r["base"]).split()  # "K=2 G=1 P=1 CNN+CNN H_S" (Scheme.label)
-    return f"{' '.join(parts[3:])} {' '.join(parts[1:3])}" if len(parts) >= 5 else str(r["base"])
+    label, *beyond = str(r["base"]).split(", ", 1)  # "K=2 G=1 P=1 CNN+CNN H_S[, anneal recipe (ours, ...)]"
+    parts = label.split()  # (Scheme.label)
+    return (f"{' '.join(parts[3:])} {' '.join(parts[1:3])}" if len(parts) >= 5 else label) + "".join(f", {b}" for b in beyond)
 
 
 BASE_TEXT = {"aicc": _aicc_base, "approxifer": lambda r: f"{r['base']} (points {r.get('points')})"}
 R_IS_K = frozenset({"approxifer", SYSTEMATIC})  # decoded from any K answers; their rows record no R
 MASTER_COUNTED_HERE = {"learned-code": lambda r: learned_code_master_flops(int(r["K"]))}  # rows without master FLOPs
-COLOURS = {SYSTEMATIC: "C4", LIGHT: "C4", "aicc": "C2"}  # others: by base, blue for the MLP, red for the CNN
+AICC_OURS = "aicc-ours"  # the plot's family of AICC models trained beyond the paper (He init, anneal recipe)
+COLOURS = {SYSTEMATIC: "C4", LIGHT: "C4", "aicc": "C2", AICC_OURS: "C4"}  # others: by base, blue for the MLP, red for the CNN
 SIZES = {"local": 150, SYSTEMATIC: 90}
 
 
@@ -259,11 +261,17 @@ def markdown(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]]) -> 
 def _short(e: Mapping[str, Any]) -> str:
     """The plot table's name of a scheme (shorter than the Markdown's)."""
     return {"local": f"local {e['base']} (master alone)", SYSTEMATIC: "systematic enc. (ours) cnn",
-            LIGHT: f"light master (ours), N={e['N']}"}.get(e["scheme"], e["label"])
+            LIGHT: f"light master (ours), N={e['N']}"}.get(e["scheme"], e["label"].replace(" (ours, not the paper's)", " (ours)"))
 
 
-MARKERS = {"approxifer": "s", "aicc": "o", "learned-code": "D", "replication": "v", "uncoded": "^",
+MARKERS = {"approxifer": "s", "aicc": "o", AICC_OURS: "o", "learned-code": "D", "replication": "v", "uncoded": "^",
            "local": "*", SYSTEMATIC: "P", LIGHT: "X"}
+FAMILY_NAMES = {**NAMES, AICC_OURS: "AICC, init or recipe beyond the paper's (ours)"}
+
+
+def _family(e: Mapping[str, Any]) -> str:
+    """The point's marker, colour and legend entry: its scheme, with AICC split by whether it is the paper's."""
+    return AICC_OURS if e["scheme"] == "aicc" and "(ours" in str(e["base"]) else e["scheme"]
 
 
 def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: str | Path) -> None:
@@ -275,20 +283,21 @@ def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: s
 
     from .fileio import atomic_write
 
-    fig = Figure(figsize=(15, 5.2 * len(panels)))
+    heights = [max(5.2, 0.17 * len(entries) + 1.2) for _, _, entries in panels]  # room for each cost table's rows
+    fig = Figure(figsize=(15, sum(heights)))
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(len(panels), 2, width_ratios=(1, 1.25))
+    grid = fig.add_gridspec(len(panels), 2, width_ratios=(1, 1.25), height_ratios=heights)
     for row, (K, S, entries) in enumerate(panels):
         ax = fig.add_subplot(grid[row, 0])
         seen, spots = set(), {}
         for e in entries:
             if not e["plotted"]:
                 continue
-            fam, y = e["scheme"], 100 * e["worst"]
+            fam, y = _family(e), 100 * e["worst"]
             size = SIZES.get(fam, 60)
             ax.scatter([e["x"]], [y], marker=MARKERS.get(fam, "o"), s=size,
                        color=COLOURS.get(fam, "C0" if e["base"] == "mlp" else "C3"),
-                       label=NAMES.get(fam, fam) if fam not in seen else None, edgecolors="k", linewidths=0.5,
+                       label=FAMILY_NAMES.get(fam, fam) if fam not in seen else None, edgecolors="k", linewidths=0.5,
                        zorder=4 if size == 90 else 3, alpha=0.85 if size == 150 else 1.0)
             seen.add(fam)
             spots.setdefault((round(math.log10(e["x"]), 2), round(y, 1)), []).append(e)

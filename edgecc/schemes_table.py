@@ -39,7 +39,7 @@ from .modelfile import atomic_write
 KS = (2, 4, 8, 12)
 SS = (1, 2, 3)
 CNN_BASE = "results/checkpoints/table2/baseline-cnn.safetensors"
-AICC_TABLES = ("table2", "table3", "table-k8", "table-k8-anneal")  # results/<name>.json with AICC rows
+AICC_TABLES = ("table2", "table3", "table-k8", "table2-anneal", "table3-anneal", "table-k8-anneal")  # results/<name>.json with AICC rows
 # A note under the table for each scheme that has rows in it (keyed, not compared: only edgecc/schemes asks
 # which scheme it runs, tests/test_schemes_registry.py)
 SCHEME_NOTES = {
@@ -161,8 +161,9 @@ def approxifer_cell(compute: Callable, base: str, K: int, S: int, points: str, x
 
 
 def aicc_cells(results_dir: str | Path = "results") -> list[tuple[str, str, int, int, float]]:
-    """(cell id, checkpoint, N, K, recorded accuracy) for every trained AICC cell of Tables 2-3 and table k8; a K = 8
-    cell also at N = R + S for each S in SS (ApproxIFER's K = 8 operating points)."""
+    """(cell id, checkpoint, N, K, recorded accuracy) for every trained AICC cell of Tables 2-3 and table k8, by the
+    paper protocol and the anneal recipe (ids end in -anneal); a K = 8 cell also at N = R + S for each S in SS
+    (ApproxIFER's K = 8 operating points)."""
     cells = []
     for name in AICC_TABLES:
         f = Path(results_dir) / f"{name}.json"
@@ -173,21 +174,23 @@ def aicc_cells(results_dir: str | Path = "results") -> list[tuple[str, str, int,
             if r.get("kind") != "aicc" or not Path(r.get("checkpoint", "")).exists():
                 continue
             K, N, R = int(r["scheme"]["K"]), int(r["N"]), int(r["R"])
+            recipe = "" if t.get("recipe", "paper") == "paper" else f"-{t['recipe']}"
             if t["table"] != "k8":  # (ids as before table k8 existed)
-                cells.append((f"aicc-t{t['table']}-{r['cell']}", r["checkpoint"], N, K, float(r["accuracy"])))
+                cells.append((f"aicc-t{t['table']}-{r['cell']}{recipe}", r["checkpoint"], N, K, float(r["accuracy"])))
                 continue
-            cid = f"aicc-{r['cell']}" + ("" if t.get("recipe", "paper") == "paper" else f"-{t['recipe']}")
+            cid = f"aicc-{r['cell']}{recipe}"
             for n in sorted({N} | {R + S for S in SS}):
                 cells.append((cid + ("" if n == N else f"-N{n}"), r["checkpoint"], n, K, float(r["accuracy"])))
     return cells
 
 
-def _aicc_costs(s, N: int, weight_init: str = "default") -> dict[str, Any]:
+def _aicc_costs(s, N: int, weight_init: str = "default", recipe: str = "paper") -> dict[str, Any]:
     """What an AICC scheme costs per classified image at N workers (from the scheme alone, trained or not); a
-    model trained from an init beyond the paper's says so in its label."""
+    model trained from an init or by a recipe beyond the paper's says so in its label."""
     worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
     up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
-    label = s.label() + (", He init (ours, not the paper's)" if weight_init == "variance" else "")
+    beyond = ["He init"] * (weight_init == "variance") + [f"{recipe} recipe"] * (recipe != "paper")
+    label = s.label() + (f", {', '.join(beyond)} (ours, not the paper's)" if beyond else "")
     return {"scheme": "aicc", "base": label, "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
             "worker_flops": worker, "worker_calls_per_image": N / s.K,
             "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
@@ -203,8 +206,8 @@ def aicc_cell(path: str, N: int, x_u8: np.ndarray, y: np.ndarray, model_info: tu
     model, info = model_info or load_model(path)
     s = Scheme.from_dict(info["scheme"])
     ev = evaluate(model, info, x_u8, y, N, max_subsets=None, encode_precision="fp32")
-    recipe = info.get("training", {}).get("recipe", "paper")
-    return {**_aicc_costs(s, N, info.get("training", {}).get("weight_init", "default")), **({"status": f"{recipe} recipe"} if recipe != "paper" else {}),
+    training = info.get("training", {})
+    return {**_aicc_costs(s, N, training.get("weight_init", "default"), training.get("recipe", "paper")),
             "overall_worst": ev["accuracy_decoded_min"] / 100, "degraded_worst": ev["accuracy_decoded_min"] / 100,
             "overall_mean": ev["accuracy_decoded_mean"] / 100, "best_subset": ev["accuracy_decoded_max"] / 100,
             "no_straggler": ev["accuracy_direct"] / 100,  # any R answers decode the same polynomial
@@ -399,6 +402,7 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         cells = plan_cells(results_dir)
     runs.mkdir(parents=True, exist_ok=True)
     tag = f"{images}-{len(y)}"
+    written = _written_rows(base_paths(name, results_dir)[0] if base_file is not None else Path(results_dir) / "schemes.json")
     base_correct: dict[str, np.ndarray] = {}
     model_ids: dict[str, str] = {}  # by file: ~100 cells share the two base models, a K=8 checkpoint serves 4 N's
     rows = []
@@ -408,15 +412,18 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
             continue
         # a cached row counts for the model file it was computed from: a retrained model is computed afresh
         # (a --base file's cells are cached under a folder named by its content already)
-        model_tag = ""
-        if base_file is None:
-            f = _model_file(cid, aicc)
-            if f not in model_ids:
-                model_ids[f] = content_id(f).removeprefix("sha256:")
-            model_tag = f"-{model_ids[f]}"
-        path = runs / f"{cid}@{tag}{model_tag}.json"
+        f = base_file if base_file is not None else _model_file(cid, aicc)
+        if f not in model_ids:
+            model_ids[f] = content_id(f).removeprefix("sha256:")
+        path = runs / f"{cid}@{tag}{'' if base_file is not None else '-' + model_ids[f]}.json"
         if path.exists():
             rows.append(json.loads(path.read_text()))
+            continue
+        # the table last written holds every row it was made of: one from the same model file and images is
+        # taken as it is (a fresh clone refreshes the table by computing only its new or retrained cells)
+        if (old := written.get(cid)) and old.get("model_id") == model_ids[f] and old.get("image_set") == tag:
+            atomic_write(path, json.dumps(old, indent=1).encode())
+            rows.append(old)
             continue
         if cached_only:
             log(f"{cid}: not computed yet, left out")
@@ -439,6 +446,7 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         else:
             row = aicc_cell(aicc[cid][0], aicc[cid][1], x_u8, y)
         row["cell"], row["seconds"] = cid, round(time.perf_counter() - t, 1)
+        row["model_id"], row["image_set"] = model_ids[f], tag
         atomic_write(path, json.dumps(row, indent=1).encode())
         log(f"{cid}: overall {row['overall_worst']:.4f} ({row['seconds']:.0f} s)")
         rows.append(row)
@@ -461,6 +469,17 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         else:
             rows.append(k8_status_row(p))
     return rows
+
+
+ASSEMBLED = ("relative_to_base", "degraded_relative_to_base", "paper", "paper_relative_to_base")  # assemble()'s
+
+
+def _written_rows(table_json: Path) -> dict[str, dict[str, Any]]:
+    """{cell: row} of a table written before (schemes.json or a companion), as run() computed them."""
+    if not table_json.is_file():
+        return {}
+    return {r["cell"]: {k: v for k, v in r.items() if k not in ASSEMBLED}
+            for r in json.loads(table_json.read_text())["rows"] if "cell" in r}
 
 
 def assemble(rows: list[dict[str, Any]], measured: dict[str, float] | None, images: int) -> dict[str, Any]:

@@ -113,10 +113,41 @@ def test_a_cached_row_counts_only_for_the_model_file_it_was_computed_from(tmp_pa
     train("aicc", scheme, TrainConfig(epochs=1, threads=1, data_dir=str(data)), model, run_dir=tmp_path / "a.run")
     merge_row(results / "table2.json", 2, "paper", {"cell": "cnn+cnn-hb", "kind": "aicc", "scheme": scheme.to_dict(), "accuracy": 10.0,
                                                    "N": 3, "R": 2, "checkpoint": str(model)})
-    run = lambda **kw: st.run(cache, "sample", 16, only=("aicc-t2-cnn+cnn-hb",), log=lambda m: None, results_dir=results, **kw)
+    run = lambda cache=cache, limit=16, **kw: st.run(cache, "sample", limit, only=("aicc-t2-cnn+cnn-hb",), log=lambda m: None,
+                                                     results_dir=results, **kw)
     (first,) = run()
     assert run(cached_only=True) == [first]  # read back
+    # the table written from it serves as the cache of a machine that never computed it (a fresh clone) ...
+    st.write(st.assemble([dict(first)], None, 16), results)
+    assert run(tmp_path / "clone-cache", cached_only=True) == [first]
+    assert run(tmp_path / "other-images", limit=8, cached_only=True) == []  # ... for the same images only
     train("aicc", scheme, TrainConfig(epochs=1, threads=1, data_dir=str(data), seed=1), model, run_dir=tmp_path / "b.run")
     assert run(cached_only=True) == []  # the retrained model's row is not in the cache: left out, not the old row
+    assert run(tmp_path / "clone-cache-2", cached_only=True) == []  # nor taken from the table written before
     (second,) = run()
     assert second["checkpoint"] == first["checkpoint"] and len(list(cache.glob("aicc-t2-cnn+cnn-hb@*.json"))) == 2
+
+
+def test_annealed_cells_are_rows_of_their_own_labelled_beyond_the_paper(tmp_path):
+    """Tables 2-3 trained by the anneal recipe (results/table2-anneal.json) are compared beside the paper
+    protocol's cells, under ids of their own and labelled as ours in both tables and on the map."""
+    from edgecc.coding.schemes import Scheme
+    from edgecc.reproduce import merge_row
+    from edgecc.scheme_map import AICC_OURS, _base_text, _family
+
+    results = tmp_path / "results"
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"")  # aicc_cells lists cells whose model file is here; it reads no weights
+    scheme = Scheme(K=2, G=1, computation="hb", encoder="cl", compute_arch="cl")
+    row = {"cell": "cnn+cnn-hb", "kind": "aicc", "scheme": scheme.to_dict(), "accuracy": 90.0, "N": 3, "R": 2,
+           "checkpoint": str(model)}
+    merge_row(results / "table2.json", 2, "paper", row)
+    merge_row(results / "table2-anneal.json", 2, "anneal", row)
+    assert [c[0] for c in st.aicc_cells(results)] == ["aicc-t2-cnn+cnn-hb", "aicc-t2-cnn+cnn-hb-anneal"]
+
+    paper, ours = st._aicc_costs(scheme, 3), st._aicc_costs(scheme, 3, "variance", "anneal")
+    assert paper["base"] == "K=2 G=1 P=1 CNN+CNN H_B"
+    assert ours["base"] == "K=2 G=1 P=1 CNN+CNN H_B, He init, anneal recipe (ours, not the paper's)"
+    entry = lambda r: {**r, "scheme": "aicc"}
+    assert _base_text(ours) == "CNN+CNN H_B G=1 P=1, He init, anneal recipe (ours, not the paper's)"
+    assert (_family(entry(paper)), _family(entry(ours))) == ("aicc", AICC_OURS)
