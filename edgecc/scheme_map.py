@@ -125,6 +125,7 @@ BASE_TEXT = {"aicc": _aicc_base, "approxifer": lambda r: f"{r['base']} (points {
 R_IS_K = frozenset({"approxifer", SYSTEMATIC})  # decoded from any K answers; their rows record no R
 MASTER_COUNTED_HERE = {"learned-code": lambda r: learned_code_master_flops(int(r["K"]))}  # rows without master FLOPs
 AICC_OURS = "aicc-ours"  # the plot's family of AICC models trained beyond the paper (He init, anneal recipe)
+BEYOND_THE_PAPER = {"aicc": AICC_OURS}  # the family of a row whose base label says "(ours, ...)"
 COLOURS = {SYSTEMATIC: "C4", LIGHT: "C4", "aicc": "C2", AICC_OURS: "C4"}  # others: by base, blue for the MLP, red for the CNN
 SIZES = {"local": 150, SYSTEMATIC: 90}
 
@@ -271,7 +272,7 @@ FAMILY_NAMES = {**NAMES, AICC_OURS: "AICC, init or recipe beyond the paper's (ou
 
 def _family(e: Mapping[str, Any]) -> str:
     """The point's marker, colour and legend entry: its scheme, with AICC split by whether it is the paper's."""
-    return AICC_OURS if e["scheme"] == "aicc" and "(ours" in str(e["base"]) else e["scheme"]
+    return BEYOND_THE_PAPER.get(e["scheme"], e["scheme"]) if "(ours" in str(e["base"]) else e["scheme"]
 
 
 def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: str | Path) -> None:
