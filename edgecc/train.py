@@ -64,6 +64,13 @@ class TrainConfig:
     # PyTorch's default (nets.blocks.variance_preserving_init); at K=8 this lets Adam at lr 1e-4 leave chance
     # within ~40 steps; with the default init it is still at chance after 150 (docs/k8.md).
     weight_init: str = "default"
+    # teacher: a centralized model file (same images and classes) whose predictions the model also learns, beyond
+    # the paper: the loss is (1 − w)·cross-entropy + w·T²·KL(teacher's softmax at temperature T ‖ the model's),
+    # w = distill_weight, T = distill_temperature (knowledge distillation; the teacher runs on the same, possibly
+    # augmented, images each step, without gradients). The distillation settings are recorded only with a teacher.
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
     # torch.compile the module the optimizer steps run through (inductor; on a CPU it needs a C++ compiler):
     # losses within 2e-4 of eager's, steps 1.06x (K=4 G=1 P=4) to 1.55x (K=8) faster on one CPU thread
     # (benchmarks/train_compile.py, results/train-compile.json) after a one-off compile of 5-20 s. How a run
@@ -77,6 +84,10 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.compile and torch.device(self.device).type == "cpu" and not _cxx_compiler():
@@ -97,6 +108,7 @@ class TrainConfig:
 
 
 REMEDIES_OFF = {"warmup_steps": 0, "clip_norm": None, "weight_init": "default"}  # fields beyond the paper, and their off values
+DISTILLATION = ("teacher", "distill_weight", "distill_temperature")  # recorded only where a teacher is set
 WEIGHT_INITS = ("default", "variance")
 
 
@@ -165,8 +177,12 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     paper recipe, how many epochs: a finished run may be resumed with a larger --epochs; the best
     recipe's lr schedule spans all epochs, so there they count)."""
     ident = asdict(replace(cfg, threads=None, data_dir=None, epochs=cfg.epochs if cfg.recipe != "paper" else 0,
-                           init=content_id(cfg.init) if cfg.init else None))
+                           init=content_id(cfg.init) if cfg.init else None,
+                           teacher=content_id(cfg.teacher) if cfg.teacher else None))
     del ident["compile"]  # how the steps run, not what they compute
+    if cfg.teacher is None:
+        for key in DISTILLATION:
+            del ident[key]
     # the remedies beyond the paper are recorded only when set: a run without them records (and its model file
     # and checkpoints hold) exactly what a run from before they existed did, and such checkpoints still resume
     for key, off in REMEDIES_OFF.items():
@@ -216,13 +232,32 @@ def _start_from(model, info: dict[str, Any], init: str) -> int:
     return int(trained.get("epochs", 0)) + int(trained.get("init_epochs", 0))
 
 
+def _teacher(path: str, kind: str, image: tuple[int, int, int], classes: tuple[str, ...], dev: torch.device):
+    """The frozen centralized model of file `path`, on dev, checked against what the run trains."""
+    from .modelfile import load_model
+
+    if kind == "learned-code":
+        raise ValueError("distillation trains AICC and centralized models; the learned code is trained on one erased slot")
+    model, info = load_model(path)
+    if not info["kind"].startswith("centralized"):
+        raise ValueError(f"the teacher must be a centralized model; {path} is {info['kind']!r}")
+    if model_image(info) != tuple(image) or tuple(info.get("classes", data.CLASSES)) != tuple(classes):
+        raise ValueError(f"the teacher {path} takes {model_image(info)} images in {len(info.get('classes', data.CLASSES))} "
+                         f"classes; the training data has {tuple(image)} in {len(classes)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(dev).eval()
+
+
 def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg: TrainConfig,
-              gen: torch.Generator) -> torch.Tensor:
-    """The training loss of one batch of images xb (B·K, *dims) with labels yb, on xb's device. Random draws
-    come from the CPU generator `gen` and move to the device (tested on the meta device: no CPU tensor mixes in)."""
+              gen: torch.Generator, teacher: torch.nn.Module | None = None) -> torch.Tensor:
+    """The training loss of one batch of images xb (B·K, *dims) with labels yb, on xb's device (with `teacher`,
+    cfg's distillation loss). Random draws come from the CPU generator `gen` and move to the device (tested on
+    the meta device: no CPU tensor mixes in)."""
     image = tuple(getattr(model, "image", PAPER_IMAGE))
     if cfg.recipe == "augment":
         xb = augment(xb, gen, image)
+    images = xb  # one image per row, as the teacher takes them
     if kind in GROUPED:
         xb, yb = xb.reshape(-1, K, *xb.shape[1:]), yb.reshape(-1, K)  # (B, K, *dims), (B, K)
     if kind == "learned-code":  # one data slot erased at random; trained on that slot's label
@@ -234,7 +269,16 @@ def step_loss(model, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg:
     else:
         with _autocast(cfg):
             logits = model(xb)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
+    logits = logits.float().reshape(-1, logits.shape[-1])  # image i's row: AICC's D(β_k) in group order
+    ce = F.cross_entropy(logits, yb.reshape(-1))
+    if teacher is None:
+        return ce
+    with torch.no_grad(), _autocast(cfg):
+        target = teacher(images)
+    T, w = cfg.distill_temperature, cfg.distill_weight
+    kd = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(target.float() / T, -1), log_target=True,
+                  reduction="batchmean")
+    return (1 - w) * ce + w * T * T * kd  # T²: the soft targets' gradients shrink as 1/T²
 
 
 def _describe(kind: str, scheme: Scheme | None, code: dict[str, Any] | None,
@@ -268,9 +312,9 @@ def stepping(model, cfg: TrainConfig):
 
 
 def train_step(model, opt, kind: str, xb: torch.Tensor, yb: torch.Tensor, K: int, cfg: TrainConfig,
-               gen: torch.Generator) -> torch.Tensor:
+               gen: torch.Generator, teacher: torch.nn.Module | None = None) -> torch.Tensor:
     """One optimizer step on a batch; its loss, detached, on the device (not read back: no sync)."""
-    loss = step_loss(model, kind, xb, yb, K, cfg, gen)
+    loss = step_loss(model, kind, xb, yb, K, cfg, gen, teacher)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_norm is not None:  # all parameters' gradients as one vector (those without a gradient are skipped)
@@ -413,6 +457,7 @@ def train(
         model.base.load_state_dict(base_model.state_dict())
         info["base"] = {"model": str(base or "default-mlp"), "training": base_info.get("training", {}).get("history", [{}])[-1]}
     init_epochs = _start_from(model, info, cfg.init) if cfg.init else 0
+    teacher = _teacher(cfg.teacher, kind, train_set.shape, train_set.classes, dev) if cfg.teacher else None
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")
     ckpt_path = run_dir / "checkpoint.pt"
@@ -455,7 +500,7 @@ def train(
         for step in range(first, steps):
             idx = perm[step * batch * K : (step + 1) * batch * K]
             set_lr(opt, cfg, epoch * steps + step, cfg.epochs * steps)
-            loss_sum += train_step(stepper, opt, kind, x[idx], y[idx], K, cfg, gen)
+            loss_sum += train_step(stepper, opt, kind, x[idx], y[idx], K, cfg, gen, teacher)
             if progress and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps):
                 rate = (step + 1 - first) * batch / (time.perf_counter() - t0)
                 progress(epoch, step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum.item() / (step + 1):.4f} {rate:.0f} groups/s")

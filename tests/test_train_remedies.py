@@ -162,3 +162,82 @@ def test_edgecc_train_takes_weight_init_and_records_it(tmp_path):
     assert read_header(str(out))["training"]["weight_init"] == "variance"
     r = CliRunner().invoke(cli.main, args + ["--weight-init", "he"])
     assert r.exit_code == 2 and "'he' is not one of" in r.output
+
+
+def _centralized_file(tmp_path, data, name="teacher.safetensors", seed=0):
+    """A centralized MLP trained one epoch on the 64 on-disk images: a real teacher's file."""
+    out = tmp_path / name
+    train("centralized-mlp", None, TrainConfig(epochs=1, threads=1, data_dir=str(data), seed=seed), out)
+    return out
+
+
+def _sample_data(tmp_path):
+    from edgecc.data import load_sample
+
+    from .test_reproduce import write_idx_dir
+
+    images, labels = load_sample()
+    return write_idx_dir(tmp_path / "data", images[:64], labels[:64], images[64:80], labels[64:80])
+
+
+def test_distillation_mixes_cross_entropy_with_the_teachers_softened_predictions(tmp_path):
+    """teacher (beyond the paper): loss = (1 − w)·CE + w·T²·KL(teacher ‖ model) at temperature T."""
+    import torch.nn.functional as F
+
+    from edgecc.modelfile import load_model
+
+    data = _sample_data(tmp_path)
+    teacher_file = _centralized_file(tmp_path, data)
+    teacher, _ = load_model(teacher_file)
+    student, _ = load_model(teacher_file)  # the same network: nothing to learn from the teacher, KL = 0
+    other, _ = load_model(_centralized_file(tmp_path, data, "other.safetensors", seed=1))
+    x, y = _batch(groups=16, K=1)
+    gen = torch.Generator()
+    cfg = lambda w, T=4.0: TrainConfig(precision="fp32", teacher=str(teacher_file), distill_weight=w, distill_temperature=T)
+    with torch.no_grad():
+        ce = F.cross_entropy(student(x), y)
+        plain = step_loss(student, "centralized-mlp", x, y, 1, TrainConfig(precision="fp32"), gen)
+        assert step_loss(student, "centralized-mlp", x, y, 1, cfg(0.3), gen, teacher) == pytest.approx((0.7 * ce).item(), rel=1e-5)
+        assert plain == pytest.approx(ce.item(), rel=1e-6)
+        # a different network: w = 1 leaves T²·KL alone, computed here from its definition
+        T = 2.0
+        p, q = F.softmax(teacher(x) / T, -1), F.log_softmax(other(x) / T, -1)
+        kl = (p * (p.log() - q)).sum(-1).mean()
+        got = step_loss(other, "centralized-mlp", x, y, 1, cfg(1.0, T), gen, teacher)
+        assert got.item() == pytest.approx((T * T * kl).item(), rel=1e-4) and got.item() > 0
+
+    # AICC: the teacher sees each image of a group; the student's D(β_k) rows line up with them
+    K, model, _ = _fresh(TrainConfig(threads=1, precision="fp32"))
+    xa, ya = _batch(K=2, groups=8)
+    loss = step_loss(model, "aicc", xa, ya, K, cfg(0.5), gen, teacher)
+    loss.backward()  # gradients reach the model, not the frozen teacher
+    assert math.isfinite(loss.item()) and all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_distillation_is_validated_and_recorded_only_with_a_teacher(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecc import cli
+    from edgecc.modelfile import content_id, read_header
+
+    with pytest.raises(ValueError, match="distill_weight"):
+        TrainConfig(distill_weight=1.5)
+    with pytest.raises(ValueError, match="distill_temperature"):
+        TrainConfig(distill_temperature=0.0)
+    assert not {"teacher", "distill_weight", "distill_temperature"} & set(_identity(TrainConfig(distill_weight=0.2)))
+
+    data = _sample_data(tmp_path)
+    teacher = _centralized_file(tmp_path, data)
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--K", "2", "--encoder", "mlp", "--compute", "mlp", "--epochs", "1", "--data-dir", str(data),
+            "--threads", "1", "--quiet", "--out", str(out)]
+    r = CliRunner().invoke(cli.main, args + ["--teacher", str(teacher), "--distill-weight", "0.7"])
+    assert r.exit_code == 0, r.output
+    t = read_header(str(out))["training"]
+    assert (t["teacher"], t["distill_weight"], t["distill_temperature"]) == (content_id(teacher), 0.7, 4.0)
+    # a teacher must be a centralized model of the same images: an AICC model file is refused, with a message
+    r = CliRunner().invoke(cli.main, args + ["--teacher", str(out), "--out", str(tmp_path / "n.safetensors")])
+    assert r.exit_code == 2 and "the teacher must be a centralized model" in r.output
+    r = CliRunner().invoke(cli.main, args + ["--distill-weight", "2"])
+    assert r.exit_code == 2 and "distill_weight must be in [0, 1]" in r.output

@@ -30,6 +30,11 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--weight-init", type=click.Choice(WEIGHT_INITS), default="default", show_default=True,
               help="variance: He init for the CL stacks' convolutions, beyond the paper (docs/k8.md: K=8 leaves "
               "chance within ~40 steps at lr 1e-4; the default init is still there after 150)")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="a centralized model file (same images and classes) to distill from, beyond the paper: the loss "
+              "mixes cross-entropy with the KL divergence from the teacher's softened predictions")
+@click.option("--distill-weight", type=float, default=0.5, show_default=True, help="the KL term's share of the loss (with --teacher)")
+@click.option("--distill-temperature", type=float, default=4.0, show_default=True, help="softmax temperature of both sides (with --teacher)")
 @click.option("--batch", type=int, default=None, help="groups per step [default: 128 // K, the paper's 64 / 32]")
 @click.option("--lr", type=float, default=None, help="Adam lr, the peak for best [default: 1e-3 (paper), 2e-3 (best)]")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -46,23 +51,31 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, weight_init, batch, lr, seed, precision,
-          device, threads, compile_steps, limit, data, data_dir, out, run_dir, resume, quiet):
+def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, weight_init, teacher, distill_weight,
+          distill_temperature, batch, lr, seed, precision, device, threads, compile_steps, limit, data, data_dir, out, run_dir,
+          resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from ..coding.schemes import Scheme
     from ..train import TrainConfig, train as run_training
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
-    cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
-                                 threads=threads, limit=limit, data=data, data_dir=data_dir, init=init,
-                                 weight_init=weight_init, compile=compile_steps)
+    try:
+        cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
+                                     threads=threads, limit=limit, data=data, data_dir=data_dir, init=init,
+                                     weight_init=weight_init, teacher=teacher, distill_weight=distill_weight,
+                                     distill_temperature=distill_temperature, compile=compile_steps)
+    except ValueError as e:  # a setting out of range
+        raise click.UsageError(str(e)) from None
 
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
             return
         click.echo(f"\r{text}".ljust(100), nl=step == 0, err=True)  # step 0: an epoch's summary line
 
-    info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
+    try:
+        info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
+    except ValueError as e:  # a model or run that does not fit this training (init, teacher, resume, data)
+        raise click.UsageError(str(e)) from None
     last = info["training"]["history"][-1]
     click.echo(json.dumps({"out": out, "epochs": len(info["training"]["history"]), "test_accuracy_direct": last["test_accuracy_direct"],
                            "test_precision": last.get("test_precision", "fp32"), "train_seconds": info["training"]["train_seconds"]}))
