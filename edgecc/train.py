@@ -523,6 +523,7 @@ def train(
 
     info["training"] = {**now, "epochs": cfg.epochs, "batch": batch, "train_images": int(x.shape[0]),
                         "train_seconds": round(seconds, 1), "torch": torch.__version__, "history": history,
-                        "init": cfg.init, "init_id": now["init"], "init_epochs": init_epochs}
+                        "init": cfg.init, "init_id": now["init"], "init_epochs": init_epochs,
+                        **({"teacher_file": cfg.teacher} if cfg.teacher else {})}  # (its content id: "teacher")
     save_model(out, model, info)
     return info

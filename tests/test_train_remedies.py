@@ -236,6 +236,7 @@ def test_distillation_is_validated_and_recorded_only_with_a_teacher(tmp_path):
     assert r.exit_code == 0, r.output
     t = read_header(str(out))["training"]
     assert (t["teacher"], t["distill_weight"], t["distill_temperature"]) == (content_id(teacher), 0.7, 4.0)
+    assert t["teacher_file"] == str(teacher)
     # a teacher must be a centralized model of the same images: an AICC model file is refused, with a message
     r = CliRunner().invoke(cli.main, args + ["--teacher", str(out), "--out", str(tmp_path / "n.safetensors")])
     assert r.exit_code == 2 and "the teacher must be a centralized model" in r.output
