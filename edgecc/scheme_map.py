@@ -275,8 +275,9 @@ def _family(e: Mapping[str, Any]) -> str:
     return BEYOND_THE_PAPER.get(e["scheme"], e["scheme"]) if "(ours" in str(e["base"]) else e["scheme"]
 
 
-def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: str | Path) -> None:
-    """One row per (K, S): the points (numbered as in the table) and, beside them, the table of costs."""
+def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: str | Path):
+    """One row per (K, S): the points (numbered as in the table) and, beside them, the table of costs; written
+    to `path`, and returned (a matplotlib Figure)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -306,7 +307,7 @@ def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: s
             ax.annotate(",".join(str(e["id"]) for e in group), (group[0]["x"], 100 * group[0]["worst"]),
                         textcoords="offset points", xytext=(6, 3), fontsize=7)
         ax.set_xscale("log")
-        ax.set_xlim(FLOOR / 4, 10)
+        ax.set_xlim(FLOOR / 4, max([10.0] + [3 * e["x"] for e in entries if e["plotted"]]))  # (K=8 G=7's encoder: 16×)
         ax.axvline(FLOOR, color="grey", lw=0.8, ls=":")
         ax.text(FLOOR * 0.85, 0.5, "floor: master does no arithmetic (0 FLOPs drawn here)", fontsize=7,
                 rotation=90, transform=ax.get_xaxis_transform(), va="center", ha="right")
@@ -316,7 +317,7 @@ def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: s
         ax.set_title(f"K={K}, S={S} (N={K + S}{'; AICC R=3 cells at N=4' if any(e['N'] == K + S + 1 for e in entries) else ''})"
                      " — red: CNN base, blue: MLP base, green: AICC, purple: ours", fontsize=9)
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")  # (no corner is free of points on every panel)
         tab = fig.add_subplot(grid[row, 1])
         tab.axis("off")
         cells = [[str(e["id"]), _short(e), _num(e["N"], "d"),
@@ -331,6 +332,7 @@ def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: s
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write(path, buf.getvalue())
+    return fig
 
 
 def write_map(schemes_json: str | Path = "results/schemes.json", out_dir: str | Path = "results",

@@ -91,6 +91,22 @@ def test_write_map_writes_a_png_and_a_table(tmp_path):
     assert "row approxifer-cnn-K8-S1-n" in text and "92.00%" in text
 
 
+def test_every_plotted_point_is_inside_its_panel(tmp_path):
+    """A master dearer than the centralized CNN (the K=8 G=7 encoder: 16×) is drawn, not clipped off the axis."""
+    from edgecc.scheme_map import plot
+
+    schemes = _schemes()
+    trained = {**schemes["rows"][3], "status": None, "overall_worst": 0.545, "master_flops_per_image": 16 * CNN}
+    schemes["rows"][3] = trained
+    panels = [(8, 1, map_points(schemes, 8, 1, _systematic())), (2, 1, map_points(schemes, 2, 1))]
+    fig = plot(panels, tmp_path / "map.png")
+    for ax, (_, _, entries) in zip([a for a in fig.axes if a.get_xscale() == "log"], panels):
+        lo, hi = ax.get_xlim()
+        xs = [e["x"] for e in entries if e["plotted"]]
+        assert xs and all(lo < x < hi for x in xs), (lo, hi, xs)
+    assert 16 in [e["share"] for e in panels[0][2]]
+
+
 def test_the_command_writes_the_map(tmp_path):
     from edgecc.cli import main
 
