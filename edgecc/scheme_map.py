@@ -42,16 +42,16 @@ import numpy as np
 
 from .bench import costs
 from .coding.lagrange import decode_weights
+from .coding.schemes import OURS, SYSTEMATIC_LABEL
 
 MAPS = ((8, 1), (2, 1))  # (K, S) of the map's panels
 FLOOR = 1e-5  # where a master share below this (0 FLOPs: the master only forwards images) is drawn
 FEATURES = 100  # the centralized CNN's last hidden layer (Base-MLP's l2)
 CLASSES = 10
 SYSTEMATIC = "systematic"  # the design's scheme name in the map
-SYSTEMATIC_LABEL = "systematic encoder (ours, not the paper's)"
 SYSTEMATIC_SCRIPT = "benchmarks/systematic_encoder.py"
 LIGHT = "light-master"  # the light-master design's scheme name in the map
-LIGHT_LABEL = "light master, quadratic network on the workers (ours, not the paper's)"
+LIGHT_LABEL = f"light master, quadratic network on the workers {OURS}"
 LIGHT_SCRIPT = "benchmarks/light_master_poly.py"
 LEARNED_CODE_ARCH = "cl"  # the shipped `learned-code` model (learned-code-conv): a CL-stack parity encoder
 ORDER = ("local", "replication", "uncoded", "approxifer", "learned-code", "aicc", SYSTEMATIC, LIGHT)  # the tables' order
@@ -125,7 +125,7 @@ BASE_TEXT = {"aicc": _aicc_base, "approxifer": lambda r: f"{r['base']} (points {
 R_IS_K = frozenset({"approxifer", SYSTEMATIC})  # decoded from any K answers; their rows record no R
 MASTER_COUNTED_HERE = {"learned-code": lambda r: learned_code_master_flops(int(r["K"]))}  # rows without master FLOPs
 AICC_OURS = "aicc-ours"  # the plot's family of AICC models trained beyond the paper (He init, anneal recipe)
-BEYOND_THE_PAPER = {"aicc": AICC_OURS}  # the family of a row whose base label says "(ours, ...)"
+BEYOND_THE_PAPER = {"aicc": AICC_OURS}  # the family of a row whose base label carries OURS
 COLOURS = {SYSTEMATIC: "C4", LIGHT: "C4", "aicc": "C2", AICC_OURS: "C4"}  # others: by base, blue for the MLP, red for the CNN
 SIZES = {"local": 150, SYSTEMATIC: 90}
 
@@ -262,7 +262,7 @@ def markdown(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]]) -> 
 def _short(e: Mapping[str, Any]) -> str:
     """The plot table's name of a scheme (shorter than the Markdown's)."""
     return {"local": f"local {e['base']} (master alone)", SYSTEMATIC: "systematic enc. (ours) cnn",
-            LIGHT: f"light master (ours), N={e['N']}"}.get(e["scheme"], e["label"].replace(" (ours, not the paper's)", " (ours)"))
+            LIGHT: f"light master (ours), N={e['N']}"}.get(e["scheme"], e["label"].replace(f" {OURS}", " (ours)"))
 
 
 MARKERS = {"approxifer": "s", "aicc": "o", AICC_OURS: "o", "learned-code": "D", "replication": "v", "uncoded": "^",
@@ -272,7 +272,7 @@ FAMILY_NAMES = {**NAMES, AICC_OURS: "AICC, init or recipe beyond the paper's (ou
 
 def _family(e: Mapping[str, Any]) -> str:
     """The point's marker, colour and legend entry: its scheme, with AICC split by whether it is the paper's."""
-    return BEYOND_THE_PAPER.get(e["scheme"], e["scheme"]) if "(ours" in str(e["base"]) else e["scheme"]
+    return BEYOND_THE_PAPER.get(e["scheme"], e["scheme"]) if OURS in str(e["base"]) else e["scheme"]
 
 
 def plot(panels: Sequence[tuple[int, int, Sequence[Mapping[str, Any]]]], path: str | Path):

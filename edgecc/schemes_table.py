@@ -34,6 +34,7 @@ import numpy as np
 
 from .bench import costs
 from .coding.berrut import WORKER_POINT_SETS, BerrutCode
+from .coding.schemes import OURS
 from .modelfile import atomic_write
 
 KS = (2, 4, 8, 12)
@@ -190,7 +191,7 @@ def _aicc_costs(s, N: int, weight_init: str = "default", recipe: str = "paper") 
     worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
     up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
     beyond = ["He init"] * (weight_init == "variance") + [f"{recipe} recipe"] * (recipe != "paper")
-    label = s.label() + (f", {', '.join(beyond)} (ours, not the paper's)" if beyond else "")
+    label = s.label() + (f", {', '.join(beyond)} {OURS}" if beyond else "")
     return {"scheme": "aicc", "base": label, "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
             "worker_flops": worker, "worker_calls_per_image": N / s.K,
             "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
@@ -331,10 +332,14 @@ def seconds_per_image(f: Callable, x: np.ndarray) -> float:
     return best / x.shape[0]
 
 
+def _written(table_json: Path) -> dict[str, Any]:
+    """A table written before (schemes.json or a `--base` companion), or {} where there is none."""
+    return json.loads(table_json.read_text()) if table_json.is_file() else {}
+
+
 def previous_worker_seconds(results_dir: str | Path = "results") -> dict[str, float] | None:
     """The worker timings of the table last written to results_dir (what `compare --cached-only` keeps), if any."""
-    f = Path(results_dir) / "schemes.json"
-    return json.loads(f.read_text()).get("worker_seconds_per_image") if f.exists() else None
+    return _written(Path(results_dir) / "schemes.json").get("worker_seconds_per_image")
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -392,10 +397,12 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
         x_u8, y = x_u8[:limit], y[:limit]
     y = y.astype(np.int64)
     x = to_float(x_u8)
+    model_ids: dict[str, str] = {}  # by file: ~100 cells share the two base models, a K=8 checkpoint serves 4 N's
     if base_file is not None:
         name, compute, _ = file_base(base_file)
         computes, aicc, cells = {name: compute}, {}, base_cells(name, points)
-        runs = runs / f"{name}-{content_id(base_file).removeprefix('sha256:')}"
+        model_ids[base_file] = content_id(base_file).removeprefix("sha256:")
+        runs = runs / f"{name}-{model_ids[base_file]}"
     else:
         computes = base_computes()
         aicc = {c: (p, N) for c, p, N, *_ in aicc_cells(results_dir)}
@@ -404,7 +411,6 @@ def run(runs_dir: str | Path = "runs/schemes", images: str = "test", limit: int 
     tag = f"{images}-{len(y)}"
     written = _written_rows(base_paths(name, results_dir)[0] if base_file is not None else Path(results_dir) / "schemes.json")
     base_correct: dict[str, np.ndarray] = {}
-    model_ids: dict[str, str] = {}  # by file: ~100 cells share the two base models, a K=8 checkpoint serves 4 N's
     rows = []
     for cid in cells:
         keep = base_file is not None and cid.startswith("base-")  # a base file's own accuracy: every row's 'rel.'
@@ -475,11 +481,9 @@ ASSEMBLED = ("relative_to_base", "degraded_relative_to_base", "paper", "paper_re
 
 
 def _written_rows(table_json: Path) -> dict[str, dict[str, Any]]:
-    """{cell: row} of a table written before (schemes.json or a companion), as run() computed them."""
-    if not table_json.is_file():
-        return {}
+    """{cell: row} of a table written before, as run() computed them."""
     return {r["cell"]: {k: v for k, v in r.items() if k not in ASSEMBLED}
-            for r in json.loads(table_json.read_text())["rows"] if "cell" in r}
+            for r in _written(table_json).get("rows", []) if "cell" in r}
 
 
 def assemble(rows: list[dict[str, Any]], measured: dict[str, float] | None, images: int) -> dict[str, Any]:
@@ -604,7 +608,7 @@ def base_table(base_file: str | Path, runs_dir: str | Path = "runs/schemes", ima
     rows = run(runs_dir, images, limit, only, log, cached_only, results_dir, base_file=base_file, points=points)
     name, compute, info = file_base(base_file)
     j, m = base_paths(name, results_dir)
-    measured = json.loads(j.read_text()).get("worker_seconds_per_image") if cached_only and j.exists() else None
+    measured = _written(j).get("worker_seconds_per_image") if cached_only else None
     if measured is None:
         measured = {name: seconds_per_image(compute, np.random.default_rng(0).random((16, 28, 28), dtype=np.float32))}
     table = assemble(rows, measured, max((r["images"] for r in rows), default=0))

@@ -59,22 +59,18 @@ def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epoch
     from ..train import TrainConfig, train as run_training
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
-    try:
-        cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
-                                     threads=threads, limit=limit, data=data, data_dir=data_dir, init=init,
-                                     weight_init=weight_init, teacher=teacher, distill_weight=distill_weight,
-                                     distill_temperature=distill_temperature, compile=compile_steps)
-    except ValueError as e:  # a setting out of range
-        raise click.UsageError(str(e)) from None
-
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
             return
         click.echo(f"\r{text}".ljust(100), nl=step == 0, err=True)  # step 0: an epoch's summary line
 
-    try:
+    try:  # a setting out of range, or a model or run that does not fit this training (init, teacher, resume, data)
+        cfg = TrainConfig.for_recipe(recipe, epochs=epochs, batch=batch, lr=lr, seed=seed, precision=precision, device=device,
+                                     threads=threads, limit=limit, data=data, data_dir=data_dir, init=init,
+                                     weight_init=weight_init, teacher=teacher, distill_weight=distill_weight,
+                                     distill_temperature=distill_temperature, compile=compile_steps)
         info = run_training(kind, scheme, cfg, out, run_dir=run_dir, resume=resume, progress=progress)
-    except ValueError as e:  # a model or run that does not fit this training (init, teacher, resume, data)
+    except ValueError as e:
         raise click.UsageError(str(e)) from None
     last = info["training"]["history"][-1]
     click.echo(json.dumps({"out": out, "epochs": len(info["training"]["history"]), "test_accuracy_direct": last["test_accuracy_direct"],

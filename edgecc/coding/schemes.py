@@ -16,7 +16,8 @@ COMPUTATIONS = ("hb", "hs")
 # Not a learned Γ: the systematic encoder (ours, not the paper's; nets/systematic.py) Lagrange-combines the K
 # images' features from a centralized CNN at the master. Only an AICC model's `encoder` may name it.
 SYSTEMATIC = "systematic"
-SYSTEMATIC_LABEL = "systematic encoder (ours, not the paper's)"
+OURS = "(ours, not the paper's)"  # how a label marks a design, init or recipe beyond the paper
+SYSTEMATIC_LABEL = f"systematic encoder {OURS}"
 # Rules that place the N workers' points α from N alone, so that a model file can record them whatever N a run
 # picks: "chebyshev-extreme" is α_n = cos(nπ/(N−1)), n = 0..N−1 (the systematic encoder's, from 1 down to −1).
 WORKER_POINT_RULES = ("chebyshev-extreme",)
