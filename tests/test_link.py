@@ -226,6 +226,8 @@ async def test_info_reports_this_requests_bytes_under_concurrency(default_model,
             assert 3 * per_frame < i["bytes_sent"] < 3 * per_frame + 3 * 200  # three frames, headers included
             assert set(i) >= {"queue_ms", "encode_ms", "workers_ms", "decode_ms", "answered", "decode", "result_ms"}
             assert set(i["result_ms"]) == set(i["answered"]) and all(0 < v < i["workers_ms"] + 1e-6 for v in i["result_ms"].values())
+            # the workers stage ends with the result that completed the request, not after its decode
+            assert i["workers_ms"] == pytest.approx(max(i["result_ms"].values()))
         assert sum(i["bytes_sent"] for i in infos) == m.stats["bytes_sent"]  # no request counts another's bytes
 
 

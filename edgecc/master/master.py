@@ -68,7 +68,8 @@ class Pending:
     report: dict[str, Any] = field(default_factory=dict)  # the plan's decode report
     decode_ms: float = 0.0
     sent_at: float = 0.0  # when its frames were offered to the links
-    done_at: float = 0.0
+    complete_at: float = 0.0  # when the result that made the request decodable arrived (the workers stage ends)
+    done_at: float = 0.0  # when its decode finished
     finished: bool = False  # queued frames discarded and cancels sent
     frames: list[bytes] = field(default_factory=list)  # per worker, kept to offer to a skipped link later
     result_at: dict[int, float] = field(default_factory=dict)  # worker -> when its result arrived
@@ -266,7 +267,8 @@ class Master:
         `req_id` (default: the next free one) must be unique; scenarios pass their request number so
         that injected delays line up across schemes. `deadline` (time.monotonic(); default now +
         request_timeout) bounds the whole request. `info`, when given, is filled with this request's
-        bytes_sent, its timings (queue_ms, encode_ms, workers_ms, decode_ms), the workers that
+        bytes_sent, its timings (queue_ms, encode_ms, workers_ms: first send to the result that made
+        it decodable, decode_ms; disjoint, so they add up to at most its latency), the workers that
         answered in order, and the plan's decode report."""
         arrived = time.monotonic()
         if deadline is None:
@@ -389,7 +391,7 @@ class Master:
                 raise RequestFailed(f"request {req_id}: {len(p.results)} result(s) by its deadline, not enough for "
                                     f"{self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
             if info is not None:
-                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.done_at - p.sent_at) * 1000,
+                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.complete_at - p.sent_at) * 1000,
                             decode_ms=p.decode_ms, answered=list(p.results), decode=p.report,
                             result_ms={i: (t - p.sent_at) * 1000 for i, t in p.result_at.items()})
             return logits
@@ -610,6 +612,7 @@ class Master:
             if not self._reachable(p):
                 self._fail(p, f"{len(p.results)} result(s) in and none to come cannot satisfy {self.plan.need}")
             return
+        p.complete_at = p.result_at[index]  # the decode below is its own stage, not the workers'
         t = time.perf_counter()
         try:
             logits, report = self.plan.decoded(p.results)
