@@ -68,11 +68,11 @@ class Pending:
     report: dict[str, Any] = field(default_factory=dict)  # the plan's decode report
     decode_ms: float = 0.0
     sent_at: float = 0.0  # when its frames were offered to the links
-    complete_at: float = 0.0  # when the result that made the request decodable arrived (the workers stage ends)
     done_at: float = 0.0  # when its decode finished
     finished: bool = False  # queued frames discarded and cancels sent
     frames: list[bytes] = field(default_factory=list)  # per worker, kept to offer to a skipped link later
-    result_at: dict[int, float] = field(default_factory=dict)  # worker -> when its result arrived
+    result_at: dict[int, float] = field(default_factory=dict)  # worker -> when its result arrived (none after the
+    # one that made it decodable: later ones are late, so the workers stage ends at the latest of these)
     skipped: set[int] = field(default_factory=set)  # live workers left out (lagging, or not taking it)
     refused: dict[int, str] = field(default_factory=dict)  # workers that cannot take it at all, and why
 
@@ -391,7 +391,7 @@ class Master:
                 raise RequestFailed(f"request {req_id}: {len(p.results)} result(s) by its deadline, not enough for "
                                     f"{self.plan.need} (waiting on workers {sorted(p.outstanding)})") from None
             if info is not None:
-                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(p.complete_at - p.sent_at) * 1000,
+                info.update(timings, bytes_sent=p.bytes_sent, workers_ms=(max(p.result_at.values()) - p.sent_at) * 1000,
                             decode_ms=p.decode_ms, answered=list(p.results), decode=p.report,
                             result_ms={i: (t - p.sent_at) * 1000 for i, t in p.result_at.items()})
             return logits
@@ -612,7 +612,6 @@ class Master:
             if not self._reachable(p):
                 self._fail(p, f"{len(p.results)} result(s) in and none to come cannot satisfy {self.plan.need}")
             return
-        p.complete_at = p.result_at[index]  # the decode below is its own stage, not the workers'
         t = time.perf_counter()
         try:
             logits, report = self.plan.decoded(p.results)
