@@ -61,7 +61,7 @@ class Job(NamedTuple):
 
     def start(self, results: Path) -> Path | None:
         """The model this run continues (anneal: the same seed's paper-protocol model), None where it starts fresh."""
-        return start_model(self.results(results), self.table, self.recipe, self.cell)
+        return start_model(self.results(results), self.table, self.recipe, self.cell, self.seed)
 
     def rows_file(self, results: Path) -> Path:
         return self.results(results) / f"{_name(self.table, self.recipe)}.json"
@@ -97,6 +97,9 @@ QUEUE += [Job("k8", "anneal", c) for c in ("k8-r8-hb-g7p1-he", "k8-r4-hb-g3p1-he
 QUEUE += [Job(2, "paper", "cnn+cnn-hb", s) for s in (1, 2)]
 QUEUE += [Job("k8", "paper", c, s) for c in ("k8-r8-hb-g7p1-he", "k8-r4-hb-g3p1-he") for s in (1, 2)]
 QUEUE += [Job(3, r, c, s) for c in ("k4-r5-hs-g1p4-he", "k4-r5-hs-g1p4") for s in (1, 2) for r in ("paper", "anneal")]
+# the best K=4 R=5 cell's annealed model widened to 160 channels, per seed (beyond the paper; each waits for its
+# seed's annealed narrow model)
+QUEUE += [Job(3, "anneal", "k4-r5-hs-g1p4-he-w160", s) for s in (0, 1, 2)]
 MAX_FILES = 7  # tarballs per call: a call brings back 8 files from $OUT, one is kept for the call's log
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # the only names a file from $OUT comes back under
 

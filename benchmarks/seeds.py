@@ -7,7 +7,8 @@
 Each seed trains in its own results folder (results/seeds/CELL/seedN, with its checkpoint) and run
 folder (runs/seeds/CELL/seedN, or --runs-dir), resumably; the committed row of results/table{N}[-RECIPE].json is seed 0.
 The anneal recipe continues the seed's own paper-protocol model, so that seed trains by the paper
-protocol first (its paper row is kept in the seed's folder too).
+protocol first (its paper row is kept in the seed's folder too). A widened cell (Cell.widened_from) continues
+its source cell's annealed model of the same seed: run this for the source cell first.
 Writes results/seeds/CELL[-RECIPE].json: every seed's accuracy, the mean and the sample standard deviation.
 `edgecc reproduce render` shows every cell with two or more seeds in docs/results.md (edgecc.reproduce.render_seeds),
 from the rows themselves, so a seed counts there as soon as it finishes.
@@ -38,8 +39,11 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs/seeds",
                     help="where each seed's resumable checkpoints live (RUNS_DIR/CELL/seedN)")
     args = ap.parse_args()
-    if args.cell not in {c.name for c in TABLES[args.table]}:
+    cell = next((c for c in TABLES[args.table] if c.name == args.cell), None)
+    if cell is None:
         raise SystemExit(f"unknown cell {args.cell!r}")
+    if not cell.trains_by(args.recipe):
+        raise SystemExit(f"{cell.name} starts from {cell.widened_from}'s annealed model: --recipe anneal")
     if 0 in args.seeds:
         raise SystemExit("seed 0 is the row of the cell's own table: train it with `edgecc reproduce run`")
     results = Path(args.results)
@@ -53,13 +57,13 @@ def main() -> None:
         base.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results / "checkpoints" / "table2" / "baseline-mlp.safetensors", base)
         runs_dir = Path(args.runs_dir) / args.cell / f"seed{seed}"
-        for recipe in ("paper", "anneal")[: 2 if args.recipe == "anneal" else 1]:
+        for recipe in [r for r in ("paper", "anneal")[: 2 if args.recipe == "anneal" else 1] if cell.trains_by(r)]:
             cfg = TrainConfig.for_recipe(recipe, seed=seed, threads=args.threads, compile=args.compile)
             (row,) = reproduce(args.table, [args.cell], cfg, out, runs_dir)
         runs[seed] = row["accuracy"]
         base.unlink()  # the copy is not part of this seed's results
     accs = [runs[s] for s in sorted(runs)]
-    summary = {"cell": args.cell, "table": args.table, "paper": next(c.paper for c in TABLES[args.table] if c.name == args.cell),
+    summary = {"cell": args.cell, "table": args.table, "paper": cell.paper,
                "accuracy_by_seed": {str(s): runs[s] for s in sorted(runs)}, "mean": statistics.mean(accs),
                "stdev": statistics.stdev(accs) if len(accs) > 1 else None, "seeds": len(accs)}
     name = args.cell if args.recipe == "paper" else f"{args.cell}-{args.recipe}"

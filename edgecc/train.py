@@ -218,18 +218,33 @@ def accuracy_direct(model, kind: str, images: torch.Tensor, labels: torch.Tensor
     return 100.0 * correct / total
 
 
-def _start_from(model, info: dict[str, Any], init: str) -> int:
-    """Load the weights of model file `init` into `model` (it must be the same kind, scheme or code); the
-    number of epochs it was trained for."""
+def _start_from(model, info: dict[str, Any], init: str, seed: int = 0) -> int:
+    """Load the weights of model file `init` into `model` (it must be the same kind, scheme or code, or the same
+    AICC scheme with narrower coefficient networks, which are widened: nets/widen.py); the number of epochs it
+    was trained for."""
     from .modelfile import load_model
+    from .nets.widen import widen_into
 
     src, src_info = load_model(init)
+    widen = _widens(src_info, info)
     for key in ("kind", "scheme", "code"):
-        if src_info.get(key) != info.get(key):
+        if src_info.get(key) != info.get(key) and not (key == "scheme" and widen):
             raise ValueError(f"{init} is a different model ({key} {src_info.get(key)!r}, training needs {info.get(key)!r})")
-    model.load_state_dict(src.state_dict())
+    if widen:
+        widen_into(src, model, seed)
+    else:
+        model.load_state_dict(src.state_dict())
     trained = src_info.get("training", {})
     return int(trained.get("epochs", 0)) + int(trained.get("init_epochs", 0))
+
+
+def _widens(src_info: dict[str, Any], info: dict[str, Any]) -> bool:
+    """Whether a model of src_info starts one of info by widening: the same AICC scheme but for wider
+    coefficient networks."""
+    if src_info.get("kind") != "aicc" or info.get("kind") != "aicc" or src_info.get("scheme") == info.get("scheme"):
+        return False
+    a, b = Scheme.from_dict(src_info["scheme"]), Scheme.from_dict(info["scheme"])
+    return replace(a, coef_width=None) == replace(b, coef_width=None) and b.width > a.width
 
 
 def _teacher(path: str, kind: str, image: tuple[int, int, int], classes: tuple[str, ...], dev: torch.device):
@@ -456,7 +471,7 @@ def train(
             raise ValueError(f"the base model takes {model_image(base_info)} images, {cfg.data} gives {train_set.shape}")
         model.base.load_state_dict(base_model.state_dict())
         info["base"] = {"model": str(base or "default-mlp"), "training": base_info.get("training", {}).get("history", [{}])[-1]}
-    init_epochs = _start_from(model, info, cfg.init) if cfg.init else 0
+    init_epochs = _start_from(model, info, cfg.init, cfg.seed) if cfg.init else 0
     teacher = _teacher(cfg.teacher, kind, train_set.shape, train_set.classes, dev) if cfg.teacher else None
     batch = cfg.batch_for(K) if kind in GROUPED else 64
     run_dir = Path(run_dir) if run_dir else Path(str(out) + ".run")

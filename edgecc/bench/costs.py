@@ -58,16 +58,16 @@ def affine_params() -> int:
     return PIX * CLASSES + CLASSES
 
 
-def coef_net_flops(arch: str, K: int) -> int:
-    """One Γ_g or Λ_p network on one group of K images."""
+def coef_net_flops(arch: str, K: int, width: int | None = None) -> int:
+    """One Γ_g or Λ_p network on one group of K images (a CL one `width` channels wide, the paper's 20·K)."""
     if arch == "cl":
-        return stack_flops(K, 20 * K)
+        return stack_flops(K, width or 20 * K)
     return linear_flops(K * PIX, K * PIX) + linear_flops(K * PIX, PIX)
 
 
-def coef_net_params(arch: str, K: int) -> int:
+def coef_net_params(arch: str, K: int, width: int | None = None) -> int:
     if arch == "cl":
-        return stack_params(K, 20 * K)
+        return stack_params(K, width or 20 * K)
     return (K * PIX * K * PIX + K * PIX) + (K * PIX * PIX + PIX)
 
 
@@ -106,9 +106,9 @@ def cnn_baseline_params() -> int:
 
 def model_params(s: Scheme) -> int:
     """Parameters of AICC(s) (checked against SPEC §2: 2,218,197 for K=4 G=1 P=4 CL H_S)."""
-    n = (s.G + 1) * coef_net_params(s.encoder, s.K)
+    n = (s.G + 1) * coef_net_params(s.encoder, s.K, s.width)
     if s.computation == "hs":
-        n += (s.P + 1) * coef_net_params(s.compute_arch, s.K) + base_mlp_params()
+        n += (s.P + 1) * coef_net_params(s.compute_arch, s.K, s.width) + base_mlp_params()
     else:
         n += (stack_params(1, 20 * s.K) if s.compute_arch == "cl" else 0) + base_mlp_params()
     return n
@@ -116,17 +116,17 @@ def model_params(s: Scheme) -> int:
 
 def master_encode_flops(s: Scheme, N: int) -> int:
     """Encoded placement, per group: Γ_0..Γ_G once, E at N points, and Λ_0..Λ_P for H_S."""
-    f = (s.G + 1) * coef_net_flops(s.encoder, s.K) + encoder_eval_flops(s.G, N)
+    f = (s.G + 1) * coef_net_flops(s.encoder, s.K, s.width) + encoder_eval_flops(s.G, N)
     if s.computation == "hs":
-        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K)
+        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width)
     return f
 
 
 def forward_flops(s: Scheme, points: int) -> int:
     """D at `points` points with the networks as trained (uncollapsed H), one group."""
-    f = (s.G + 1) * coef_net_flops(s.encoder, s.K) + encoder_eval_flops(s.G, points)
+    f = (s.G + 1) * coef_net_flops(s.encoder, s.K, s.width) + encoder_eval_flops(s.G, points)
     if s.computation == "hs":
-        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K) + points * (horner_flops(s.P) + base_mlp_flops())
+        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width) + points * (horner_flops(s.P) + base_mlp_flops())
     else:
         f += points * hb_uncollapsed_flops(s)
     return f
@@ -140,9 +140,9 @@ def train_step_flops(s: Scheme, batch: int) -> int:
 def shared_worker_flops(s: Scheme, collapsed: bool) -> int:
     """Shared-dataset worker, per group: E(α_n) (+ Λ) and H. `collapsed=False` is what SharedCompute
     runs today (the torch model, H uncollapsed); `collapsed=True` what it could run (affine map)."""
-    f = (s.G + 1) * coef_net_flops(s.encoder, s.K) + encoder_eval_flops(s.G, 1)
+    f = (s.G + 1) * coef_net_flops(s.encoder, s.K, s.width) + encoder_eval_flops(s.G, 1)
     if s.computation == "hs":
-        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K) + horner_flops(s.P)
+        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width) + horner_flops(s.P)
         f += affine_flops() if collapsed else base_mlp_flops()
     else:
         f += affine_flops() if collapsed else hb_uncollapsed_flops(s)
@@ -195,8 +195,8 @@ def cost_row(s: Scheme, placement: str, N: int, wire_dtype: str = "f4", groups_p
         master = master_encode_flops(s, N) + dec
         worker = affine_flops() + (horner_flops(s.P) if s.computation == "hs" else 0)
         worker_alt = worker
-        master_weights = ((s.G + 1) * coef_net_params(s.encoder, s.K)
-                          + ((s.P + 1) * coef_net_params(s.compute_arch, s.K) if s.computation == "hs" else 0)) * 4
+        master_weights = ((s.G + 1) * coef_net_params(s.encoder, s.K, s.width)
+                          + ((s.P + 1) * coef_net_params(s.compute_arch, s.K, s.width) if s.computation == "hs" else 0)) * 4
         worker_weights = affine_params() * 4
     else:
         master = dec

@@ -21,11 +21,14 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--computation", type=click.Choice(["hb", "hs"]), default="hb", show_default=True)
 @click.option("--encoder", type=ARCH, default="cnn", show_default=True, help="architecture of Γ_g")
 @click.option("--compute", "compute_arch", type=ARCH, default="cnn", show_default=True, help="architecture of Λ_p / H_B")
+@click.option("--coef-width", type=click.IntRange(min=1), default=None,
+              help="channels of the CNN coefficient networks Γ and Λ, beyond the paper [default: 20·K]; with --init "
+              "a narrower model of the same scheme is widened, computing what it did (edgecc.nets.widen)")
 @click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
               help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips "
               "(edgecc.train.BEST); anneal: 10 more epochs of warmup + cosine from --init")
 @click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="model file to start from (same kind and scheme; the anneal recipe needs one)")
+              help="model file to start from (same kind and scheme, or narrower coefficient networks; the anneal recipe needs one)")
 @click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
 @click.option("--weight-init", type=click.Choice(WEIGHT_INITS), default="default", show_default=True,
               help="variance: He init for the CL stacks' convolutions, beyond the paper (docs/k8.md: K=8 leaves "
@@ -51,14 +54,15 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, recipe, init, epochs, weight_init, teacher, distill_weight,
+def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, recipe, init, epochs, weight_init, teacher, distill_weight,
           distill_temperature, batch, lr, seed, precision, device, threads, compile_steps, limit, data, data_dir, out, run_dir,
           resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
     from ..coding.schemes import Scheme
     from ..train import TrainConfig, train as run_training
 
-    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch)) if kind == "aicc" else None
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch),
+                    coef_width=coef_width) if kind == "aicc" else None
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
             return
@@ -314,7 +318,9 @@ def reproduce_status(table, recipe, results_dir, runs_dir):
     from ..reproduce import status
 
     span = lambda m: f"{m:.0f} min" if m >= 1 else f"{60 * m:.0f} s"
-    for r in status(_key(table), recipe, results_dir, runs_dir):
+    rows = status(_key(table), recipe, results_dir, runs_dir)
+    name_width = max(20, *(len(r["cell"]) for r in rows))
+    for r in rows:
         if r["state"] == "done":
             vs = "no paper figure" if r["paper"] is None else f"{r['delta']:+.2f} vs {r['paper']}"
             what = (f"done     {r['accuracy']:6.2f} ({vs}), {r['epochs']} epochs; "
@@ -326,7 +332,7 @@ def reproduce_status(table, recipe, results_dir, runs_dir):
                     f"training so far, about {span(r['minutes_left'])} left at this pace (test passes not counted)")
         else:
             what = "not started"
-        click.echo(f"{r['cell']:20s} {what}")
+        click.echo(f"{r['cell']:{name_width}s} {what}")
 
 
 @reproduce.command("render")

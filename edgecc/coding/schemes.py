@@ -21,7 +21,7 @@ SYSTEMATIC_LABEL = f"systematic encoder {OURS}"
 # Rules that place the N workers' points α from N alone, so that a model file can record them whatever N a run
 # picks: "chebyshev-extreme" is α_n = cos(nπ/(N−1)), n = 0..N−1 (the systematic encoder's, from 1 down to −1).
 WORKER_POINT_RULES = ("chebyshev-extreme",)
-OPTIONAL_FIELDS = ("data_points", "worker_points")  # left out of to_dict() when unset: older files stay as they were
+OPTIONAL_FIELDS = ("data_points", "worker_points", "coef_width")  # left out of to_dict() when unset: older files stay as they were
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class Scheme:
     # worker_points: a rule of WORKER_POINT_RULES placing the workers' α for any N.
     data_points: tuple[float, ...] | None = None
     worker_points: str | None = None
+    # Channels of the master's CL coefficient networks (Γ_g with a CNN encoder, Λ_p with a CNN H_S); unset: the
+    # paper's 20·K. Wider is ours, not the paper's: a K=4 R=5 cell underfits at 20·K (docs/results.md), and a
+    # wider master changes neither R nor what a worker computes, only the master's encoding work.
+    coef_width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("K", "G", "P"):
@@ -55,6 +59,12 @@ class Scheme:
             raise ConfigError("H_B is affine in the encoded input: P must be 1")
         if self.data_points is not None:
             object.__setattr__(self, "data_points", _data_points(self.data_points, self.K))
+        if self.coef_width is not None:
+            if not isinstance(self.coef_width, int) or isinstance(self.coef_width, bool) or self.coef_width < 1:
+                raise ConfigError(f"scheme coef_width must be an integer >= 1, got {self.coef_width!r}")
+            if self.encoder != "cl" and not (self.computation == "hs" and self.compute_arch == "cl"):
+                raise ConfigError("scheme coef_width sets the CL coefficient networks' channels, and this scheme has "
+                                  "none (a CNN encoder Γ, or H_S with CNN Λ)")
         if self.worker_points is not None and self.worker_points not in WORKER_POINT_RULES:
             raise ConfigError(f"scheme worker_points must be one of {WORKER_POINT_RULES}, got {self.worker_points!r}")
         if self.encoder == SYSTEMATIC:
@@ -79,6 +89,11 @@ class Scheme:
         """Recovery threshold: any R worker results determine D."""
         return self.degree + 1
 
+    @property
+    def width(self) -> int:
+        """Channels of the CL coefficient networks Γ_g and Λ_p: coef_width, else the paper's 20·K."""
+        return self.coef_width if self.coef_width is not None else 20 * self.K
+
     def betas(self) -> list[float]:
         """The K decoding points: the model's own where its scheme records them, else the paper's k/K."""
         return list(self.data_points) if self.data_points is not None else default_betas(self.K)
@@ -94,7 +109,8 @@ class Scheme:
             return f"K={self.K} G={self.G} {SYSTEMATIC_LABEL}, H_B = the base CNN's last affine layer"
         arch = {"mlp": "MLP", "cl": "CNN"}
         return (f"K={self.K} G={self.G} P={self.P} {arch[self.encoder]}+{arch[self.compute_arch]} "
-                f"{'H_S' if self.computation == 'hs' else 'H_B'}")
+                f"{'H_S' if self.computation == 'hs' else 'H_B'}"
+                + (f", coefficient networks of width {self.coef_width} {OURS}" if self.coef_width is not None else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -98,9 +98,9 @@ class AICC(nn.Module):
         super().__init__()
         self.scheme, self.image, self.classes = scheme, tuple(image), classes
         s = scheme
-        self.gamma = CoefNets(s.encoder, s.K, s.G + 1, image)
+        self.gamma = CoefNets(s.encoder, s.K, s.G + 1, image, s.width)
         if s.computation == "hs":
-            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1, image)
+            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1, image, s.width)
             self.omega = BaseMLP(activation=False, classes=classes, image=image)
         else:
             self.hb = HB(s, image, classes)

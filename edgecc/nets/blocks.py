@@ -89,10 +89,11 @@ class CoefNets(nn.Module):
     """n coefficient networks of one architecture, each mapping K images to one image of their shape.
 
     x: (B, K, *dims) -> (B, n, *dims), dims = (H, W) for gray images, (C, H, W) for colour (protocol/images)
-    mlp: Linear(K·CHW→K·CHW), ReLU, Linear(K·CHW→CHW).  cl: DilatedStack(K·C channels, width 20·K, C out).
+    mlp: Linear(K·CHW→K·CHW), ReLU, Linear(K·CHW→CHW).  cl: DilatedStack(K·C channels, `width` (the paper's
+    20·K), C out).
     """
 
-    def __init__(self, arch: str, K: int, n: int, image: Sequence[int] = PAPER_IMAGE):
+    def __init__(self, arch: str, K: int, n: int, image: Sequence[int] = PAPER_IMAGE, width: int | None = None):
         super().__init__()
         self.arch, self.K, self.n = arch, K, n
         self.image, self.dims, self.pix = tuple(image), dims(image), pixels(image)
@@ -100,7 +101,7 @@ class CoefNets(nn.Module):
             self.fc1 = GroupedLinear(n, K * self.pix, K * self.pix)
             self.fc2 = GroupedLinear(n, K * self.pix, self.pix)
         elif arch == "cl":
-            self.stacks = nn.ModuleList(DilatedStack(K * image[0], 20 * K, out_ch=image[0]) for _ in range(n))
+            self.stacks = nn.ModuleList(DilatedStack(K * image[0], width or 20 * K, out_ch=image[0]) for _ in range(n))
         else:
             raise ValueError(f"unknown architecture {arch!r}")
 
