@@ -351,7 +351,7 @@ def render_markdown(table: int | str, results_dir: str | Path = "results") -> st
         got = [col.get(c.name) for _, col in cols]
         if not any(got):
             continue
-        cells = [f"{r['accuracy']:.2f} | " + ("–" if r["delta"] is None else f"{r['delta']:+.2f}") if r else "– | " for r in got]
+        cells = [f"{r['accuracy']:.2f} | " + ("–" if r["delta"] is None else f"{r['delta']:+.2f}") if r else "– | –" for r in got]
         first = next(r for r in got if r)
         epochs = "/".join(str(r["epochs"]) for r in got if r)
         size = f" {100 * first['params'] / FULL_PARAMS:.1f} | {c.paper_params or '–'} |" if share else ""
