@@ -62,12 +62,16 @@ def variance_preserving_init(model: nn.Module, seed: int) -> int:
     stacks = [m for m in model.modules() if isinstance(m, DilatedStack)]
     for stack in stacks:
         for conv in (*stack.convs, stack.head):
-            gain = 2.0 if stack.activation and conv is not stack.head else 1.0
-            fan_in = conv.weight[0].numel()
             with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * gain ** 0.5 / fan_in ** 0.5)
+                conv.weight.copy_(variance_preserving_draw(conv.weight.shape, conv.weight[0].numel(),
+                                                           stack.activation and conv is not stack.head, gen))
                 conv.bias.zero_()
     return len(stacks)
+
+
+def variance_preserving_draw(shape: Sequence[int], fan_in: int, relu: bool, gen: torch.Generator) -> torch.Tensor:
+    """Weights of std sqrt(2 / fan_in) for a conv a ReLU follows, sqrt(1 / fan_in) for one that stays affine."""
+    return torch.randn(shape, generator=gen) * (2.0 if relu else 1.0) ** 0.5 / fan_in ** 0.5
 
 
 class GroupedLinear(nn.Module):

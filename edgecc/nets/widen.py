@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DilatedStack
+from .blocks import DilatedStack, variance_preserving_draw
 
 
 def widen_into(narrow: nn.Module, wide: nn.Module, seed: int) -> int:
@@ -51,12 +51,9 @@ def _widen_stack(old: DilatedStack, new: DilatedStack, gen: torch.Generator) -> 
     if w_new < w_old or old.convs[0].in_channels != new.convs[0].in_channels or old.head.out_channels != new.head.out_channels:
         raise ValueError(f"a CL stack of width {w_old} can only be widened (to {w_new}: never narrower, same inputs and outputs)")
     for a, b in zip(old.convs, new.convs):
-        cin = a.in_channels
-        fan_in = b.weight[0].numel()
-        gain = 2.0 if new.activation else 1.0
         b.weight.zero_()
-        b.weight[:w_old, :cin] = a.weight  # old channels see old channels only
-        b.weight[w_old:] = torch.randn(b.weight[w_old:].shape, generator=gen) * (gain / fan_in) ** 0.5
+        b.weight[:w_old, :a.in_channels] = a.weight  # old channels see old channels only
+        b.weight[w_old:] = variance_preserving_draw(b.weight[w_old:].shape, b.weight[0].numel(), new.activation, gen)
         b.bias.zero_()
         b.bias[:w_old] = a.bias
     new.head.weight.zero_()
