@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .coding.schemes import Scheme
+from .nets.aicc import omega_image
 from .protocol.images import PAPER_IMAGE, dims, model_image
 
 PLACEMENTS = ("encoded", "shared")
@@ -39,8 +40,11 @@ def worker_arrays(model, info: dict[str, Any], placement: str) -> dict[str, np.n
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     scheme = Scheme.from_dict(info["scheme"])
-    net = model.hb if scheme.computation == "hb" else model.omega
-    A, b = collapse_affine(net, model_image(info))
+    image = model_image(info)
+    if scheme.computation == "hb":
+        A, b = collapse_affine(model.hb, image)
+    else:  # Ω reads the maps·C channels H_S forms
+        A, b = collapse_affine(model.omega, omega_image(scheme, image))
     arrays = {"affine.weight": A.astype(np.float32), "affine.bias": b.astype(np.float32)}
     if placement == "shared":  # the worker runs E(α_n) (and Λ_p) itself
         arrays.update({f"model.{k}": v.detach().float().numpy() for k, v in model.state_dict().items()})

@@ -37,7 +37,7 @@ class Cell:
     lr: float | None = None  # this cell's Adam lr (the peak of a scheduled recipe) where the protocol's 1e-3 fails
     weight_init: str = "default"  # TrainConfig.weight_init; "variance" is beyond the paper (docs/k8.md)
     # The cell of the same table whose anneal-recipe model this cell's run starts from, its coefficient networks
-    # widened (nets/widen.py; beyond the paper): such a cell trains by the anneal recipe only.
+    # widened or its H_S maps added (nets/widen.py; beyond the paper): such a cell trains by the anneal recipe only.
     widened_from: str | None = None
 
     def trains_by(self, recipe: str) -> bool:
@@ -48,8 +48,8 @@ FULL_PARAMS = 2_218_197  # the paper's 100% of Table 3: K=4, G=1, P=4, CL H_S (S
 
 
 def _aicc(name, paper, enc, comp, computation, K=2, G=1, P=1, N=None, pct=None, lr=None, weight_init="default",
-          coef_width=None, widened_from=None):
-    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp, coef_width=coef_width)
+          coef_width=None, maps=None, widened_from=None):
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp, coef_width=coef_width, maps=maps)
     return Cell(name, "aicc", paper, scheme, N=N, paper_params=pct, lr=lr, weight_init=weight_init, widened_from=widened_from)
 
 
@@ -78,6 +78,11 @@ TABLE3 = [
     # encoding costs 3.98x (edgecc.bench.costs). Adam's peak lr is 3e-4, the narrow model's second anneal's
     # (docs/results.md), so the two 40-epoch models differ only in width. Seed 0: 87.64, the narrow one 87.59.
     _aicc("k4-r5-hs-g1p4-he-w160", None, "cl", "cl", "hs", K=4, P=4, weight_init="variance", coef_width=160, lr=3e-4,
+          widened_from="k4-r5-hs-g1p4-he"),
+    # the same start and recipe, widened instead to 4 maps per encoded input (Scheme.maps, beyond the paper): once
+    # wider Γ/Λ stop helping, what stays fixed is an affine Ω on one map per image. Same R and the workers' kind of
+    # work; each worker's V_p and Horner work grow 4-fold, the master's encoding barely (only Λ's 1×1 heads).
+    _aicc("k4-r5-hs-g1p4-he-m4", None, "cl", "cl", "hs", K=4, P=4, weight_init="variance", maps=4, lr=3e-4,
           widened_from="k4-r5-hs-g1p4-he"),
 ]
 # AICC at ApproxIFER's operating point (K=8, one straggler among N=9; SPEC §4), CL networks of width 20·K = 160 for

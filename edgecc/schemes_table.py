@@ -188,8 +188,8 @@ def aicc_cells(results_dir: str | Path = "results") -> list[tuple[str, str, int,
 def _aicc_costs(s, N: int, weight_init: str = "default", recipe: str = "paper") -> dict[str, Any]:
     """What an AICC scheme costs per classified image at N workers (from the scheme alone, trained or not); a
     model trained from an init or by a recipe beyond the paper's says so in its label."""
-    worker = costs.affine_flops() + (costs.horner_flops(s.P) if s.computation == "hs" else 0)
-    up = PIX_BYTES * (1 + (s.P + 1 if s.computation == "hs" else 0))  # x̃_n, and V_0..V_P for H_S
+    worker = costs.encoded_worker_flops(s)
+    up = costs.up_payload_per_worker(s, "encoded")  # x̃_n, and V_0..V_P for H_S, in f4
     beyond = ["He init"] * (weight_init == "variance") + [f"{recipe} recipe"] * (recipe != "paper")
     label = s.label() + (f", {', '.join(beyond)} {OURS}" if beyond else "")
     return {"scheme": "aicc", "base": label, "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",

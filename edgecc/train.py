@@ -220,8 +220,8 @@ def accuracy_direct(model, kind: str, images: torch.Tensor, labels: torch.Tensor
 
 def _start_from(model, info: dict[str, Any], init: str, seed: int = 0) -> int:
     """Load the weights of model file `init` into `model` (it must be the same kind, scheme or code, or the same
-    AICC scheme with narrower coefficient networks, which are widened: nets/widen.py); the number of epochs it
-    was trained for."""
+    AICC scheme with narrower coefficient networks or fewer H_S maps, which are widened: nets/widen.py); the
+    number of epochs it was trained for."""
     from .modelfile import load_model
     from .nets.widen import widen_into
 
@@ -240,11 +240,12 @@ def _start_from(model, info: dict[str, Any], init: str, seed: int = 0) -> int:
 
 def _widens(src_info: dict[str, Any], info: dict[str, Any]) -> bool:
     """Whether a model of src_info starts one of info by widening: the same AICC scheme but for wider
-    coefficient networks."""
+    coefficient networks, more H_S maps, or both (never fewer of either)."""
     if src_info.get("kind") != "aicc" or info.get("kind") != "aicc" or src_info.get("scheme") == info.get("scheme"):
         return False
     a, b = Scheme.from_dict(src_info["scheme"]), Scheme.from_dict(info["scheme"])
-    return replace(a, coef_width=None) == replace(b, coef_width=None) and b.width > a.width
+    same = replace(a, coef_width=None, maps=None) == replace(b, coef_width=None, maps=None)
+    return same and b.width >= a.width and b.map_count >= a.map_count and (b.width, b.map_count) != (a.width, a.map_count)
 
 
 def _teacher(path: str, kind: str, image: tuple[int, int, int], classes: tuple[str, ...], dev: torch.device):

@@ -78,7 +78,10 @@ def tiny_models(tmp_path_factory):
 
     out = {}
     d = tmp_path_factory.mktemp("models")
-    for name, s in {"hb": Scheme(K=2, G=1), "hs": Scheme(K=2, G=1, P=2, computation="hs")}.items():
+    schemes = {"hb": Scheme(K=2, G=1), "hs": Scheme(K=2, G=1, P=2, computation="hs"),
+               # H_S with several maps and narrower coefficient networks: both travel in the shared placement's spec
+               "hs-maps": Scheme(K=2, G=1, P=2, computation="hs", maps=3, coef_width=24)}
+    for name, s in schemes.items():
         torch.manual_seed(1)
         m = AICC(s)
         path = d / f"{name}.safetensors"

@@ -48,7 +48,8 @@ async def started(plan, workers, **kw) -> Master:
     return m
 
 
-@pytest.mark.parametrize("name,placement", [("hb", "encoded"), ("hs", "encoded"), ("hb", "shared"), ("hs", "shared")])
+@pytest.mark.parametrize("name,placement", [("hb", "encoded"), ("hs", "encoded"), ("hb", "shared"), ("hs", "shared"),
+                                            ("hs-maps", "encoded"), ("hs-maps", "shared")])
 async def test_network_decode_equals_in_process(tiny_models, spawn_workers, name, placement):
     model, info = load_model(tiny_models[name])
     plan = CodedPlan(model, info, 3, placement, encode_precision="fp32")

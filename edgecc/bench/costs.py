@@ -32,43 +32,45 @@ def linear_flops(fan_in: int, fan_out: int) -> int:
     return 2 * fan_in * fan_out
 
 
-def stack_flops(in_ch: int, width: int) -> int:
-    """The CL stack: 3×3 in_ch→width, five 3×3 width→width, 1×1 width→1 (per image)."""
-    return conv3_flops(in_ch, width) + (N_CONV3 - 1) * conv3_flops(width, width) + 2 * width * PIX
+def stack_flops(in_ch: int, width: int, out_ch: int = 1) -> int:
+    """The CL stack: 3×3 in_ch→width, five 3×3 width→width, 1×1 width→out_ch (per image)."""
+    return conv3_flops(in_ch, width) + (N_CONV3 - 1) * conv3_flops(width, width) + 2 * width * out_ch * PIX
 
 
-def stack_params(in_ch: int, width: int) -> int:
-    return (in_ch * width * 9 + width) + (N_CONV3 - 1) * (width * width * 9 + width) + (width + 1)
+def stack_params(in_ch: int, width: int, out_ch: int = 1) -> int:
+    return (in_ch * width * 9 + width) + (N_CONV3 - 1) * (width * width * 9 + width) + (width + 1) * out_ch
 
 
-def base_mlp_flops() -> int:
-    return linear_flops(PIX, L1) + linear_flops(L1, L2) + linear_flops(L2, CLASSES)
+def base_mlp_flops(maps: int = 1) -> int:
+    """Base-MLP (Ω of H_S reads `maps` maps)."""
+    return linear_flops(maps * PIX, L1) + linear_flops(L1, L2) + linear_flops(L2, CLASSES)
 
 
-def base_mlp_params() -> int:
-    return PIX * L1 + L1 + L1 * L2 + L2 + L2 * CLASSES + CLASSES
+def base_mlp_params(maps: int = 1) -> int:
+    return maps * PIX * L1 + L1 + L1 * L2 + L2 + L2 * CLASSES + CLASSES
 
 
-def affine_flops() -> int:
-    """The collapsed H_B / Ω: one (10×784) matrix-vector product."""
-    return linear_flops(PIX, CLASSES)
+def affine_flops(maps: int = 1) -> int:
+    """The collapsed H_B / Ω: one (10×784) matrix-vector product (10 × maps·784 for H_S with several maps)."""
+    return linear_flops(maps * PIX, CLASSES)
 
 
-def affine_params() -> int:
-    return PIX * CLASSES + CLASSES
+def affine_params(maps: int = 1) -> int:
+    return maps * PIX * CLASSES + CLASSES
 
 
-def coef_net_flops(arch: str, K: int, width: int | None = None) -> int:
-    """One Γ_g or Λ_p network on one group of K images (a CL one `width` channels wide, the paper's 20·K)."""
+def coef_net_flops(arch: str, K: int, width: int | None = None, maps: int = 1) -> int:
+    """One Γ_g or Λ_p network on one group of K images (a CL one `width` channels wide, the paper's 20·K),
+    giving `maps` images (Λ_p of H_S with several maps)."""
     if arch == "cl":
-        return stack_flops(K, width or 20 * K)
-    return linear_flops(K * PIX, K * PIX) + linear_flops(K * PIX, PIX)
+        return stack_flops(K, width or 20 * K, maps)
+    return linear_flops(K * PIX, K * PIX) + linear_flops(K * PIX, maps * PIX)
 
 
-def coef_net_params(arch: str, K: int, width: int | None = None) -> int:
+def coef_net_params(arch: str, K: int, width: int | None = None, maps: int = 1) -> int:
     if arch == "cl":
-        return stack_params(K, width or 20 * K)
-    return (K * PIX * K * PIX + K * PIX) + (K * PIX * PIX + PIX)
+        return stack_params(K, width or 20 * K, maps)
+    return (K * PIX * K * PIX + K * PIX) + (K * PIX * maps * PIX + maps * PIX)
 
 
 def encoder_eval_flops(G: int, points: int) -> int:
@@ -76,9 +78,25 @@ def encoder_eval_flops(G: int, points: int) -> int:
     return 2 * points * (G + 1) * PIX
 
 
-def horner_flops(P: int) -> int:
-    """Σ_p V_p ⊙ X̃^p by Horner's rule: P multiplies and P adds per pixel."""
-    return 2 * P * PIX
+def horner_flops(P: int, maps: int = 1) -> int:
+    """Σ_p V_p ⊙ X̃^p by Horner's rule: P multiplies and P adds per pixel of each map."""
+    return 2 * P * PIX * maps
+
+
+def lambda_flops(s: Scheme) -> int:
+    """Λ_0..Λ_P on one group (H_S)."""
+    return (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width, s.map_count)
+
+
+def lambda_params(s: Scheme) -> int:
+    return (s.P + 1) * coef_net_params(s.compute_arch, s.K, s.width, s.map_count)
+
+
+def encoded_worker_flops(s: Scheme) -> int:
+    """An encoded-placement worker on one encoded input: the collapsed affine map, after Horner's rule for H_S."""
+    if s.computation == "hs":
+        return affine_flops(s.map_count) + horner_flops(s.P, s.map_count)
+    return affine_flops()
 
 
 def hb_uncollapsed_flops(s: Scheme) -> int:
@@ -108,7 +126,7 @@ def model_params(s: Scheme) -> int:
     """Parameters of AICC(s) (checked against SPEC §2: 2,218,197 for K=4 G=1 P=4 CL H_S)."""
     n = (s.G + 1) * coef_net_params(s.encoder, s.K, s.width)
     if s.computation == "hs":
-        n += (s.P + 1) * coef_net_params(s.compute_arch, s.K, s.width) + base_mlp_params()
+        n += lambda_params(s) + base_mlp_params(s.map_count)
     else:
         n += (stack_params(1, 20 * s.K) if s.compute_arch == "cl" else 0) + base_mlp_params()
     return n
@@ -118,7 +136,7 @@ def master_encode_flops(s: Scheme, N: int) -> int:
     """Encoded placement, per group: Γ_0..Γ_G once, E at N points, and Λ_0..Λ_P for H_S."""
     f = (s.G + 1) * coef_net_flops(s.encoder, s.K, s.width) + encoder_eval_flops(s.G, N)
     if s.computation == "hs":
-        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width)
+        f += lambda_flops(s)
     return f
 
 
@@ -126,7 +144,7 @@ def forward_flops(s: Scheme, points: int) -> int:
     """D at `points` points with the networks as trained (uncollapsed H), one group."""
     f = (s.G + 1) * coef_net_flops(s.encoder, s.K, s.width) + encoder_eval_flops(s.G, points)
     if s.computation == "hs":
-        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width) + points * (horner_flops(s.P) + base_mlp_flops())
+        f += lambda_flops(s) + points * (horner_flops(s.P, s.map_count) + base_mlp_flops(s.map_count))
     else:
         f += points * hb_uncollapsed_flops(s)
     return f
@@ -142,8 +160,8 @@ def shared_worker_flops(s: Scheme, collapsed: bool) -> int:
     runs today (the torch model, H uncollapsed); `collapsed=True` what it could run (affine map)."""
     f = (s.G + 1) * coef_net_flops(s.encoder, s.K, s.width) + encoder_eval_flops(s.G, 1)
     if s.computation == "hs":
-        f += (s.P + 1) * coef_net_flops(s.compute_arch, s.K, s.width) + horner_flops(s.P)
-        f += affine_flops() if collapsed else base_mlp_flops()
+        f += lambda_flops(s) + horner_flops(s.P, s.map_count)
+        f += affine_flops(s.map_count) if collapsed else base_mlp_flops(s.map_count)
     else:
         f += affine_flops() if collapsed else hb_uncollapsed_flops(s)
     return f
@@ -160,23 +178,24 @@ def frame_overhead(s: Scheme, placement: str, groups: int, wire_dtype: str = "f4
 
     if placement == "encoded":
         x = pack_array(np.zeros((groups, 28, 28), np.float32), wire_dtype)
-        v = pack_array(np.zeros((groups, s.P + 1, 28, 28), np.float32), wire_dtype) if s.computation == "hs" else None
+        maps = (s.map_count,) if s.map_count > 1 else ()
+        v = pack_array(np.zeros((groups, s.P + 1, *maps, 28, 28), np.float32), wire_dtype) if s.computation == "hs" else None
         up = Compute(req_id, x, v, None, None)
     else:
         up = Compute(req_id, None, None, pack_array(np.zeros((groups, s.K, 28, 28), np.uint8), "u1"), None)
     down = Result(req_id, pack_array(np.zeros((groups, CLASSES), np.float32), wire_dtype))
     up_frame, down_frame = len(encode_frame(up.to_wire())), len(encode_frame(down.to_wire()))
-    up_data = groups * _up_payload_per_worker(s, placement, wire_dtype)
+    up_data = groups * up_payload_per_worker(s, placement, wire_dtype)
     down_data = groups * CLASSES * WIRE_BYTES[wire_dtype]
     return {"groups": groups, "compute_frame": up_frame, "compute_overhead": up_frame - up_data,
             "result_frame": down_frame, "result_overhead": down_frame - down_data}
 
 
-def _up_payload_per_worker(s: Scheme, placement: str, wire_dtype: str = "f4") -> int:
+def up_payload_per_worker(s: Scheme, placement: str, wire_dtype: str = "f4") -> int:
     w = WIRE_BYTES[wire_dtype]
     if placement == "shared":
         return s.K * PIX  # uint8 images (sending dataset indices instead: 4·K bytes)
-    return PIX * w + ((s.P + 1) * PIX * w if s.computation == "hs" else 0)
+    return PIX * w + ((s.P + 1) * s.map_count * PIX * w if s.computation == "hs" else 0)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -185,7 +204,7 @@ def cost_row(s: Scheme, placement: str, N: int, wire_dtype: str = "f4", groups_p
     check_workers(s, N)
     R = s.R
     w = WIRE_BYTES[wire_dtype]
-    up = _up_payload_per_worker(s, placement, wire_dtype)
+    up = up_payload_per_worker(s, placement, wire_dtype)
     down = CLASSES * w
     fo = frame_overhead(s, placement, groups_per_request, wire_dtype)
     up_framed = up + fo["compute_overhead"] / groups_per_request
@@ -193,17 +212,17 @@ def cost_row(s: Scheme, placement: str, N: int, wire_dtype: str = "f4", groups_p
     dec = decode_flops(s.K, R)
     if placement == "encoded":
         master = master_encode_flops(s, N) + dec
-        worker = affine_flops() + (horner_flops(s.P) if s.computation == "hs" else 0)
+        worker = encoded_worker_flops(s)
         worker_alt = worker
         master_weights = ((s.G + 1) * coef_net_params(s.encoder, s.K, s.width)
-                          + ((s.P + 1) * coef_net_params(s.compute_arch, s.K, s.width) if s.computation == "hs" else 0)) * 4
-        worker_weights = affine_params() * 4
+                          + (lambda_params(s) if s.computation == "hs" else 0)) * 4
+        worker_weights = affine_params(s.map_count) * 4
     else:
         master = dec
         worker = shared_worker_flops(s, collapsed=False)
         worker_alt = shared_worker_flops(s, collapsed=True)
         master_weights = 0
-        worker_weights = (model_params(s) + affine_params()) * 4  # SharedCompute gets the model and the affine map
+        worker_weights = (model_params(s) + affine_params(s.map_count)) * 4  # SharedCompute gets the model and the affine map
     return {
         "scheme": s.label(), "scheme_dict": s.to_dict(), "placement": placement, "N": N, "R": R, "K": s.K,
         "wire_dtype": wire_dtype, "groups_per_request": groups_per_request,

@@ -125,7 +125,7 @@ def measure(requests: int, groups: int, N: int, min_delay: float, tmp: Path, tok
                 await master.close()
 
         r = run_coroutine(flood())
-    payload = requests * N * groups * costs._up_payload_per_worker(s, "encoded")
+    payload = requests * N * groups * costs.up_payload_per_worker(s, "encoded")
     w_peak = [w.get("VmHWM", 0) - b.get("VmRSS", 0) for w, b in zip(r.pop("workers_after"), r.pop("workers_before"))]
     return {"model": "mlp", "label": s.label(), "N": N, "requests": requests, "groups_per_request": groups,
             "answer_delay_s": delay, "encode_s_per_request": per_request, **r,

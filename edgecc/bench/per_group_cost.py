@@ -164,7 +164,7 @@ def _bench_worker(cfg: BenchConfig, models: dict[str, dict[str, Any]], images: n
             t = in_thread(timeit, lambda: comp(xt, v), cfg.repeats, cfg.min_time)["median_s"]
             rows.append({"what": f"encoded {'H_S' if v is not None else 'H_B'} (collapsed affine, numpy)",
                          "model": key, "label": m["label"], "groups": B, "seconds_per_group": t / B,
-                         "flops_per_group": costs.affine_flops() + (costs.horner_flops(s.P) if v is not None else 0)})
+                         "flops_per_group": costs.encoded_worker_flops(s)})
         for key in cfg.models:
             m = models[key]
             s, model = m["scheme"], m["model"]

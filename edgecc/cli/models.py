@@ -24,11 +24,15 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--coef-width", type=click.IntRange(min=1), default=None,
               help="channels of the CNN coefficient networks Γ and Λ, beyond the paper [default: 20·K]; with --init "
               "a narrower model of the same scheme is widened, computing what it did (edgecc.nets.widen)")
+@click.option("--maps", type=click.IntRange(min=1, max=64), default=None,
+              help="maps H_S forms from each encoded input, beyond the paper [default: 1]: each Λ_p gives that many and "
+              "the affine Ω reads them all (R unchanged); with --init a model of fewer maps is widened, computing what it did")
 @click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
               help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips "
               "(edgecc.train.BEST); anneal: 10 more epochs of warmup + cosine from --init")
 @click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="model file to start from (same kind and scheme, or narrower coefficient networks; the anneal recipe needs one)")
+              help="model file to start from (same kind and scheme, or narrower coefficient networks or fewer maps; the anneal "
+              "recipe needs one)")
 @click.option("--epochs", type=int, default=None, help="[default: 20 (paper), 40 (best, augment), 10 (anneal)]")
 @click.option("--weight-init", type=click.Choice(WEIGHT_INITS), default="default", show_default=True,
               help="variance: He init for the CL stacks' convolutions, beyond the paper (docs/k8.md: K=8 leaves "
@@ -54,7 +58,7 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, recipe, init, epochs, weight_init, teacher, distill_weight,
+def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, maps, recipe, init, epochs, weight_init, teacher, distill_weight,
           distill_temperature, batch, lr, seed, precision, device, threads, compile_steps, limit, data, data_dir, out, run_dir,
           resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
@@ -62,7 +66,7 @@ def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, recipe,
     from ..train import TrainConfig, train as run_training
 
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch),
-                    coef_width=coef_width) if kind == "aicc" else None
+                    coef_width=coef_width, maps=maps) if kind == "aicc" else None
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
             return

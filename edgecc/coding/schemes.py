@@ -21,7 +21,7 @@ SYSTEMATIC_LABEL = f"systematic encoder {OURS}"
 # Rules that place the N workers' points α from N alone, so that a model file can record them whatever N a run
 # picks: "chebyshev-extreme" is α_n = cos(nπ/(N−1)), n = 0..N−1 (the systematic encoder's, from 1 down to −1).
 WORKER_POINT_RULES = ("chebyshev-extreme",)
-OPTIONAL_FIELDS = ("data_points", "worker_points", "coef_width")  # left out of to_dict() when unset: older files stay as they were
+OPTIONAL_FIELDS = ("data_points", "worker_points", "coef_width", "maps")  # left out of to_dict() when unset: older files stay as they were
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class Scheme:
     # paper's 20·K. Wider is ours, not the paper's: a K=4 R=5 cell underfits at 20·K (docs/results.md), and a
     # wider master changes neither R nor what a worker computes, only the master's encoding work.
     coef_width: int | None = None
+    # Maps H_S forms from each encoded input (H_S only; unset: the paper's one): s_m = Σ_p V_pm ⊙ X̃^p for
+    # m = 1..maps, each Λ_p giving `maps` images, and the affine Ω reads all of them. Ours, not the paper's: an
+    # affine Ω on one map per image is the structure a K=4 R=5 cell is left with once wider Γ/Λ stop helping
+    # (docs/results.md). The degree in α, so R, is the paper's; a worker's V_p and Horner work grow `maps`-fold.
+    maps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("K", "G", "P"):
@@ -65,6 +70,11 @@ class Scheme:
             if self.encoder != "cl" and not (self.computation == "hs" and self.compute_arch == "cl"):
                 raise ConfigError("scheme coef_width sets the CL coefficient networks' channels, and this scheme has "
                                   "none (a CNN encoder Γ, or H_S with CNN Λ)")
+        if self.maps is not None:
+            if not isinstance(self.maps, int) or isinstance(self.maps, bool) or not 1 <= self.maps <= 64:
+                raise ConfigError(f"scheme maps must be an integer from 1 to 64, got {self.maps!r}")
+            if self.computation != "hs":
+                raise ConfigError("scheme maps counts the maps H_S forms from V_p; H_B has no V_p (use computation 'hs')")
         if self.worker_points is not None and self.worker_points not in WORKER_POINT_RULES:
             raise ConfigError(f"scheme worker_points must be one of {WORKER_POINT_RULES}, got {self.worker_points!r}")
         if self.encoder == SYSTEMATIC:
@@ -94,6 +104,11 @@ class Scheme:
         """Channels of the CL coefficient networks Γ_g and Λ_p: coef_width, else the paper's 20·K."""
         return self.coef_width if self.coef_width is not None else 20 * self.K
 
+    @property
+    def map_count(self) -> int:
+        """Maps H_S forms per encoded input: `maps`, else the paper's 1 (H_B: 1)."""
+        return self.maps if self.maps is not None else 1
+
     def betas(self) -> list[float]:
         """The K decoding points: the model's own where its scheme records them, else the paper's k/K."""
         return list(self.data_points) if self.data_points is not None else default_betas(self.K)
@@ -110,7 +125,8 @@ class Scheme:
         arch = {"mlp": "MLP", "cl": "CNN"}
         return (f"K={self.K} G={self.G} P={self.P} {arch[self.encoder]}+{arch[self.compute_arch]} "
                 f"{'H_S' if self.computation == 'hs' else 'H_B'}"
-                + (f", coefficient networks of width {self.coef_width} {OURS}" if self.coef_width is not None else ""))
+                + (f", coefficient networks of width {self.coef_width} {OURS}" if self.coef_width is not None else "")
+                + (f", {self.maps} maps per encoded input {OURS}" if self.maps is not None else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)

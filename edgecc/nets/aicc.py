@@ -66,6 +66,12 @@ def _bf16(precision: str) -> bool:
     return precision == "bf16"
 
 
+def omega_image(scheme: Scheme, image: Sequence[int]) -> tuple[int, int, int]:
+    """The (C, H, W) Ω of H_S reads: the image's, or its `maps` maps as maps·C channels."""
+    c, h, w = image
+    return (scheme.map_count * c, h, w)
+
+
 class HB(nn.Module):
     """Affine worker computation on the encoded input only: [CL stack without ReLU] + Base-MLP without ReLU."""
 
@@ -100,8 +106,8 @@ class AICC(nn.Module):
         s = scheme
         self.gamma = CoefNets(s.encoder, s.K, s.G + 1, image, s.width)
         if s.computation == "hs":
-            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1, image, s.width)
-            self.omega = BaseMLP(activation=False, classes=classes, image=image)
+            self.lam = CoefNets(s.compute_arch, s.K, s.P + 1, image, s.width, maps=s.map_count)
+            self.omega = BaseMLP(activation=False, classes=classes, image=omega_image(s, image))
         else:
             self.hb = HB(s, image, classes)
         self.register_buffer("betas", torch.tensor(s.betas(), dtype=torch.float32), persistent=False)
@@ -117,7 +123,7 @@ class AICC(nn.Module):
         return self.gamma(x)  # (inside training's autocast this is bf16, as before)
 
     def lambdas(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-        """V_p = Λ_p(X): (B, K, *dims) -> (B, P+1, *dims). H_S only."""
+        """V_p = Λ_p(X): (B, K, *dims) -> (B, P+1, *dims), or (B, P+1, maps, *dims) with several maps. H_S only."""
         if _bf16(precision):
             return self.lam.forward_bf16(x)
         return self.lam(x)
@@ -142,11 +148,14 @@ class AICC(nn.Module):
             return self.hb(xt)
         if v is None:
             raise ValueError("H_S needs the coefficients V_p = Λ_p(X)")
-        # Σ_p V_p ⊙ xt^p, by Horner's rule in xt: ((V_P xt + V_{P-1}) xt + ...) + V_0
-        s = v[:, -1:].expand_as(xt)
+        # Σ_p V_p ⊙ xt^p, by Horner's rule in xt: ((V_P xt + V_{P-1}) xt + ...) + V_0. With several maps every
+        # map reads the same xt: xt (B, n, 1, *dims) against V_p (B, 1, maps, *dims).
+        maps = self.scheme.map_count
+        x = xt if maps == 1 else xt.unsqueeze(2)
+        s = v[:, None, -1].expand(*x.shape[:2], *v.shape[2:])
         for p in range(self.scheme.P - 1, -1, -1):
-            s = s * xt + v[:, p : p + 1]
-        return self.omega(s)
+            s = s * x + v[:, None, p]
+        return self.omega(s.reshape(*xt.shape[:2], *dims(omega_image(self.scheme, self.image))))
 
     # -- training / direct evaluation ----------------------------------------------------------
     def forward(self, x: torch.Tensor, points: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:

@@ -94,18 +94,22 @@ class CoefNets(nn.Module):
 
     x: (B, K, *dims) -> (B, n, *dims), dims = (H, W) for gray images, (C, H, W) for colour (protocol/images)
     mlp: Linear(K·CHW→K·CHW), ReLU, Linear(K·CHW→CHW).  cl: DilatedStack(K·C channels, `width` (the paper's
-    20·K), C out).
+    20·K), C out). With `maps` > 1 each network gives that many images: (B, n, maps, *dims), from maps·CHW
+    outputs of its last layer (H_S with several maps, Scheme.maps).
     """
 
-    def __init__(self, arch: str, K: int, n: int, image: Sequence[int] = PAPER_IMAGE, width: int | None = None):
+    def __init__(self, arch: str, K: int, n: int, image: Sequence[int] = PAPER_IMAGE, width: int | None = None,
+                 maps: int = 1):
         super().__init__()
         self.arch, self.K, self.n = arch, K, n
         self.image, self.dims, self.pix = tuple(image), dims(image), pixels(image)
+        self.out_dims = self.dims if maps == 1 else (maps, *self.dims)  # one network's output, per group
         if arch == "mlp":
             self.fc1 = GroupedLinear(n, K * self.pix, K * self.pix)
-            self.fc2 = GroupedLinear(n, K * self.pix, self.pix)
+            self.fc2 = GroupedLinear(n, K * self.pix, maps * self.pix)
         elif arch == "cl":
-            self.stacks = nn.ModuleList(DilatedStack(K * image[0], width or 20 * K, out_ch=image[0]) for _ in range(n))
+            self.stacks = nn.ModuleList(DilatedStack(K * image[0], width or 20 * K, out_ch=maps * image[0])
+                                        for _ in range(n))
         else:
             raise ValueError(f"unknown architecture {arch!r}")
 
@@ -113,10 +117,10 @@ class CoefNets(nn.Module):
         B = x.shape[0]
         if self.arch == "mlp":
             h = x.reshape(B, 1, -1).expand(B, self.n, self.K * self.pix)
-            return self.fc2(torch.relu(self.fc1(h))).reshape(B, self.n, *self.dims)
+            return self.fc2(torch.relu(self.fc1(h))).reshape(B, self.n, *self.out_dims)
         c, h, w = self.image
         x = x.reshape(B, self.K * c, h, w).contiguous(memory_format=torch.channels_last)
-        return torch.cat([stack(x) for stack in self.stacks], dim=1).reshape(B, self.n, *self.dims)
+        return torch.cat([stack(x) for stack in self.stacks], dim=1).reshape(B, self.n, *self.out_dims)
 
     @torch.no_grad()
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +142,7 @@ class CoefNets(nn.Module):
             else:  # the other networks on the pool while this thread runs the first (oneDNN releases the GIL)
                 others = [pool.submit(_run_stack, stack, x) for stack in layers[1:]]
                 outs = [_run_stack(layers[0], x)] + [f.result() for f in others]
-            return torch.cat(outs, dim=1).float().reshape(B, self.n, *self.dims)
+            return torch.cat(outs, dim=1).float().reshape(B, self.n, *self.out_dims)
         key = tuple((p.data_ptr(), p._version) for p in (self.fc1.weight, self.fc2.weight))
         if getattr(self, "_bf16", (None,))[0] != key:  # training (or loading) changed the weights
             self._bf16 = (key, self.fc1.weight.to(torch.bfloat16), self.fc2.weight.to(torch.bfloat16))
@@ -147,7 +151,7 @@ class CoefNets(nn.Module):
         h = x.reshape(B, 1, -1).expand(B, self.n, self.K * self.pix).to(torch.bfloat16)
         h = torch.relu(torch.einsum("bni,nio->bno", h, w1).float() + self.fc1.bias)
         y = torch.einsum("bni,nio->bno", h.to(torch.bfloat16), w2).float() + self.fc2.bias
-        return y.reshape(B, self.n, *self.dims)
+        return y.reshape(B, self.n, *self.out_dims)
 
     def _fused_stacks(self, x: torch.Tensor):
         """Per stack, its layers as bf16 oneDNN convolutions with the ReLU fused (FusedConv), cast once and

@@ -7,7 +7,8 @@ master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edge
 
   kind          placement  torch  arrays                                   inputs per group
   affine        encoded    no     affine.weight (out, n), affine.bias      x: in_shape   (n = prod(in_shape))
-  affine-hs     encoded    no     affine.weight (out, n), affine.bias      x: in_shape, v: (P+1, *in_shape)
+  affine-hs     encoded    no     affine.weight (out, maps·n), affine.bias x: in_shape, v: (P+1, *in_shape),
+                                                                           or (P+1, maps, *in_shape) with maps > 1
   mlp           plain      no     mlp.mlp.fc{1..L}.{weight,bias}           x: in_shape   (widths n, *hidden, out)
                                   (+ mlp.mlp.c{1..L-1} with act "quad")
   cnn           plain      yes    cnn.* (the centralized CNN, Table 2)     x: in_shape
@@ -18,7 +19,9 @@ master runs. Sans-I/O and numpy-free: a spec is validated here, computed in edge
 
 Optional keys (OPTIONAL) may be left out, with the meaning of their default: the mlp kind's `act`, the hidden
 activation, "relu" (absent: what every master sent before the key existed) or "quad", σ(h) = h + c ⊙ h² with
-one array mlp.mlp.c{i} of shape (hidden[i-1],) per hidden layer (the light master's degree-2 network).
+one array mlp.mlp.c{i} of shape (hidden[i-1],) per hidden layer (the light master's degree-2 network);
+`maps` of affine-hs and aicc-shared, the maps H_S forms from each encoded input (absent: 1, the paper's);
+`coef_width` of aicc-shared, its coefficient networks' channels (absent: the paper's 20·K).
 
 in_shape is one image's layout, (H, W) for one channel or (C, H, W) with C = 3 (protocol/images.py);
 the paper's is (28, 28).
@@ -82,6 +85,8 @@ KEYS: dict[str, dict[str, Callable[[Any], bool]]] = {
 MLP_ACTIVATIONS = ("relu", "quad")
 OPTIONAL: dict[str, dict[str, tuple[Callable[[Any], bool], Any]]] = {
     "mlp": {"act": (_one_of(*MLP_ACTIVATIONS), "relu")},
+    "affine-hs": {"maps": (_uint(1, 64), 1)},
+    "aicc-shared": {"maps": (_uint(1, 64), 1), "coef_width": (_uint(1, 4096), None)},
 }
 KINDS = tuple(KEYS)
 PLACEMENT = {"affine": "encoded", "affine-hs": "encoded", "mlp": "plain", "cnn": "plain", "resnet18": "plain",
@@ -120,8 +125,8 @@ class ComputeSpec:
         if kind in IMAGE_KINDS and not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 3)):
             raise RemoteProtocolError(f"compute kind {kind!r} takes images: in_shape [H, W] (gray) or [3, H, W] "
                                       f"(colour), got {shape}")
-        if kind == "aicc-shared" and d["computation"] == "hb" and d["P"] != 1:
-            raise RemoteProtocolError("compute kind 'aicc-shared' with computation 'hb' needs P = 1")
+        if kind == "aicc-shared" and d["computation"] == "hb" and (d["P"] != 1 or d.get("maps", 1) != 1):
+            raise RemoteProtocolError("compute kind 'aicc-shared' with computation 'hb' needs P = 1 and one map")
         return cls(kind, {k: d[k] for k in (*keys, *optional) if k in d})
 
     def to_wire(self) -> dict[str, Any]:
@@ -152,7 +157,8 @@ class ComputeSpec:
         """The sets of `compute` fields a request may set (exactly one set, every other field nil)."""
         x = Input("x", self.in_shape)
         if self.kind == "affine-hs":
-            return ((x, Input("v", (self.fields["P"] + 1, *self.in_shape))),)
+            maps = self["maps"]
+            return ((x, Input("v", (self["P"] + 1, *((maps,) if maps > 1 else ()), *self.in_shape))),)
         if self.kind == "aicc-shared":
             K = self.fields["K"]
             return ((Input("images", (K, *self.in_shape), ("u1",)),), (Input("indices", (K,), ("i4",)),))
@@ -164,11 +170,15 @@ class ComputeSpec:
 
 
 # -- the specs the plans send -----------------------------------------------------------------------
-def affine(in_shape: tuple[int, ...] = IMAGE, out: int = 10, P: int | None = None) -> ComputeSpec:
-    """The collapsed affine map H_B (P None) or H_S of degree P in the encoded input."""
+def affine(in_shape: tuple[int, ...] = IMAGE, out: int = 10, P: int | None = None, maps: int = 1) -> ComputeSpec:
+    """The collapsed affine map H_B (P None) or H_S of degree P in the encoded input, forming `maps` maps (one is
+    sent without the key, as masters did before it existed)."""
     if P is None:
+        if maps != 1:
+            raise ValueError("H_B forms one map: maps needs H_S (P)")
         return ComputeSpec.from_wire({"kind": "affine", "in_shape": list(in_shape), "out": out})
-    return ComputeSpec.from_wire({"kind": "affine-hs", "in_shape": list(in_shape), "out": out, "P": P})
+    extra = {} if maps == 1 else {"maps": maps}
+    return ComputeSpec.from_wire({"kind": "affine-hs", "in_shape": list(in_shape), "out": out, "P": P, **extra})
 
 
 def mlp(hidden: list[int], out: int = 10, in_shape: tuple[int, ...] = IMAGE, act: str = "relu") -> ComputeSpec:
@@ -194,6 +204,7 @@ def user(in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
 
 
 def aicc_shared(scheme: dict[str, Any], alpha: float, in_shape: tuple[int, ...] = IMAGE, out: int = 10) -> ComputeSpec:
-    """The AICC network's E(α) and H on raw images; `scheme` is AICC's K, G, P, computation, encoder, compute_arch."""
+    """The AICC network's E(α) and H on raw images; `scheme` is AICC's K, G, P, computation, encoder, compute_arch,
+    and coef_width and maps where set."""
     return ComputeSpec.from_wire({"kind": "aicc-shared", "in_shape": list(in_shape), "out": out, **scheme,
                                   "alpha": float(alpha)})

@@ -25,7 +25,8 @@ from ..nets import encode_precision as resolve_precision
 from ..protocol import compute_spec
 from ..protocol.compute_spec import ComputeSpec
 from ..protocol.frames import pack_array
-from ..protocol.images import PAPER_CLASSES, PAPER_IMAGE, dims, pixels
+from ..protocol.images import PAPER_CLASSES, PAPER_IMAGE, dims
+from ..worker.compute import encoded_spec
 from .base import Plan, check_groups, kth_fastest, load_model_option, set_shape
 
 
@@ -74,10 +75,11 @@ def result_errors(model, scheme: Scheme, arrays: dict[str, np.ndarray], points, 
         s = xt64[:, n]
         if v is not None:
             v64 = v.astype(np.float64)
+            x64 = s if scheme.map_count == 1 else s[:, None]  # every map reads the same encoded input
             s = v64[:, -1]
             for p in range(scheme.P - 1, -1, -1):
-                s = s * xt64[:, n] + v64[:, p]
-        exact = s.reshape(B, pixels(image)) @ A.T + bias
+                s = s * x64 + v64[:, p]
+        exact = s.reshape(B, -1) @ A.T + bias
         errs[n] = np.abs(y - exact).max()
     return errs
 
@@ -166,13 +168,13 @@ class CodedPlan(Plan):
         """What worker `index` runs: the collapsed affine map (encoded), or E(α_index) and H (shared)."""
         if self.placement == "shared":
             return compute_spec.aicc_shared(self._shared_scheme(), self.alphas[index], dims(self.image), self.classes)
-        return compute_spec.affine(dims(self.image), self.classes, P=self.scheme.P if self.scheme.computation == "hs" else None)
+        return encoded_spec(self.scheme, self.image, self.classes)
 
     def _shared_scheme(self) -> dict[str, Any]:
         """The scheme fields a shared-placement worker evaluates E(α_n) with: β's are the master's, not its."""
-        from ..worker.shared_compute import SCHEME_KEYS
+        from ..worker.shared_compute import OPTIONAL_SCHEME_KEYS, SCHEME_KEYS
 
-        return {k: v for k, v in self.scheme.to_dict().items() if k in SCHEME_KEYS}
+        return {k: v for k, v in self.scheme.to_dict().items() if k in SCHEME_KEYS + OPTIONAL_SCHEME_KEYS}
 
     def scheme_params(self, index: int) -> dict[str, Any]:
         """AICC's own parameters for worker `index` (configure.params: logged by the worker)."""

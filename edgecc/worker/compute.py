@@ -24,7 +24,8 @@ from ..protocol.images import PAPER_IMAGE, dims, pixels
 
 
 class AffineCompute:
-    """y = A·vec(S) + b with S = x ("affine": H_B) or S = Σ_p V_p ⊙ x^p ("affine-hs": H_S, degree P)."""
+    """y = A·vec(S) + b with S = x ("affine": H_B) or S = Σ_p V_p ⊙ x^p ("affine-hs": H_S, degree P; with
+    `maps` > 1, S holds that many maps, each from its own V_p and the same x)."""
 
     def __init__(self, spec: ComputeSpec, arrays: dict[str, np.ndarray]):
         if spec.kind not in ("affine", "affine-hs"):
@@ -33,10 +34,11 @@ class AffineCompute:
             A, b = arrays["affine.weight"], arrays["affine.bias"]
         except KeyError as e:
             raise ConfigError(f"worker arrays lack {e}") from None
-        self.n, out = math.prod(spec.in_shape), spec.out
+        self.P = spec["P"] if spec.kind == "affine-hs" else None
+        self.maps = spec["maps"] if spec.kind == "affine-hs" else 1
+        self.n, out = self.maps * math.prod(spec.in_shape), spec.out
         if A.shape != (out, self.n) or b.shape != (out,):
             raise ConfigError(f"affine map has shapes {A.shape}/{b.shape}, expected {(out, self.n)}/{(out,)}")
-        self.P = spec["P"] if spec.kind == "affine-hs" else None
         self.At = np.ascontiguousarray(A.T, dtype=np.float32)  # (n, out): x @ At is one GEMM
         self.b = b.astype(np.float32)
 
@@ -45,13 +47,14 @@ class AffineCompute:
         return cls(spec, arrays)
 
     def __call__(self, xt: np.ndarray, v: np.ndarray | None = None) -> np.ndarray:
-        """xt (B, *in_shape) float32, v (B, P+1, *in_shape) for H_S -> (B, out) float32."""
+        """xt (B, *in_shape) float32, v (B, P+1, *in_shape) for H_S, or (B, P+1, maps, *in_shape) -> (B, out) float32."""
         if self.P is not None:
             if v is None:
                 raise ConfigError("H_S needs V_p with every request")
+            x = xt if self.maps == 1 else xt[:, None]  # every map reads the same encoded input
             s = v[:, -1]
             for p in range(self.P - 1, -1, -1):  # Horner's rule, as in nets/aicc.py
-                s = s * xt + v[:, p]
+                s = s * x + v[:, p]
             xt = s
         return xt.reshape(xt.shape[0], self.n) @ self.At + self.b
 
@@ -61,8 +64,14 @@ class EncodedCompute(AffineCompute):
     master's calibration, evaluation and the benchmarks build the worker's map this way."""
 
     def __init__(self, scheme, arrays: dict[str, np.ndarray], image=PAPER_IMAGE, classes: int = 10):
-        super().__init__(compute_spec.affine(dims(image), classes, P=scheme.P if scheme.computation == "hs" else None),
-                         arrays)
+        super().__init__(encoded_spec(scheme, image, classes), arrays)
+
+
+def encoded_spec(scheme, image=PAPER_IMAGE, classes: int = 10) -> ComputeSpec:
+    """The affine compute spec of an AICC `Scheme`'s encoded-placement workers."""
+    if scheme.computation != "hs":
+        return compute_spec.affine(dims(image), classes)
+    return compute_spec.affine(dims(image), classes, P=scheme.P, maps=scheme.map_count)
 
 
 class PlainCompute:

@@ -15,9 +15,10 @@ from ..errors import ConfigError
 from ..protocol import compute_spec
 from ..protocol.compute_spec import IMAGE, ComputeSpec
 from ..protocol.images import image_of
-from .compute import AffineCompute
+from .compute import AffineCompute, encoded_spec
 
 SCHEME_KEYS = ("K", "G", "P", "computation", "encoder", "compute_arch")  # the AICC Scheme inside the spec
+OPTIONAL_SCHEME_KEYS = ("coef_width", "maps")  # ... and its fields a spec carries only where the scheme sets them
 
 
 class SharedCompute:
@@ -35,12 +36,12 @@ class SharedCompute:
             self.model.load_state_dict(state)
         except RuntimeError as e:
             raise ConfigError(f"shared-dataset weights do not fit the scheme: {str(e)[:300]}") from None
-        self.affine = AffineCompute(compute_spec.affine(tuple(in_shape), out, P=scheme.P if scheme.computation == "hs" else None),
-                                    arrays)
+        self.affine = AffineCompute(encoded_spec(scheme, image_of(in_shape), out), arrays)
 
     @classmethod
     def from_spec(cls, spec: ComputeSpec, arrays: dict[str, np.ndarray]) -> "SharedCompute":
-        return cls(Scheme.from_dict({k: spec[k] for k in SCHEME_KEYS}), arrays, spec["alpha"], spec.in_shape, spec.out)
+        scheme = {k: spec[k] for k in SCHEME_KEYS} | {k: spec.fields[k] for k in OPTIONAL_SCHEME_KEYS if k in spec.fields}
+        return cls(Scheme.from_dict(scheme), arrays, spec["alpha"], spec.in_shape, spec.out)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """images (B, K, *in_shape) uint8 -> (B, out) float32 = H(E(α_n))."""
