@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .coding.schemes import Scheme
+from .coding.schemes import Scheme, systematic_betas
 from .train import TrainConfig, run_progress, train
 
 
@@ -48,8 +48,9 @@ FULL_PARAMS = 2_218_197  # the paper's 100% of Table 3: K=4, G=1, P=4, CL H_S (S
 
 
 def _aicc(name, paper, enc, comp, computation, K=2, G=1, P=1, N=None, pct=None, lr=None, weight_init="default",
-          coef_width=None, maps=None, widened_from=None):
-    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp, coef_width=coef_width, maps=maps)
+          coef_width=None, maps=None, widened_from=None, data_points=None, worker_points=None):
+    scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=enc, compute_arch=comp, coef_width=coef_width, maps=maps,
+                    data_points=data_points, worker_points=worker_points)
     return Cell(name, "aicc", paper, scheme, N=N, paper_params=pct, lr=lr, weight_init=weight_init, widened_from=widened_from)
 
 
@@ -84,6 +85,12 @@ TABLE3 = [
     # work; each worker's V_p and Horner work grow 4-fold, the master's encoding barely (only Λ's 1×1 heads).
     _aicc("k4-r5-hs-g1p4-he-m4", None, "cl", "cl", "hs", K=4, P=4, weight_init="variance", maps=4, lr=3e-4,
           widened_from="k4-r5-hs-g1p4-he"),
+    # the He-init cell with its own points (beyond the paper): β_k the 4 Chebyshev nodes cos((2k+1)π/8) and the workers'
+    # α_n = cos(nπ/(N−1)), all in [−1, 1]. To give each image its own map, H_S's degree-4 polynomial in β must tell
+    # 4 points apart: the smallest singular value of their 4×5 Vandermonde matrix is 0.018 at the paper's k/4 and
+    # 0.28 at these, so image-specific maps need V_p 15× smaller in proportion to what they carry.
+    _aicc("k4-r5-hs-g1p4-he-cheb", None, "cl", "cl", "hs", K=4, P=4, weight_init="variance",
+          data_points=tuple(systematic_betas(4)), worker_points="chebyshev-extreme"),
 ]
 # AICC at ApproxIFER's operating point (K=8, one straggler among N=9; SPEC §4), CL networks of width 20·K = 160 for
 # Γ and H_B. The paper has no K=8 cell, so there is no figure to meet: the schemes table (edgecc compare) sets

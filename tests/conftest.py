@@ -72,7 +72,7 @@ def tiny_models(tmp_path_factory):
     """Untrained-but-deterministic model files: AICC of several schemes (for exactness tests) and a learned code."""
     import torch
 
-    from edgecc.coding.schemes import Scheme
+    from edgecc.coding.schemes import Scheme, systematic_betas
     from edgecc.modelfile import save_model
     from edgecc.nets import AICC
 
@@ -80,7 +80,10 @@ def tiny_models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     schemes = {"hb": Scheme(K=2, G=1), "hs": Scheme(K=2, G=1, P=2, computation="hs"),
                # H_S with several maps and narrower coefficient networks: both travel in the shared placement's spec
-               "hs-maps": Scheme(K=2, G=1, P=2, computation="hs", maps=3, coef_width=24)}
+               "hs-maps": Scheme(K=2, G=1, P=2, computation="hs", maps=3, coef_width=24),
+               # its own points in [−1, 1]: with N=3 the workers sit at α = 1, 0, −1
+               "hs-cheb": Scheme(K=2, G=1, P=2, computation="hs", data_points=tuple(systematic_betas(2)),
+                                 worker_points="chebyshev-extreme")}
     for name, s in schemes.items():
         torch.manual_seed(1)
         m = AICC(s)

@@ -192,7 +192,7 @@ def test_unknown_caps_are_ignored():
     ({**SHARED, "in_shape": [1, 28, 28]}, "takes images"),
     ({**SHARED, "P": 2}, "needs P = 1"),
     ({**SHARED, "computation": "hx"}, "computation"),
-    ({**SHARED, "alpha": 0}, "alpha"),
+    ({**SHARED, "alpha": -1.0e6}, "alpha"),
     ({**SHARED, "alpha": float("nan")}, "alpha"),
     ({**SHARED, "alpha": 1.0e6}, "alpha"),
     ({**SHARED, "alpha": True}, "alpha"),

@@ -49,10 +49,12 @@ async def started(plan, workers, **kw) -> Master:
 
 
 @pytest.mark.parametrize("name,placement", [("hb", "encoded"), ("hs", "encoded"), ("hb", "shared"), ("hs", "shared"),
-                                            ("hs-maps", "encoded"), ("hs-maps", "shared")])
+                                            ("hs-maps", "encoded"), ("hs-maps", "shared"), ("hs-cheb", "shared")])
 async def test_network_decode_equals_in_process(tiny_models, spawn_workers, name, placement):
     model, info = load_model(tiny_models[name])
     plan = CodedPlan(model, info, 3, placement, encode_precision="fp32")
+    if name == "hs-cheb":  # the model's own worker points, sent to shared-placement workers as they are
+        assert plan.alphas[0] == 1.0 and plan.alphas[2] == -1.0
     images, labels = load_sample()
     images, labels = images[:96], labels[:96]
     m = await started(plan, spawn_workers(3))

@@ -60,8 +60,8 @@ def _widths(v: Any) -> bool:
     return isinstance(v, list) and len(v) <= 8 and all(_uint(1, 1 << 16)(d) for d in v)
 
 
-def _alpha(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < float(v) < 1.0e6
+def _alpha(v: Any) -> bool:  # any real point: a model may place its workers in [−1, 1] (Scheme.worker_points)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and -1.0e6 < float(v) < 1.0e6
 
 
 def _one_of(*names: str) -> Callable[[Any], bool]:
