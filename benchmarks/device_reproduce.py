@@ -104,6 +104,7 @@ QUEUE += [Job(3, "anneal", "k4-r5-hs-g1p4-he-w160", s) for s in (0, 1, 2)]
 QUEUE += [Job(3, "anneal", "k4-r5-hs-g1p4-he-m4", s) for s in (0, 1, 2)]
 # the best K=4 R=5 cell with its own Chebyshev points in [−1, 1] (beyond the paper), by both recipes, per seed
 QUEUE += [Job(3, r, "k4-r5-hs-g1p4-he-cheb", s) for s in (0, 1, 2) for r in ("paper", "anneal")]
+QUEUE += [Job("k8", r, "k8-r8-hb-g7p1-he-cheb", s) for s in (0, 1, 2) for r in ("paper", "anneal")]
 MAX_FILES = 7  # tarballs per call: a call brings back 8 files from $OUT, one is kept for the call's log
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # the only names a file from $OUT comes back under
 
