@@ -245,7 +245,9 @@ def _widens(src_info: dict[str, Any], info: dict[str, Any]) -> bool:
         return False
     a, b = Scheme.from_dict(src_info["scheme"]), Scheme.from_dict(info["scheme"])
     same = replace(a, coef_width=None, maps=None) == replace(b, coef_width=None, maps=None)
-    return same and b.width >= a.width and b.map_count >= a.map_count and (b.width, b.map_count) != (a.width, a.map_count)
+    maps_ok = b.map_count == a.map_count or b.compute_arch == "cl"  # widen.py adds maps to CL heads only
+    return (same and maps_ok and b.width >= a.width and b.map_count >= a.map_count
+            and (b.width, b.map_count) != (a.width, a.map_count))
 
 
 def _teacher(path: str, kind: str, image: tuple[int, int, int], classes: tuple[str, ...], dev: torch.device):

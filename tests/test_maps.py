@@ -115,6 +115,11 @@ def test_a_model_of_more_maps_starts_from_a_one_map_model_computing_what_it_did(
     with pytest.raises(ValueError, match="different model"):
         _start_from(AICC(K4), {"kind": "aicc", "scheme": K4.to_dict()}, str(tmp_path / "four.safetensors"))
     assert load_model(tmp_path / "four.safetensors")[1]["scheme"]["maps"] == 4
+    mlp1 = Scheme(K=2, G=1, P=2, computation="hs", encoder="mlp", compute_arch="mlp")  # maps are added to CL heads only
+    save_model(tmp_path / "mlp1.safetensors", AICC(mlp1), {"kind": "aicc", "scheme": mlp1.to_dict()})
+    mlp3 = Scheme(**{**mlp1.to_dict(), "maps": 3})
+    with pytest.raises(ValueError, match="different model"):
+        _start_from(AICC(mlp3), {"kind": "aicc", "scheme": mlp3.to_dict()}, str(tmp_path / "mlp1.safetensors"))
 
 
 def test_the_four_map_cell_starts_from_the_annealed_one_map_cell():
