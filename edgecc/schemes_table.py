@@ -192,7 +192,7 @@ def _aicc_costs(s, N: int, weight_init: str = "default", recipe: str = "paper") 
     up = costs.up_payload_per_worker(s, "encoded")  # x̃_n, and V_0..V_P for H_S, in f4
     beyond = ["He init"] * (weight_init == "variance") + [f"{recipe} recipe"] * (recipe != "paper")
     label = s.label() + (f", {', '.join(beyond)} {OURS}" if beyond else "")
-    return {"scheme": "aicc", "base": label, "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": "n/(N+1)",
+    return {"scheme": "aicc", "base": label, "K": s.K, "S": N - s.R, "N": N, "R": s.R, "points": s.worker_points or "n/(N+1)",
             "worker_flops": worker, "worker_calls_per_image": N / s.K,
             "master_flops_per_image": costs.master_encode_flops(s, N) / s.K,
             "up_bytes_per_image": N * up / s.K, "down_bytes_per_image": N * OUT_BYTES / s.K}

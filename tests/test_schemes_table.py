@@ -43,7 +43,8 @@ def test_k8_cells_show_their_training_state_and_never_an_unmeasured_accuracy(tmp
                   train_runs=train_runs)
     assert [(r["cell"], r["status"], r["S"], r["overall_worst"]) for r in rows] == [
         ("aicc-k8-r4-hb-g3p1", "not trained", 5, None), ("aicc-k8-r8-hb-g7p1", "not trained", 1, None),
-        ("aicc-k8-r4-hb-g3p1-he", "not trained", 5, None), ("aicc-k8-r8-hb-g7p1-he", "not trained", 1, None)]
+        ("aicc-k8-r4-hb-g3p1-he", "not trained", 5, None), ("aicc-k8-r8-hb-g7p1-he", "not trained", 1, None),
+        ("aicc-k8-r8-hb-g7p1-he-cheb", "not trained", 1, None)]
     md = st.markdown(st.assemble(rows, None, 16))
     assert "| aicc (not trained) | K=8 G=7 P=1 CNN+CNN H_B | 8 | 1 | 9 | — | — | — | — | — |" in md
     # the He-init cells are labelled as beyond the paper
@@ -87,7 +88,7 @@ def test_k8_cells_show_their_training_state_and_never_an_unmeasured_accuracy(tmp
     assert [(c, n) for c, _, n, *_ in st.aicc_cells(results)] == [
         ("aicc-k8-r4-hb-g3p1-N5", 5), ("aicc-k8-r4-hb-g3p1-N6", 6), ("aicc-k8-r4-hb-g3p1-N7", 7), ("aicc-k8-r4-hb-g3p1", 9)]
     assert [p["cell"] for p in st.k8_progress(results, train_runs)] == [  # the trained one has rows
-        "k8-r8-hb-g7p1", "k8-r4-hb-g3p1-he", "k8-r8-hb-g7p1-he"]
+        "k8-r8-hb-g7p1", "k8-r4-hb-g3p1-he", "k8-r8-hb-g7p1-he", "k8-r8-hb-g7p1-he-cheb"]
     trained = st.aicc_cell(str(path), 5, images[:16], labels[:16].astype(np.int64))
     assert (trained["S"], trained["straggler_sets"]) == (1, 5) and "status" not in trained
 

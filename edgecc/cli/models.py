@@ -27,6 +27,10 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--maps", type=click.IntRange(min=1, max=64), default=None,
               help="maps H_S forms from each encoded input, beyond the paper [default: 1]: each Λ_p gives that many and "
               "the affine Ω reads them all (R unchanged); with --init a model of fewer maps is widened, computing what it did")
+@click.option("--points", type=click.Choice(["paper", "chebyshev"]), default="paper", show_default=True,
+              help="where the model's polynomials are read: paper, β_k = k/K (the master places the workers); "
+              "chebyshev, beyond the paper: β_k the K Chebyshev nodes and α_n = cos(nπ/(N−1)), all in [−1, 1], "
+              "recorded in the model file")
 @click.option("--recipe", type=click.Choice(RECIPES), default="paper", show_default=True,
               help="paper: SPEC §1; best: twice the epochs, warmup + cosine lr; augment: best + shifts and flips "
               "(edgecc.train.BEST); anneal: 10 more epochs of warmup + cosine from --init")
@@ -58,15 +62,16 @@ from .options import ARCH, COMPILE, PRECISION, RECIPES, WEIGHT_INITS, arch_famil
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="checkpoint folder [default: OUT.run]")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint (written after every epoch and every 10 minutes of training)")
 @click.option("--quiet", is_flag=True)
-def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, maps, recipe, init, epochs, weight_init, teacher, distill_weight,
+def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, maps, points, recipe, init, epochs, weight_init, teacher, distill_weight,
           distill_temperature, batch, lr, seed, precision, device, threads, compile_steps, limit, data, data_dir, out, run_dir,
           resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
-    from ..coding.schemes import Scheme
+    from ..coding.schemes import Scheme, systematic_betas
     from ..train import TrainConfig, train as run_training
 
+    own = {"data_points": tuple(systematic_betas(K)), "worker_points": "chebyshev-extreme"} if points == "chebyshev" else {}
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch),
-                    coef_width=coef_width, maps=maps) if kind == "aicc" else None
+                    coef_width=coef_width, maps=maps, **own) if kind == "aicc" else None
     def progress(epoch: int, step: int, text: str) -> None:
         if quiet:
             return

@@ -126,7 +126,9 @@ class Scheme:
         return (f"K={self.K} G={self.G} P={self.P} {arch[self.encoder]}+{arch[self.compute_arch]} "
                 f"{'H_S' if self.computation == 'hs' else 'H_B'}"
                 + (f", coefficient networks of width {self.coef_width} {OURS}" if self.coef_width is not None else "")
-                + (f", {self.maps} maps per encoded input {OURS}" if self.maps is not None else ""))
+                + (f", {self.maps} maps per encoded input {OURS}" if self.maps is not None else "")
+                + (f", its own points β_k{' and α_n ' + self.worker_points if self.worker_points else ''} {OURS}"
+                   if self.data_points is not None else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)
