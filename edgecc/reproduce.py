@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .coding.schemes import Scheme, systematic_betas
+from .coding.schemes import Scheme, chebyshev_points
 from .train import TrainConfig, run_progress, train
 
 
@@ -90,7 +90,7 @@ TABLE3 = [
     # 4 points apart: the smallest singular value of their 4×5 Vandermonde matrix is 0.018 at the paper's k/4 and
     # 0.28 at these, so image-specific maps need V_p 15× smaller in proportion to what they carry.
     _aicc("k4-r5-hs-g1p4-he-cheb", None, "cl", "cl", "hs", K=4, P=4, weight_init="variance",
-          data_points=tuple(systematic_betas(4)), worker_points="chebyshev-extreme"),
+          **chebyshev_points(4)),
 ]
 # AICC at ApproxIFER's operating point (K=8, one straggler among N=9; SPEC §4), CL networks of width 20·K = 160 for
 # Γ and H_B. The paper has no K=8 cell, so there is no figure to meet: the schemes table (edgecc compare) sets
@@ -115,7 +115,7 @@ TABLE_K8 = [  # the cheaper low-R cell first: `reproduce run --table k8` trains 
     # Vandermonde matrix there has condition number 257 (smallest singular value 0.014), at the paper's k/8 9.65e5
     # (4.3e-6)
     _aicc("k8-r8-hb-g7p1-he-cheb", None, "cl", "cl", "hb", K=8, G=7, N=9, lr=K8_LR, weight_init="variance",
-          data_points=tuple(systematic_betas(8)), worker_points="chebyshev-extreme"),
+          **chebyshev_points(8)),
 ]
 TABLES: dict[int | str, list[Cell]] = {2: TABLE2, 3: TABLE3, "k8": TABLE_K8}
 

@@ -66,10 +66,10 @@ def train(kind, K, G, P, computation, encoder, compute_arch, coef_width, maps, p
           distill_temperature, batch, lr, seed, precision, device, threads, compile_steps, limit, data, data_dir, out, run_dir,
           resume, quiet):
     """Train a model by the paper's protocol and save it as one safetensors file."""
-    from ..coding.schemes import Scheme, systematic_betas
+    from ..coding.schemes import Scheme, chebyshev_points
     from ..train import TrainConfig, train as run_training
 
-    own = {"data_points": tuple(systematic_betas(K)), "worker_points": "chebyshev-extreme"} if points == "chebyshev" else {}
+    own = chebyshev_points(K) if points == "chebyshev" else {}
     scheme = Scheme(K=K, G=G, P=P, computation=computation, encoder=arch_family(encoder), compute_arch=arch_family(compute_arch),
                     coef_width=coef_width, maps=maps, **own) if kind == "aicc" else None
     def progress(epoch: int, step: int, text: str) -> None:

@@ -184,6 +184,12 @@ def systematic_betas(K: int) -> list[float]:
     return [float(b) for b in np.cos((2 * np.arange(K) + 1) * np.pi / (2 * K))]
 
 
+def chebyshev_points(K: int) -> dict:
+    """The Scheme fields of a model read at its own points in [−1, 1]: β_k the K Chebyshev nodes (systematic_betas)
+    and the workers' α_n = cos(nπ/(N−1)) for any N."""
+    return {"data_points": tuple(systematic_betas(K)), "worker_points": "chebyshev-extreme"}
+
+
 def default_alphas(N: int) -> list[float]:
     """Worker evaluation points α_n = n/(N+1), n = 1..N."""
     if N < 1:

@@ -133,9 +133,9 @@ class SystematicAICC(nn.Module):
 
 def systematic_scheme(K: int) -> Scheme:
     """K images per group, G = K−1, H_B, the Chebyshev β's and the workers' cos(nπ/(N−1)) recorded."""
-    from ..coding.schemes import systematic_betas
+    from ..coding.schemes import chebyshev_points
 
     if not isinstance(K, int) or isinstance(K, bool) or K < 2:
         raise ConfigError(f"the {SYSTEMATIC_LABEL} needs an integer K >= 2 images per group, got K={K!r}")
     return Scheme(K=K, G=K - 1, P=1, computation="hb", encoder=SYSTEMATIC, compute_arch="mlp",
-                  data_points=tuple(systematic_betas(K)), worker_points="chebyshev-extreme")
+                  **chebyshev_points(K))
